@@ -1,0 +1,18 @@
+#include "autodiff/backend.hpp"
+
+#include "autodiff/cpu/cpu_kernels.hpp"
+#include "autodiff/cuda/cuda_entry.hpp"
+
+namespace flatmin {
+
+Backend& backend(Device d) {
+  if (d.kind == DeviceKind::cpu) return cpu::instance();
+  std::string why;
+  if (Backend* b = cuda::get(d.index, &why)) return *b;
+  throw Error("device " + d.str() + " is not usable: " + why);
+}
+
+bool cuda_compiled() { return cuda::compiled(); }
+int cuda_device_count(std::string* why) { return cuda::device_count(why); }
+
+}  // namespace flatmin

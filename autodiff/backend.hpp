@@ -1,0 +1,100 @@
+// The kernel interface every device implements. Ops (ops.cpp) allocate outputs, check
+// shapes and record the graph; a Backend only computes. All tensors passed here are
+// contiguous, already shape-checked, on this backend's device, and of matching dtype
+// (except index tensors, which are i64). Kept free of Eigen and CUDA headers so that both
+// the .cpp and the .cu side can include it.
+#pragma once
+#include <cstdint>
+#include "autodiff/tensor.hpp"
+
+namespace flatmin {
+
+enum class UnaryOp : uint8_t {
+  neg, exp, log, sqrt, rsqrt, tanh, sigmoid, softplus, relu, abs,
+  sign,        // -1, 0, +1
+  step,        // x > 0 ? 1 : 0   (the derivative of relu)
+  pow_scalar,  // x ^ param
+  add_scalar,  // x + param
+  mul_scalar,  // x * param
+  rsub_scalar, // param - x
+  reciprocal,  // 1 / x
+};
+enum class BinaryOp : uint8_t { add, sub, mul, div, maximum, minimum, pow, gt, ge, lt, le, eq };
+enum class ReduceOp : uint8_t { sum, max, min };
+enum class RandomKind : uint8_t { uniform, normal, rademacher };
+
+struct Conv2dParams {
+  int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0;
+};
+struct Pool2dParams {
+  int64_t kernel_h = 1, kernel_w = 1, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+
+  // memory
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void deallocate(void* p, size_t bytes) = 0;
+  virtual void copy_from_host(void* dst, const void* src, size_t bytes) = 0;
+  virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // same device
+  virtual void synchronize() {}
+
+  virtual void fill(Tensor& out, double value) = 0;
+  virtual void cast(const Tensor& in, Tensor& out) = 0;  // dtype conversion, same shape
+  virtual void arange(Tensor& out) = 0;                   // 0, 1, 2, ...
+
+  // elementwise; `binary` and `where` broadcast their inputs to out's shape (NumPy rules)
+  virtual void unary(UnaryOp op, const Tensor& x, Tensor& out, double param) = 0;
+  virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) = 0;
+  virtual void where(const Tensor& cond, const Tensor& a, const Tensor& b, Tensor& out) = 0;
+
+  // out has x's rank with extent 1 on each reduced axis; deterministic summation order
+  virtual void reduce(ReduceOp op, const Tensor& x, Tensor& out) = 0;
+
+  // layout
+  virtual void expand(const Tensor& x, Tensor& out) = 0;  // broadcast copy to out's shape
+  virtual void permute(const Tensor& x, Tensor& out, const std::vector<int64_t>& perm) = 0;
+  // out[..., i, ...] = x[..., start + i*step, ...] along `axis`
+  virtual void slice(const Tensor& x, Tensor& out, int64_t axis, int64_t start, int64_t step) = 0;
+  // out[..., start + i*step, ...] += src[..., i, ...] (out is pre-filled by the caller)
+  virtual void slice_add(const Tensor& src, Tensor& out, int64_t axis, int64_t start, int64_t step) = 0;
+
+  // indexing (idx is i64): index_select picks whole slices; gather/scatter_add follow
+  // torch.gather semantics (idx has out's shape; all dims but `axis` match)
+  virtual void index_select(const Tensor& x, int64_t axis, const Tensor& idx, Tensor& out) = 0;
+  virtual void index_add(const Tensor& src, int64_t axis, const Tensor& idx, Tensor& out) = 0;
+  virtual void gather(const Tensor& x, int64_t axis, const Tensor& idx, Tensor& out) = 0;
+  virtual void scatter_add(const Tensor& src, int64_t axis, const Tensor& idx, Tensor& out) = 0;
+
+  // C[b] = op(A[b]) @ op(B[b]); a batch stride of 0 broadcasts that operand
+  struct MatmulArgs {
+    int64_t batch, m, n, k;
+    bool trans_a, trans_b;
+    int64_t stride_a, stride_b;  // elements between consecutive batch matrices
+  };
+  virtual void matmul(const Tensor& a, const Tensor& b, Tensor& out, const MatmulArgs& args) = 0;
+
+  // counter-based random numbers: element i of out is a function of (seed, offset + i)
+  virtual void random(RandomKind kind, Tensor& out, uint64_t seed, uint64_t offset) = 0;
+
+  // convolution (NCHW, weight OIHW, no bias here) and its two gradients
+  virtual void conv2d(const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p) = 0;
+  virtual void conv2d_input_grad(const Tensor& gy, const Tensor& w, Tensor& gx, const Conv2dParams& p) = 0;
+  virtual void conv2d_weight_grad(const Tensor& x, const Tensor& gy, Tensor& gw, const Conv2dParams& p) = 0;
+  // max pool: values and the flat index (within each H*W plane) of each window's max
+  virtual void max_pool2d(const Tensor& x, Tensor& out, Tensor& indices, const Pool2dParams& p) = 0;
+  // average pool (count_include_pad=true, as PyTorch's default) and its adjoint
+  virtual void avg_pool2d(const Tensor& x, Tensor& out, const Pool2dParams& p) = 0;
+  virtual void avg_pool2d_adjoint(const Tensor& gy, Tensor& gx, const Pool2dParams& p) = 0;
+};
+
+// The backend of a device; Error (saying why) for a device this build or machine lacks.
+Backend& backend(Device d);
+bool cuda_compiled();
+int cuda_device_count(std::string* why = nullptr);  // 0 when no GPU/driver, never throws
+
+}  // namespace flatmin

@@ -1,0 +1,26 @@
+// Internal to the CPU backend: shared helpers and the convolution/pooling kernels
+// (conv.cpp). Not installed; nothing outside autodiff/cpu includes it.
+#pragma once
+#include <functional>
+
+#include "autodiff/backend.hpp"
+
+namespace flatmin::cpu {
+
+Backend& instance();
+
+// body(begin, end) over [0, n) in chunks of at least `grain`, on oneTBB's pool; serial for
+// n <= grain. Chunking never changes results: callers write disjoint outputs.
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
+
+// Batched row-major GEMM (see Backend::MatmulArgs), Eigen inside.
+template <class T> void gemm_batched(const T* a, const T* b, T* c, const Backend::MatmulArgs& g);
+
+void conv2d_forward(const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p);
+void conv2d_input_grad(const Tensor& gy, const Tensor& w, Tensor& gx, const Conv2dParams& p);
+void conv2d_weight_grad(const Tensor& x, const Tensor& gy, Tensor& gw, const Conv2dParams& p);
+void max_pool2d(const Tensor& x, Tensor& out, Tensor& indices, const Pool2dParams& p);
+void avg_pool2d(const Tensor& x, Tensor& out, const Pool2dParams& p);
+void avg_pool2d_adjoint(const Tensor& gy, Tensor& gx, const Pool2dParams& p);
+
+}  // namespace flatmin::cpu

@@ -1,0 +1,62 @@
+// Derivatives as functions, JAX-style, and helpers over lists of parameter tensors.
+// Every entry point differentiates a fresh copy of x (detached leaves), so callers pass
+// plain tensors; results are plain tensors unless create_graph is asked for.
+#pragma once
+#include <functional>
+#include <vector>
+
+#include "autodiff/graph.hpp"
+#include "autodiff/ops.hpp"
+
+namespace flatmin {
+
+using Params = std::vector<Tensor>;
+using ScalarFn = std::function<Tensor(const Params&)>;  // f(x_1, ..., x_n) -> scalar
+using VectorFn = std::function<Tensor(const Params&)>;  // f(x_1, ..., x_n) -> any shape
+
+struct DiffOptions {
+  bool create_graph = false;  // keep the result differentiable with respect to x
+};
+
+// ---- lists of tensors (parameters, directions) ----
+Tensor dot(const Params& a, const Params& b);  // Σ_k ⟨a_k, b_k⟩, differentiable
+Tensor norm(const Params& a);                  // sqrt(dot(a, a))
+Params axpy(double alpha, const Params& x, const Params& y);  // alpha x + y
+Params scale(double alpha, const Params& x);
+Params detach(const Params& x);
+Params zeros_like(const Params& x);
+Params leaves(const Params& x);  // detached copies that require grad
+Tensor flatten(const Params& x);  // 1-d concatenation
+Params unflatten(const Tensor& flat, const Params& like);
+int64_t numel(const Params& x);
+// Proj⊥_u(w) = w − (⟨u,w⟩/‖u‖²) u; returns w when u = 0 (ALGORITHMS.md, Definition 4).
+Params project_out(const Params& u, const Params& w);
+
+// ---- derivatives of a scalar function ----
+Tensor value(const ScalarFn& f, const Params& x);
+Params gradient(const ScalarFn& f, const Params& x, DiffOptions opt = {});
+Params hvp(const ScalarFn& f, const Params& x, const Params& v, DiffOptions opt = {});  // H v, reverse over reverse
+Params third(const ScalarFn& f, const Params& x, const Params& u, const Params& v,
+             DiffOptions opt = {});                                                   // ∇³f(x)[u, v]
+// J v of a function of any output shape (reverse over reverse, no forward mode needed).
+Tensor jvp(const VectorFn& f, const Params& x, const Params& v, DiffOptions opt = {});
+// Dense Hessian of f over the concatenation of x (small inputs): d×d, float64 if x is.
+Tensor hessian(const ScalarFn& f, const Params& x);
+
+// Single-tensor conveniences.
+using ScalarFn1 = std::function<Tensor(const Tensor&)>;
+Tensor gradient(const ScalarFn1& f, const Tensor& x, DiffOptions opt = {});
+Tensor hvp(const ScalarFn1& f, const Tensor& x, const Tensor& v, DiffOptions opt = {});
+Tensor third(const ScalarFn1& f, const Tensor& x, const Tensor& u, const Tensor& v, DiffOptions opt = {});
+Tensor hessian(const ScalarFn1& f, const Tensor& x);
+
+// The j-th directional derivatives D^j f(x)[u, ..., u] for j = 0..order (values), and the
+// gradients ∇(D^{j} f[u..u]) for j = 0..order-1 (so grads[0] = ∇f, grads[1] = H u, grads[2]
+// = ∇³f[u,u], ...): one nested chain of grad() calls.
+struct DirectionalDerivatives {
+  std::vector<double> values;
+  std::vector<Params> grads;
+};
+DirectionalDerivatives directional_derivatives(const ScalarFn& f, const Params& x, const Params& u, int order);
+
+}  // namespace flatmin

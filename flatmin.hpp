@@ -1,0 +1,3 @@
+// flatmin: one include for the whole library.
+#pragma once
+#include "autodiff/autodiff.hpp"

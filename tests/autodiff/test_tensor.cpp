@@ -1,0 +1,91 @@
+// Tensors, kernels and random numbers.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "autodiff/autodiff.hpp"
+
+using namespace flatmin;
+
+TEST_CASE("creation, shapes and host access") {
+  Tensor t = from_vector(std::vector<double>{1, 2, 3, 4, 5, 6}, {2, 3});
+  CHECK(t.dtype() == DType::f32);
+  CHECK(t.shape() == Shape{2, 3});
+  CHECK(t.size(-1) == 3);
+  CHECK(t.data<float>()[4] == 5.0f);
+  CHECK_THROWS_AS(t.data<double>(), Error);
+  CHECK(arange(4, {DType::i64}).to_int_vector() == std::vector<int64_t>{0, 1, 2, 3});
+  CHECK(zeros({0, 3}).numel() == 0);
+}
+
+TEST_CASE("broadcasting, reductions and layout against hand-computed values") {
+  Tensor a = from_vector(std::vector<double>{1, 2, 3, 4, 5, 6}, {2, 3}, {DType::f64});
+  Tensor b = from_vector(std::vector<double>{10, 20, 30}, {3}, {DType::f64});
+  CHECK(add(a, b).to_vector() == std::vector<double>{11, 22, 33, 14, 25, 36});
+  CHECK(sum(a, {0}).to_vector() == std::vector<double>{5, 7, 9});
+  CHECK(sum(a, {1}).to_vector() == std::vector<double>{6, 15});
+  CHECK(max(a, {1}).to_vector() == std::vector<double>{3, 6});
+  CHECK(transpose(a).to_vector() == std::vector<double>{1, 4, 2, 5, 3, 6});
+  CHECK(slice(a, 1, 0, 3, 2).to_vector() == std::vector<double>{1, 3, 4, 6});
+  CHECK(matmul(a, transpose(a)).to_vector() == std::vector<double>{14, 32, 32, 77});
+  CHECK(argmax(a, 1).to_int_vector() == std::vector<int64_t>{2, 2});
+  CHECK(gather(a, 1, from_ints({2, 0}, {2, 1})).to_vector() == std::vector<double>{3, 4});
+  CHECK(expand(b, {2, 3}).to_vector() == std::vector<double>{10, 20, 30, 10, 20, 30});
+  auto sm = softmax(from_vector(std::vector<double>{1000, 1000}, {2}, {DType::f64}), 0).to_vector();
+  CHECK(sm[0] == doctest::Approx(0.5));
+}
+
+TEST_CASE("large reductions are deterministic and accurate") {
+  Generator g(7);
+  Tensor x = g.uniform({1 << 20}, {DType::f32});
+  const double s1 = sum(x).item(), s2 = sum(x).item();
+  CHECK(s1 == s2);
+  double ref = 0;
+  for (double v : x.to_vector()) ref += v;
+  CHECK(s1 == doctest::Approx(ref).epsilon(1e-6));
+  Tensor m = g.uniform({3, 50000, 7}, {DType::f64});
+  auto r = sum(m, {0, 2}).to_vector();
+  auto v = m.to_vector();
+  double r0 = 0;
+  for (int i = 0; i < 3; ++i)
+    for (int k = 0; k < 7; ++k) r0 += v[(i * 50000 + 0) * 7 + k];
+  CHECK(r[0] == doctest::Approx(r0).epsilon(1e-12));
+}
+
+TEST_CASE("GEMM agrees with a naive product (float32, large enough to split)") {
+  Generator g(8);
+  Tensor a = g.normal({130, 300}), b = g.normal({300, 257});
+  auto c = matmul(a, b).to_vector();
+  auto va = a.to_vector(), vb = b.to_vector();
+  for (int i : {0, 64, 129})
+    for (int j : {0, 100, 256}) {
+      double s = 0;
+      for (int k = 0; k < 300; ++k) s += va[i * 300 + k] * vb[k * 257 + j];
+      CHECK(c[i * 257 + j] == doctest::Approx(s).epsilon(1e-4));
+    }
+}
+
+TEST_CASE("Philox random numbers: reproducible, moments right, sphere unit norm") {
+  Generator g1(42), g2(42);
+  CHECK(g1.normal({100}).to_vector() == g2.normal({100}).to_vector());
+  CHECK(g1.offset() == 100);
+  Generator g(3);
+  auto n = g.normal({200000}, {DType::f64}).to_vector();
+  double m = 0, m2 = 0;
+  for (double v : n) { m += v; m2 += v * v; }
+  m /= n.size();
+  m2 /= n.size();
+  CHECK(std::fabs(m) < 0.01);
+  CHECK(std::fabs(m2 - 1) < 0.02);
+  auto r = g.rademacher({1000}, {DType::f64}).to_vector();
+  for (double v : r) CHECK((v == 1.0 || v == -1.0));
+  CHECK(sqrt(sum(square(g.sphere({17}, {DType::f64})))).item() == doctest::Approx(1.0).epsilon(1e-14));
+  auto p = g.permutation(10);
+  std::sort(p.begin(), p.end());
+  for (int i = 0; i < 10; ++i) CHECK(p[i] == i);
+}
+
+TEST_CASE("asking for CUDA without a GPU is a clear error") {
+  if (cuda_device_count() > 0) return;
+  CHECK_THROWS_WITH_AS(zeros({2}, {DType::f32, Device::cuda()}), doctest::Contains("cuda:0 is not usable"), Error);
+}
