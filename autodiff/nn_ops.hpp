@@ -1,6 +1,44 @@
 // Network ops with derivative rules of every order: convolution, pooling, normalization,
-// losses. (Filled in by the nn issue.)
+// losses. Heavy ops whose backward is another kernel make that kernel an op of its own
+// with its own rule (conv2d's input and weight gradients are bilinear, so their rules are
+// again the three conv ops; max-pool's backward is a scatter with fixed indices).
+// Layout NCHW; weights OIHW (PyTorch's).
 #pragma once
 #include "autodiff/ops.hpp"
 
-namespace flatmin {}  // namespace flatmin
+namespace flatmin {
+
+struct Conv2dOptions {
+  int64_t stride = 1;
+  int64_t padding = 0;
+};
+// y = conv(x, w) + bias (bias optional: pass an undefined Tensor)
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias = {}, Conv2dOptions opt = {});
+// The two adjoints of conv2d as ops of their own (their rules are conv ops again).
+Tensor conv2d_input_grad(const Tensor& gy, const Tensor& w, const Shape& x_shape, Conv2dOptions opt);
+Tensor conv2d_weight_grad(const Tensor& x, const Tensor& gy, const Shape& w_shape, Conv2dOptions opt);
+
+struct Pool2dOptions {
+  int64_t kernel = 2;
+  int64_t stride = 0;  // 0: equal to kernel (PyTorch's default)
+  int64_t padding = 0;
+};
+Tensor max_pool2d(const Tensor& x, Pool2dOptions opt);
+Tensor avg_pool2d(const Tensor& x, Pool2dOptions opt);  // count_include_pad = true
+Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w);
+
+// Batch normalization over (N, H, W) per channel (x of rank 2 or 4). Training: batch
+// statistics (biased variance), and running statistics updated in place as PyTorch does
+// (momentum 0.1, unbiased variance in the running estimate) unless update_running is false;
+// eval: running statistics. Exact at every derivative order (no detached statistics).
+Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
+                  Tensor& running_var, bool training, bool update_running = true, double momentum = 0.1,
+                  double eps = 1e-5);
+Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
+
+enum class Reduction { mean, sum, none };
+// Cross-entropy from logits (N, K) and int64 labels (N).
+Tensor cross_entropy(const Tensor& logits, const Tensor& target, Reduction r = Reduction::mean);
+Tensor mse_loss(const Tensor& pred, const Tensor& target, Reduction r = Reduction::mean);
+
+}  // namespace flatmin
