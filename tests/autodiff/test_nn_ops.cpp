@@ -237,6 +237,33 @@ TEST_CASE("batch_norm: update_running=false and eval leave the running statistic
   CHECK_THROWS_AS(batch_norm(x, {}, {}, none_m, none_v, false), Error);
 }
 
+TEST_CASE("batch_norm: the fused first-order backward equals the exact recorded rule and a plain composition") {
+  // The same gradient three ways: the fused kernel (recording off), the differentiable rule
+  // (create_graph), and batch norm written out with ops in this test.
+  for (DType dt : {DType::f64, DType::f32}) {
+    Generator g(12);
+    const TensorOptions o{dt};
+    Tensor x = g.normal({6, 4, 5, 3}, o, 0.7, 2.0).requires_grad_(), w = g.normal({4}, o).requires_grad_(),
+           b = g.normal({4}, o).requires_grad_(), gy = g.normal({6, 4, 5, 3}, o);
+    auto by_ops = [&] {
+      Tensor xc = sub(x, mean(x, {0, 2, 3}, true));
+      Tensor y = mul(xc, rsqrt(add_scalar(mean(square(xc), {0, 2, 3}, true), 1e-5)));
+      return add(mul(y, reshape(w, {1, 4, 1, 1})), reshape(b, {1, 4, 1, 1}));
+    };
+    Tensor rm, rv;
+    Tensor y = batch_norm(x, w, b, rm, rv, true);
+    const double tol = dt == DType::f64 ? 1e-12 : 2e-5;
+    check_close(y.to_vector(), by_ops().to_vector(), tol, "forward");
+    auto fused = grad({y}, {x, w, b}, {.grad_outputs = {gy}});
+    auto recorded = grad({batch_norm(x, w, b, rm, rv, true)}, {x, w, b}, {.grad_outputs = {gy}, .create_graph = true});
+    auto composed = grad({by_ops()}, {x, w, b}, {.grad_outputs = {gy}});
+    for (size_t i = 0; i < 3; ++i) {
+      check_close(fused[i].to_vector(), composed[i].to_vector(), tol, "fused vs composition");
+      check_close(recorded[i].to_vector(), composed[i].to_vector(), tol, "recorded rule vs composition");
+    }
+  }
+}
+
 TEST_CASE("batch_norm in training mode: the third derivative includes the statistics' own derivatives") {
   // f(x) = Σ w ⊙ bn(x)^2 is a function of x through the batch mean and variance; a rule that
   // treats the saved statistics as constants beyond second order (PyTorch's fused kernel)
