@@ -199,12 +199,16 @@ template <class T> void input_grad_impl(const T* gy, const T* w, T* gx, const Ge
 
 // gw = sum_n gy[n] [O, P] @ col(x[n])^T [P, K]. The batch is cut into a number of chunks
 // fixed by the shapes; chunks run in parallel into partial sums (their count bounded so
-// that the partials stay under 64 MiB), added in chunk order.
+// that the partials stay under 32 MiB), added in chunk order.
 template <class T> void weight_grad_impl(const T* x, const T* gy, T* gw, const Geometry& g) {
   const int64_t G = images_per_group(g, sizeof(T)), P = g.P(), K = g.K();
-  const int64_t groups = (g.N + G - 1) / G;
   const int64_t wsize = g.O * K;
-  const int64_t max_chunks = std::max<int64_t>(1, (int64_t(64) << 20) / std::max<int64_t>(wsize * int64_t(sizeof(T)), 1));
+  if (g.N == 0) {
+    std::fill(gw, gw + wsize, T(0));
+    return;
+  }
+  const int64_t groups = (g.N + G - 1) / G;
+  const int64_t max_chunks = std::max<int64_t>(1, (int64_t(32) << 20) / std::max<int64_t>(wsize * int64_t(sizeof(T)), 1));
   const int64_t chunks = std::min({groups, int64_t(8), max_chunks});
   std::vector<T> partials(size_t(std::max<int64_t>(chunks - 1, 0) * wsize));
   Scratch<T> cols(size_t(K * G * P + g.O * G * P));
@@ -266,6 +270,7 @@ template <class F> void for_each_plane(const PoolGeometry& g, F&& f) {
 
 void conv2d_forward(const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p) {
   const Geometry g = geometry(x.shape(), w.shape(), out.shape(), p);
+  if (out.numel() == 0) return;
   dispatch_float(x.dtype(), "conv2d", [&](auto t) {
     using T = decltype(t);
     forward_impl<T>(data_ptr<T>(x), data_ptr<T>(w), data_ptr<T>(out), g);
@@ -273,6 +278,7 @@ void conv2d_forward(const Tensor& x, const Tensor& w, Tensor& out, const Conv2dP
 }
 void conv2d_input_grad(const Tensor& gy, const Tensor& w, Tensor& gx, const Conv2dParams& p) {
   const Geometry g = geometry(gx.shape(), w.shape(), gy.shape(), p);
+  if (gx.numel() == 0) return;
   dispatch_float(gy.dtype(), "conv2d_input_grad", [&](auto t) {
     using T = decltype(t);
     input_grad_impl<T>(data_ptr<T>(gy), data_ptr<T>(w), data_ptr<T>(gx), g);
@@ -280,6 +286,7 @@ void conv2d_input_grad(const Tensor& gy, const Tensor& w, Tensor& gx, const Conv
 }
 void conv2d_weight_grad(const Tensor& x, const Tensor& gy, Tensor& gw, const Conv2dParams& p) {
   const Geometry g = geometry(x.shape(), gw.shape(), gy.shape(), p);
+  if (gw.numel() == 0) return;
   dispatch_float(x.dtype(), "conv2d_weight_grad", [&](auto t) {
     using T = decltype(t);
     weight_grad_impl<T>(data_ptr<T>(x), data_ptr<T>(gy), data_ptr<T>(gw), g);

@@ -119,6 +119,15 @@ TEST_CASE("conv kernels match naive loops in float32 at a ResNet-like size") {
   check_conv_against_loops({2, 16, 8, 8, 32, 1, 2, 0}, DType::f32, 2e-5);
 }
 
+TEST_CASE("conv with an empty batch: empty outputs, zero weight gradient") {
+  Tensor x = zeros({0, 2, 5, 5}), w = ones({3, 2, 3, 3});
+  Tensor y = conv2d(x, w, {}, {1, 1});
+  CHECK(y.shape() == Shape{0, 3, 5, 5});
+  CHECK(conv2d_input_grad(y, w, x.shape(), {1, 1}).shape() == x.shape());
+  auto gw = conv2d_weight_grad(x, y, w.shape(), {1, 1}).to_vector();
+  CHECK(gw == std::vector<double>(gw.size(), 0.0));
+}
+
 TEST_CASE("conv results do not depend on the thread count") {
   Generator g(11);
   Tensor x = g.normal({24, 8, 8, 8}, {}), w = g.normal({16, 8, 3, 3}, {});
