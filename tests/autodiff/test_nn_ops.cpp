@@ -290,6 +290,26 @@ TEST_CASE("batch_norm in training mode: the third derivative includes the statis
   CHECK(r.error[2] < 1e-6);
 }
 
+TEST_CASE("a small conv network: orders 1-3 match finite differences through every op together") {
+  // conv (stride 2, bias) -> batch norm (training) -> softplus -> conv -> max pool -> group
+  // norm -> adaptive pool -> linear -> cross-entropy, differentiated w.r.t. input and weights.
+  Generator g(21);
+  Tensor labels = from_ints({2, 0, 1}, {3});
+  ScalarFn f = [labels](const Params& p) {
+    Tensor rm, rv;
+    Tensor h = conv2d(p[0], p[1], p[2], {2, 1});
+    h = softplus(batch_norm(h, p[3], {}, rm, rv, true));
+    h = max_pool2d(conv2d(h, p[4], {}, {1, 1}), {2, 2, 0});
+    h = adaptive_avg_pool2d(group_norm(h, 2, {}, {}), 1, 1);
+    return cross_entropy(matmul(reshape(h, {3, 4}), p[5]), labels);
+  };
+  Params p = {g.normal({3, 2, 7, 7}, f64),     g.normal({4, 2, 3, 3}, f64, 0, 0.5), g.normal({4}, f64),
+              g.normal({4}, f64, 1, 0.2),       g.normal({4, 4, 3, 3}, f64, 0, 0.4), g.normal({4, 3}, f64)};
+  DerivativeCheck r = check_derivatives(f, p, {.rtol = 1e-5});
+  INFO(r.message);
+  CHECK(r.ok);
+}
+
 TEST_CASE("network ops: bad inputs are errors that name the problem") {
   Tensor x = zeros({1, 2, 5, 5}), w = zeros({3, 2, 3, 3});
   CHECK_THROWS_WITH_AS(conv2d(x, zeros({3, 4, 3, 3})), doctest::Contains("channels"), Error);
