@@ -359,11 +359,13 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
   if (groups < 1 || C % groups != 0)
     throw Error("group_norm: " + std::to_string(C) + " channels cannot be split into " + std::to_string(groups) +
                 " groups");
-  Tensor xg = reshape(x, {N, groups, -1});
-  Tensor xc = sub(xg, mean(xg, {2}, true));
-  Tensor var = mean(square(xc), {2}, true);
-  Tensor y = reshape(mul(xc, rsqrt(add_scalar(var, eps))), x.shape());
-  return channel_affine(y, weight, bias, op);
+  // Group statistics are batch-norm statistics of x seen as (1, N*G, C/G*H*W): one
+  // mechanism (and one fused kernel) for both.
+  int64_t inner = C / groups;
+  for (int64_t i = 2; i < x.dim(); ++i) inner *= x.shape()[i];
+  Tensor mean_unused, var_unused;
+  Tensor y = batch_norm_train(reshape(x, {1, N * groups, inner}), {}, {}, eps, {0, 2}, mean_unused, var_unused);
+  return channel_affine(reshape(y, x.shape()), weight, bias, op);
 }
 
 // ---------------------------------------------------------------- losses

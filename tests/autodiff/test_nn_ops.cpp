@@ -273,6 +273,31 @@ TEST_CASE("batch_norm: the fused first-order backward equals the exact recorded 
   }
 }
 
+TEST_CASE("group_norm: fused first-order backward, recorded rule and a plain composition agree") {
+  for (DType dt : {DType::f64, DType::f32}) {
+    Generator g(13);
+    const TensorOptions o{dt};
+    Tensor x = g.normal({3, 6, 4, 5}, o, -0.4, 1.5).requires_grad_(), w = g.normal({6}, o).requires_grad_(),
+           b = g.normal({6}, o).requires_grad_(), gy = g.normal({3, 6, 4, 5}, o);
+    auto by_ops = [&] {
+      Tensor xg = reshape(x, {3, 2, 60});
+      Tensor xc = sub(xg, mean(xg, {2}, true));
+      Tensor y = reshape(mul(xc, rsqrt(add_scalar(mean(square(xc), {2}, true), 1e-5))), {3, 6, 4, 5});
+      return add(mul(y, reshape(w, {1, 6, 1, 1})), reshape(b, {1, 6, 1, 1}));
+    };
+    Tensor y = group_norm(x, 2, w, b);
+    const double tol = dt == DType::f64 ? 1e-12 : 2e-5;
+    check_close(y.to_vector(), by_ops().to_vector(), tol, "forward");
+    auto fused = grad({y}, {x, w, b}, {.grad_outputs = {gy}});
+    auto recorded = grad({group_norm(x, 2, w, b)}, {x, w, b}, {.grad_outputs = {gy}, .create_graph = true});
+    auto composed = grad({by_ops()}, {x, w, b}, {.grad_outputs = {gy}});
+    for (size_t i = 0; i < 3; ++i) {
+      check_close(fused[i].to_vector(), composed[i].to_vector(), tol, "fused vs composition");
+      check_close(recorded[i].to_vector(), composed[i].to_vector(), tol, "recorded rule vs composition");
+    }
+  }
+}
+
 TEST_CASE("batch_norm in training mode: the third derivative includes the statistics' own derivatives") {
   // f(x) = Σ w ⊙ bn(x)^2 is a function of x through the batch mean and variance; a rule that
   // treats the saved statistics as constants beyond second order (PyTorch's fused kernel)
