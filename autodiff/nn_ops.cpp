@@ -222,11 +222,17 @@ Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w) {
 }
 
 // ---------------------------------------------------------------- normalization
+// Shape (1, C, 1, ...) of a per-channel vector broadcast against x.
+static Shape channel_shape(const Tensor& x) {
+  Shape cs(x.dim(), 1);
+  cs[1] = x.shape()[1];
+  return cs;
+}
+
 // Per-channel affine transform of x (channels on axis 1); weight/bias may be undefined.
 static Tensor channel_affine(const Tensor& x, const Tensor& weight, const Tensor& bias, const char* op) {
   const int64_t C = x.shape()[1];
-  Shape cs(x.dim(), 1);
-  cs[1] = C;
+  const Shape cs = channel_shape(x);
   Tensor y = x;
   for (const auto& [t, name] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
     if (!t->defined()) continue;
@@ -239,13 +245,6 @@ static Tensor channel_affine(const Tensor& x, const Tensor& weight, const Tensor
   if (weight.defined()) y = mul(y, reshape(weight, cs));
   if (bias.defined()) y = add(y, reshape(bias, cs));
   return y;
-}
-
-// Shape (1, C, 1, ...) of a per-channel vector broadcast against x.
-static Shape channel_shape(const Tensor& x) {
-  Shape cs(x.dim(), 1);
-  cs[1] = x.shape()[1];
-  return cs;
 }
 
 // The exact vector-Jacobian product of training-mode batch norm, written with
@@ -268,27 +267,28 @@ static std::vector<Tensor> batch_norm_vjp(const Tensor& g, const Tensor& x, cons
 }
 
 // Training mode: batch statistics (biased variance), written to mean/var (detached) for
-// the running estimates. A backend with a fused kernel computes the forward and, when the
-// backward is not itself recorded, the first-order backward; the rule is otherwise the
-// exact differentiable VJP above. Without a fused kernel, a composition of ops.
+// the running estimates. One recorded op on every device: a backend's fused kernel
+// computes the forward (else ops evaluated without recording do) and, when the backward
+// is not itself recorded, the first-order backward; otherwise the rule is the exact
+// differentiable VJP above.
 static Tensor batch_norm_train(const Tensor& x, const Tensor& w, const Tensor& b, double eps, const Axes& axes,
                                Tensor& bmean, Tensor& bvar) {
   const int64_t C = x.shape()[1];
-  const Shape cs = channel_shape(x);
   Tensor y = empty(x.shape(), x.options());
   bmean = empty({C}, x.options());
   bvar = empty({C}, x.options());
   if (!be(x).batch_norm_forward(x, w, b, eps, y, bmean, bvar)) {
-    Tensor mu = mean(x, axes, true);
-    Tensor xc = sub(x, mu);
+    NoGrad ng;
+    const Shape cs = channel_shape(x);
+    Tensor xd = x.detach(), mu = mean(xd, axes, true);
+    Tensor xc = sub(xd, mu);
     Tensor var = mean(square(xc), axes, true);
     Tensor scale = rsqrt(add_scalar(var, eps));
-    if (w.defined()) scale = mul(scale, reshape(w, cs));
+    if (w.defined()) scale = mul(scale, reshape(w.detach(), cs));
     y = mul(xc, scale);
-    if (b.defined()) y = add(y, reshape(b, cs));
-    bmean = reshape(mu.detach(), {C});
-    bvar = reshape(var.detach(), {C});
-    return y;
+    if (b.defined()) y = add(y, reshape(b.detach(), cs));
+    bmean = reshape(mu, {C});
+    bvar = reshape(var, {C});
   }
   if (any_requires_grad({&x, &w, &b}))
     record(y, "batch_norm", {x, w, b}, {x, w, bmean, bvar}, false,
