@@ -1,8 +1,9 @@
 // Times the CPU convolution kernels (forward, input gradient, weight gradient) on the 20
 // convolutions of ResNet-18 in its CIFAR form (3x32x32 input), float32.
 //   ./build/bench/conv_bench [--batch 128] [--threads 2] [--reps 3]
-// Prints per layer the median wall time of each kernel and its GFLOP/s, then the totals
-// and the CPU time the same runs took.
+// Prints per layer the median wall time of each kernel and its GFLOP/s, the GFLOP/s of one
+// plain GEMM of the layer's shape (the ceiling im2col + GEMM can reach, measured under the
+// same conditions), then the totals and the CPU time the same runs took.
 #include <sys/resource.h>
 #include <tbb/global_control.h>
 
@@ -73,8 +74,8 @@ int main(int argc, char** argv) {
   Generator g(1);
   std::printf("ResNet-18 (CIFAR) convolutions, batch %lld, float32, %d threads, median of %d\n", (long long)batch,
               threads, reps);
-  std::printf("%-16s %5s | %9s %7s | %9s %7s | %9s %7s\n", "layer", "count", "fwd ms", "GF/s", "gin ms", "GF/s",
-              "gw ms", "GF/s");
+  std::printf("%-16s %5s | %9s %7s | %9s %7s | %9s %7s | %7s\n", "layer", "count", "fwd ms", "GF/s", "gin ms", "GF/s",
+              "gw ms", "GF/s", "GEMM");
   double total[3] = {0, 0, 0}, flops_total = 0;
   for (const Layer& l : resnet18_cifar) {
     const Conv2dOptions opt{l.stride, l.K / 2};
@@ -86,9 +87,15 @@ int main(int argc, char** argv) {
     const double t[3] = {median_seconds(reps, &c[0], [&] { conv2d(x, w, {}, opt); }),
                          median_seconds(reps, &c[1], [&] { conv2d_input_grad(gy, w, x.shape(), opt); }),
                          median_seconds(reps, &c[2], [&] { conv2d_weight_grad(x, gy, w.shape(), opt); })};
+    // the ceiling: one plain GEMM of the same [O, K] x [K, cols] shape (cols capped for memory)
+    const int64_t cols = std::min<int64_t>(y.numel() / l.O, 16384);
+    Tensor A = g.normal({l.O, l.C * l.K * l.K}), B = g.normal({l.C * l.K * l.K, cols});
+    double unused;
+    const double tg = median_seconds(reps, &unused, [&] { matmul(A, B); });
+    const double gemm_gflops = 2.0 * double(l.O * l.C * l.K * l.K) * double(cols) / tg * 1e-9;
     const int n = l.count;
-    std::printf("%-16s %5d | %9.2f %7.1f | %9.2f %7.1f | %9.2f %7.1f\n", l.name, n, t[0] * 1e3, flops / t[0] * 1e-9,
-                t[1] * 1e3, flops / t[1] * 1e-9, t[2] * 1e3, flops / t[2] * 1e-9);
+    std::printf("%-16s %5d | %9.2f %7.1f | %9.2f %7.1f | %9.2f %7.1f | %7.1f\n", l.name, n, t[0] * 1e3,
+                flops / t[0] * 1e-9, t[1] * 1e3, flops / t[1] * 1e-9, t[2] * 1e3, flops / t[2] * 1e-9, gemm_gflops);
     for (int k = 0; k < 3; ++k) total[k] += n * t[k], cpu_total += n * c[k];
     flops_total += n * flops;
   }
