@@ -47,7 +47,7 @@ Geometry geometry(const Shape& x, const Shape& w, const Shape& y, const Conv2dPa
 // planes, one image on large planes; the column buffer is capped at 16 MiB.
 int64_t images_per_group(const Geometry& g, size_t elem) {
   int64_t G = std::clamp<int64_t>(256 / std::max<int64_t>(g.P(), 1), 1, 16);
-  const int64_t per_image = g.pointwise() ? 0 : g.K() * g.P() * int64_t(elem);
+  const int64_t per_image = g.K() * g.P() * int64_t(elem);
   while (G > 1 && per_image * G > (int64_t(16) << 20)) --G;
   return std::min(G, g.N);
 }
