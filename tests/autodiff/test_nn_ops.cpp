@@ -113,6 +113,17 @@ TEST_CASE("conv kernels match naive loops (float64, strides, paddings, kernels, 
   for (const ConvCase& q : cases) check_conv_against_loops(q, DType::f64, 1e-12);
 }
 
+TEST_CASE("conv kernels match naive loops on 40 random geometries (even kernels, stride 3, wide padding)") {
+  Generator g(17);
+  auto pick = [&](int64_t lo, int64_t hi) { return lo + g.randint(hi - lo + 1); };
+  for (int i = 0; i < 40; ++i) {
+    ConvCase q{pick(1, 20), pick(1, 4), pick(1, 9), pick(1, 9), pick(1, 4), pick(1, 5), pick(1, 3), 0};
+    q.pad = pick(0, q.K);
+    if (q.H + 2 * q.pad < q.K || q.W + 2 * q.pad < q.K) continue;
+    check_conv_against_loops(q, DType::f64, 1e-12);
+  }
+}
+
 TEST_CASE("conv kernels match naive loops in float32 at a ResNet-like size") {
   check_conv_against_loops({2, 16, 8, 8, 32, 3, 1, 1}, DType::f32, 2e-5);
   check_conv_against_loops({2, 16, 8, 8, 32, 3, 2, 1}, DType::f32, 2e-5);
