@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <tbb/task_arena.h>
 #include <vector>
 
@@ -53,20 +54,22 @@ int64_t images_per_group(const Geometry& g, size_t elem) {
 }
 
 // Scratch buffers, one per worker slot of the current arena (tasks of one loop never
-// nest, so a slot's buffer is used by one task at a time).
+// nest, so a slot's buffer is used by one task at a time); left uninitialized, since
+// every use overwrites it.
 template <class T> class Scratch {
  public:
   explicit Scratch(size_t n) : n_(n), bufs_(size_t(tbb::this_task_arena::max_concurrency()) + 1) {}
   T* get() {
-    int slot = tbb::this_task_arena::current_thread_index();
-    auto& b = bufs_[size_t(slot < 0 || size_t(slot) >= bufs_.size() - 1 ? bufs_.size() - 1 : size_t(slot))];
-    if (b.size() < n_) b.resize(n_);
-    return b.data();
+    const int slot = tbb::this_task_arena::current_thread_index();
+    const size_t last = bufs_.size() - 1;
+    auto& b = bufs_[slot < 0 || size_t(slot) >= last ? last : size_t(slot)];
+    if (!b) b.reset(new T[n_]);
+    return b.get();
   }
 
  private:
   size_t n_;
-  std::vector<std::vector<T>> bufs_;
+  std::vector<std::unique_ptr<T[]>> bufs_;
 };
 
 // Range of output positions o (of n) whose input index o*s - p + k lies in [0, extent).
