@@ -343,10 +343,16 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Ten
     return y;
   }
   if (!have_running) throw Error("batch_norm: eval mode needs running_mean and running_var");
-  // y = x·s + t with s = w/√(running_var + ε), t = b − running_mean·s (constants but w, b)
-  Tensor s = rsqrt(add_scalar(running_var, eps));
+  // y = x·s + t with s = w/√(running_var + ε), t = b − running_mean·s (constants but w, b);
+  // the graph keeps a snapshot, so a later training step may update the running statistics
+  Tensor rm, s;
+  {
+    NoGrad ng;
+    rm = running_mean.clone();
+    s = rsqrt(add_scalar(running_var, eps));
+  }
   if (weight.defined()) s = mul(s, weight);
-  Tensor t = neg(mul(running_mean, s));
+  Tensor t = neg(mul(rm, s));
   if (bias.defined()) t = add(t, bias);
   return add(mul(x, reshape(s, cs)), reshape(t, cs));
 }

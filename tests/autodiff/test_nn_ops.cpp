@@ -255,6 +255,11 @@ TEST_CASE("batch_norm: update_running=false and eval leave the running statistic
   auto m = mean(y, {0, 2, 3}).to_vector();
   for (double v : m) CHECK(std::fabs(v) < 1e-12);
   CHECK_THROWS_AS(batch_norm(x, {}, {}, none_m, none_v, false), Error);
+  // an eval-mode graph survives a later update of the running statistics
+  Tensor w = ones({3}, f64).requires_grad_();
+  Tensor y_eval = batch_norm(x, w, {}, rm, rv, false);
+  batch_norm(x, {}, {}, rm, rv, true);
+  CHECK(grad(sum(y_eval), w).shape() == Shape{3});
 }
 
 TEST_CASE("batch_norm: the fused first-order backward equals the exact recorded rule and a plain composition") {
