@@ -18,7 +18,7 @@ struct Layout {
 };
 Layout layout(const Tensor& x) {
   const int64_t N = x.shape()[0], C = x.shape()[1];
-  return {N, C, N * C ? x.numel() / (N * C) : 0};
+  return {N, C, N * C != 0 ? x.numel() / (N * C) : 0};
 }
 
 // Σ f(i) over i in [0, n), in double with eight interleaved accumulators (vectorizable,
