@@ -217,7 +217,11 @@ std::optional<Batch> Loader::next() {
   if (failed_) std::rethrow_exception(failed_);
   Item it;
   if (opt_.prefetch == 0) {
-    it = produce(state_.epoch, state_.position, epoch_order(state_.epoch));
+    if (sync_order_epoch_ != state_.epoch) {
+      sync_order_ = epoch_order(state_.epoch);
+      sync_order_epoch_ = state_.epoch;
+    }
+    it = produce(state_.epoch, state_.position, sync_order_);
   } else {
     if (!worker_.joinable()) start_worker();
     std::unique_lock lock(mu_);
@@ -258,6 +262,7 @@ void Loader::restore(const LoaderState& s) {
   stop_worker();
   failed_ = nullptr;
   state_ = s;
+  sync_order_epoch_ = -1;  // the seed may have changed
 }
 
 }  // namespace flatmin::data

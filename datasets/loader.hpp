@@ -89,6 +89,8 @@ class Loader {
   int64_t batches_ = 0;
   LoaderState state_;
   std::exception_ptr failed_;
+  std::vector<int64_t> sync_order_;  // the current epoch's order when prefetch = 0
+  int64_t sync_order_epoch_ = -1;
 
   std::thread worker_;
   std::mutex mu_;
