@@ -242,8 +242,12 @@ Dataset load_mnist_layout(const std::string& dir, bool train, const std::string&
   if (images.empty() || labels.empty())
     throw Error(name + ": " + dir + " has no " + prefix + (images.empty() ? "-images-idx3-ubyte" : "-labels-idx1-ubyte") +
                 "[.gz]");
-  Dataset d = idx_dataset(read_idx(images), read_idx(labels), 10, name + (train ? "-train" : "-test"));
-  return d;
+  const IdxArray image_array = read_idx(images), label_array = read_idx(labels);
+  try {
+    return idx_dataset(image_array, label_array, 10, name + (train ? "-train" : "-test"));
+  } catch (const Error& e) {  // name the files, not only the set
+    throw Error(images + " + " + labels + ": " + e.what());
+  }
 }
 
 Dataset load_fashion_mnist(bool train, const std::string& dir) {

@@ -209,6 +209,9 @@ TEST_CASE("mnist layout: plain and gzip files, and the Fashion-MNIST hint") {
   CHECK(msg.find("apt-get install dataset-fashion-mnist") != std::string::npos);
   CHECK(error_of([&] { read_file((tmp.path / "missing.bin").string()); }).find("missing.bin: no such file") !=
         std::string::npos);
+  testdata::write(tmp.path / "t10k-labels-idx1-ubyte.gz", testdata::gzip(testdata::idx({1}, {12})));
+  CHECK(error_of([&] { load_mnist_layout(tmp.path.string(), false, "mini"); })
+            .find("t10k-labels-idx1-ubyte.gz: mini-test: label 12 of example 0 is outside [0, 10)") != std::string::npos);
   std::filesystem::remove(tmp.path / "t10k-labels-idx1-ubyte.gz");
   CHECK(error_of([&] { load_mnist_layout(tmp.path.string(), false, "mini"); }).find("no t10k-labels-idx1-ubyte") !=
         std::string::npos);
