@@ -78,7 +78,8 @@ PoolGeom pool_geometry(const Shape& x, const Shape& y, const Pool2dParams& p) {
   return {x[0] * x[1], x[2], x[3], y[2], y[3], p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w};
 }
 
-// Window maximum (padding counts as -inf); the first maximum in row-major window order wins.
+// Window maximum over the window clipped to the input (padding counts as -inf). As the CPU
+// (and PyTorch): the first maximum in row-major window order wins, a NaN wins over numbers.
 template <class T> __global__ void max_pool_kernel(const T* x, T* y, int64_t* idx, PoolGeom g) {
   const int64_t ohw = g.OH * g.OW;
   FM_GRID_LOOP(e, g.planes * ohw) {
@@ -92,7 +93,7 @@ template <class T> __global__ void max_pool_kernel(const T* x, T* y, int64_t* id
       for (int64_t w = w0; w < w0 + g.KW; ++w) {
         if (w < 0 || w >= g.W) continue;
         const T v = xp[h * g.W + w];
-        if (bi < 0 || v > best) {
+        if (bi < 0 || v > best || isnan(v)) {
           best = v;
           bi = h * g.W + w;
         }
