@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs, on a machine where flatmin builds, the build dependencies that a GPU machine
 # without network access may lack (Eigen, oneTBB, doctest, CLI11, nlohmann-json, zlib
-# headers, pkg-config and meson) into .gpudeps/ (about 25 MB, git-ignored). Carry that
+# headers, pkg-config and meson) into .gpudeps/ (about 25 MB, in .gitignore). Carry that
 # folder to the GPU machine next to the checkout; tools/gpu_check.sh uses it only when
 # the machine's own packages are missing.
 set -euo pipefail
@@ -27,6 +27,4 @@ pc tbb "$(pkg-config --modversion tbb)" '-I${includedir}' '-L${libdir} -ltbb'
 pc zlib "$(pkg-config --modversion zlib)" '-I${includedir}' '-L${libdir} -lz'
 pc nlohmann_json "$(pkg-config --modversion nlohmann_json)" '-I${includedir}' ''
 pc CLI11 "$(pkg-config --modversion CLI11)" '-I${includedir}' ''
-exclude="$(git rev-parse --git-common-dir)/info/exclude"
-grep -qx '/.gpudeps/' "$exclude" 2>/dev/null || echo '/.gpudeps/' >> "$exclude"
 du -sh "$D"

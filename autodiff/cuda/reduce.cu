@@ -32,23 +32,37 @@ template <class Acc> __device__ __forceinline__ Acc combine(ReduceOp op, Acc a, 
   return op == ReduceOp::sum ? a + b : op == ReduceOp::max ? (b > a ? b : a) : (b < a ? b : a);
 }
 
-// One block per output: threads stride over the reduced elements, then a fixed tree.
+// One block per (output, split): threads stride over the split's reduced elements, then a
+// fixed tree. With one split the block writes the output; with several it writes its
+// partial, and reduce_partials_kernel combines each output's partials in split order.
 template <class T, class Acc>
-__global__ void reduce_block_kernel(ReduceOp op, const T* x, T* out, int64_t nout, int64_t R, Axes kept, Axes red,
-                                    Acc init) {
+__global__ void reduce_block_kernel(ReduceOp op, const T* x, T* out, Acc* partial, int64_t nout, int64_t R,
+                                    int64_t splits, int64_t chunk, Axes kept, Axes red, Acc init) {
   __shared__ Acc part[kThreads];
-  for (int64_t o = blockIdx.x; o < nout; o += gridDim.x) {
+  for (int64_t b = blockIdx.x; b < nout * splits; b += gridDim.x) {
+    const int64_t o = b / splits, r0 = (b % splits) * chunk, r1 = min(R, r0 + chunk);
     const int64_t base = offset_of(kept, o);
     Acc acc = init;
-    for (int64_t r = threadIdx.x; r < R; r += kThreads) acc = combine(op, acc, Acc(x[base + offset_of(red, r)]));
+    for (int64_t r = r0 + threadIdx.x; r < r1; r += kThreads) acc = combine(op, acc, Acc(x[base + offset_of(red, r)]));
     part[threadIdx.x] = acc;
     __syncthreads();
     for (int s = kThreads / 2; s > 0; s >>= 1) {
       if (int(threadIdx.x) < s) part[threadIdx.x] = combine(op, part[threadIdx.x], part[threadIdx.x + s]);
       __syncthreads();
     }
-    if (threadIdx.x == 0) out[o] = T(part[0]);
+    if (threadIdx.x == 0) {
+      if (partial) partial[b] = part[0];
+      else out[o] = T(part[0]);
+    }
     __syncthreads();
+  }
+}
+template <class T, class Acc>
+__global__ void reduce_partials_kernel(ReduceOp op, const Acc* partial, T* out, int64_t nout, int64_t splits, Acc init) {
+  FM_GRID_LOOP(o, nout) {
+    Acc acc = init;
+    for (int64_t s = 0; s < splits; ++s) acc = combine(op, acc, partial[o * splits + s]);
+    out[o] = T(acc);
   }
 }
 
@@ -106,11 +120,25 @@ void reduce(const Ctx& c, ReduceOp op, const Tensor& x, Tensor& out) {
                                            : (L::has_infinity ? L::infinity() : L::max());
     const T* px = data_ptr<T>(x);
     T* po = data_ptr<T>(out);
-    if (column)
+    if (column) {
       reduce_column_kernel<T, Acc><<<grid_for(nout), kThreads, 0, c.stream>>>(op, px, po, nout, R, kept, red, init);
-    else
-      reduce_block_kernel<T, Acc><<<unsigned(std::min<int64_t>(nout, 1 << 20)), kThreads, 0, c.stream>>>(
-          op, px, po, nout, R, kept, red, init);
+      return;
+    }
+    // Few outputs over many elements (norms, dot products, batch statistics): split each
+    // output's range so that about kSplitBlocks blocks run. Depends on the shapes only.
+    constexpr int64_t kSplitBlocks = 528, kMinChunk = 16384;
+    const int64_t splits = nout >= kSplitBlocks / 2 || R < 2 * kMinChunk
+                               ? 1
+                               : std::min((kSplitBlocks + nout - 1) / nout, (R + kMinChunk - 1) / kMinChunk);
+    const int64_t chunk = (R + splits - 1) / splits;
+    Workspace partial(c.backend, splits > 1 ? size_t(nout * splits) * sizeof(Acc) : 0);
+    Acc* pp = static_cast<Acc*>(partial.ptr);
+    reduce_block_kernel<T, Acc><<<unsigned(std::min<int64_t>(nout * splits, 1 << 20)), kThreads, 0, c.stream>>>(
+        op, px, po, pp, nout, R, splits, chunk, kept, red, init);
+    if (splits > 1) {
+      after_launch(c, "reduce (partials)");
+      reduce_partials_kernel<T, Acc><<<grid_for(nout), kThreads, 0, c.stream>>>(op, pp, po, nout, splits, init);
+    }
   });
   after_launch(c, "reduce");
 }
