@@ -56,7 +56,7 @@ say "meson: $("${MESON[@]}" --version 2>&1 | tail -1); ninja: $(ninja --version 
 # ---- configure + build ----
 if [ -d build-gpu ]; then setup=(setup --reconfigure); else setup=(setup); fi
 if "${MESON[@]}" "${setup[@]}" build-gpu -Dcuda=enabled -Dmarch=native >> "$LOG/build.log" 2>&1 &&
-  ninja -C build-gpu -j "$JOBS" >> "$LOG/build.log" 2>&1; then
+  timeout 330 ninja -C build-gpu -j "$JOBS" >> "$LOG/build.log" 2>&1; then
   say "build: ok ($(grep -c 'Compiling Cuda' "$LOG/build.log") CUDA objects compiled)"
 else
   say "build: FAILED; the end of build.log:"
@@ -66,15 +66,37 @@ else
 fi
 T=./build-gpu/tests/flatmin_tests
 
+# compute-sanitizer memcheck over the kernel-level gpu tests (names the kernel and address
+# of any out-of-bounds access); $1 = seconds allowed.
+sanitized=0
+run_sanitizer() {
+  sanitized=1
+  if ! command -v compute-sanitizer > /dev/null || [ "$1" -lt 30 ]; then
+    say "compute-sanitizer: skipped (not installed or no time left)"
+    return
+  fi
+  timeout "$1" compute-sanitizer --tool memcheck --error-exitcode 9 "$T" -ts=gpu \
+    -tc='*random*,*allocator*,*copies*,*int64*,*scatters*,*reductions*,*matmul*,*conv2d kernels*,*pooling*' \
+    > "$LOG/sanitizer.log" 2>&1
+  local rc=$?
+  say "compute-sanitizer memcheck rc $rc (124 = ran out of time): $(grep -E 'ERROR SUMMARY' "$LOG/sanitizer.log" | tail -1)"
+  [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -E -A8 'Invalid|ERROR' "$LOG/sanitizer.log" | head -40 | tee -a "$SUMMARY"
+}
+
 # ---- gpu test suite ----
 FLATMIN_CUDA_SYNC=1 timeout 200 "$T" -ts=gpu > "$LOG/gpu_tests.log" 2>&1
 rc=$?
 say "gpu suite (rc $rc): $(grep -E '^\[doctest\] (test cases|assertions)' "$LOG/gpu_tests.log" | tr '\n' ' ')"
 if [ $rc -ne 0 ]; then
   status=1
-  say "gpu suite failures (first 200 lines):"
+  say "gpu suite failures (first 200 lines; a crash shows as CRASHED or no summary):"
   grep -E -B3 -A12 'ERROR|FATAL|CRASH|exception' "$LOG/gpu_tests.log" | head -200 | tee -a "$SUMMARY"
+  tail -5 "$LOG/gpu_tests.log" | tee -a "$SUMMARY"
+elif ! grep -qE '^\[doctest\] test cases: +[1-9]' "$LOG/gpu_tests.log"; then
+  status=1
+  say "gpu suite did NOT run: $(grep -m1 'no usable CUDA device' "$LOG/gpu_tests.log")"
 fi
+[ $status -ne 0 ] && run_sanitizer 150  # diagnose a failure first, benchmarks after
 
 # ---- benchmarks ----
 timeout 150 ./build-gpu/bench/flatmin_gpu_bench --batch 128 --width 64 --steps 10 > "$LOG/bench.log" 2>&1
@@ -93,19 +115,13 @@ if [ "$(left)" -gt 60 ]; then
   rc=$?
   [ $rc -ne 0 ] && status=1
   say "whole suite (rc $rc): $(grep -E '^\[doctest\] (test cases|assertions)' "$LOG/all_tests.log" | tr '\n' ' ')"
-  [ $rc -ne 0 ] && grep -E -B3 -A10 'ERROR|FATAL|CRASH' "$LOG/all_tests.log" | head -80 | tee -a "$SUMMARY"
+  [ $rc -ne 0 ] && grep -E -B3 -A10 'ERROR|FATAL|CRASH' "$LOG/all_tests.log" | head -60 | tee -a "$SUMMARY"
 else
   say "whole suite skipped: budget spent"
 fi
 
 # ---- compute-sanitizer (memcheck) over the kernel-level tests, if time remains ----
-if command -v compute-sanitizer > /dev/null && [ "$(left)" -gt 45 ]; then
-  timeout $(($(left) - 15)) compute-sanitizer --tool memcheck --error-exitcode 9 "$T" -ts=gpu \
-    -tc='*random*,*allocator*,*copies*,*int64*,*scatters*,*conv2d kernels*,*pooling*' > "$LOG/sanitizer.log" 2>&1
-  rc=$?
-  say "compute-sanitizer memcheck rc $rc (124 = ran out of time): $(grep -E 'ERROR SUMMARY' "$LOG/sanitizer.log" | tail -1)"
-  [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -E -A8 'Invalid|ERROR' "$LOG/sanitizer.log" | head -40 | tee -a "$SUMMARY"
-fi
+[ "$sanitized" -eq 0 ] && run_sanitizer $(($(left) - 15))
 
 # ---- summary ----
 {
