@@ -1,0 +1,131 @@
+// Internal to the CUDA backend (included only by autodiff/cuda/*.cu): error checks, the
+// launch context, the small by-value index structs kernels take, and the kernel entry
+// points of each .cu file. Plain pointers and Tensors; no Eigen.
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "autodiff/backend.hpp"
+
+namespace flatmin::cuda {
+
+// Error naming the op and CUDA's reason, for any failed runtime / cuBLAS call.
+void check(cudaError_t e, const char* op);
+void check_blas(cublasStatus_t s, const char* op);
+
+// What every kernel launch needs: the device's stream and cuBLAS handle, and the backend
+// (its caching allocator provides temporary workspaces).
+struct Ctx {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  Backend* backend = nullptr;
+  bool sync_each = false;  // FLATMIN_CUDA_SYNC=1: synchronize after each kernel (debugging)
+};
+// After each launch: the launch error, and with sync_each the kernel's own error, by op name.
+void after_launch(const Ctx& c, const char* op);
+
+constexpr int kThreads = 256;
+inline unsigned grid_for(int64_t n) {
+  return unsigned(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, int64_t(65535) * 64));
+}
+
+// Shapes and per-operand strides of up to kMaxDims (collapsed) axes, passed by value.
+constexpr int kMaxDims = 8;
+template <int K> struct Indexer {
+  int nd = 0;
+  int64_t shape[kMaxDims] = {};
+  int64_t stride[K][kMaxDims] = {};
+};
+// Builds an Indexer for a loop over `shape` (row-major order), operand k reading with
+// strides[k]; adjacent axes contiguous for every operand are merged. Error past kMaxDims.
+template <int K>
+Indexer<K> make_indexer(Shape shape, std::array<std::vector<int64_t>, K> strides, const char* op);
+// Strides of `in` broadcast against `out` (0 on broadcast axes), and row-major strides.
+std::vector<int64_t> broadcast_strides(const Shape& in, const Shape& out);
+std::vector<int64_t> contiguous_strides(const Shape& s);
+
+#if defined(__CUDACC__)
+// Offsets of flat (row-major) element i for each operand.
+template <int K> __device__ __forceinline__ void offsets(const Indexer<K>& ix, int64_t i, int64_t (&off)[K]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) off[k] = 0;
+#pragma unroll
+  for (int d = kMaxDims - 1; d >= 0; --d) {
+    if (d < ix.nd) {
+      const int64_t n = ix.shape[d], c = i % n;
+      i /= n;
+#pragma unroll
+      for (int k = 0; k < K; ++k) off[k] += c * ix.stride[k][d];
+    }
+  }
+}
+#define FM_GRID_LOOP(i, n) \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(blockDim.x) * gridDim.x)
+#endif
+
+// A temporary device buffer from the backend's caching allocator (stream-ordered reuse).
+struct Workspace {
+  Backend* backend;
+  size_t bytes;
+  void* ptr;
+  Workspace(Backend* b, size_t n) : backend(b), bytes(n), ptr(n ? b->allocate(n) : nullptr) {}
+  ~Workspace() {
+    if (ptr) backend->deallocate(ptr, bytes);
+  }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+};
+
+template <class F> void dispatch(DType d, F&& f) {
+  switch (d) {
+    case DType::f32: f(float{}); break;
+    case DType::f64: f(double{}); break;
+    case DType::i64: f(int64_t{}); break;
+  }
+}
+template <class F> void dispatch_float(DType d, const char* op, F&& f) {
+  switch (d) {
+    case DType::f32: f(float{}); break;
+    case DType::f64: f(double{}); break;
+    default: throw Error(std::string(op) + ": not defined for int64 tensors");
+  }
+}
+
+// ---- elementwise.cu ----
+void fill(const Ctx&, Tensor& out, double value);
+void cast(const Ctx&, const Tensor& in, Tensor& out);
+void arange(const Ctx&, Tensor& out);
+void unary(const Ctx&, UnaryOp op, const Tensor& x, Tensor& out, double param);
+void binary(const Ctx&, BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out);
+void where(const Ctx&, const Tensor& c, const Tensor& a, const Tensor& b, Tensor& out);
+void random(const Ctx&, RandomKind kind, Tensor& out, uint64_t seed, uint64_t offset);
+// ---- layout.cu ----
+// out (contiguous) = in[offset + Σ i_d strides_d] over out's shape
+void strided_copy(const Ctx&, const Tensor& in, int64_t offset, const std::vector<int64_t>& strides, Tensor& out,
+                  const char* op);
+void slice_add(const Ctx&, const Tensor& src, Tensor& out, int64_t axis, int64_t start, int64_t step);
+void index_select(const Ctx&, const Tensor& x, int64_t axis, const Tensor& idx, Tensor& out);
+void index_add(const Ctx&, const Tensor& src, int64_t axis, const Tensor& idx, Tensor& out);
+void gather(const Ctx&, const Tensor& x, int64_t axis, const Tensor& idx, Tensor& out);
+void scatter_add(const Ctx&, const Tensor& src, int64_t axis, const Tensor& idx, Tensor& out);
+// ---- reduce.cu ----
+void reduce(const Ctx&, ReduceOp op, const Tensor& x, Tensor& out);
+// ---- cuda_backend.cu: batched row-major GEMM on raw pointers, C = op(A) op(B) + beta C ----
+void gemm(const Ctx&, DType t, const void* a, const void* b, void* c, const Backend::MatmulArgs& g, double beta,
+          int64_t stride_c);
+// ---- conv.cu ----
+void conv2d(const Ctx&, const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p);
+void conv2d_input_grad(const Ctx&, const Tensor& gy, const Tensor& w, Tensor& gx, const Conv2dParams& p);
+void conv2d_weight_grad(const Ctx&, const Tensor& x, const Tensor& gy, Tensor& gw, const Conv2dParams& p);
+void max_pool2d(const Ctx&, const Tensor& x, Tensor& out, Tensor& indices, const Pool2dParams& p);
+void avg_pool2d(const Ctx&, const Tensor& x, Tensor& out, const Pool2dParams& p);
+void avg_pool2d_adjoint(const Ctx&, const Tensor& gy, Tensor& gx, const Pool2dParams& p);
+
+}  // namespace flatmin::cuda

@@ -1,0 +1,126 @@
+// flatmin_gpu_bench: throughput of a ResNet-18 training step and of one Hessian-vector
+// product on a CUDA device, plus GEMM and convolution kernel rates. Prints one
+// "RESULT key=value ..." line per measurement (tools/gpu_check.sh collects them).
+//   flatmin_gpu_bench [--device cuda:0] [--batch 128] [--width 64] [--steps 10] [--dtype f32] [--gemm 4096]
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "autodiff/autodiff.hpp"
+#include "autodiff/backend.hpp"
+#include "autodiff/nn_ops.hpp"
+#include "nn/nn.hpp"
+
+using namespace flatmin;
+
+namespace {
+
+struct Options {
+  Device device = Device::cuda(0);
+  int64_t batch = 128, width = 64, steps = 10, gemm = 4096;
+  DType dtype = DType::f32;
+};
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (i + 1 >= argc) throw Error("flatmin_gpu_bench: option " + a + " needs a value");
+    const std::string v = argv[++i];
+    if (a == "--device") o.device = Device::parse(v);
+    else if (a == "--batch") o.batch = std::stoll(v);
+    else if (a == "--width") o.width = std::stoll(v);
+    else if (a == "--steps") o.steps = std::stoll(v);
+    else if (a == "--gemm") o.gemm = std::stoll(v);
+    else if (a == "--dtype") {
+      if (v != "f32" && v != "f64") throw Error("flatmin_gpu_bench: --dtype must be f32 or f64, got " + v);
+      o.dtype = v == "f32" ? DType::f32 : DType::f64;
+    } else throw Error("flatmin_gpu_bench: unknown option " + a);
+  }
+  if (o.batch < 1 || o.width < 1 || o.steps < 1 || o.gemm < 1)
+    throw Error("flatmin_gpu_bench: batch, width, steps and gemm must be >= 1");
+  return o;
+}
+
+// Seconds per call of fn (after `warmup` calls), with the device drained before each clock read.
+template <class F> double seconds_per_call(Device d, int64_t calls, int64_t warmup, F&& fn) {
+  for (int64_t i = 0; i < warmup; ++i) fn();
+  backend(d).synchronize();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < calls; ++i) fn();
+  backend(d).synchronize();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / double(calls);
+}
+
+void gemm_rate(const Options& o) {
+  const int64_t n = o.gemm;
+  Generator g(1);
+  const Tensor a = g.normal({n, n}, {o.dtype, o.device}), b = g.normal({n, n}, {o.dtype, o.device});
+  NoGrad ng;
+  const double s = seconds_per_call(o.device, 10, 2, [&] { (void)matmul(a, b); });
+  std::printf("RESULT bench=gemm n=%lld dtype=%s ms=%.3f tflops=%.2f\n", (long long)n, dtype_name(o.dtype), s * 1e3,
+              2.0 * double(n) * double(n) * double(n) / s / 1e12);
+}
+
+void conv_rate(const Options& o) {
+  // The widest 3x3 layer of the CIFAR ResNet-18's first stage.
+  Generator g(2);
+  const Tensor x = g.normal({o.batch, o.width, 32, 32}, {o.dtype, o.device});
+  const Tensor w = g.normal({o.width, o.width, 3, 3}, {o.dtype, o.device});
+  NoGrad ng;
+  const double s = seconds_per_call(o.device, 10, 2, [&] { (void)conv2d(x, w, {}, {.stride = 1, .padding = 1}); });
+  const double flops = 2.0 * double(o.batch) * double(o.width * o.width * 9) * 32 * 32;
+  std::printf("RESULT bench=conv3x3 shape=%lldx%lldx32x32 dtype=%s ms=%.3f tflops=%.2f\n", (long long)o.batch,
+              (long long)o.width, dtype_name(o.dtype), s * 1e3, flops / s / 1e12);
+}
+
+void resnet_rates(const Options& o) {
+  auto net = nn::resnet18({.classes = 10, .stem = nn::Stem::cifar, .width = o.width, .seed = 0});
+  net.to(o.dtype).to(o.device).train();
+  Generator g(3);
+  const Tensor x = g.normal({o.batch, 3, 32, 32}, {o.dtype, o.device});
+  std::vector<int64_t> labels(size_t(o.batch));
+  for (size_t i = 0; i < labels.size(); ++i) labels[i] = int64_t(i % 10);
+  const Tensor y = from_ints(labels, {o.batch}, o.device);
+  ScalarFn f = nn::classification_loss(net, x, y);
+
+  // Training step: loss and gradient, then plain SGD in place.
+  double loss = 0;
+  const double step = seconds_per_call(o.device, o.steps, 2, [&] {
+    Params p = net.parameters();
+    Params gr = gradient(f, p);
+    NoGrad ng;
+    for (size_t i = 0; i < p.size(); ++i) p[i].add_(gr[i], -0.01);
+  });
+  loss = value(f, net.parameters()).item();
+  std::printf("RESULT bench=resnet18_train_step batch=%lld width=%lld dtype=%s ms=%.2f images_per_s=%.1f loss=%.4f\n",
+              (long long)o.batch, (long long)o.width, dtype_name(o.dtype), step * 1e3, double(o.batch) / step, loss);
+
+  // One Hessian-vector product (reverse over reverse), batch statistics kept fixed.
+  net.update_running_stats(false);
+  const Params p = net.parameters();
+  const Params v = Generator(4).sphere_like(p);
+  const double h = seconds_per_call(o.device, std::max<int64_t>(1, o.steps / 2), 1, [&] { (void)hvp(f, p, v); });
+  std::printf("RESULT bench=resnet18_hvp batch=%lld width=%lld dtype=%s ms=%.2f images_per_s=%.1f\n", (long long)o.batch,
+              (long long)o.width, dtype_name(o.dtype), h * 1e3, double(o.batch) / h);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Options o = parse(argc, argv);
+    backend(o.device);  // a clear error now if the device is not usable
+    std::printf("flatmin_gpu_bench on %s: batch %lld, width %lld, %s, %lld steps\n", o.device.str().c_str(),
+                (long long)o.batch, (long long)o.width, dtype_name(o.dtype), (long long)o.steps);
+    gemm_rate(o);
+    conv_rate(o);
+    resnet_rates(o);
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "flatmin_gpu_bench: %s\n", e.what());
+    return 1;
+  }
+}

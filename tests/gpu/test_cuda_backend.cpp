@@ -1,0 +1,245 @@
+// CUDA backend kernels against independent references: random numbers against the CPU's
+// Philox stream, convolution and pooling against naive loops written here, scatters with
+// duplicate indices bitwise against the CPU (same summation order), int64 kernels against
+// hand values; plus the allocator, determinism and device errors.
+#include <cstring>
+
+#include "autodiff/backend.hpp"
+#include "tests/gpu/gpu_parity.hpp"
+
+using namespace flatmin;
+using namespace flatmin::gpu_test;
+
+namespace {
+
+// Naive NCHW convolution in double (the reference for the cuBLAS/im2col path).
+std::vector<double> naive_conv(const std::vector<double>& x, const std::vector<double>& w, const Shape& xs,
+                               const Shape& ws, const Conv2dParams& p, Shape& ys) {
+  const int64_t N = xs[0], C = xs[1], H = xs[2], W = xs[3], O = ws[0], KH = ws[2], KW = ws[3];
+  const int64_t OH = (H + 2 * p.pad_h - KH) / p.stride_h + 1, OW = (W + 2 * p.pad_w - KW) / p.stride_w + 1;
+  ys = {N, O, OH, OW};
+  std::vector<double> y(size_t(N * O * OH * OW), 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t oh = 0; oh < OH; ++oh)
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          double acc = 0;
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t kh = 0; kh < KH; ++kh)
+              for (int64_t kw = 0; kw < KW; ++kw) {
+                const int64_t h = oh * p.stride_h - p.pad_h + kh, ww = ow * p.stride_w - p.pad_w + kw;
+                if (h < 0 || h >= H || ww < 0 || ww >= W) continue;
+                acc += x[size_t(((n * C + c) * H + h) * W + ww)] * w[size_t(((o * C + c) * KH + kh) * KW + kw)];
+              }
+          y[size_t(((n * O + o) * OH + oh) * OW + ow)] = acc;
+        }
+  return y;
+}
+
+double vdot(const std::vector<double>& a, const std::vector<double>& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+double max_rel(const std::vector<double>& a, const std::vector<double>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num = std::max(num, std::fabs(a[i] - b[i]));
+    den = std::max(den, std::fabs(b[i]));
+  }
+  return a.size() == b.size() ? num / std::max(den, 1e-300) : 1e300;
+}
+
+}  // namespace
+
+TEST_SUITE("gpu") {
+  TEST_CASE("random numbers equal the CPU's for the same seed and offset") {
+    for (DType t : {DType::f64, DType::f32}) {
+      Generator gc(2024), gg(2024);
+      gc.uniform({5}, {t}), gg.uniform({5}, {t, kCuda});  // a non-zero offset for what follows
+      const auto uc = gc.uniform({4099}, {t}).to_vector(), ug = gg.uniform({4099}, {t, kCuda}).to_vector();
+      CHECK(uc == ug);  // integer arithmetic and exact scaling: bitwise
+      const auto rc = gc.rademacher({1000}, {t}).to_vector(), rg = gg.rademacher({1000}, {t, kCuda}).to_vector();
+      CHECK(rc == rg);
+      const auto nc = gc.normal({4099}, {t}).to_vector(), ng = gg.normal({4099}, {t, kCuda}).to_vector();
+      // Box-Muller through log/cos: the device's libm may differ from glibc's in the last bit
+      double worst = 0;
+      for (size_t i = 0; i < nc.size(); ++i) worst = std::max(worst, std::fabs(nc[i] - ng[i]) / std::max(1.0, std::fabs(nc[i])));
+      INFO(dtype_name(t) << " normal: worst relative difference " << worst);
+      CHECK(worst <= (t == DType::f64 ? 1e-14 : 2.4e-7));
+      CHECK(gc.offset() == gg.offset());
+    }
+  }
+
+  TEST_CASE("the caching allocator hands a freed block back out") {
+    Backend& b = backend(kCuda);
+    void* p = b.allocate(1000);
+    void* q = b.allocate(1000);
+    CHECK(p != nullptr);
+    CHECK(p != q);
+    b.deallocate(p, 1000);
+    void* r = b.allocate(1000);
+    CHECK(r == p);  // same bucket, reused without cudaMalloc
+    b.deallocate(r, 1000);
+    b.deallocate(q, 1000);
+    // Tensors go through the same path: a temporary's storage is reused by the next one.
+    const void* first;
+    {
+      Tensor t = zeros({1234}, {DType::f32, kCuda});
+      first = t.raw();
+    }
+    Tensor u = zeros({1234}, {DType::f32, kCuda});
+    CHECK(u.raw() == first);
+    CHECK(b.allocate(0) == nullptr);
+  }
+
+  TEST_CASE("copies between host and device round-trip exactly, any dtype") {
+    const std::vector<double> v = {1.5, -2.25, 3e300, -0.0, 7};
+    CHECK(from_vector(v, {5}, {DType::f64, kCuda}).to_vector() == v);
+    const Tensor i = from_ints({-3, 9000000000LL, 0}, {3}, kCuda);
+    CHECK(i.to_int_vector() == std::vector<int64_t>{-3, 9000000000LL, 0});
+    Tensor a = from_vector(v, {5}, {DType::f64, kCuda}), b = zeros({5}, {DType::f64, kCuda});
+    b.copy_(a);  // device-to-device copy
+    CHECK(b.to_vector() == v);
+    CHECK(a.to(Device::cpu()).device() == Device::cpu());
+  }
+
+  TEST_CASE("int64 fill, cast, arange, compares and indexing on the device") {
+    CHECK(arange(6, {DType::i64, kCuda}).to_int_vector() == std::vector<int64_t>{0, 1, 2, 3, 4, 5});
+    CHECK(full({3}, -7, {DType::i64, kCuda}).to_int_vector() == std::vector<int64_t>{-7, -7, -7});
+    const Tensor f = from_vector(std::vector<double>{-1.75, 2.5, 3.0}, {3}, {DType::f64, kCuda});
+    CHECK(to_dtype(f, DType::i64).to_int_vector() == std::vector<int64_t>{-1, 2, 3});  // truncation, as the CPU
+    const Tensor a = from_ints({1, 5, 3}, {3}, kCuda), b = from_ints({2, 5, 1}, {3}, kCuda);
+    CHECK(gt(a, b).to_int_vector() == std::vector<int64_t>{0, 0, 1});
+    CHECK(eq(a, b).to_int_vector() == std::vector<int64_t>{0, 1, 0});
+    CHECK(add(a, b).to_int_vector() == std::vector<int64_t>{3, 10, 4});
+    CHECK(sum(a).to_int_vector() == std::vector<int64_t>{9});
+    CHECK(index_select(a, 0, from_ints({2, 2, 0}, {3}, kCuda)).to_int_vector() == std::vector<int64_t>{3, 3, 1});
+    CHECK(argmax(from_vector(std::vector<double>{0.1, 0.9, 0.3, 0.8, 0.2, 0.1}, {2, 3}, {DType::f32, kCuda}), 1)
+              .to_int_vector() == std::vector<int64_t>{1, 0});
+  }
+
+  TEST_CASE("scatters with duplicate indices equal the CPU bitwise (same summation order)") {
+    Generator g(5);
+    const Tensor src = g.normal({200, 33}, {DType::f64});
+    std::vector<int64_t> rows(200);
+    for (size_t i = 0; i < rows.size(); ++i) rows[i] = int64_t((i * 7) % 5);  // heavy duplication
+    const auto c = index_add(src, {5, 33}, 0, from_ints(rows, {200})).to_vector();
+    const auto k = index_add(src.to(kCuda), {5, 33}, 0, from_ints(rows, {200}, kCuda)).to_vector();
+    CHECK(c == k);
+    std::vector<int64_t> cols(200 * 33);
+    for (size_t i = 0; i < cols.size(); ++i) cols[i] = int64_t((i * 13) % 4);
+    const auto sc = scatter_add(src, {200, 4}, 1, from_ints(cols, {200, 33})).to_vector();
+    const auto sk = scatter_add(src.to(kCuda), {200, 4}, 1, from_ints(cols, {200, 33}, kCuda)).to_vector();
+    CHECK(sc == sk);
+  }
+
+  TEST_CASE("reductions are deterministic run to run and agree with the CPU") {
+    Generator g(8);
+    const Tensor x = g.normal({64, 3000}, {DType::f32});
+    const Tensor xg = x.to(kCuda);
+    for (const Axes& axes : {Axes{0}, Axes{1}, Axes{}}) {
+      const auto a = sum(xg, axes).to_vector(), b = sum(xg, axes).to_vector();
+      CHECK(a == b);
+      CHECK(rel_diff(sum(xg, axes), sum(x.to(DType::f64), axes)) <= 1e-6);  // double accumulation
+    }
+    CHECK(sum(zeros({0, 3}, {DType::f32, kCuda}), {0}).to_vector() == std::vector<double>{0, 0, 0});
+  }
+
+  TEST_CASE("matmul: float32 large product and empty operands") {
+    Generator g(9);
+    const Tensor a = g.normal({2, 300, 257}, {DType::f64}), b = g.normal({257, 190}, {DType::f64});
+    const Tensor ref = matmul(a, b);
+    CHECK(rel_diff(matmul(a.to(DType::f32).to(kCuda), b.to(DType::f32).to(kCuda)), ref) <= 1e-5);
+    CHECK(rel_diff(matmul(a.to(kCuda), b.to(kCuda)), ref) <= 1e-13);
+    const Tensor e = matmul(zeros({3, 0}, {DType::f64, kCuda}), zeros({0, 2}, {DType::f64, kCuda}));
+    CHECK(e.to_vector() == std::vector<double>(6, 0.0));
+  }
+
+  TEST_CASE("conv2d kernels match naive loops and are each other's adjoints") {
+    struct Geometry {
+      Shape x, w;
+      Conv2dParams p;
+    };
+    for (const Geometry& q : {Geometry{{2, 3, 9, 8}, {4, 3, 3, 3}, {2, 2, 1, 1}},
+                              Geometry{{3, 5, 6, 7}, {2, 5, 1, 1}, {1, 1, 0, 0}},  // pointwise fast path
+                              Geometry{{1, 2, 7, 7}, {3, 2, 3, 2}, {1, 2, 2, 0}}}) {
+      for (DType t : {DType::f64, DType::f32}) {
+        Generator g(21);
+        const Tensor x = g.normal(q.x, {DType::f64}), w = g.normal(q.w, {DType::f64});
+        Shape ys;
+        const auto ref = naive_conv(x.to_vector(), w.to_vector(), q.x, q.w, q.p, ys);
+        const Tensor xg = x.to(t).to(kCuda), wg = w.to(t).to(kCuda);
+        Tensor y = empty(ys, {t, kCuda});
+        backend(kCuda).conv2d(xg, wg, y, q.p);
+        const double tol = t == DType::f64 ? 1e-12 : 1e-5;
+        INFO("conv " << to_string(q.x) << " * " << to_string(q.w) << " " << dtype_name(t));
+        CHECK(max_rel(y.to_vector(), ref) <= tol);
+        // <conv(x, w), gy> = <x, input_grad(gy, w)> = <w, weight_grad(x, gy)>
+        const Tensor gy = g.normal(ys, {DType::f64});
+        Tensor gx = full(q.x, 123.0, {t, kCuda}), gw = full(q.w, 123.0, {t, kCuda});  // poisoned: must be overwritten
+        backend(kCuda).conv2d_input_grad(gy.to(t).to(kCuda), wg, gx, q.p);
+        backend(kCuda).conv2d_weight_grad(xg, gy.to(t).to(kCuda), gw, q.p);
+        const double lhs = vdot(ref, gy.to_vector());
+        CHECK(std::fabs(vdot(x.to_vector(), gx.to_vector()) - lhs) <= tol * 10 * (1 + std::fabs(lhs)));
+        CHECK(std::fabs(vdot(w.to_vector(), gw.to_vector()) - lhs) <= tol * 10 * (1 + std::fabs(lhs)));
+      }
+    }
+  }
+
+  TEST_CASE("pooling kernels match naive loops; avg pool adjoint identity") {
+    const Shape xs = {2, 3, 7, 6};
+    const Tensor x = distinct_values(xs, 4, 5.0);
+    const auto xv = x.to_vector();
+    for (const Pool2dParams& p : {Pool2dParams{2, 2, 2, 2, 0, 0}, Pool2dParams{3, 3, 2, 2, 1, 1},
+                                  Pool2dParams{3, 2, 1, 2, 1, 0}}) {
+      const int64_t H = xs[2], W = xs[3], OH = (H + 2 * p.pad_h - p.kernel_h) / p.stride_h + 1,
+                    OW = (W + 2 * p.pad_w - p.kernel_w) / p.stride_w + 1;
+      const Shape ys = {xs[0], xs[1], OH, OW};
+      std::vector<double> mx, av;
+      std::vector<int64_t> mi;
+      for (int64_t pl = 0; pl < xs[0] * xs[1]; ++pl)
+        for (int64_t oh = 0; oh < OH; ++oh)
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            double best = -INFINITY, s = 0;
+            int64_t bi = -1;
+            for (int64_t h = oh * p.stride_h - p.pad_h; h < oh * p.stride_h - p.pad_h + p.kernel_h; ++h)
+              for (int64_t w = ow * p.stride_w - p.pad_w; w < ow * p.stride_w - p.pad_w + p.kernel_w; ++w) {
+                if (h < 0 || h >= H || w < 0 || w >= W) continue;
+                const double v = xv[size_t(pl * H * W + h * W + w)];
+                s += v;
+                if (v > best) best = v, bi = h * W + w;
+              }
+            mx.push_back(best), mi.push_back(bi), av.push_back(s / double(p.kernel_h * p.kernel_w));
+          }
+      for (DType t : {DType::f64, DType::f32}) {
+        INFO("pool kernel " << p.kernel_h << "x" << p.kernel_w << " stride " << p.stride_h << "," << p.stride_w
+                            << " pad " << p.pad_h << "," << p.pad_w << " " << dtype_name(t));
+        const Tensor xg = x.to(t).to(kCuda);
+        Tensor y = empty(ys, {t, kCuda}), ix = empty(ys, {DType::i64, kCuda}), a = empty(ys, {t, kCuda});
+        backend(kCuda).max_pool2d(xg, y, ix, p);
+        backend(kCuda).avg_pool2d(xg, a, p);
+        const double tol = t == DType::f64 ? 1e-14 : 1e-6;
+        CHECK(max_rel(y.to_vector(), mx) <= tol);
+        CHECK(ix.to_int_vector() == mi);
+        CHECK(max_rel(a.to_vector(), av) <= tol);
+        const Tensor gy = Generator(6).normal(ys, {DType::f64});
+        Tensor gx = full(xs, 123.0, {t, kCuda});
+        backend(kCuda).avg_pool2d_adjoint(gy.to(t).to(kCuda), gx, p);
+        const double lhs = vdot(av, gy.to_vector());
+        CHECK(std::fabs(vdot(xv, gx.to_vector()) - lhs) <= tol * 100 * (1 + std::fabs(lhs)));
+      }
+    }
+  }
+
+  TEST_CASE("device errors: mixing devices, bad index, int64 where floats are needed") {
+    const Tensor a = ones({2}, {DType::f32}), b = ones({2}, {DType::f32, kCuda});
+    CHECK_THROWS_WITH_AS(add(a, b), doctest::Contains("different devices"), Error);
+    CHECK_THROWS_WITH_AS(matmul(ones({2, 2}), ones({2, 2}, {DType::f32, kCuda})), doctest::Contains("different devices"), Error);
+    CHECK_THROWS_WITH_AS(zeros({2}, {DType::f32, Device::cuda(63)}), doctest::Contains("cuda:63 is not usable"), Error);
+    CHECK_THROWS_AS(exp(ones({2}, {DType::i64, kCuda})), Error);
+    CHECK(Device::parse("cuda:0") == kCuda);
+    CHECK(std::string(backend(kCuda).name()) == "cuda:0");
+  }
+}

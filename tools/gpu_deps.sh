@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Packs, on a machine where flatmin builds, the build dependencies that a GPU machine
+# without network access may lack (Eigen, oneTBB, doctest, CLI11, nlohmann-json, zlib
+# headers, pkg-config and meson) into .gpudeps/ (about 25 MB, in .gitignore). Carry that
+# folder to the GPU machine next to the checkout; tools/gpu_check.sh uses it only when
+# the machine's own packages are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+D=.gpudeps
+LIB=/usr/lib/x86_64-linux-gnu
+rm -rf "$D"
+mkdir -p "$D/include" "$D/lib/pkgconfig" "$D/runtime" "$D/bin" "$D/python"
+cp -r /usr/include/eigen3 /usr/include/tbb /usr/include/oneapi /usr/include/doctest /usr/include/CLI \
+  /usr/include/nlohmann /usr/include/zlib.h /usr/include/zconf.h "$D/include/"
+# link-time libraries; at run time only oneTBB (and pkgconf's library) come from here,
+# zlib from the system (any libz.so.1 provides the symbol versions linked against)
+cp -P "$LIB"/libtbb.so* "$LIB"/libtbbmalloc.so* "$LIB"/libz.so "$LIB"/libz.so.1* "$D/lib/"
+cp -P "$LIB"/libtbb.so* "$LIB"/libtbbmalloc.so* "$LIB"/libpkgconf.so.3* "$D/runtime/"
+cp /usr/bin/pkgconf "$D/bin/pkg-config"
+cp -r /usr/lib/python3/dist-packages/mesonbuild "$D/python/"
+pc() {  # name version cflags libs
+  printf 'prefix=${pcfiledir}/../..\nlibdir=${prefix}/lib\nincludedir=${prefix}/include\n\nName: %s\nDescription: %s (carried by tools/gpu_deps.sh)\nVersion: %s\nCflags: %s\nLibs: %s\n' \
+    "$1" "$1" "$2" "$3" "$4" > "$D/lib/pkgconfig/$1.pc"
+}
+pc eigen3 "$(pkg-config --modversion eigen3)" '-I${includedir}/eigen3' ''
+pc tbb "$(pkg-config --modversion tbb)" '-I${includedir}' '-L${libdir} -ltbb'
+pc zlib "$(pkg-config --modversion zlib)" '-I${includedir}' '-L${libdir} -lz'
+pc nlohmann_json "$(pkg-config --modversion nlohmann_json)" '-I${includedir}' ''
+pc CLI11 "$(pkg-config --modversion CLI11)" '-I${includedir}' ''
+du -sh "$D"
