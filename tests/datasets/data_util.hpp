@@ -38,7 +38,7 @@ inline Bytes gzip(const Bytes& in) {
   const int rc = deflate(&z, Z_FINISH);
   deflateEnd(&z);
   if (rc != Z_STREAM_END) throw std::runtime_error("deflate");
-  out.resize(out.size() - z.avail_out);
+  out.resize(size_t(z.total_out));
   return out;
 }
 
