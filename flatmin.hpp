@@ -1,3 +1,4 @@
 // flatmin: one include for the whole library.
 #pragma once
 #include "autodiff/autodiff.hpp"
+#include "datasets/datasets.hpp"
