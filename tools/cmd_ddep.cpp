@@ -18,10 +18,10 @@
 #include <nlohmann/json.hpp>
 
 #include "autodiff/autodiff.hpp"
+#include "nn/safetensors.hpp"
 #include "optim/perturbation.hpp"
 #include "optim/sgd.hpp"
 #include "tools/command.hpp"
-#include "tools/jsonl.hpp"
 
 namespace flatmin::tools {
 namespace {
@@ -174,7 +174,7 @@ int run(int argc, char** argv) {
                            {"steps", s.steps}, {"refine", s.refine}, {"seeds", s.seeds}, {"batch", s.batch},
                            {"lr", s.lr}, {"lr_perturb", s.lr_perturb.value_or(s.lr)}, {"rho", s.rho},
                            {"alpha", s.alpha}, {"rows", rows}, {"fitted_exponent", slope}};
-  if (!s.out.empty()) write_file_atomic(s.out, result.dump(2) + "\n");
+  if (!s.out.empty()) nn::write_file_atomic(s.out, result.dump(2) + "\n");
   std::printf("%s\n", result.dump().c_str());
   return 0;
 }

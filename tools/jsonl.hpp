@@ -1,5 +1,5 @@
-// Writing files the way every long-running command must: to a temporary file beside the
-// target, flushed and fsync'ed, then renamed over it, so a crash never leaves half a file.
+// JSON-lines files for metrics, written atomically (nn::write_file_atomic: temp file, fsync,
+// rename), so a crash never leaves half a file.
 #pragma once
 #include <string>
 #include <vector>
@@ -8,7 +8,6 @@
 
 namespace flatmin::tools {
 
-void write_file_atomic(const std::string& path, const std::string& bytes);
 void write_jsonl_atomic(const std::string& path, const std::vector<nlohmann::json>& rows);
 
 }  // namespace flatmin::tools
