@@ -153,20 +153,20 @@ TrainOutcome train_loop(nn::Module& net, data::Loader& loader, Optimizer& opt, i
   TrainOutcome r;
   r.steps = start_step;
   const DType dtype = net.parameters().at(0).dtype();
-  int64_t last_saved = start_step;
+  r.last_checkpoint = o.known_checkpoint;
   auto save = [&](int64_t step) {
     if (o.checkpoint.empty()) return true;
     if (!std::isfinite(norm(detach(net.parameters())).item())) return false;  // never save a broken model
     save_checkpoint(o.checkpoint, net, opt, {.step = step, .loader = loader.state(), .config = o.config});
-    last_saved = step;
+    r.last_checkpoint = step;
     return true;
   };
   auto stop = [&](int64_t step, const std::string& what) {
     r.stopped_non_finite = true;
-    r.message = what + " at step " + std::to_string(step) +
-                (o.checkpoint.empty() ? std::string(" (no checkpoint was asked for)")
-                                      : "; the last good checkpoint (step " + std::to_string(last_saved) + ") is kept in " +
-                                            o.checkpoint);
+    r.message = what + " at step " + std::to_string(step);
+    if (o.checkpoint.empty()) r.message += " (no checkpoint was asked for)";
+    else if (r.last_checkpoint < 0) r.message += "; no checkpoint had been written yet";
+    else r.message += "; the last good checkpoint (step " + std::to_string(r.last_checkpoint) + ") is kept in " + o.checkpoint;
     return r;
   };
   net.train();
@@ -180,7 +180,7 @@ TrainOutcome train_loop(nn::Module& net, data::Loader& loader, Optimizer& opt, i
     if (o.checkpoint_every > 0 && step % o.checkpoint_every == 0 && !save(step))
       return stop(step, "the parameters became non-finite");
   }
-  if (o.save_at_end && last_saved != r.steps && !save(r.steps)) return stop(r.steps, "the parameters became non-finite");
+  if (o.save_at_end && r.last_checkpoint != r.steps && !save(r.steps)) return stop(r.steps, "the parameters became non-finite");
   r.finished = true;
   return r;
 }

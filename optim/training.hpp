@@ -68,6 +68,7 @@ struct TrainLoopOptions {
   std::string checkpoint;        // path; empty: no checkpoints
   std::string config;            // stored in checkpoints
   bool save_at_end = true;       // also checkpoint after the last step
+  int64_t known_checkpoint = -1; // step of a checkpoint saved before this call (-1: none)
 };
 struct TrainOutcome {
   int64_t steps = 0;     // steps done in all
@@ -75,6 +76,7 @@ struct TrainOutcome {
   bool stopped_non_finite = false;
   std::string message;
   double last_loss = 0;
+  int64_t last_checkpoint = -1;  // step of the newest good checkpoint (-1: none)
 };
 // after_step(step, loss) runs after every step (metrics, evaluation, progress); it may read
 // but must not change the model or the optimizer.

@@ -210,12 +210,15 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
   out.steps = start;
   out.finished = start >= total;
   int64_t at = start;
+  int64_t known_checkpoint = sched.resume ? start : -1;
   while (at < total && !stopped_early) {
     const int64_t chunk_end = sched.eval_every > 0 ? std::min(total, (at / sched.eval_every + 1) * sched.eval_every) : total;
     out = optim::train_loop(net, loader, *opt, at,
                             {.total_steps = chunk_end, .checkpoint_every = sched.checkpoint_every,
-                             .checkpoint = sched.checkpoint, .config = config_str, .save_at_end = chunk_end == total},
+                             .checkpoint = sched.checkpoint, .config = config_str, .save_at_end = chunk_end == total,
+                             .known_checkpoint = known_checkpoint},
                             [&](int64_t step, double) { progress.update(step, ""); });
+    known_checkpoint = out.last_checkpoint;
     if (!out.finished) break;
     at = out.steps;
     evaluate(at, out.last_loss);
