@@ -23,6 +23,13 @@ Params perturbed_update(double lr, double lr_perturb, const Params& g, const Par
   return axpy(-lr_perturb, project_out(g, w), scale(-lr, g));
 }
 
+std::pair<double, double> perturbed_update_coefficients(double lr, double lr_perturb, const Params& g, const Params& w) {
+  NoGrad ng;
+  const double gg = dot(g, g).item();
+  const double c = gg == 0.0 ? 0.0 : dot(g, w).item() / gg;  // Definition 4: Proj⊥_0(w) = w
+  return {-lr + lr_perturb * c, -lr_perturb};
+}
+
 // Iterate-keeping generator: a fixed offset from the perturbation seed.
 static constexpr uint64_t kIterateStream = 0x9E3779B97F4A7C15ull;
 
@@ -49,14 +56,15 @@ double PerturbationOptimizer::step(const Closure& closure) {
   check_grad_list("RS/SA", params_, e.grad);
   last_.loss = e.loss;
   last_.grad_norm = norm(e.grad).item();
-  Params w;
   if (last_.grad_norm <= options_.eps0) {
-    w = perturbed_gradient(closure, e.grad);
+    Params w = perturbed_gradient(closure, e.grad);
     last_.perturbed = true;
+    auto [a, b] = perturbed_update_coefficients(options_.lr, options_.eta_prime(), e.grad, w);
+    add_to_params(a, e.grad);
+    add_to_params(b, w);
   } else {
-    w = zeros_like(e.grad);
+    add_to_params(-options_.lr, e.grad);
   }
-  add_to_params(perturbed_update(options_.lr, options_.eta_prime(), e.grad, w));
   ++steps_;
   return e.loss;
 }

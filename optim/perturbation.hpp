@@ -31,6 +31,9 @@ void validate(const PerturbationOptions& o);
 
 // The pure rule shared by RS and SA: Δ = −η g − η' Proj⊥_g(w).
 Params perturbed_update(double lr, double lr_perturb, const Params& g, const Params& w);
+// The same Δ as a combination a·g + b·w (two in-place passes over the parameters instead
+// of a chain of temporaries): a = −η + η'⟨g,w⟩/‖g‖² (−η when g = 0), b = −η'.
+std::pair<double, double> perturbed_update_coefficients(double lr, double lr_perturb, const Params& g, const Params& w);
 
 // What the last step did (for logs and tests).
 struct PerturbationStepInfo {

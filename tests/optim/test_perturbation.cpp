@@ -78,6 +78,20 @@ TEST_CASE("RS step by hand: x − η g − η' Proj⊥_g ∇f(x + ρu), u from t
   CHECK(rs.last().perturbed);
 }
 
+TEST_CASE("the update as coefficients equals the update as a projection") {
+  Params g = {vec({1.0, 2.0, -1.0})}, w = {vec({0.5, -0.3, 2.0})};
+  auto [a, b] = perturbed_update_coefficients(0.1, 0.3, g, w);
+  V d = perturbed_update(0.1, 0.3, g, w)[0].to_vector(), gv = g[0].to_vector(), wv = w[0].to_vector();
+  V p = proj_out(gv, wv);
+  for (int k = 0; k < 3; ++k) {
+    CHECK(d[k] == doctest::Approx(-0.1 * gv[k] - 0.3 * p[k]));
+    CHECK(a * gv[k] + b * wv[k] == doctest::Approx(d[k]));
+  }
+  auto [a0, b0] = perturbed_update_coefficients(0.1, 0.3, {vec({0, 0, 0})}, w);  // g = 0: Proj⊥ is the identity
+  CHECK(a0 == -0.1);
+  CHECK(b0 == -0.3);
+}
+
 TEST_CASE("RS/SA: above ε0 the step is plain gradient descent; η' defaults to η") {
   const V x0 = {0.5, -0.3, 0.8};
   Params x = {vec(x0)};
