@@ -37,12 +37,14 @@ struct Settings {
   uint64_t seed = 0;
   std::vector<double> start = {4.0, 0.25};
   std::string out;
+  bool random_iterate = false;
 };
 
 std::unique_ptr<Optimizer> make(const Settings& s, const Params& x) {
   if (s.method == "gd") return std::make_unique<Sgd>(x, SgdOptions{.lr = s.lr});
   if (s.method == "sam") return std::make_unique<Sam>(std::make_unique<Sgd>(x, SgdOptions{.lr = s.lr}), SamOptions{.rho = s.rho});
-  PerturbationOptions o{.lr = s.lr, .lr_perturb = s.lr_perturb, .rho = s.rho, .eps0 = s.eps0, .seed = s.seed};
+  PerturbationOptions o{.lr = s.lr, .lr_perturb = s.lr_perturb, .rho = s.rho, .eps0 = s.eps0, .seed = s.seed,
+                        .random_iterate = s.random_iterate};
   if (s.method == "rs") return std::make_unique<RandomlySmoothedPerturbation>(x, o);
   if (s.method == "sa") {
     ExamplesFn one = [](const std::vector<int64_t>&, const Params& p) { return example1_loss(p); };
@@ -64,6 +66,8 @@ int run(int argc, char** argv) {
   app.add_option("--seed", s.seed, "random seed");
   app.add_option("--start", s.start, "starting point x1 x2")->expected(2);
   app.add_option("--log-every", s.log_every, "progress and metrics every N steps")->check(CLI::PositiveNumber);
+  app.add_flag("--random-iterate", s.random_iterate,
+               "RS/SA: continue (refine) from a uniformly random iterate x_t, t < steps, as the analysis does");
   app.add_option("--out", s.out, "metrics as JSON lines (written atomically at the end)");
   CLI11_PARSE(app, argc, argv);
   if (!(s.lr > 0) || !std::isfinite(s.lr)) throw Error("example1: --lr must be a positive number");
@@ -91,6 +95,13 @@ int run(int argc, char** argv) {
     std::vector<double> v = x[0].to_vector();
     if (first_within < 0 && std::fabs(trace_normalized(v[0], v[1]) - 2) <= 0.02) first_within = t;
     if (t % s.log_every == 0 || t == s.steps) record(t, s.method.c_str(), value(example1_loss, x).item());
+  }
+  if (s.random_iterate && s.steps > 0) {
+    auto* p = dynamic_cast<PerturbationOptimizer*>(opt.get());
+    if (!p) throw Error("example1: --random-iterate is for rs and sa");
+    NoGrad ng;
+    x[0].copy_(p->chosen_iterate()[0]);
+    record(s.steps, "chosen-iterate", value(example1_loss, x).item());
   }
   for (int64_t t = 1; t <= s.refine; ++t) {
     refine.step(closure);
