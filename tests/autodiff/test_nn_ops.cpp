@@ -183,6 +183,17 @@ TEST_CASE("pooling kernels match naive loops") {
       }
 }
 
+TEST_CASE("max_pool2d: ties go to the first maximum in the window, padding never wins") {
+  // plane 2x4, kernel 2, stride 2: windows {1,1 / 0,1} and {-3,-2 / -2,-5} (hand-computed)
+  Tensor x = from_vector(std::vector<double>{1, 1, -3, -2, 0, 1, -2, -5}, {1, 1, 2, 4}, f64).requires_grad_();
+  Tensor y = max_pool2d(x, {2, 2, 0});
+  CHECK(y.to_vector() == std::vector<double>{1, -2});
+  CHECK(grad(sum(y), x).to_vector() == std::vector<double>{1, 0, 0, 1, 0, 0, 0, 0});
+  // all-negative input with padding 1: the -inf padding is never the maximum
+  Tensor z = max_pool2d(full({1, 1, 3, 3}, -4.0, f64), {3, 1, 1});
+  CHECK(z.to_vector() == std::vector<double>(9, -4.0));
+}
+
 TEST_CASE("network ops match PyTorch 1.13 (forward values and first derivatives)") {
   int n = 0;
   for (const json& c : reference()["cases"]) {

@@ -1,0 +1,67 @@
+#!/usr/bin/python3
+"""PyTorch's peer of bench/conv_bench.cpp: the same 20 ResNet-18 (CIFAR) convolutions,
+forward / input gradient / weight gradient, float32, median wall and CPU time.
+  LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-openmp /usr/bin/python3 bench/conv_bench_torch.py --batch 128 --threads 2 --reps 3
+Run it right after conv_bench on the same machine: on a shared machine only numbers taken
+under the same load compare."""
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+LAYERS = [("stem", 1, 3, 64, 32, 3, 1), ("l1 3x3", 4, 64, 64, 32, 3, 1), ("l2 3x3 s2", 1, 64, 128, 32, 3, 2),
+          ("l2 3x3", 3, 128, 128, 16, 3, 1), ("l2 down 1x1 s2", 1, 64, 128, 32, 1, 2),
+          ("l3 3x3 s2", 1, 128, 256, 16, 3, 2), ("l3 3x3", 3, 256, 256, 8, 3, 1),
+          ("l3 down 1x1 s2", 1, 128, 256, 16, 1, 2), ("l4 3x3 s2", 1, 256, 512, 8, 3, 2),
+          ("l4 3x3", 3, 512, 512, 4, 3, 1), ("l4 down 1x1 s2", 1, 256, 512, 8, 1, 2)]
+
+
+def median(reps, f):
+    f()
+    runs = []
+    for _ in range(reps):
+        c0, w0 = time.process_time(), time.perf_counter()
+        f()
+        runs.append((time.perf_counter() - w0, time.process_time() - c0))
+    runs.sort()
+    return runs[len(runs) // 2]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(1)
+    print(f"PyTorch {torch.__version__} ResNet-18 (CIFAR) convolutions, batch {a.batch}, float32, {a.threads} threads")
+    print(f"{'layer':16s} count |   fwd ms    GF/s |   gin ms    GF/s |    gw ms    GF/s")
+    total, cpu, flops_total = [0.0, 0.0, 0.0], 0.0, 0.0
+    with torch.no_grad():
+        for name, count, c, o, h, k, s in LAYERS:
+            p = k // 2
+            x, w = torch.randn(a.batch, c, h, h), torch.randn(o, c, k, k)
+            y = F.conv2d(x, w, stride=s, padding=p)
+            gy = torch.randn_like(y)
+            flops = 2.0 * y.numel() * c * k * k
+            # the kernels autograd runs for conv2d's backward, one gradient at a time
+            def backward(mask):
+                return torch.ops.aten.convolution_backward(gy, x, w, None, [s, s], [p, p], [1, 1], False, [0, 0], 1, mask)
+            t = [median(a.reps, lambda: F.conv2d(x, w, stride=s, padding=p)),
+                 median(a.reps, lambda: backward([True, False, False])),
+                 median(a.reps, lambda: backward([False, True, False]))]
+            print(f"{name:16s} {count:5d} | " + " | ".join(f"{r[0] * 1e3:8.2f} {flops / r[0] * 1e-9:7.1f}" for r in t))
+            for i in range(3):
+                total[i] += count * t[i][0]
+                cpu += count * t[i][1]
+            flops_total += count * flops
+    allt = sum(total)
+    print(f"total (20 convs): forward {total[0]:.3f} s, input grad {total[1]:.3f} s, weight grad {total[2]:.3f} s, "
+          f"all {allt:.3f} s ({3 * flops_total / allt * 1e-9:.1f} GFLOP/s)")
+    print(f"CPU time of the same runs: {cpu:.3f} s ({3 * flops_total / cpu * 1e-9:.1f} GFLOP/s per CPU-second)")
+
+
+if __name__ == "__main__":
+    main()
