@@ -31,6 +31,14 @@ Evaluation classifier_evaluation(nn::Module& net, const Tensor& images, const Te
   return e;
 }
 
+// Data lives on the host; each batch moves to the parameters' dtype and device.
+static Tensor images_for(const nn::Module& net, const Tensor& images, DType dtype) {
+  return images.to(dtype).to(net.parameters().at(0).device());
+}
+static Tensor labels_for(const nn::Module& net, const Tensor& labels) {
+  return labels.to(net.parameters().at(0).device());
+}
+
 Closure classifier_closure(nn::Module& net, const Tensor& images, const Tensor& labels) {
   return [&net, images, labels](const EvalOptions& o) { return classifier_evaluation(net, images, labels, o); };
 }
@@ -38,7 +46,7 @@ Closure classifier_closure(nn::Module& net, const Tensor& images, const Tensor& 
 BatchClosure classifier_batch_closure(nn::Module& net, const data::Dataset& train, DType dtype) {
   return [&net, &train, dtype](const std::vector<int64_t>& idx, const EvalOptions& o) {
     data::Dataset b = train.subset(idx);
-    return classifier_evaluation(net, b.images.to(dtype), b.labels, o);
+    return classifier_evaluation(net, images_for(net, b.images, dtype), labels_for(net, b.labels), o);
   };
 }
 
@@ -55,8 +63,8 @@ ClassifierMetrics evaluate_classifier(nn::Module& net, const data::Dataset& ds, 
       std::vector<int64_t> idx;
       for (int64_t i = at; i < std::min(ds.size(), at + batch_size); ++i) idx.push_back(i);
       data::Dataset b = ds.subset(idx);
-      Tensor logits = net(b.images.to(dtype));
-      loss_sum += cross_entropy(logits, b.labels, Reduction::sum).item();
+      Tensor logits = net(images_for(net, b.images, dtype));
+      loss_sum += cross_entropy(logits, labels_for(net, b.labels), Reduction::sum).item();
       std::vector<int64_t> pred = argmax(logits, 1).to_int_vector(), truth = b.labels.to_int_vector();
       for (size_t k = 0; k < pred.size(); ++k) correct += pred[k] == truth[k];
     }
@@ -73,7 +81,7 @@ ClassifierMetrics evaluate_classifier(nn::Module& net, const data::Dataset& ds, 
 
 TraceEstimate classifier_trace(nn::Module& net, const data::Dataset& subset, DType dtype, const HutchinsonOptions& o) {
   StatsSwitch sw(net, false);
-  Tensor x = subset.images.to(dtype), y = subset.labels;
+  Tensor x = images_for(net, subset.images, dtype), y = labels_for(net, subset.labels);
   Params p = net.parameters();
   return hutchinson_trace(hvp_fn_of_leaves([&] { return cross_entropy(net(x), y); }, p), p, o);
 }
@@ -172,7 +180,7 @@ TrainOutcome train_loop(nn::Module& net, data::Loader& loader, Optimizer& opt, i
   net.train();
   for (int64_t step = start_step + 1; step <= o.total_steps; ++step) {
     data::Batch b = loader.next_batch();
-    const double loss = opt.step(classifier_closure(net, b.images.to(dtype), b.labels));
+    const double loss = opt.step(classifier_closure(net, images_for(net, b.images, dtype), labels_for(net, b.labels)));
     r.last_loss = loss;
     if (!std::isfinite(loss)) return stop(step, "the training loss became " + std::to_string(loss));
     r.steps = step;

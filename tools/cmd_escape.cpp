@@ -61,6 +61,7 @@ int run(int argc, char** argv) {
   app.add_option("--trace-subset", sched.trace_subset, "training examples for tr̄")->check(CLI::PositiveNumber);
   app.add_option("--trace-samples", sched.trace_samples, "Hutchinson sample cap (PyHessian: 100)")->check(CLI::PositiveNumber);
   app.add_option("--metrics", sched.metrics, "metrics as JSON lines");
+  app.add_option("--device", sched.device, "cpu | cuda | cuda:N");
   app.add_option("--save-start", save_start, "write the bad global minimum's state dict here");
   app.add_option("--seed", seed, "seed of labels, shuffling and perturbations");
   CLI11_PARSE(app, argc, argv);

@@ -14,7 +14,7 @@ int run(int argc, char** argv) {
   CLI::App app{"Hessian trace (Hutchinson) and largest eigenvalue of the training loss at a checkpoint"};
   ModelSpec model;
   DataSpec data_spec;
-  std::string file, dtype_name = "f32";
+  std::string file, dtype_name = "f32", device = "cpu";
   int64_t subset = 256;
   optim::HutchinsonOptions ho;
   optim::PowerOptions po;
@@ -29,6 +29,7 @@ int run(int argc, char** argv) {
   app.add_flag("--lambda-max", lambda, "also λmax by power iteration");
   app.add_option("--power-iters", po.max_iter, "power iteration cap")->check(CLI::PositiveNumber);
   app.add_option("--dtype", dtype_name, "f32 | f64")->check(CLI::IsMember({"f32", "f64"}));
+  app.add_option("--device", device, "cpu | cuda | cuda:N");
   CLI11_PARSE(app, argc, argv);
   const DType dt = parse_dtype(dtype_name);
 
@@ -45,13 +46,15 @@ int run(int argc, char** argv) {
   }
   nn::load_state_dict(*net, state, file);
   net->to(dt);
+  net->to(Device::parse(device));
   net->train();
   optim::TraceEstimate t = optim::classifier_trace(*net, train, dt, ho);
   nlohmann::json out = {{"file", file}, {"examples", train.size()}, {"dim", t.dim}, {"trace", t.trace},
                         {"trace_normalized", t.trace_normalized}, {"stderr", t.stderr_trace},
                         {"stderr_normalized", t.stderr_normalized}, {"samples", t.samples}, {"converged", t.converged}};
   if (lambda) {
-    Tensor x = train.images.to(dt), y = train.labels;
+    const Device dev = Device::parse(device);
+    Tensor x = train.images.to(dt).to(dev), y = train.labels.to(dev);
     Params p = net->parameters();
     net->update_running_stats(false);
     optim::EigenEstimate e =

@@ -85,6 +85,7 @@ void ScheduleSpec::add_to(CLI::App& app) {
   app.add_option("--checkpoint-every", checkpoint_every, "checkpoint every N steps (and at the end)")->check(CLI::NonNegativeNumber);
   app.add_flag("--resume", resume, "continue from --checkpoint bit for bit");
   app.add_option("--dtype", dtype, "f32 | f64")->check(CLI::IsMember({"f32", "f64"}));
+  app.add_option("--device", device, "cpu | cuda | cuda:N (the data stays on the host; batches move)");
 }
 
 DType parse_dtype(const std::string& s) {
@@ -174,6 +175,7 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
   if (sched.batch_size > train.size())
     throw Error("--batch-size " + std::to_string(sched.batch_size) + " exceeds the " + std::to_string(train.size()) + " training examples");
   net.to(dt);
+  net.to(Device::parse(sched.device));  // a clear error here if the device is not usable
   data::Loader loader(train, lo);
   const int64_t total = sched.steps > 0 ? sched.steps : sched.epochs * loader.batches_per_epoch();
   if (total <= 0) throw Error("nothing to do: give --steps or --epochs");

@@ -54,6 +54,7 @@ struct ScheduleSpec {
   std::string metrics, checkpoint;
   bool resume = false;
   std::string dtype = "f32";
+  std::string device = "cpu";  // cpu | cuda | cuda:N
   void add_to(CLI::App& app);
 };
 
