@@ -1,0 +1,188 @@
+#include "optim/training.hpp"
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "autodiff/nn_ops.hpp"
+#include "nn/safetensors.hpp"
+
+namespace flatmin::optim {
+
+namespace {
+// Restores a module's running-statistics switch on scope exit.
+struct StatsSwitch {
+  nn::Module& net;
+  bool saved;
+  StatsSwitch(nn::Module& n, bool on) : net(n), saved(n.updates_running_stats()) { n.update_running_stats(on); }
+  ~StatsSwitch() { net.update_running_stats(saved); }
+};
+}  // namespace
+
+Evaluation classifier_evaluation(nn::Module& net, const Tensor& images, const Tensor& labels, const EvalOptions& o) {
+  StatsSwitch sw(net, o.update_stats);
+  EnableGrad on;
+  Params p = net.parameters();
+  Tensor loss = cross_entropy(net(images), labels);
+  Evaluation e;
+  e.loss = loss.item();
+  e.grad = grad({loss}, p, {.allow_unused = true});
+  for (size_t i = 0; i < p.size(); ++i)
+    if (!e.grad[i].defined()) e.grad[i] = zeros_like(p[i].detach());
+  return e;
+}
+
+Closure classifier_closure(nn::Module& net, const Tensor& images, const Tensor& labels) {
+  return [&net, images, labels](const EvalOptions& o) { return classifier_evaluation(net, images, labels, o); };
+}
+
+BatchClosure classifier_batch_closure(nn::Module& net, const data::Dataset& train, DType dtype) {
+  return [&net, &train, dtype](const std::vector<int64_t>& idx, const EvalOptions& o) {
+    data::Dataset b = train.subset(idx);
+    return classifier_evaluation(net, b.images.to(dtype), b.labels, o);
+  };
+}
+
+ClassifierMetrics evaluate_classifier(nn::Module& net, const data::Dataset& ds, int64_t batch_size, DType dtype) {
+  if (batch_size < 1) throw Error("evaluate_classifier: batch size must be >= 1");
+  const bool was_training = net.is_training();
+  net.eval();
+  NoGrad ng;
+  ClassifierMetrics m;
+  double loss_sum = 0;
+  int64_t correct = 0;
+  try {
+    for (int64_t at = 0; at < ds.size(); at += batch_size) {
+      std::vector<int64_t> idx;
+      for (int64_t i = at; i < std::min(ds.size(), at + batch_size); ++i) idx.push_back(i);
+      data::Dataset b = ds.subset(idx);
+      Tensor logits = net(b.images.to(dtype));
+      loss_sum += cross_entropy(logits, b.labels, Reduction::sum).item();
+      std::vector<int64_t> pred = argmax(logits, 1).to_int_vector(), truth = b.labels.to_int_vector();
+      for (size_t k = 0; k < pred.size(); ++k) correct += pred[k] == truth[k];
+    }
+  } catch (...) {
+    net.train(was_training);
+    throw;
+  }
+  net.train(was_training);
+  m.examples = ds.size();
+  m.loss = m.examples ? loss_sum / double(m.examples) : 0;
+  m.accuracy = m.examples ? double(correct) / double(m.examples) : 0;
+  return m;
+}
+
+TraceEstimate classifier_trace(nn::Module& net, const data::Dataset& subset, DType dtype, const HutchinsonOptions& o) {
+  StatsSwitch sw(net, false);
+  Tensor x = subset.images.to(dtype), y = subset.labels;
+  Params p = net.parameters();
+  return hutchinson_trace(hvp_fn_of_leaves([&] { return cross_entropy(net(x), y); }, p), p, o);
+}
+
+void validate(const OptimizerConfig& c) {
+  if (c.name == "sgd") return validate(c.sgd);
+  if (c.name == "sam") {
+    validate(c.sgd);
+    return validate(c.sam);
+  }
+  if (c.name == "rs" || c.name == "sa") return validate(c.perturb);
+  throw Error("optimizer: unknown name '" + c.name + "' (sgd, sam, rs, sa)");
+}
+
+std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& c, const Params& params, BatchClosure examples, int64_t n) {
+  validate(c);
+  if (c.name == "sgd") return std::make_unique<Sgd>(params, c.sgd);
+  if (c.name == "sam") return std::make_unique<Sam>(std::make_unique<Sgd>(params, c.sgd), c.sam);
+  if (c.name == "rs") return std::make_unique<RandomlySmoothedPerturbation>(params, c.perturb);
+  return std::make_unique<SharpnessAwarePerturbation>(params, c.perturb, std::move(examples), n);
+}
+
+void set_learning_rate(Optimizer& opt, double lr) {
+  if (auto* g = dynamic_cast<GradientOptimizer*>(&opt)) return g->set_lr(lr);
+  if (auto* s = dynamic_cast<Sam*>(&opt)) return s->base().set_lr(lr);
+  if (auto* p = dynamic_cast<PerturbationOptimizer*>(&opt)) return p->set_lr(lr, p->options().lr_perturb);
+  throw Error("set_learning_rate: unsupported optimizer");
+}
+
+void save_checkpoint(const std::string& path, const nn::Module& net, const Optimizer& opt, const CheckpointInfo& info) {
+  nn::NamedTensors tensors;
+  for (auto& [name, t] : net.state_dict()) tensors.emplace_back("model." + name, t.detach());
+  OptimizerState s = opt.state();
+  for (auto& [key, t] : s.tensors) tensors.emplace_back("optim." + key, t.detach());
+  nlohmann::json meta = {{"step", info.step},
+                         {"loader", {{"seed", info.loader.seed}, {"epoch", info.loader.epoch}, {"position", info.loader.position}}},
+                         {"optim_integers", s.integers},
+                         {"optim_reals", s.reals}};
+  nn::save_safetensors(path, tensors, {{"format", "flatmin-checkpoint"}, {"state", meta.dump()}, {"config", info.config}});
+}
+
+CheckpointInfo load_checkpoint(const std::string& path, nn::Module& net, Optimizer& opt) {
+  nn::SafeTensors st = nn::load_safetensors(path);
+  auto fmt = st.metadata.find("format");
+  if (fmt == st.metadata.end() || fmt->second != "flatmin-checkpoint" || !st.metadata.count("state"))
+    throw Error(path + ": not a flatmin training checkpoint");
+  nn::NamedTensors model;
+  OptimizerState s;
+  for (auto& [name, t] : st.tensors) {
+    if (name.rfind("model.", 0) == 0) model.emplace_back(name.substr(6), t);
+    else if (name.rfind("optim.", 0) == 0) s.tensors[name.substr(6)] = t;
+    else throw Error(path + ": unexpected tensor '" + name + "'");
+  }
+  CheckpointInfo info;
+  try {
+    nlohmann::json meta = nlohmann::json::parse(st.metadata.at("state"));
+    info.step = meta.at("step").get<int64_t>();
+    info.loader.seed = meta.at("loader").at("seed").get<uint64_t>();
+    info.loader.epoch = meta.at("loader").at("epoch").get<int64_t>();
+    info.loader.position = meta.at("loader").at("position").get<int64_t>();
+    s.integers = meta.at("optim_integers").get<std::map<std::string, uint64_t>>();
+    s.reals = meta.at("optim_reals").get<std::map<std::string, double>>();
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path + ": bad checkpoint metadata: " + e.what());
+  }
+  if (st.metadata.count("config")) info.config = st.metadata.at("config");
+  nn::load_state_dict(net, model, path);
+  // The optimizer's tensors must live on the parameters' dtype and device.
+  const Params p = net.parameters();
+  for (auto& [key, t] : s.tensors) t = t.to(p[0].dtype()).to(p[0].device());
+  opt.load_state(s);
+  return info;
+}
+
+TrainOutcome train_loop(nn::Module& net, data::Loader& loader, Optimizer& opt, int64_t start_step,
+                        const TrainLoopOptions& o, const std::function<void(int64_t, double)>& after_step) {
+  TrainOutcome r;
+  r.steps = start_step;
+  const DType dtype = net.parameters().at(0).dtype();
+  r.last_checkpoint = o.known_checkpoint;
+  auto save = [&](int64_t step) {
+    if (o.checkpoint.empty()) return true;
+    if (!std::isfinite(norm(detach(net.parameters())).item())) return false;  // never save a broken model
+    save_checkpoint(o.checkpoint, net, opt, {.step = step, .loader = loader.state(), .config = o.config});
+    r.last_checkpoint = step;
+    return true;
+  };
+  auto stop = [&](int64_t step, const std::string& what) {
+    r.stopped_non_finite = true;
+    r.message = what + " at step " + std::to_string(step);
+    if (o.checkpoint.empty()) r.message += " (no checkpoint was asked for)";
+    else if (r.last_checkpoint < 0) r.message += "; no checkpoint had been written yet";
+    else r.message += "; the last good checkpoint (step " + std::to_string(r.last_checkpoint) + ") is kept in " + o.checkpoint;
+    return r;
+  };
+  net.train();
+  for (int64_t step = start_step + 1; step <= o.total_steps; ++step) {
+    data::Batch b = loader.next_batch();
+    const double loss = opt.step(classifier_closure(net, b.images.to(dtype), b.labels));
+    r.last_loss = loss;
+    if (!std::isfinite(loss)) return stop(step, "the training loss became " + std::to_string(loss));
+    r.steps = step;
+    if (after_step) after_step(step, loss);
+    if (o.checkpoint_every > 0 && step % o.checkpoint_every == 0 && !save(step))
+      return stop(step, "the parameters became non-finite");
+  }
+  if (o.save_at_end && r.last_checkpoint != r.steps && !save(r.steps)) return stop(r.steps, "the parameters became non-finite");
+  r.finished = true;
+  return r;
+}
+
+}  // namespace flatmin::optim

@@ -1,0 +1,69 @@
+// `flatmin trace`: flatness of a training checkpoint (or a saved model): Hutchinson's tr and
+// tr̄ with PyHessian's stopping rule, and λmax by power iteration, on the first N training
+// examples. The model and data flags must match the run that wrote the file.
+#include <CLI/CLI.hpp>
+
+#include "nn/safetensors.hpp"
+#include "tools/command.hpp"
+#include "tools/train_setup.hpp"
+
+namespace flatmin::tools {
+namespace {
+
+int run(int argc, char** argv) {
+  CLI::App app{"Hessian trace (Hutchinson) and largest eigenvalue of the training loss at a checkpoint"};
+  ModelSpec model;
+  DataSpec data_spec;
+  std::string file, dtype_name = "f32";
+  int64_t subset = 256;
+  optim::HutchinsonOptions ho;
+  optim::PowerOptions po;
+  bool lambda = false;
+  model.add_to(app);
+  data_spec.add_to(app);
+  app.add_option("checkpoint", file, "checkpoint (flatmin train --checkpoint) or model state dict (--save-model)")->required();
+  app.add_option("--subset", subset, "first N training examples")->check(CLI::PositiveNumber);
+  app.add_option("--samples", ho.max_samples, "Hutchinson sample cap (PyHessian: 100)")->check(CLI::PositiveNumber);
+  app.add_option("--tol", ho.tol, "Hutchinson relative tolerance (PyHessian: 1e-3)")->check(CLI::NonNegativeNumber);
+  app.add_option("--seed", ho.seed, "seed of the Rademacher vectors");
+  app.add_flag("--lambda-max", lambda, "also λmax by power iteration");
+  app.add_option("--power-iters", po.max_iter, "power iteration cap")->check(CLI::PositiveNumber);
+  app.add_option("--dtype", dtype_name, "f32 | f64")->check(CLI::IsMember({"f32", "f64"}));
+  CLI11_PARSE(app, argc, argv);
+  const DType dt = parse_dtype(dtype_name);
+
+  data::Dataset train = data_spec.train();
+  flatten_for(model, train);
+  if (subset < train.size()) train = train.head(subset);
+  auto net = build_model(model, train);
+  nn::SafeTensors st = nn::load_safetensors(file);
+  nn::NamedTensors state;
+  const bool is_ckpt = st.metadata.count("format") && st.metadata.at("format") == "flatmin-checkpoint";
+  for (auto& [name, t] : st.tensors) {
+    if (!is_ckpt) state.emplace_back(name, t);
+    else if (name.rfind("model.", 0) == 0) state.emplace_back(name.substr(6), t);
+  }
+  nn::load_state_dict(*net, state, file);
+  net->to(dt);
+  net->train();
+  optim::TraceEstimate t = optim::classifier_trace(*net, train, dt, ho);
+  nlohmann::json out = {{"file", file}, {"examples", train.size()}, {"dim", t.dim}, {"trace", t.trace},
+                        {"trace_normalized", t.trace_normalized}, {"stderr", t.stderr_trace},
+                        {"stderr_normalized", t.stderr_normalized}, {"samples", t.samples}, {"converged", t.converged}};
+  if (lambda) {
+    Tensor x = train.images.to(dt), y = train.labels;
+    Params p = net->parameters();
+    net->update_running_stats(false);
+    optim::EigenEstimate e =
+        optim::top_eigenvalue(optim::hvp_fn_of_leaves([&] { return cross_entropy((*net)(x), y); }, p), p, po);
+    out["lambda_max"] = e.value;
+    out["power_iterations"] = e.iterations;
+    out["power_converged"] = e.converged;
+  }
+  std::printf("%s\n", out.dump().c_str());
+  return 0;
+}
+
+Register reg{{"trace", "flatness of a checkpoint: Hutchinson tr/tr̄ (PyHessian convention) and λmax", run}};
+}  // namespace
+}  // namespace flatmin::tools

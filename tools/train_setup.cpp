@@ -1,0 +1,233 @@
+#include "tools/train_setup.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <unistd.h>
+
+namespace flatmin::tools {
+
+void ModelSpec::add_to(CLI::App& app) {
+  app.add_option("--model", model, "mlp | resnet18")->check(CLI::IsMember({"mlp", "resnet18"}));
+  app.add_option("--norm", norm, "resnet18 normalization: group | batch | none (batch couples the examples of a batch)")
+      ->check(CLI::IsMember({"group", "batch", "none"}));
+  app.add_option("--width", width, "resnet18 stage width (64 = torchvision)")->check(CLI::PositiveNumber);
+  app.add_option("--hidden", hidden, "mlp hidden layer sizes")->delimiter(',');
+  app.add_option("--activation", activation, "relu | tanh | softplus");
+  app.add_option("--model-seed", seed, "seed of the initial weights");
+}
+nlohmann::json ModelSpec::json() const {
+  return {{"model", model}, {"norm", norm}, {"width", width}, {"hidden", hidden}, {"activation", activation}, {"seed", seed}};
+}
+
+void DataSpec::add_to(CLI::App& app) {
+  app.add_option("--dataset", dataset, "fashion-mnist | blobs")->check(CLI::IsMember({"fashion-mnist", "blobs"}));
+  app.add_option("--data-dir", dir, "folder of the IDX files");
+  app.add_option("--train-subset", train_subset, "use the first N training examples (0: all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--test-subset", test_subset, "use the first N test examples (0: all)")->check(CLI::NonNegativeNumber);
+}
+nlohmann::json DataSpec::json() const {
+  return {{"dataset", dataset}, {"train_subset", train_subset}, {"test_subset", test_subset}};
+}
+void flatten_for(const ModelSpec& m, data::Dataset& ds) {
+  if (m.model == "mlp" && ds.images.dim() > 2) ds.images = reshape(ds.images, {ds.size(), -1});
+}
+static data::Dataset first(data::Dataset ds, int64_t n) { return n > 0 && n < ds.size() ? ds.head(n) : ds; }
+data::Dataset DataSpec::train() const {
+  if (dataset == "blobs") return first(data::two_blobs({.n = 512, .d = 2, .seed = 1}), train_subset);
+  return first(data::load_mnist_layout(dir, true, "fashion-mnist"), train_subset);
+}
+data::Dataset DataSpec::test() const {
+  if (dataset == "blobs") return first(data::two_blobs({.n = 512, .d = 2, .seed = 2}), test_subset);
+  return first(data::load_mnist_layout(dir, false, "fashion-mnist"), test_subset);
+}
+
+void OptimSpec::add_to(CLI::App& app) {
+  app.add_option("--optimizer", name, "sgd | sam | rs | sa")->check(CLI::IsMember({"sgd", "sam", "rs", "sa"}));
+  app.add_option("--lr", lr, "learning rate (η for rs/sa)");
+  app.add_option("--momentum", momentum, "SGD momentum (sgd, sam)");
+  app.add_option("--dampening", dampening, "SGD dampening");
+  app.add_flag("--nesterov", nesterov, "Nesterov momentum");
+  app.add_option("--weight-decay", weight_decay, "L2 weight decay (sgd, sam)");
+  app.add_option("--rho", rho, "perturbation radius (sam, rs, sa)");
+  app.add_flag("--adaptive", adaptive, "adaptive SAM");
+  app.add_option("--lr-perturb", lr_perturb, "η' for rs/sa (default η)");
+  app.add_option("--eps0", eps0, "rs/sa perturb only when ‖g‖ ≤ ε0 (default +inf)");
+  app.add_option("--sa-batch", sa_batch, "sa perturbation batch size b (1: per example)");
+  app.add_option("--seed", seed, "seed of the optimizer's random draws");
+}
+nlohmann::json OptimSpec::json() const {
+  return {{"optimizer", name}, {"lr", lr}, {"momentum", momentum}, {"dampening", dampening}, {"nesterov", nesterov},
+          {"weight_decay", weight_decay}, {"rho", rho}, {"adaptive", adaptive}, {"lr_perturb", lr_perturb.value_or(lr)},
+          {"eps0", std::isfinite(eps0) ? nlohmann::json(eps0) : nlohmann::json("inf")}, {"sa_batch", sa_batch}, {"seed", seed}};
+}
+optim::OptimizerConfig OptimSpec::config() const {
+  optim::OptimizerConfig c;
+  c.name = name;
+  c.sgd = {.lr = lr, .momentum = momentum, .dampening = dampening, .nesterov = nesterov, .weight_decay = weight_decay};
+  c.sam = {.rho = rho, .adaptive = adaptive};
+  c.perturb = {.lr = lr, .lr_perturb = lr_perturb, .rho = rho, .eps0 = eps0, .seed = seed, .batch = sa_batch};
+  optim::validate(c);
+  return c;
+}
+
+void ScheduleSpec::add_to(CLI::App& app) {
+  app.add_option("--steps", steps, "optimizer steps in all (counting resumed ones)")->check(CLI::NonNegativeNumber);
+  app.add_option("--epochs", epochs, "alternatively, epochs of the training set")->check(CLI::NonNegativeNumber);
+  app.add_option("--batch-size", batch_size, "mini-batch size")->check(CLI::PositiveNumber);
+  app.add_option("--eval-every", eval_every, "evaluate every N steps (0: only at the end)")->check(CLI::NonNegativeNumber);
+  app.add_flag("--eval-trace", eval_trace, "also measure tr̄ (Hutchinson) at each evaluation");
+  app.add_option("--trace-subset", trace_subset, "training examples for tr̄")->check(CLI::PositiveNumber);
+  app.add_option("--trace-samples", trace_samples, "Hutchinson sample cap (PyHessian: 100)")->check(CLI::PositiveNumber);
+  app.add_option("--trace-tol", trace_tol, "Hutchinson relative tolerance (PyHessian: 1e-3)")->check(CLI::NonNegativeNumber);
+  app.add_option("--loader-seed", loader_seed, "seed of the shuffling");
+  app.add_option("--metrics", metrics, "append metrics as JSON lines to this file");
+  app.add_option("--checkpoint", checkpoint, "checkpoint file (written atomically)");
+  app.add_option("--checkpoint-every", checkpoint_every, "checkpoint every N steps (and at the end)")->check(CLI::NonNegativeNumber);
+  app.add_flag("--resume", resume, "continue from --checkpoint bit for bit");
+  app.add_option("--dtype", dtype, "f32 | f64")->check(CLI::IsMember({"f32", "f64"}));
+}
+
+DType parse_dtype(const std::string& s) {
+  if (s == "f32") return DType::f32;
+  if (s == "f64") return DType::f64;
+  throw Error("unknown dtype '" + s + "' (f32, f64)");
+}
+
+std::unique_ptr<nn::Module> build_model(const ModelSpec& m, const data::Dataset& like) {
+  if (!like.is_classification()) throw Error("build_model: the data set '" + like.name + "' is not a classification set");
+  if (m.model == "mlp") {
+    if (m.hidden.empty()) throw Error("--hidden: at least one hidden layer");
+    std::vector<int64_t> sizes = {numel(like.example_shape())};
+    for (int64_t h : m.hidden) {
+      if (h < 1) throw Error("--hidden: sizes must be positive");
+      sizes.push_back(h);
+    }
+    sizes.push_back(like.classes);
+    Generator g(m.seed);
+    return std::make_unique<nn::MLP>(sizes, nn::parse_act(m.activation), g);
+  }
+  Shape s = like.example_shape();
+  if (s.size() != 3) throw Error("resnet18 needs images (C,H,W), the data set has examples of shape " + to_string(s));
+  return std::make_unique<nn::ResNet>(nn::resnet18({.in_channels = s[0], .classes = like.classes, .stem = nn::Stem::cifar,
+                                                    .width = m.width, .norm = nn::parse_norm(m.norm),
+                                                    .activation = nn::parse_act(m.activation), .seed = m.seed}));
+}
+
+MetricsLog::MetricsLog(const std::string& path, bool append) {
+  if (path.empty()) return;
+  f_ = std::fopen(path.c_str(), append ? "a" : "w");
+  if (!f_) throw Error("cannot open metrics file " + path);
+}
+MetricsLog::~MetricsLog() {
+  if (f_) std::fclose(f_);
+}
+void MetricsLog::write(const nlohmann::json& row) {
+  if (!f_) return;
+  std::string s = row.dump() + "\n";
+  if (std::fwrite(s.data(), 1, s.size(), f_) != s.size() || std::fflush(f_) != 0) throw Error("cannot write the metrics file");
+}
+
+static double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+Progress::Progress(std::string label, int64_t first_step, int64_t total_steps)
+    : label_(std::move(label)), first_(first_step), total_(total_steps), tty_(::isatty(2)), start_(now_s()) {}
+void Progress::update(int64_t step, const std::string& extra) {
+  const double t = now_s();
+  if (tty_ && t - last_print_ < 0.25 && step != total_ && extra.empty()) return;
+  const double rate = (step - first_) / std::max(1e-9, t - start_);
+  const double eta = rate > 0 ? double(total_ - step) / rate : 0;
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%s step %lld/%lld  %.1f steps/s  ETA %02d:%02d", label_.c_str(), (long long)step,
+                (long long)total_, rate, int(eta) / 60, int(eta) % 60);
+  if (tty_) std::fprintf(stderr, "\r\033[K%s  %s", buf, extra.c_str());
+  else if (!extra.empty()) std::fprintf(stderr, "%s  %s\n", buf, extra.c_str());
+  last_print_ = t;
+}
+void Progress::done() {
+  if (tty_) std::fprintf(stderr, "\n");
+}
+
+PhaseResult evaluate_all(nn::Module& net, const data::Dataset& train, const data::Dataset& test, const ScheduleSpec& sched,
+                         bool with_trace) {
+  const DType dt = parse_dtype(sched.dtype);
+  PhaseResult r;
+  r.train = optim::evaluate_classifier(net, train, 512, dt);
+  if (test.size() > 0) r.test = optim::evaluate_classifier(net, test, 512, dt);
+  if (with_trace) {
+    data::Dataset sub = first(train, sched.trace_subset);
+    r.trace_normalized = optim::classifier_trace(net, sub, dt, {.max_samples = sched.trace_samples, .tol = sched.trace_tol, .seed = 7})
+                             .trace_normalized;
+  }
+  return r;
+}
+
+static nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
+
+PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dataset& train, const data::Dataset& test,
+                      const OptimSpec& optim_spec, const ScheduleSpec& sched, const nlohmann::json& config, MetricsLog& log,
+                      const std::function<bool(const PhaseResult&)>& stop_early) {
+  const DType dt = parse_dtype(sched.dtype);
+  optim::OptimizerConfig oc = optim_spec.config();  // refuses bad hyperparameters first
+  if (sched.steps > 0 && sched.epochs > 0) throw Error("give --steps or --epochs, not both");
+  data::LoaderOptions lo{.batch_size = sched.batch_size, .shuffle = true, .seed = sched.loader_seed, .dtype = dt};
+  if (sched.batch_size > train.size())
+    throw Error("--batch-size " + std::to_string(sched.batch_size) + " exceeds the " + std::to_string(train.size()) + " training examples");
+  net.to(dt);
+  data::Loader loader(train, lo);
+  const int64_t total = sched.steps > 0 ? sched.steps : sched.epochs * loader.batches_per_epoch();
+  if (total <= 0) throw Error("nothing to do: give --steps or --epochs");
+  auto opt = optim::make_optimizer(oc, net.parameters(), optim::classifier_batch_closure(net, train, dt), train.size());
+  int64_t start = 0;
+  const std::string config_str = config.dump();
+  if (sched.resume) {
+    if (sched.checkpoint.empty()) throw Error("--resume needs --checkpoint");
+    optim::CheckpointInfo info = optim::load_checkpoint(sched.checkpoint, net, *opt);
+    if (info.config != config_str)
+      throw Error(sched.checkpoint + ": the checkpoint was made with another configuration:\n  " + info.config + "\nnow:\n  " + config_str);
+    loader.restore(info.loader);
+    start = info.step;
+    std::fprintf(stderr, "resuming %s from step %lld\n", sched.checkpoint.c_str(), (long long)start);
+  }
+  Progress progress(phase, start, total);
+  PhaseResult last;
+  bool stopped_early = false;
+  auto evaluate = [&](int64_t step, double loss) {
+    last = evaluate_all(net, train, test, sched, sched.eval_trace);
+    nlohmann::json row = {{"phase", phase}, {"step", step}, {"batch_loss", num(loss)}, {"train_loss", num(last.train.loss)},
+                          {"train_accuracy", last.train.accuracy}, {"test_loss", num(last.test.loss)},
+                          {"test_accuracy", last.test.accuracy}};
+    if (sched.eval_trace) row["trace_normalized"] = num(last.trace_normalized);
+    log.write(row);
+    char extra[200];
+    std::snprintf(extra, sizeof extra, "train acc %.4f  test acc %.4f%s", last.train.accuracy, last.test.accuracy,
+                  sched.eval_trace ? ("  tr̄ " + std::to_string(last.trace_normalized)).c_str() : "");
+    progress.update(step, extra);
+  };
+  // An early stop (escape: "until 100% train accuracy") ends the phase after an evaluation;
+  // the loop is re-entered with a smaller total, so the checkpoint logic stays in one place.
+  optim::TrainOutcome out;
+  out.steps = start;
+  out.finished = start >= total;
+  int64_t at = start;
+  int64_t known_checkpoint = sched.resume ? start : -1;
+  while (at < total && !stopped_early) {
+    const int64_t chunk_end = sched.eval_every > 0 ? std::min(total, (at / sched.eval_every + 1) * sched.eval_every) : total;
+    out = optim::train_loop(net, loader, *opt, at,
+                            {.total_steps = chunk_end, .checkpoint_every = sched.checkpoint_every,
+                             .checkpoint = sched.checkpoint, .config = config_str, .save_at_end = chunk_end == total,
+                             .known_checkpoint = known_checkpoint},
+                            [&](int64_t step, double) { progress.update(step, ""); });
+    known_checkpoint = out.last_checkpoint;
+    if (!out.finished) break;
+    at = out.steps;
+    evaluate(at, out.last_loss);
+    if (stop_early && stop_early(last)) stopped_early = true;
+  }
+  progress.done();
+  last.outcome = out;
+  if (out.stopped_non_finite) std::fprintf(stderr, "%s: stopped: %s\n", phase.c_str(), out.message.c_str());
+  return last;
+}
+
+}  // namespace flatmin::tools

@@ -1,0 +1,106 @@
+// What `flatmin train`, `flatmin trace` and `flatmin escape` share: the flags for model,
+// data, optimizer and schedule, building each from them (hyperparameters validated before
+// any work), and one training phase with evaluation, metrics, progress and checkpoints.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "datasets/datasets.hpp"
+#include "nn/nn.hpp"
+#include "optim/training.hpp"
+
+namespace flatmin::tools {
+
+struct ModelSpec {
+  std::string model = "mlp";  // mlp | resnet18
+  std::string norm = "group";  // resnet18: batch | group | none
+  int64_t width = 64;          // resnet18 stage width
+  std::vector<int64_t> hidden = {256};  // mlp hidden sizes
+  std::string activation = "relu";
+  uint64_t seed = 0;
+  void add_to(CLI::App& app);
+  nlohmann::json json() const;
+};
+struct DataSpec {
+  std::string dataset = "fashion-mnist";  // fashion-mnist | blobs
+  std::string dir = data::kFashionMnistDir;
+  int64_t train_subset = 0, test_subset = 0;  // first N examples (0: all)
+  void add_to(CLI::App& app);
+  nlohmann::json json() const;
+  data::Dataset train() const;
+  data::Dataset test() const;
+};
+struct OptimSpec {
+  std::string name = "sgd";
+  double lr = 0.01, momentum = 0, dampening = 0, weight_decay = 0, rho = 0.05, eps0 = INFINITY;
+  bool nesterov = false, adaptive = false;
+  std::optional<double> lr_perturb;
+  int64_t sa_batch = 1;
+  uint64_t seed = 0;
+  void add_to(CLI::App& app);
+  nlohmann::json json() const;
+  optim::OptimizerConfig config() const;  // validated
+};
+struct ScheduleSpec {
+  int64_t steps = 0, epochs = 0, batch_size = 128, eval_every = 0, checkpoint_every = 0;
+  bool eval_trace = false;
+  int64_t trace_subset = 256;
+  int trace_samples = 100;
+  double trace_tol = 1e-3;
+  uint64_t loader_seed = 0;
+  std::string metrics, checkpoint;
+  bool resume = false;
+  std::string dtype = "f32";
+  void add_to(CLI::App& app);
+};
+
+// An MLP reads flat feature vectors: images (N,C,H,W) become (N,C·H·W).
+void flatten_for(const ModelSpec& m, data::Dataset& ds);
+std::unique_ptr<nn::Module> build_model(const ModelSpec& m, const data::Dataset& like);
+DType parse_dtype(const std::string& s);
+
+// Appends JSON lines to a file (flushed per line) and echoes nothing; a no-op without a path.
+class MetricsLog {
+ public:
+  explicit MetricsLog(const std::string& path, bool append);
+  ~MetricsLog();
+  void write(const nlohmann::json& row);
+
+ private:
+  std::FILE* f_ = nullptr;
+};
+
+// Progress on stderr: one rewritten line with rate and ETA on a terminal, otherwise a line
+// every `every` steps.
+class Progress {
+ public:
+  Progress(std::string label, int64_t first_step, int64_t total_steps);
+  void update(int64_t step, const std::string& extra);
+  void done();
+
+ private:
+  std::string label_;
+  int64_t first_, total_;
+  bool tty_;
+  double start_, last_print_ = -1;
+};
+
+struct PhaseResult {
+  optim::TrainOutcome outcome;
+  optim::ClassifierMetrics train, test;
+  double trace_normalized = NAN;
+};
+// One training phase: net on train (evaluated on test) with the optimizer and schedule;
+// metrics rows carry {"phase": phase}. Resumes from schedule.checkpoint when asked.
+PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dataset& train,
+                      const data::Dataset& test, const OptimSpec& optim_spec, const ScheduleSpec& sched,
+                      const nlohmann::json& config, MetricsLog& log,
+                      const std::function<bool(const PhaseResult&)>& stop_early = {});
+// Train/test evaluation and (when asked) tr̄ on the first trace_subset training examples.
+PhaseResult evaluate_all(nn::Module& net, const data::Dataset& train, const data::Dataset& test,
+                         const ScheduleSpec& sched, bool with_trace);
+
+}  // namespace flatmin::tools
