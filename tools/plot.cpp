@@ -294,6 +294,9 @@ std::vector<std::string> plot_metrics(const PlotOptions& o) {
         if (!s[i].x.empty()) series.push_back({{"label", s[i].label}, {"x", s[i].x}, {"y", s[i].y}, {"color", i}});
       }
       if (series.empty()) throw Error("plot: --log-y '" + k + "': no values > 0 to draw on a log scale");
+      for (const auto& p : planned)
+        if (p.final_path.filename() == file_name(k))
+          throw Error("plot: the keys '" + k + "' and another one would both be written to " + file_name(k));
       planned.push_back({fs::path(o.out_dir) / file_name(k),
                          {{"kind", "lines"}, {"title", prefix + k + " vs " + o.x}, {"xlabel", o.x}, {"ylabel", k},
                           {"logy", logy}, {"series", series}}});

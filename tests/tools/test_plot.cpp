@@ -142,6 +142,9 @@ TEST_CASE("plot: bad input is refused with the file, line and key named") {
           o.log_y = {"loss"};
         }).find("not a plotted key") != std::string::npos);
 
+  const std::string clash = s.write("clash.jsonl", "{\"step\":0,\"a/b\":1,\"a_b\":2}\n");
+  CHECK(with({clash}, none).find("would both be written to a_b.png") != std::string::npos);
+
   // A missing renderer names the package and leaves no partial PNG.
   const std::string e = with({good}, [&](PlotOptions& o) { o.python = (s.dir / "no-python3").string(); });
   CHECK(e.find("Debian package python3") != std::string::npos);
