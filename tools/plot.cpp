@@ -308,9 +308,10 @@ std::vector<std::string> plot_metrics(const PlotOptions& o) {
   if (ec) throw Error("plot: cannot create the output folder " + o.out_dir + ": " + ec.message());
   json plots = json::array();
   for (auto& p : planned) {
-    p.plot["path"] = (p.final_path.parent_path() / ("." + p.final_path.filename().string() + ".tmp" +
-                                                    std::to_string(::getpid())))
-                         .string();
+    std::string hidden = ".";  // a hidden name beside the final one, so the rename stays in one file system
+    hidden += p.final_path.filename().string();
+    hidden += ".tmp" + std::to_string(::getpid());
+    p.plot["path"] = (p.final_path.parent_path() / hidden).string();
     plots.push_back(p.plot);
   }
   try {
