@@ -1,6 +1,6 @@
 // flatmin_bench: the CPU workloads that bench/torch_reference.py runs in PyTorch, with the
 // same shapes, dtypes and metric keys; bench/compare.sh puts the two side by side.
-//   flatmin_bench [--json] [--threads N] [--reps N] [--only group,group,...]
+//   flatmin_bench [--json] [--threads N] [--reps N] [--only group,group,...] [--cpu-time]
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -186,6 +186,7 @@ int main(int argc, char** argv) {
     if (a == "--json") json = true;
     else if (a == "--threads") cfg.threads = positive_int("--threads", i + 1 < argc ? argv[++i] : nullptr);
     else if (a == "--reps") cfg.reps = positive_int("--reps", i + 1 < argc ? argv[++i] : nullptr);
+    else if (a == "--cpu-time") use_cpu_time(true);
     else if (a == "--only" && i + 1 < argc) only = "," + std::string(argv[++i]) + ",";
     else if (a == "--list") {
       for (const Group& g : groups()) std::printf("%s\n", g.name.c_str());
@@ -193,7 +194,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: flatmin_bench [--json] [--threads N (default 2)] [--reps N (default 5)] "
-                   "[--only group,...] [--list]\n");
+                   "[--only group,...] [--list] [--cpu-time]\n");
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }

@@ -5,10 +5,19 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <sstream>
 
 namespace flatmin::bench {
+
+static bool cpu_clock = false;
+void use_cpu_time(bool on) { cpu_clock = on; }
+double now_seconds() {
+  timespec ts{};
+  clock_gettime(cpu_clock ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
 
 static double status_field_mib(const char* field) {
   std::ifstream f("/proc/self/status");

@@ -3,7 +3,6 @@
 // its own (a process's peak never goes down, so groups run in one process would mix).
 #pragma once
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -15,6 +14,12 @@ struct Config {
   int threads = 2;
   int reps = 5;  // timed repetitions per measurement (after one warm-up)
 };
+
+// --cpu-time: clocks read process CPU time instead of wall time. On a machine shared with
+// other jobs this removes the time spent descheduled; it sums over threads, so use it with
+// --threads 1 for comparisons.
+void use_cpu_time(bool on);
+double now_seconds();
 
 // One measured quantity; samples are in `unit`, one per repetition.
 struct Metric {
@@ -38,14 +43,11 @@ struct Group {
   std::function<std::vector<Metric>(const Config&)> run;
 };
 
-inline double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 // Seconds of one call of f.
 template <class F> double time_once(F&& f) {
-  const auto t0 = std::chrono::steady_clock::now();
+  const double t0 = now_seconds();
   f();
-  return seconds_since(t0);
+  return now_seconds() - t0;
 }
 // One warm-up call, then `reps` timed calls: seconds per call.
 template <class F> std::vector<double> time_reps(int reps, F&& f) {
