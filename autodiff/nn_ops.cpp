@@ -1,8 +1,340 @@
+// The network ops. Convolution and pooling call backend kernels and record one rule each,
+// written with differentiable ops only: conv2d and its two adjoints are bilinear, so the
+// rules of all three are the three conv ops again; max-pool's rule is a scatter at fixed
+// indices (whose rule is a gather); avg-pool and its adjoint are each other's rules.
+// Normalization and losses are compositions of ops.hpp, exact at every order as they are
+// (the batch statistics are never detached).
 #include "autodiff/nn_ops.hpp"
 
+#include "autodiff/backend.hpp"
+#include "autodiff/graph.hpp"
+
 namespace flatmin {
+
 const std::vector<std::string>& nn_op_names() {
-  static const std::vector<std::string> names = {};
+  static const std::vector<std::string> names = {"conv2d",     "conv2d_input_grad", "conv2d_weight_grad",
+                                                 "max_pool2d", "avg_pool2d",        "avg_pool2d_adjoint"};
   return names;
 }
+
+namespace {
+
+Backend& be(const Tensor& t) { return backend(t.device()); }
+
+void check_float_tensor(const char* op, const Tensor& t, const char* which) {
+  if (!t.defined()) throw Error(std::string(op) + ": " + which + " is undefined");
+  if (!is_floating(t.dtype()))
+    throw Error(std::string(op) + ": " + which + " must be floating-point, got " + dtype_name(t.dtype()) + " " +
+                to_string(t.shape()));
+}
+void check_same(const char* op, const Tensor& a, const char* wa, const Tensor& b, const char* wb) {
+  if (a.device() != b.device())
+    throw Error(std::string(op) + ": " + wa + " on " + a.device().str() + " but " + wb + " on " + b.device().str());
+  if (a.dtype() != b.dtype())
+    throw Error(std::string(op) + ": " + wa + " is " + dtype_name(a.dtype()) + " but " + wb + " is " +
+                dtype_name(b.dtype()));
+}
+void check_rank(const char* op, const Shape& s, size_t rank, const char* which) {
+  if (s.size() != rank)
+    throw Error(std::string(op) + ": " + which + " must have rank " + std::to_string(rank) + ", got " + to_string(s));
+}
+
+// ---- convolution geometry
+Conv2dParams conv_params(const char* op, const Conv2dOptions& o) {
+  if (o.stride < 1) throw Error(std::string(op) + ": stride must be >= 1, got " + std::to_string(o.stride));
+  if (o.padding < 0) throw Error(std::string(op) + ": padding must be >= 0, got " + std::to_string(o.padding));
+  return {o.stride, o.stride, o.padding, o.padding};
+}
+// The output shape of a convolution of an input of shape x with weights of shape w.
+Shape conv_out_shape(const char* op, const Shape& x, const Shape& w, const Conv2dOptions& o) {
+  check_rank(op, x, 4, "input shape (N, C, H, W)");
+  check_rank(op, w, 4, "weight shape (O, C, KH, KW)");
+  if (x[1] != w[1])
+    throw Error(std::string(op) + ": input " + to_string(x) + " has " + std::to_string(x[1]) +
+                " channels but weight " + to_string(w) + " expects " + std::to_string(w[1]));
+  const int64_t eh = x[2] + 2 * o.padding - w[2], ew = x[3] + 2 * o.padding - w[3];
+  if (eh < 0 || ew < 0 || w[2] < 1 || w[3] < 1)
+    throw Error(std::string(op) + ": kernel " + to_string(w) + " is larger than the padded input " + to_string(x) +
+                " (padding " + std::to_string(o.padding) + ")");
+  return {x[0], w[0], eh / o.stride + 1, ew / o.stride + 1};
+}
+void check_grad_shape(const char* op, const Tensor& gy, const Shape& expect) {
+  if (gy.shape() != expect)
+    throw Error(std::string(op) + ": output gradient has shape " + to_string(gy.shape()) + ", expected " +
+                to_string(expect));
+}
+
+// ---- pooling geometry
+Pool2dParams pool_params(const char* op, const Shape& x, const Pool2dOptions& o) {
+  check_rank(op, x, 4, "input (N, C, H, W)");
+  const int64_t k = o.kernel, s = o.stride == 0 ? o.kernel : o.stride, p = o.padding;
+  if (k < 1 || s < 1 || p < 0)
+    throw Error(std::string(op) + ": kernel " + std::to_string(k) + ", stride " + std::to_string(s) + ", padding " +
+                std::to_string(p) + " (need kernel >= 1, stride >= 1, padding >= 0)");
+  if (2 * p > k)
+    throw Error(std::string(op) + ": padding " + std::to_string(p) + " must be at most half the kernel " +
+                std::to_string(k));
+  if (x[2] + 2 * p < k || x[3] + 2 * p < k)
+    throw Error(std::string(op) + ": kernel " + std::to_string(k) + " is larger than the padded input " + to_string(x));
+  return {k, k, s, s, p, p};
+}
+Shape pool_out_shape(const Shape& x, const Pool2dParams& p) {
+  return {x[0], x[1], (x[2] + 2 * p.pad_h - p.kernel_h) / p.stride_h + 1, (x[3] + 2 * p.pad_w - p.kernel_w) / p.stride_w + 1};
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- convolution
+// y = A_w x. The rules follow from <A_w x, gy> = <x, A_w^T gy> = <w, B_x^T gy>.
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dOptions opt) {
+  const char* op = "conv2d";
+  check_float_tensor(op, x, "input");
+  check_float_tensor(op, w, "weight");
+  check_same(op, x, "input", w, "weight");
+  const Conv2dParams p = conv_params(op, opt);
+  Tensor out = empty(conv_out_shape(op, x.shape(), w.shape(), opt), x.options());
+  be(x).conv2d(x, w, out, p);
+  if (any_requires_grad({&x, &w}))
+    record(out, op, {x, w}, {x, w}, false, [opt](const Tensor& g, const RuleContext& c) {
+      Tensor x = c.saved(0), w = c.saved(1);
+      return std::vector<Tensor>{c.needs(0) ? conv2d_input_grad(g, w, x.shape(), opt) : Tensor(),
+                                 c.needs(1) ? conv2d_weight_grad(x, g, w.shape(), opt) : Tensor()};
+    });
+  if (!bias.defined()) return out;
+  check_float_tensor(op, bias, "bias");
+  check_same(op, x, "input", bias, "bias");
+  if (bias.shape() != Shape{w.shape()[0]})
+    throw Error("conv2d: bias has shape " + to_string(bias.shape()) + ", expected [" + std::to_string(w.shape()[0]) + "]");
+  return add(out, reshape(bias, {1, w.shape()[0], 1, 1}));
+}
+
+// gx = A_w^T gy, bilinear in (gy, w): <gg, A_w^T gy> = <A_w gg, gy>, so the gradient
+// w.r.t. gy is conv2d(gg, w) and w.r.t. w is conv2d_weight_grad(gg, gy).
+Tensor conv2d_input_grad(const Tensor& gy, const Tensor& w, const Shape& x_shape, Conv2dOptions opt) {
+  const char* op = "conv2d_input_grad";
+  check_float_tensor(op, gy, "output gradient");
+  check_float_tensor(op, w, "weight");
+  check_same(op, gy, "output gradient", w, "weight");
+  const Conv2dParams p = conv_params(op, opt);
+  check_grad_shape(op, gy, conv_out_shape(op, x_shape, w.shape(), opt));
+  Tensor out = empty(x_shape, gy.options());
+  be(gy).conv2d_input_grad(gy, w, out, p);
+  if (any_requires_grad({&gy, &w}))
+    record(out, op, {gy, w}, {gy, w}, false, [opt](const Tensor& gg, const RuleContext& c) {
+      Tensor gy = c.saved(0), w = c.saved(1);
+      return std::vector<Tensor>{c.needs(0) ? conv2d(gg, w, {}, opt) : Tensor(),
+                                 c.needs(1) ? conv2d_weight_grad(gg, gy, w.shape(), opt) : Tensor()};
+    });
+  return out;
+}
+
+// gw = B_x^T gy, bilinear in (x, gy): <gg, B_x^T gy> = <conv2d(x, gg), gy>, so the gradient
+// w.r.t. x is conv2d_input_grad(gy, gg) and w.r.t. gy is conv2d(x, gg).
+Tensor conv2d_weight_grad(const Tensor& x, const Tensor& gy, const Shape& w_shape, Conv2dOptions opt) {
+  const char* op = "conv2d_weight_grad";
+  check_float_tensor(op, x, "input");
+  check_float_tensor(op, gy, "output gradient");
+  check_same(op, x, "input", gy, "output gradient");
+  const Conv2dParams p = conv_params(op, opt);
+  check_grad_shape(op, gy, conv_out_shape(op, x.shape(), w_shape, opt));
+  Tensor out = empty(w_shape, x.options());
+  be(x).conv2d_weight_grad(x, gy, out, p);
+  if (any_requires_grad({&x, &gy}))
+    record(out, op, {x, gy}, {x, gy}, false, [opt](const Tensor& gg, const RuleContext& c) {
+      Tensor x = c.saved(0), gy = c.saved(1);
+      return std::vector<Tensor>{c.needs(0) ? conv2d_input_grad(gy, gg, x.shape(), opt) : Tensor(),
+                                 c.needs(1) ? conv2d(x, gg, {}, opt) : Tensor()};
+    });
+  return out;
+}
+
+// ---------------------------------------------------------------- pooling
+// The gradient goes to the window maxima, whose positions are constants: a scatter_add
+// along the flattened plane, whose own rule is a gather.
+Tensor max_pool2d(const Tensor& x, Pool2dOptions opt) {
+  const char* op = "max_pool2d";
+  check_float_tensor(op, x, "input");
+  const Pool2dParams p = pool_params(op, x.shape(), opt);
+  const Shape os = pool_out_shape(x.shape(), p);
+  Tensor out = empty(os, x.options());
+  Tensor idx = empty(os, {DType::i64, x.device()});
+  be(x).max_pool2d(x, out, idx, p);
+  if (any_requires_grad({&x}))
+    record(out, op, {x}, {idx}, false, [sx = x.shape()](const Tensor& g, const RuleContext& c) {
+      Tensor idx = c.saved(0);
+      const Shape planes{sx[0], sx[1], -1};
+      Tensor gx = scatter_add(reshape(g, planes), {sx[0], sx[1], sx[2] * sx[3]}, 2, reshape(idx, planes));
+      return std::vector<Tensor>{reshape(gx, sx)};
+    });
+  return out;
+}
+
+Tensor avg_pool2d(const Tensor& x, Pool2dOptions opt) {
+  const char* op = "avg_pool2d";
+  check_float_tensor(op, x, "input");
+  const Pool2dParams p = pool_params(op, x.shape(), opt);
+  Tensor out = empty(pool_out_shape(x.shape(), p), x.options());
+  be(x).avg_pool2d(x, out, p);
+  if (any_requires_grad({&x}))
+    record(out, op, {x}, {}, false, [sx = x.shape(), opt](const Tensor& g, const RuleContext&) {
+      return std::vector<Tensor>{avg_pool2d_adjoint(g, sx, opt)};
+    });
+  return out;
+}
+
+Tensor avg_pool2d_adjoint(const Tensor& gy, const Shape& x_shape, Pool2dOptions opt) {
+  const char* op = "avg_pool2d_adjoint";
+  check_float_tensor(op, gy, "output gradient");
+  const Pool2dParams p = pool_params(op, x_shape, opt);
+  check_grad_shape(op, gy, pool_out_shape(x_shape, p));
+  Tensor out = empty(x_shape, gy.options());
+  be(gy).avg_pool2d_adjoint(gy, out, p);
+  if (any_requires_grad({&gy}))
+    record(out, op, {gy}, {}, false, [opt](const Tensor& g, const RuleContext&) {
+      return std::vector<Tensor>{avg_pool2d(g, opt)};
+    });
+  return out;
+}
+
+// PyTorch's windows: output i covers [floor(i*n/out), ceil((i+1)*n/out)). Windows are
+// products of a row range and a column range, so the mean is taken along H, then W.
+static Tensor adaptive_mean_axis(const Tensor& x, int64_t axis, int64_t out) {
+  const int64_t n = x.shape()[axis];
+  std::vector<Tensor> parts;
+  for (int64_t i = 0; i < out; ++i) {
+    const int64_t start = i * n / out, stop = ((i + 1) * n + out - 1) / out;
+    parts.push_back(mean(slice(x, axis, start, stop), {axis}, true));
+  }
+  return out == 1 ? parts[0] : concat(parts, axis);
+}
+Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w) {
+  const char* op = "adaptive_avg_pool2d";
+  check_float_tensor(op, x, "input");
+  check_rank(op, x.shape(), 4, "input (N, C, H, W)");
+  const int64_t H = x.shape()[2], W = x.shape()[3];
+  if (out_h < 1 || out_w < 1 || H < 1 || W < 1)
+    throw Error(std::string(op) + ": output size " + std::to_string(out_h) + "x" + std::to_string(out_w) +
+                " for input " + to_string(x.shape()) + " (need positive sizes)");
+  if (out_h == 1 && out_w == 1) return mean(x, {2, 3}, true);
+  if (H % out_h == 0 && W % out_w == 0 && H / out_h == W / out_w)
+    return avg_pool2d(x, {.kernel = H / out_h, .stride = H / out_h, .padding = 0});
+  return adaptive_mean_axis(adaptive_mean_axis(x, 2, out_h), 3, out_w);
+}
+
+// ---------------------------------------------------------------- normalization
+// Per-channel affine transform of x (channels on axis 1); weight/bias may be undefined.
+static Tensor channel_affine(const Tensor& x, const Tensor& weight, const Tensor& bias, const char* op) {
+  const int64_t C = x.shape()[1];
+  Shape cs(x.dim(), 1);
+  cs[1] = C;
+  Tensor y = x;
+  for (const auto& [t, name] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
+    if (!t->defined()) continue;
+    check_float_tensor(op, *t, name);
+    check_same(op, x, "input", *t, name);
+    if (t->shape() != Shape{C})
+      throw Error(std::string(op) + ": " + name + " has shape " + to_string(t->shape()) + ", expected [" +
+                  std::to_string(C) + "]");
+  }
+  if (weight.defined()) y = mul(y, reshape(weight, cs));
+  if (bias.defined()) y = add(y, reshape(bias, cs));
+  return y;
+}
+
+Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean, Tensor& running_var,
+                  bool training, bool update_running, double momentum, double eps) {
+  const char* op = "batch_norm";
+  check_float_tensor(op, x, "input");
+  if (x.dim() != 2 && x.dim() != 4)
+    throw Error("batch_norm: input must be (N, C) or (N, C, H, W), got " + to_string(x.shape()));
+  const int64_t C = x.shape()[1];
+  const Axes axes = x.dim() == 2 ? Axes{0} : Axes{0, 2, 3};
+  Shape cs(x.dim(), 1);
+  cs[1] = C;
+  const bool have_running = running_mean.defined() || running_var.defined();
+  if (have_running)
+    for (const auto& [t, name] : {std::pair{&running_mean, "running_mean"}, std::pair{&running_var, "running_var"}}) {
+      check_float_tensor(op, *t, name);
+      check_same(op, x, "input", *t, name);
+      if (t->shape() != Shape{C})
+        throw Error(std::string("batch_norm: ") + name + " has shape " + to_string(t->shape()) + ", expected [" +
+                    std::to_string(C) + "]");
+    }
+  Tensor xc, var;
+  if (training) {
+    const int64_t count = x.numel() / std::max<int64_t>(C, 1);
+    if (count < 2)
+      throw Error("batch_norm: training needs more than one value per channel, got input " + to_string(x.shape()));
+    xc = sub(x, mean(x, axes, true));
+    var = mean(square(xc), axes, true);
+    if (have_running && update_running) {
+      NoGrad ng;
+      Tensor bm = reshape(mean(x.detach(), axes), {C}), bv = reshape(var.detach(), {C});
+      running_mean.mul_(1.0 - momentum).add_(bm, momentum);
+      running_var.mul_(1.0 - momentum).add_(bv, momentum * double(count) / double(count - 1));
+    }
+  } else {
+    if (!have_running) throw Error("batch_norm: eval mode needs running_mean and running_var");
+    xc = sub(x, reshape(running_mean, cs));
+    var = reshape(running_var, cs);
+  }
+  return channel_affine(mul(xc, rsqrt(add_scalar(var, eps))), weight, bias, op);
+}
+
+Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps) {
+  const char* op = "group_norm";
+  check_float_tensor(op, x, "input");
+  if (x.dim() < 2) throw Error("group_norm: input must be (N, C, ...), got " + to_string(x.shape()));
+  const int64_t N = x.shape()[0], C = x.shape()[1];
+  if (groups < 1 || C % groups != 0)
+    throw Error("group_norm: " + std::to_string(C) + " channels cannot be split into " + std::to_string(groups) +
+                " groups");
+  Tensor xg = reshape(x, {N, groups, -1});
+  Tensor xc = sub(xg, mean(xg, {2}, true));
+  Tensor var = mean(square(xc), {2}, true);
+  Tensor y = reshape(mul(xc, rsqrt(add_scalar(var, eps))), x.shape());
+  return channel_affine(y, weight, bias, op);
+}
+
+// ---------------------------------------------------------------- losses
+static Tensor reduce(const Tensor& per_item, Reduction r) {
+  switch (r) {
+    case Reduction::mean: return mean(per_item);
+    case Reduction::sum: return sum(per_item);
+    case Reduction::none: break;
+  }
+  return per_item;
+}
+
+Tensor cross_entropy(const Tensor& logits, const Tensor& target, Reduction r) {
+  const char* op = "cross_entropy";
+  check_float_tensor(op, logits, "logits");
+  if (logits.dim() != 2) throw Error("cross_entropy: logits must be (N, K), got " + to_string(logits.shape()));
+  if (!target.defined() || target.dtype() != DType::i64)
+    throw Error("cross_entropy: target must be int64 labels (N)");
+  const int64_t N = logits.shape()[0], K = logits.shape()[1];
+  if (target.shape() != Shape{N})
+    throw Error("cross_entropy: target has shape " + to_string(target.shape()) + ", expected [" + std::to_string(N) +
+                "] for logits " + to_string(logits.shape()));
+  if (target.device() != logits.device())
+    throw Error("cross_entropy: target on " + target.device().str() + " but logits on " + logits.device().str());
+  const auto labels = target.to_int_vector();
+  for (int64_t i = 0; i < N; ++i)
+    if (labels[size_t(i)] < 0 || labels[size_t(i)] >= K)
+      throw Error("cross_entropy: label " + std::to_string(labels[size_t(i)]) + " at position " + std::to_string(i) +
+                  " is out of range for " + std::to_string(K) + " classes");
+  Tensor picked = gather(log_softmax(logits, 1), 1, reshape(target, {N, 1}));
+  return reduce(neg(reshape(picked, {N})), r);
+}
+
+Tensor mse_loss(const Tensor& pred, const Tensor& target, Reduction r) {
+  check_float_tensor("mse_loss", pred, "prediction");
+  check_float_tensor("mse_loss", target, "target");
+  check_same("mse_loss", pred, "prediction", target, "target");
+  if (pred.shape() != target.shape())
+    throw Error("mse_loss: prediction " + to_string(pred.shape()) + " and target " + to_string(target.shape()) +
+                " differ in shape");
+  return reduce(square(sub(pred, target)), r);
+}
+
 }  // namespace flatmin

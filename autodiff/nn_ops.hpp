@@ -25,6 +25,8 @@ struct Pool2dOptions {
 };
 Tensor max_pool2d(const Tensor& x, Pool2dOptions opt);
 Tensor avg_pool2d(const Tensor& x, Pool2dOptions opt);  // count_include_pad = true
+// The adjoint of avg_pool2d (its rule is avg_pool2d again).
+Tensor avg_pool2d_adjoint(const Tensor& gy, const Shape& x_shape, Pool2dOptions opt);
 Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w);
 
 // Batch normalization over (N, H, W) per channel (x of rank 2 or 4). Training: batch

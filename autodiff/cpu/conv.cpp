@@ -1,12 +1,362 @@
-// Convolution and pooling kernels for the CPU (issue 3 fills these in).
+// Convolution and pooling kernels for the CPU: im2col + Eigen GEMM, oneTBB over groups of
+// images. Each convolution processes the batch in groups of G images (G chosen from the
+// output plane size so that every GEMM has enough columns); a group's im2col buffer is
+// the only scratch memory, one per worker thread, so memory stays bounded at any batch.
+// Results never depend on the thread count: each output element is produced by exactly
+// one task, and the weight gradient sums per-chunk partials (chunks fixed by the shapes)
+// in chunk order.
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <tbb/task_arena.h>
+#include <vector>
+
 #include "autodiff/cpu/cpu_kernels.hpp"
 
 namespace flatmin::cpu {
-static void missing(const char* op) { throw Error(std::string(op) + ": CPU kernel missing in this build"); }
-void conv2d_forward(const Tensor&, const Tensor&, Tensor&, const Conv2dParams&) { missing("conv2d"); }
-void conv2d_input_grad(const Tensor&, const Tensor&, Tensor&, const Conv2dParams&) { missing("conv2d_input_grad"); }
-void conv2d_weight_grad(const Tensor&, const Tensor&, Tensor&, const Conv2dParams&) { missing("conv2d_weight_grad"); }
-void max_pool2d(const Tensor&, Tensor&, Tensor&, const Pool2dParams&) { missing("max_pool2d"); }
-void avg_pool2d(const Tensor&, Tensor&, const Pool2dParams&) { missing("avg_pool2d"); }
-void avg_pool2d_adjoint(const Tensor&, Tensor&, const Pool2dParams&) { missing("avg_pool2d_adjoint"); }
+
+namespace {
+
+template <class T> using RMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T> using MapM = Eigen::Map<RMat<T>>;
+template <class T> using MapC = Eigen::Map<const RMat<T>>;
+
+template <class F> void dispatch_float(DType d, const char* op, F&& f) {
+  switch (d) {
+    case DType::f32: f(float{}); break;
+    case DType::f64: f(double{}); break;
+    default: throw Error(std::string(op) + ": not defined for int64 tensors");
+  }
+}
+
+// The geometry of one convolution, read from the tensors' shapes.
+struct Geometry {
+  int64_t N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw;
+  int64_t P() const { return OH * OW; }          // output positions per image
+  int64_t K() const { return C * KH * KW; }      // rows of an image's column matrix
+  int64_t HW() const { return H * W; }
+  bool pointwise() const { return KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
+};
+Geometry geometry(const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p) {
+  return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], p.stride_h, p.stride_w, p.pad_h, p.pad_w};
+}
+
+// Images per GEMM: enough columns (G*P >= 256) for Eigen to run near its peak on small
+// planes, one image on large planes; the column buffer is capped at 16 MiB.
+int64_t images_per_group(const Geometry& g, size_t elem) {
+  int64_t G = std::clamp<int64_t>(256 / std::max<int64_t>(g.P(), 1), 1, 16);
+  const int64_t per_image = g.pointwise() ? 0 : g.K() * g.P() * int64_t(elem);
+  while (G > 1 && per_image * G > (int64_t(16) << 20)) --G;
+  return std::min(G, g.N);
+}
+
+// Scratch buffers, one per worker slot of the current arena (tasks of one loop never
+// nest, so a slot's buffer is used by one task at a time).
+template <class T> class Scratch {
+ public:
+  explicit Scratch(size_t n) : n_(n), bufs_(size_t(tbb::this_task_arena::max_concurrency()) + 1) {}
+  T* get() {
+    int slot = tbb::this_task_arena::current_thread_index();
+    auto& b = bufs_[size_t(slot < 0 || size_t(slot) >= bufs_.size() - 1 ? bufs_.size() - 1 : size_t(slot))];
+    if (b.size() < n_) b.resize(n_);
+    return b.data();
+  }
+
+ private:
+  size_t n_;
+  std::vector<std::vector<T>> bufs_;
+};
+
+// Range of output positions o (of n) whose input index o*s - p + k lies in [0, extent).
+inline void valid_range(int64_t k, int64_t s, int64_t p, int64_t extent, int64_t n, int64_t& lo, int64_t& hi) {
+  // o*s >= p - k  and  o*s <= extent - 1 + p - k
+  const int64_t a = p - k, b = extent - 1 + p - k;
+  lo = a <= 0 ? 0 : (a + s - 1) / s;
+  hi = b < 0 ? 0 : std::min(n, b / s + 1);
+  if (hi < lo) hi = lo;
+}
+
+// col[r, col0 + oh*OW + ow] = x[c, oh*sh - ph + kh, ow*sw - pw + kw] (0 outside), r = (c, kh, kw).
+template <class T> void im2col(const T* x, T* col, int64_t ld, int64_t col0, const Geometry& g) {
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t kh = 0; kh < g.KH; ++kh)
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        T* row = col + ((c * g.KH + kh) * g.KW + kw) * ld + col0;
+        int64_t w0, w1, h0, h1;
+        valid_range(kw, g.sw, g.pw, g.W, g.OW, w0, w1);
+        valid_range(kh, g.sh, g.ph, g.H, g.OH, h0, h1);
+        std::fill(row, row + h0 * g.OW, T(0));
+        for (int64_t oh = h0; oh < h1; ++oh) {
+          T* r = row + oh * g.OW;
+          const T* xs = x + (c * g.H + oh * g.sh - g.ph + kh) * g.W - g.pw + kw;
+          std::fill(r, r + w0, T(0));
+          if (g.sw == 1) std::memcpy(r + w0, xs + w0, size_t(w1 - w0) * sizeof(T));
+          else
+            for (int64_t ow = w0; ow < w1; ++ow) r[ow] = xs[ow * g.sw];
+          std::fill(r + w1, r + g.OW, T(0));
+        }
+        std::fill(row + h1 * g.OW, row + g.P(), T(0));
+      }
+}
+
+// The adjoint of im2col: x[c, ih, iw] += col[r, col0 + oh*OW + ow] (x pre-filled).
+template <class T> void col2im(const T* col, int64_t ld, int64_t col0, T* x, const Geometry& g) {
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t kh = 0; kh < g.KH; ++kh)
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        const T* row = col + ((c * g.KH + kh) * g.KW + kw) * ld + col0;
+        int64_t w0, w1, h0, h1;
+        valid_range(kw, g.sw, g.pw, g.W, g.OW, w0, w1);
+        valid_range(kh, g.sh, g.ph, g.H, g.OH, h0, h1);
+        for (int64_t oh = h0; oh < h1; ++oh) {
+          const T* r = row + oh * g.OW;
+          T* xs = x + (c * g.H + oh * g.sh - g.ph + kh) * g.W - g.pw + kw;
+          if (g.sw == 1)
+            for (int64_t ow = w0; ow < w1; ++ow) xs[ow] += r[ow];
+          else
+            for (int64_t ow = w0; ow < w1; ++ow) xs[ow * g.sw] += r[ow];
+        }
+      }
+}
+
+// Copies per-image [rows, P] blocks (image stride `stride`) into a [rows, G*P] matrix, and back.
+template <class T> void pack_images(const T* src, int64_t stride, int64_t G, int64_t rows, int64_t P, T* dst) {
+  for (int64_t i = 0; i < G; ++i)
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * G * P + i * P, src + i * stride + r * P, size_t(P) * sizeof(T));
+}
+template <class T> void unpack_images(const T* src, int64_t G, int64_t rows, int64_t P, T* dst, int64_t stride) {
+  for (int64_t i = 0; i < G; ++i)
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + i * stride + r * P, src + r * G * P + i * P, size_t(P) * sizeof(T));
+}
+
+// Runs body(n0, n1) for each group of images, groups in parallel.
+template <class F> void for_each_group(int64_t N, int64_t G, F&& body) {
+  const int64_t groups = (N + G - 1) / G;
+  parallel_for(groups, 1, [&](int64_t a, int64_t b) {
+    for (int64_t q = a; q < b; ++q) body(q * G, std::min(N, (q + 1) * G));
+  });
+}
+
+// y[n] = W [O, K] @ col(x[n]) [K, P]
+template <class T> void forward_impl(const T* x, const T* w, T* y, const Geometry& g) {
+  const int64_t G = images_per_group(g, sizeof(T)), P = g.P(), K = g.K();
+  MapC<T> Wm(w, g.O, K);
+  const bool direct = g.pointwise() && G == 1;
+  Scratch<T> cols(direct ? 0 : size_t(K * G * P + (G > 1 ? g.O * G * P : 0)));
+  for_each_group(g.N, G, [&](int64_t n0, int64_t n1) {
+    const int64_t gn = n1 - n0, cols_n = gn * P;
+    if (direct) {
+      MapM<T>(y + n0 * g.O * P, g.O, P).noalias() = Wm * MapC<T>(x + n0 * g.C * g.HW(), K, P);
+      return;
+    }
+    T* col = cols.get();
+    if (g.pointwise()) pack_images(x + n0 * g.C * g.HW(), g.C * g.HW(), gn, g.C, P, col);
+    else
+      for (int64_t i = 0; i < gn; ++i) im2col(x + (n0 + i) * g.C * g.HW(), col, cols_n, i * P, g);
+    if (gn == 1) {
+      MapM<T>(y + n0 * g.O * P, g.O, P).noalias() = Wm * MapC<T>(col, K, P);
+    } else {
+      T* tmp = col + K * G * P;
+      MapM<T>(tmp, g.O, cols_n).noalias() = Wm * MapC<T>(col, K, cols_n);
+      unpack_images(tmp, gn, g.O, P, y + n0 * g.O * P, g.O * P);
+    }
+  });
+}
+
+// gx[n] = col2im(W^T [K, O] @ gy[n] [O, P])
+template <class T> void input_grad_impl(const T* gy, const T* w, T* gx, const Geometry& g) {
+  const int64_t G = images_per_group(g, sizeof(T)), P = g.P(), K = g.K();
+  MapC<T> Wm(w, g.O, K);
+  const bool direct = g.pointwise() && G == 1;
+  Scratch<T> cols(direct ? 0 : size_t(K * G * P + (G > 1 ? g.O * G * P : 0)));
+  for_each_group(g.N, G, [&](int64_t n0, int64_t n1) {
+    const int64_t gn = n1 - n0, cols_n = gn * P;
+    if (direct) {
+      MapM<T>(gx + n0 * g.C * g.HW(), K, P).noalias() = Wm.transpose() * MapC<T>(gy + n0 * g.O * P, g.O, P);
+      return;
+    }
+    T* col = cols.get();
+    const T* gym = gy + n0 * g.O * P;
+    if (gn > 1) {
+      T* tmp = col + K * G * P;
+      pack_images(gym, g.O * P, gn, g.O, P, tmp);
+      gym = tmp;
+    }
+    MapM<T>(col, K, cols_n).noalias() = Wm.transpose() * MapC<T>(gym, g.O, cols_n);
+    if (g.pointwise()) {
+      unpack_images(col, gn, g.C, P, gx + n0 * g.C * g.HW(), g.C * g.HW());
+      return;
+    }
+    for (int64_t i = 0; i < gn; ++i) {
+      T* xi = gx + (n0 + i) * g.C * g.HW();
+      std::fill(xi, xi + g.C * g.HW(), T(0));
+      col2im(col, cols_n, i * P, xi, g);
+    }
+  });
+}
+
+// gw = sum_n gy[n] [O, P] @ col(x[n])^T [P, K]. The batch is cut into a number of chunks
+// fixed by the shapes; chunks run in parallel into partial sums (their count bounded so
+// that the partials stay under 64 MiB), added in chunk order.
+template <class T> void weight_grad_impl(const T* x, const T* gy, T* gw, const Geometry& g) {
+  const int64_t G = images_per_group(g, sizeof(T)), P = g.P(), K = g.K();
+  const int64_t groups = (g.N + G - 1) / G;
+  const int64_t wsize = g.O * K;
+  const int64_t max_chunks = std::max<int64_t>(1, (int64_t(64) << 20) / std::max<int64_t>(wsize * int64_t(sizeof(T)), 1));
+  const int64_t chunks = std::min({groups, int64_t(8), max_chunks});
+  std::vector<T> partials(size_t(std::max<int64_t>(chunks - 1, 0) * wsize));
+  Scratch<T> cols(size_t(K * G * P + g.O * G * P));
+  parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      T* acc = ch == 0 ? gw : partials.data() + (ch - 1) * wsize;
+      MapM<T> A(acc, g.O, K);
+      A.setZero();
+      const int64_t q0 = groups * ch / chunks, q1 = groups * (ch + 1) / chunks;
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t n0 = q * G, n1 = std::min(g.N, n0 + G), gn = n1 - n0, cols_n = gn * P;
+        T* col = cols.get();
+        T* gyp = col + K * G * P;
+        const T* gym = gy + n0 * g.O * P;
+        if (gn > 1) {
+          pack_images(gym, g.O * P, gn, g.O, P, gyp);
+          gym = gyp;
+        }
+        if (g.pointwise()) pack_images(x + n0 * g.C * g.HW(), g.C * g.HW(), gn, g.C, P, col);
+        else
+          for (int64_t i = 0; i < gn; ++i) im2col(x + (n0 + i) * g.C * g.HW(), col, cols_n, i * P, g);
+        A.noalias() += MapC<T>(gym, g.O, cols_n) * MapC<T>(col, K, cols_n).transpose();
+      }
+    }
+  });
+  if (chunks > 1)
+    parallel_for(wsize, 16384, [&](int64_t i0, int64_t i1) {
+      for (int64_t ch = 1; ch < chunks; ++ch) {
+        const T* p = partials.data() + (ch - 1) * wsize;
+        for (int64_t i = i0; i < i1; ++i) gw[i] += p[i];
+      }
+    });
+}
+
+// ---- pooling: one task per (image, channel) plane
+struct PoolGeometry {
+  int64_t planes, H, W, OH, OW, kh, kw, sh, sw, ph, pw;
+};
+PoolGeometry pool_geometry(const Shape& x, const Shape& y, const Pool2dParams& p) {
+  return {x[0] * x[1], x[2], x[3], y[2], y[3], p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w};
+}
+// Calls f(oh, ow, h0, h1, w0, w1) for every output position with its window clipped to the input.
+template <class F> void for_each_window(const PoolGeometry& g, F&& f) {
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    const int64_t hs = oh * g.sh - g.ph, h0 = std::max<int64_t>(hs, 0), h1 = std::min(hs + g.kh, g.H);
+    for (int64_t ow = 0; ow < g.OW; ++ow) {
+      const int64_t ws = ow * g.sw - g.pw, w0 = std::max<int64_t>(ws, 0), w1 = std::min(ws + g.kw, g.W);
+      f(oh * g.OW + ow, h0, h1, w0, w1);
+    }
+  }
+}
+template <class F> void for_each_plane(const PoolGeometry& g, F&& f) {
+  parallel_for(g.planes, std::max<int64_t>(1, 16384 / std::max<int64_t>(g.H * g.W, 1)), [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) f(i);
+  });
+}
+
+}  // namespace
+
+void conv2d_forward(const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p) {
+  const Geometry g = geometry(x.shape(), w.shape(), out.shape(), p);
+  dispatch_float(x.dtype(), "conv2d", [&](auto t) {
+    using T = decltype(t);
+    forward_impl<T>(data_ptr<T>(x), data_ptr<T>(w), data_ptr<T>(out), g);
+  });
+}
+void conv2d_input_grad(const Tensor& gy, const Tensor& w, Tensor& gx, const Conv2dParams& p) {
+  const Geometry g = geometry(gx.shape(), w.shape(), gy.shape(), p);
+  dispatch_float(gy.dtype(), "conv2d_input_grad", [&](auto t) {
+    using T = decltype(t);
+    input_grad_impl<T>(data_ptr<T>(gy), data_ptr<T>(w), data_ptr<T>(gx), g);
+  });
+}
+void conv2d_weight_grad(const Tensor& x, const Tensor& gy, Tensor& gw, const Conv2dParams& p) {
+  const Geometry g = geometry(x.shape(), gw.shape(), gy.shape(), p);
+  dispatch_float(x.dtype(), "conv2d_weight_grad", [&](auto t) {
+    using T = decltype(t);
+    weight_grad_impl<T>(data_ptr<T>(x), data_ptr<T>(gy), data_ptr<T>(gw), g);
+  });
+}
+
+// Padding acts as -inf: the max is taken over the window clipped to the input (never
+// empty, since the op checks padding <= kernel/2). Ties and NaN follow PyTorch: the first
+// maximum in row-major window order wins; a NaN wins over any number (the last NaN's index).
+void max_pool2d(const Tensor& x, Tensor& out, Tensor& indices, const Pool2dParams& p) {
+  const PoolGeometry g = pool_geometry(x.shape(), out.shape(), p);
+  int64_t* idx = data_ptr<int64_t>(indices);
+  dispatch_float(x.dtype(), "max_pool2d", [&](auto t) {
+    using T = decltype(t);
+    const T* xp = data_ptr<T>(x);
+    T* yp = data_ptr<T>(out);
+    for_each_plane(g, [&](int64_t pl) {
+      const T* xs = xp + pl * g.H * g.W;
+      T* ys = yp + pl * g.OH * g.OW;
+      int64_t* is = idx + pl * g.OH * g.OW;
+      for_each_window(g, [&](int64_t o, int64_t h0, int64_t h1, int64_t w0, int64_t w1) {
+        T best = -std::numeric_limits<T>::infinity();
+        int64_t at = h0 * g.W + w0;
+        for (int64_t h = h0; h < h1; ++h)
+          for (int64_t w = w0; w < w1; ++w) {
+            const T v = xs[h * g.W + w];
+            if (v > best || std::isnan(v)) {
+              best = v;
+              at = h * g.W + w;
+            }
+          }
+        ys[o] = best;
+        is[o] = at;
+      });
+    });
+  });
+}
+
+// count_include_pad = true: the divisor is always kernel_h * kernel_w (without ceil mode a
+// window never reaches past the padding).
+void avg_pool2d(const Tensor& x, Tensor& out, const Pool2dParams& p) {
+  const PoolGeometry g = pool_geometry(x.shape(), out.shape(), p);
+  dispatch_float(x.dtype(), "avg_pool2d", [&](auto t) {
+    using T = decltype(t);
+    const T* xp = data_ptr<T>(x);
+    T* yp = data_ptr<T>(out);
+    const T scale = T(1) / T(g.kh * g.kw);
+    for_each_plane(g, [&](int64_t pl) {
+      const T* xs = xp + pl * g.H * g.W;
+      T* ys = yp + pl * g.OH * g.OW;
+      for_each_window(g, [&](int64_t o, int64_t h0, int64_t h1, int64_t w0, int64_t w1) {
+        T s = 0;
+        for (int64_t h = h0; h < h1; ++h)
+          for (int64_t w = w0; w < w1; ++w) s += xs[h * g.W + w];
+        ys[o] = s * scale;
+      });
+    });
+  });
+}
+void avg_pool2d_adjoint(const Tensor& gy, Tensor& gx, const Pool2dParams& p) {
+  const PoolGeometry g = pool_geometry(gx.shape(), gy.shape(), p);
+  dispatch_float(gy.dtype(), "avg_pool2d_adjoint", [&](auto t) {
+    using T = decltype(t);
+    const T* yp = data_ptr<T>(gy);
+    T* xp = data_ptr<T>(gx);
+    const T scale = T(1) / T(g.kh * g.kw);
+    for_each_plane(g, [&](int64_t pl) {
+      T* xs = xp + pl * g.H * g.W;
+      const T* ys = yp + pl * g.OH * g.OW;
+      std::fill(xs, xs + g.H * g.W, T(0));
+      for_each_window(g, [&](int64_t o, int64_t h0, int64_t h1, int64_t w0, int64_t w1) {
+        const T v = ys[o] * scale;
+        for (int64_t h = h0; h < h1; ++h)
+          for (int64_t w = w0; w < w1; ++w) xs[h * g.W + w] += v;
+      });
+    });
+  });
+}
+
 }  // namespace flatmin::cpu

@@ -56,6 +56,8 @@ ScalarFn harness(const Case& c, const Shape& out_shape) {
 
 Tensor idx(std::vector<int64_t> v, Shape s) { return from_ints(v, s); }
 
+std::vector<Case> nn_cases();
+
 std::vector<Case> cases() {
   using P = const Params&;
   std::vector<Case> c = {
@@ -122,6 +124,48 @@ std::vector<Case> cases() {
       {"logsumexp", {{3, 4}}, [](P x) { return logsumexp(x[0], 1); }},
       {"softmax", {{3, 4}}, [](P x) { return softmax(x[0], 0); }},
       {"log_softmax", {{3, 4}}, [](P x) { return log_softmax(x[0], -1); }},
+  };
+  for (Case& n : nn_cases()) c.push_back(std::move(n));
+  return c;
+}
+
+// The network ops (nn_ops.hpp): conv with stride 1/2, padding 0/1, kernel 1/3, odd sizes
+// and outputs that leave rows of the input unused; pooling; normalization in training
+// mode (batch statistics differentiated at every order) and eval mode; losses.
+std::vector<Case> nn_cases() {
+  using P = const Params&;
+  auto bn = [](const Tensor& x, const Tensor& w, const Tensor& b, bool training) {
+    Tensor rm = zeros({x.size(1)}, f64), rv = full({x.size(1)}, 0.7, f64);
+    return batch_norm(x, w, b, rm, rv, training);
+  };
+  std::vector<Case> c = {
+      {"conv2d", {{2, 2, 5, 5}, {3, 2, 3, 3}}, [](P x) { return conv2d(x[0], x[1], {}, {1, 1}); }},
+      {"conv2d", {{1, 2, 6, 7}, {2, 2, 3, 3}}, [](P x) { return conv2d(x[0], x[1], {}, {2, 0}); }},
+      {"conv2d", {{1, 2, 6, 5}, {2, 2, 3, 3}, {2}}, [](P x) { return conv2d(x[0], x[1], x[2], {2, 1}); }},
+      {"conv2d", {{2, 3, 5, 5}, {2, 3, 1, 1}}, [](P x) { return conv2d(x[0], x[1], {}, {2, 0}); }},
+      {"conv2d", {{2, 3, 3, 4}, {2, 3, 1, 1}}, [](P x) { return conv2d(x[0], x[1], {}, {1, 0}); }},
+      {"conv2d_input_grad", {{1, 3, 3, 4}, {3, 2, 3, 3}},
+       [](P x) { return conv2d_input_grad(x[0], x[1], {1, 2, 6, 7}, {2, 1}); }},
+      {"conv2d_input_grad", {{2, 2, 3, 3}, {2, 3, 3, 3}},
+       [](P x) { return conv2d_input_grad(x[0], x[1], {2, 3, 5, 5}, {1, 0}); }},
+      {"conv2d_weight_grad", {{1, 2, 6, 7}, {1, 3, 3, 4}},
+       [](P x) { return conv2d_weight_grad(x[0], x[1], {3, 2, 3, 3}, {2, 1}); }},
+      {"conv2d_weight_grad", {{2, 3, 4, 4}, {2, 2, 4, 4}},
+       [](P x) { return conv2d_weight_grad(x[0], x[1], {2, 3, 1, 1}, {1, 0}); }},
+      {"max_pool2d", {{2, 2, 4, 5}}, [](P x) { return max_pool2d(x[0], {2, 2, 0}); }, 0, 0, true},
+      {"max_pool2d", {{1, 2, 7, 6}}, [](P x) { return max_pool2d(x[0], {3, 2, 1}); }, 0, 0, true},
+      {"avg_pool2d", {{1, 2, 5, 6}}, [](P x) { return avg_pool2d(x[0], {3, 2, 1}); }},
+      {"avg_pool2d_adjoint", {{1, 2, 3, 3}}, [](P x) { return avg_pool2d_adjoint(x[0], {1, 2, 5, 6}, {3, 2, 1}); }},
+      {"adaptive_avg_pool2d", {{1, 2, 5, 7}}, [](P x) { return adaptive_avg_pool2d(x[0], 3, 2); }},
+      {"adaptive_avg_pool2d", {{2, 2, 4, 4}}, [](P x) { return adaptive_avg_pool2d(x[0], 1, 1); }},
+      {"batch_norm", {{4, 3, 2, 2}, {3}, {3}}, [bn](P x) { return bn(x[0], x[1], x[2], true); }},
+      {"batch_norm", {{5, 3}, {3}, {3}}, [bn](P x) { return bn(x[0], x[1], x[2], true); }},
+      {"batch_norm", {{3, 2, 2, 2}, {2}, {2}}, [bn](P x) { return bn(x[0], x[1], x[2], false); }},
+      {"group_norm", {{2, 4, 2, 3}, {4}, {4}}, [](P x) { return group_norm(x[0], 2, x[1], x[2]); }},
+      {"cross_entropy", {{4, 3}},
+       [](P x) { return cross_entropy(x[0], from_ints({2, 0, 1, 2}, {4}), Reduction::mean); }, -3, 3},
+      {"cross_entropy", {{3, 5}}, [](P x) { return cross_entropy(x[0], from_ints({4, 0, 1}, {3}), Reduction::none); }},
+      {"mse_loss", {{3, 4}, {3, 4}}, [](P x) { return mse_loss(x[0], x[1], Reduction::sum); }},
   };
   return c;
 }

@@ -1,0 +1,281 @@
+// Network ops: forward values and first derivatives against PyTorch (reference numbers in
+// tests/reference/nn_ops_reference.json, made by make_nn_ops_reference.py), the conv and
+// pooling kernels against naive loops, determinism, and bad inputs. Derivatives of orders
+// 1-3 against finite differences are in test_derivatives.cpp (the op registry).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <tbb/task_arena.h>
+
+#include "autodiff/autodiff.hpp"
+
+using namespace flatmin;
+
+namespace {
+
+const TensorOptions f64{DType::f64};
+
+// ---- naive references (plain loops, double accumulation)
+struct ConvCase {
+  int64_t N, C, H, W, O, K, stride, pad;
+};
+int64_t out_size(int64_t n, int64_t k, int64_t s, int64_t p) { return (n + 2 * p - k) / s + 1; }
+
+// Calls f(n, o, oh, ow, c, kh, kw, ih, iw) for every valid term of the convolution sum.
+template <class F> void for_each_term(const ConvCase& q, F&& f) {
+  const int64_t OH = out_size(q.H, q.K, q.stride, q.pad), OW = out_size(q.W, q.K, q.stride, q.pad);
+  for (int64_t n = 0; n < q.N; ++n)
+    for (int64_t o = 0; o < q.O; ++o)
+      for (int64_t oh = 0; oh < OH; ++oh)
+        for (int64_t ow = 0; ow < OW; ++ow)
+          for (int64_t c = 0; c < q.C; ++c)
+            for (int64_t kh = 0; kh < q.K; ++kh)
+              for (int64_t kw = 0; kw < q.K; ++kw) {
+                const int64_t ih = oh * q.stride - q.pad + kh, iw = ow * q.stride - q.pad + kw;
+                if (ih >= 0 && ih < q.H && iw >= 0 && iw < q.W)
+                  f(((n * q.O + o) * OH + oh) * OW + ow, ((n * q.C + c) * q.H + ih) * q.W + iw,
+                    ((o * q.C + c) * q.K + kh) * q.K + kw);
+              }
+}
+
+void check_close(const std::vector<double>& got, const std::vector<double>& want, double tol, const char* what) {
+  REQUIRE(got.size() == want.size());
+  double scale = 0, err = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    scale = std::max(scale, std::fabs(want[i]));
+    err = std::max(err, std::fabs(got[i] - want[i]));
+  }
+  INFO(what << ": max abs error " << err << " (values up to " << scale << ")");
+  CHECK(err <= tol * (1 + scale));
+}
+
+// Forward, input gradient and weight gradient of one case against the naive loops.
+void check_conv_against_loops(const ConvCase& q, DType dt, double tol) {
+  Generator g(7);
+  const TensorOptions opt{dt};
+  Tensor x = g.normal({q.N, q.C, q.H, q.W}, opt), w = g.normal({q.O, q.C, q.K, q.K}, opt);
+  const Conv2dOptions co{q.stride, q.pad};
+  Tensor y = conv2d(x, w, {}, co);
+  Tensor gy = g.normal(y.shape(), opt);
+  Tensor gx = conv2d_input_grad(gy, w, x.shape(), co), gw = conv2d_weight_grad(x, gy, w.shape(), co);
+  auto xv = x.to_vector(), wv = w.to_vector(), gyv = gy.to_vector();
+  std::vector<double> yr(gyv.size(), 0.0), gxr(xv.size(), 0.0), gwr(wv.size(), 0.0);
+  for_each_term(q, [&](int64_t yi, int64_t xi, int64_t wi) {
+    yr[yi] += xv[xi] * wv[wi];
+    gxr[xi] += gyv[yi] * wv[wi];
+    gwr[wi] += gyv[yi] * xv[xi];
+  });
+  INFO("conv N" << q.N << " C" << q.C << " " << q.H << "x" << q.W << " O" << q.O << " k" << q.K << " s" << q.stride
+                << " p" << q.pad);
+  check_close(y.to_vector(), yr, tol, "forward");
+  check_close(gx.to_vector(), gxr, tol, "input gradient");
+  check_close(gw.to_vector(), gwr, tol, "weight gradient");
+}
+
+// ---- PyTorch reference file
+using json = nlohmann::json;
+const json& reference() {
+  static const json j = [] {
+    const std::string path = std::string(FLATMIN_SOURCE_DIR) + "/tests/reference/nn_ops_reference.json";
+    std::ifstream f(path);
+    if (!f) throw Error("cannot open " + path);
+    return json::parse(f);
+  }();
+  return j;
+}
+Tensor ref_tensor(const json& t) {
+  Shape s = t["shape"].get<Shape>();
+  if (!t["data"].empty() && t["data"][0].is_number_integer()) return from_ints(t["data"].get<std::vector<int64_t>>(), s);
+  return from_vector(t["data"].get<std::vector<double>>(), s, f64);
+}
+void check_ref(const Tensor& got, const json& want, const std::string& what, double tol = 1e-10) {
+  INFO(what);
+  REQUIRE(got.shape() == want["shape"].get<Shape>());
+  check_close(got.to_vector(), want["data"].get<std::vector<double>>(), tol, what.c_str());
+}
+Reduction reduction(const std::string& s) {
+  return s == "mean" ? Reduction::mean : s == "sum" ? Reduction::sum : Reduction::none;
+}
+
+}  // namespace
+
+TEST_CASE("conv kernels match naive loops (float64, strides, paddings, kernels, odd sizes, batch groups)") {
+  const std::vector<ConvCase> cases = {
+      {2, 3, 7, 6, 4, 3, 1, 1},   {2, 3, 7, 6, 4, 3, 2, 1},  {1, 2, 6, 7, 3, 3, 2, 0},   {3, 4, 5, 5, 2, 1, 1, 0},
+      {3, 4, 5, 5, 2, 1, 2, 0},   {1, 2, 4, 4, 3, 4, 3, 2},  {2, 2, 3, 3, 2, 3, 1, 0},   // output 1x1
+      {40, 3, 4, 4, 5, 3, 1, 1},  // 16 images per GEMM, last group shorter
+      {37, 6, 4, 4, 3, 1, 1, 0},  // pointwise with packed groups
+      {3, 5, 16, 16, 4, 1, 1, 0}, // pointwise, one image per GEMM (direct GEMM)
+      {19, 3, 8, 8, 4, 3, 2, 1},
+  };
+  for (const ConvCase& q : cases) check_conv_against_loops(q, DType::f64, 1e-12);
+}
+
+TEST_CASE("conv kernels match naive loops in float32 at a ResNet-like size") {
+  check_conv_against_loops({2, 16, 8, 8, 32, 3, 1, 1}, DType::f32, 2e-5);
+  check_conv_against_loops({2, 16, 8, 8, 32, 3, 2, 1}, DType::f32, 2e-5);
+  check_conv_against_loops({2, 16, 8, 8, 32, 1, 2, 0}, DType::f32, 2e-5);
+}
+
+TEST_CASE("conv results do not depend on the thread count") {
+  Generator g(11);
+  Tensor x = g.normal({24, 8, 8, 8}, {}), w = g.normal({16, 8, 3, 3}, {});
+  Tensor gy = g.normal({24, 16, 8, 8}, {});
+  auto run = [&] {
+    return std::vector<std::vector<double>>{conv2d(x, w, {}, {1, 1}).to_vector(),
+                                            conv2d_input_grad(gy, w, x.shape(), {1, 1}).to_vector(),
+                                            conv2d_weight_grad(x, gy, w.shape(), {1, 1}).to_vector()};
+  };
+  auto many = run();
+  std::vector<std::vector<double>> one;
+  tbb::task_arena single(1);
+  single.execute([&] { one = run(); });
+  for (size_t i = 0; i < many.size(); ++i) CHECK(many[i] == one[i]);
+}
+
+TEST_CASE("pooling kernels match naive loops") {
+  Generator g(3);
+  Tensor x = g.normal({2, 3, 7, 6}, f64);
+  auto xv = x.to_vector();
+  for (int64_t k : {2, 3})
+    for (int64_t s : {1, 2})
+      for (int64_t p : {int64_t(0), k / 2}) {
+        const int64_t OH = out_size(7, k, s, p), OW = out_size(6, k, s, p);
+        Tensor mx = max_pool2d(x, {k, s, p}), av = avg_pool2d(x, {k, s, p});
+        REQUIRE(mx.shape() == Shape{2, 3, OH, OW});
+        auto mv = mx.to_vector(), avv = av.to_vector();
+        for (int64_t pl = 0; pl < 6; ++pl)
+          for (int64_t oh = 0; oh < OH; ++oh)
+            for (int64_t ow = 0; ow < OW; ++ow) {
+              double best = -INFINITY, total = 0;
+              for (int64_t ih = oh * s - p; ih < oh * s - p + k; ++ih)
+                for (int64_t iw = ow * s - p; iw < ow * s - p + k; ++iw)
+                  if (ih >= 0 && ih < 7 && iw >= 0 && iw < 6) {
+                    best = std::max(best, xv[size_t((pl * 7 + ih) * 6 + iw)]);
+                    total += xv[size_t((pl * 7 + ih) * 6 + iw)];
+                  }
+              const size_t o = size_t((pl * OH + oh) * OW + ow);
+              CHECK(mv[o] == best);
+              CHECK(avv[o] == doctest::Approx(total / double(k * k)).epsilon(1e-14));
+            }
+      }
+}
+
+TEST_CASE("network ops match PyTorch 1.13 (forward values and first derivatives)") {
+  int n = 0;
+  for (const json& c : reference()["cases"]) {
+    const std::string op = c["op"];
+    const json& in = c["inputs"];
+    const json& out = c["outputs"];
+    const json& p = c["params"];
+    const int index = n++;
+    INFO("case " << index << ": " << op << " " << p.dump());
+    if (op == "conv2d") {
+      Tensor x = ref_tensor(in["x"]).requires_grad_(), w = ref_tensor(in["w"]).requires_grad_(),
+             b = ref_tensor(in["b"]).requires_grad_();
+      Tensor y = conv2d(x, w, b, {p["stride"], p["padding"]});
+      check_ref(y, out["y"], "conv2d forward");
+      auto gs = grad({y}, {x, w, b}, {.grad_outputs = {ref_tensor(in["gy"])}});
+      check_ref(gs[0], out["gx"], "conv2d input gradient");
+      check_ref(gs[1], out["gw"], "conv2d weight gradient");
+      check_ref(gs[2], out["gb"], "conv2d bias gradient");
+    } else if (op == "max_pool2d" || op == "avg_pool2d") {
+      const Pool2dOptions po{p["kernel"], p["stride"], p["padding"]};
+      Tensor x = ref_tensor(in["x"]);
+      check_ref(op == "max_pool2d" ? max_pool2d(x, po) : avg_pool2d(x, po), out["y"], op);
+      if (op == "max_pool2d") {
+        // the gradient lands at PyTorch's indices: one-hot gradient per window
+        Tensor xl = x.detach().requires_grad_();
+        Tensor y = max_pool2d(xl, po);
+        Tensor gx = grad(sum(y), xl);
+        auto idx = ref_tensor(out["indices"]).to_int_vector();
+        const int64_t planes = x.size(0) * x.size(1), hw = x.size(2) * x.size(3), ohw = y.size(2) * y.size(3);
+        std::vector<double> expect(size_t(x.numel()), 0.0);
+        for (int64_t pl = 0; pl < planes; ++pl)
+          for (int64_t o = 0; o < ohw; ++o) expect[size_t(pl * hw + idx[size_t(pl * ohw + o)])] += 1;
+        CHECK(gx.to_vector() == expect);
+      }
+    } else if (op == "adaptive_avg_pool2d") {
+      check_ref(adaptive_avg_pool2d(ref_tensor(in["x"]), p["out_h"], p["out_w"]), out["y"], op);
+    } else if (op == "batch_norm_train" || op == "batch_norm_eval") {
+      Tensor rm = ref_tensor(in["running_mean"]), rv = ref_tensor(in["running_var"]);
+      Tensor y = batch_norm(ref_tensor(in["x"]), ref_tensor(in["w"]), ref_tensor(in["b"]), rm, rv,
+                            op == "batch_norm_train");
+      check_ref(y, out["y"], op);
+      if (op == "batch_norm_train") {
+        check_ref(rm, out["running_mean"], "running mean");
+        check_ref(rv, out["running_var"], "running var");
+      }
+    } else if (op == "group_norm") {
+      check_ref(group_norm(ref_tensor(in["x"]), p["groups"], ref_tensor(in["w"]), ref_tensor(in["b"])), out["y"], op);
+    } else if (op == "cross_entropy") {
+      Tensor y = cross_entropy(ref_tensor(in["logits"]), ref_tensor(in["target"]), reduction(p["reduction"]));
+      check_ref(y, out["y"], op);
+    } else if (op == "mse_loss") {
+      check_ref(mse_loss(ref_tensor(in["pred"]), ref_tensor(in["target"]), reduction(p["reduction"])), out["y"], op);
+    } else {
+      FAIL("unknown reference op " << op);
+    }
+  }
+  CHECK(n == 25);
+}
+
+TEST_CASE("batch_norm: update_running=false and eval leave the running statistics alone") {
+  Generator g(2);
+  Tensor x = g.normal({4, 3, 2, 2}, f64), rm = zeros({3}, f64), rv = ones({3}, f64);
+  batch_norm(x, {}, {}, rm, rv, true, false);
+  batch_norm(x, {}, {}, rm, rv, false);
+  CHECK(rm.to_vector() == std::vector<double>{0, 0, 0});
+  CHECK(rv.to_vector() == std::vector<double>{1, 1, 1});
+  // training without running statistics (track_running_stats=False): batch statistics only
+  Tensor none_m, none_v;
+  Tensor y = batch_norm(x, {}, {}, none_m, none_v, true);
+  auto m = mean(y, {0, 2, 3}).to_vector();
+  for (double v : m) CHECK(std::fabs(v) < 1e-12);
+  CHECK_THROWS_AS(batch_norm(x, {}, {}, none_m, none_v, false), Error);
+}
+
+TEST_CASE("batch_norm in training mode: the third derivative includes the statistics' own derivatives") {
+  // f(x) = Σ w ⊙ bn(x)^2 is a function of x through the batch mean and variance; a rule that
+  // treats the saved statistics as constants beyond second order (PyTorch's fused kernel)
+  // gets ∇³f wrong. Finite differences of the exact Hessian-vector product are the judge.
+  Generator g(8);
+  Tensor w = g.uniform({3, 2, 2, 2}, f64, -1, 1);
+  ScalarFn f = [w](const Params& p) {
+    Tensor rm, rv;
+    return sum(mul(w, square(batch_norm(p[0], {}, {}, rm, rv, true))));
+  };
+  DerivativeCheck r = check_derivatives(f, {g.normal({3, 2, 2, 2}, f64)}, {.max_order = 3, .directions = 3});
+  INFO(r.message);
+  CHECK(r.ok);
+  REQUIRE(r.error.size() == 3);
+  CHECK(r.error[2] < 1e-6);
+}
+
+TEST_CASE("network ops: bad inputs are errors that name the problem") {
+  Tensor x = zeros({1, 2, 5, 5}), w = zeros({3, 2, 3, 3});
+  CHECK_THROWS_WITH_AS(conv2d(x, zeros({3, 4, 3, 3})), doctest::Contains("channels"), Error);
+  CHECK_THROWS_WITH_AS(conv2d(x, zeros({3, 2, 7, 7})), doctest::Contains("larger than the padded input"), Error);
+  CHECK_THROWS_WITH_AS(conv2d(x, w, {}, {.stride = 0}), doctest::Contains("stride"), Error);
+  CHECK_THROWS_WITH_AS(conv2d(x, w, zeros({2})), doctest::Contains("bias"), Error);
+  CHECK_THROWS_WITH_AS(conv2d(zeros({2, 5, 5}), w), doctest::Contains("rank 4"), Error);
+  CHECK_THROWS_WITH_AS(conv2d(x, zeros({3, 2, 3, 3}, f64)), doctest::Contains("float64"), Error);
+  CHECK_THROWS_WITH_AS(conv2d_input_grad(zeros({1, 3, 4, 4}), w, x.shape(), {}), doctest::Contains("expected"), Error);
+  CHECK_THROWS_WITH_AS(max_pool2d(x, {.kernel = 2, .stride = 2, .padding = 2}), doctest::Contains("half the kernel"),
+                       Error);
+  CHECK_THROWS_WITH_AS(avg_pool2d(x, {.kernel = 9}), doctest::Contains("larger"), Error);
+  CHECK_THROWS_WITH_AS(adaptive_avg_pool2d(x, 0, 2), doctest::Contains("output size"), Error);
+  Tensor logits = zeros({2, 3});
+  CHECK_THROWS_WITH_AS(cross_entropy(logits, from_ints({1, 3}, {2})), doctest::Contains("label 3"), Error);
+  CHECK_THROWS_WITH_AS(cross_entropy(logits, from_ints({-1, 0}, {2})), doctest::Contains("label -1"), Error);
+  CHECK_THROWS_WITH_AS(cross_entropy(logits, zeros({2})), doctest::Contains("int64"), Error);
+  CHECK_THROWS_WITH_AS(mse_loss(logits, zeros({3, 2})), doctest::Contains("shape"), Error);
+  Tensor rm = zeros({3}), rv = ones({3});
+  CHECK_THROWS_WITH_AS(batch_norm(x, {}, {}, rm, rv, true), doctest::Contains("running_mean"), Error);
+  Tensor rm2 = zeros({2}), rv2 = ones({2});
+  CHECK_THROWS_WITH_AS(batch_norm(zeros({1, 2}), {}, {}, rm2, rv2, true), doctest::Contains("more than one value"),
+                       Error);
+  CHECK_THROWS_WITH_AS(group_norm(x, 3, {}, {}), doctest::Contains("groups"), Error);
+}
