@@ -1,0 +1,138 @@
+#include "nn/layers.hpp"
+
+#include <cmath>
+
+namespace flatmin::nn {
+
+Generator& init_generator() {
+  static Generator g(0);
+  return g;
+}
+
+int64_t fan(const Tensor& w, FanMode mode) {
+  if (w.dim() < 2) throw Error("fan: weight of shape " + to_string(w.shape()) + " (need at least 2 dims)");
+  const int64_t receptive = w.numel() / (w.size(0) * w.size(1));
+  return (mode == FanMode::fan_in ? w.size(1) : w.size(0)) * receptive;
+}
+static int64_t fan_of(const Shape& shape, FanMode mode) { return fan(empty(shape), mode); }
+
+Tensor kaiming_uniform(Generator& g, const Shape& shape, double a, FanMode mode, TensorOptions opt) {
+  const double bound = std::sqrt(6.0 / ((1.0 + a * a) * double(fan_of(shape, mode))));
+  return g.uniform(shape, opt, -bound, bound);
+}
+Tensor kaiming_normal_relu(Generator& g, const Shape& shape, FanMode mode, TensorOptions opt) {
+  return g.normal(shape, opt, 0.0, std::sqrt(2.0 / double(fan_of(shape, mode))));
+}
+
+Act parse_act(const std::string& s) {
+  if (s == "relu") return Act::relu;
+  if (s == "tanh") return Act::tanh;
+  if (s == "softplus") return Act::softplus;
+  throw Error("unknown activation '" + s + "' (relu | tanh | softplus)");
+}
+const char* act_name(Act a) {
+  switch (a) {
+    case Act::relu: return "relu";
+    case Act::tanh: return "tanh";
+    case Act::softplus: return "softplus";
+  }
+  return "?";
+}
+Tensor activate(const Tensor& x, Act a) {
+  switch (a) {
+    case Act::relu: return relu(x);
+    case Act::tanh: return tanh(x);
+    case Act::softplus: return softplus(x);
+  }
+  throw Error("activate: bad activation");
+}
+
+// PyTorch's Linear/Conv default: kaiming_uniform_(a = sqrt(5)) weight, bias U(±1/sqrt(fan_in)).
+static void default_weight_and_bias(Module& m, Generator& g, const Shape& wshape, int64_t out, bool bias) {
+  m.register_parameter("weight", kaiming_uniform(g, wshape, std::sqrt(5.0), FanMode::fan_in));
+  if (bias) {
+    const double bound = 1.0 / std::sqrt(double(fan_of(wshape, FanMode::fan_in)));
+    m.register_parameter("bias", g.uniform({out}, {}, -bound, bound));
+  }
+}
+
+Linear::Linear(int64_t in, int64_t out, bool bias, Generator& g) {
+  if (in <= 0 || out <= 0) throw Error("Linear: sizes " + std::to_string(in) + " -> " + std::to_string(out));
+  default_weight_and_bias(*this, g, {out, in}, out, bias);
+}
+Tensor Linear::forward(const Tensor& x) {
+  Tensor y = matmul(x, transpose(param("weight")));
+  return has_param("bias") ? add(y, param("bias")) : y;
+}
+
+Conv2d::Conv2d(int64_t in, int64_t out, int64_t kernel, Conv2dOptions opt, Generator& g) : options(opt) {
+  if (in <= 0 || out <= 0 || kernel <= 0)
+    throw Error("Conv2d: in " + std::to_string(in) + ", out " + std::to_string(out) + ", kernel " + std::to_string(kernel));
+  const Shape wshape{out, in, kernel, kernel};
+  if (opt.init == ConvInit::uniform) {
+    default_weight_and_bias(*this, g, wshape, out, opt.bias);
+  } else {
+    register_parameter("weight", kaiming_normal_relu(g, wshape, FanMode::fan_out));
+    if (opt.bias) register_parameter("bias", zeros({out}));
+  }
+}
+Tensor Conv2d::forward(const Tensor& x) {
+  const flatmin::Conv2dOptions o{.stride = options.stride, .padding = options.padding};
+  return conv2d(x, param("weight"), options.bias ? param("bias") : Tensor(), o);
+}
+
+BatchNorm2d::BatchNorm2d(int64_t channels, double eps, double momentum) : eps(eps), momentum(momentum) {
+  register_parameter("weight", ones({channels}));
+  register_parameter("bias", zeros({channels}));
+  register_buffer("running_mean", zeros({channels}));
+  register_buffer("running_var", ones({channels}));
+  register_buffer("num_batches_tracked", from_ints({0}, {}));
+}
+Tensor BatchNorm2d::forward(const Tensor& x) {
+  const bool update = is_training() && updates_running_stats();
+  Tensor y = batch_norm(x, param("weight"), param("bias"), buffer("running_mean"), buffer("running_var"), is_training(),
+                        update, momentum, eps);
+  if (update) {
+    Tensor& count = buffer("num_batches_tracked");
+    count.fill_(count.item() + 1);
+  }
+  return y;
+}
+
+int64_t default_groups(int64_t channels) {
+  for (int64_t g = std::min<int64_t>(32, channels); g > 1; --g)
+    if (channels % g == 0) return g;
+  return 1;
+}
+GroupNorm::GroupNorm(int64_t channels, int64_t groups_, double eps)
+    : groups(groups_ > 0 ? groups_ : default_groups(channels)), eps(eps) {
+  if (channels % groups != 0)
+    throw Error("GroupNorm: " + std::to_string(channels) + " channels are not divisible into " + std::to_string(groups) +
+                " groups");
+  register_parameter("weight", ones({channels}));
+  register_parameter("bias", zeros({channels}));
+}
+Tensor GroupNorm::forward(const Tensor& x) { return group_norm(x, groups, param("weight"), param("bias"), eps); }
+
+Tensor Sequential::forward(const Tensor& x) {
+  Tensor y = x;
+  for (auto& [name, m] : children()) y = m->forward(y);
+  return y;
+}
+
+MLP::MLP(const std::vector<int64_t>& sizes, Act act, Generator& g) {
+  if (sizes.size() < 2) throw Error("MLP: need at least an input and an output size");
+  for (size_t i = 0; i + 1 < sizes.size(); ++i) {
+    if (i > 0) push_back(Activation(act));
+    push_back(Linear(sizes[i], sizes[i + 1], true, g));
+  }
+}
+
+ScalarFn classification_loss(Module& net, const Tensor& input, const Tensor& target) {
+  return [&net, input, target](const Params& p) {
+    WithParameters with(net, p);
+    return cross_entropy(net(input), target);
+  };
+}
+
+}  // namespace flatmin::nn

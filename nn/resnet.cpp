@@ -1,0 +1,100 @@
+#include "nn/resnet.hpp"
+
+namespace flatmin::nn {
+
+Stem parse_stem(const std::string& s) {
+  if (s == "cifar") return Stem::cifar;
+  if (s == "imagenet") return Stem::imagenet;
+  throw Error("unknown stem '" + s + "' (cifar | imagenet)");
+}
+Norm parse_norm(const std::string& s) {
+  if (s == "batch") return Norm::batch;
+  if (s == "group") return Norm::group;
+  if (s == "none") return Norm::none;
+  throw Error("unknown norm '" + s + "' (batch | group | none)");
+}
+
+std::shared_ptr<Module> make_norm(Norm norm, int64_t channels) {
+  switch (norm) {
+    case Norm::batch: return std::make_shared<BatchNorm2d>(channels);
+    case Norm::group: return std::make_shared<GroupNorm>(channels);
+    case Norm::none: return std::make_shared<Identity>();
+  }
+  throw Error("make_norm: bad norm");
+}
+
+namespace {
+// torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu') for every conv, no bias.
+std::shared_ptr<Module> conv(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t padding, Generator& g) {
+  return std::make_shared<Conv2d>(
+      in, out, kernel, Conv2dOptions{.stride = stride, .padding = padding, .bias = false, .init = ConvInit::normal_fan_out},
+      g);
+}
+}  // namespace
+
+BasicBlock::BasicBlock(int64_t in, int64_t out, int64_t stride, Norm norm, Act act, Generator& g) : act_(act) {
+  conv1_ = conv(in, out, 3, stride, 1, g);
+  add_child("conv1", conv1_);
+  bn1_ = make_norm(norm, out);
+  add_child("bn1", bn1_);
+  conv2_ = conv(out, out, 3, 1, 1, g);
+  add_child("conv2", conv2_);
+  bn2_ = make_norm(norm, out);
+  add_child("bn2", bn2_);
+  if (stride != 1 || in != out) {
+    auto ds = std::make_shared<Sequential>();
+    ds->add_child("0", conv(in, out, 1, stride, 0, g));
+    ds->add_child("1", make_norm(norm, out));
+    downsample_ = ds;
+    add_child("downsample", downsample_);
+  }
+}
+Tensor BasicBlock::forward(const Tensor& x) {
+  Tensor y = activate(bn1_->forward(conv1_->forward(x)), act_);
+  y = bn2_->forward(conv2_->forward(y));
+  return activate(add(y, downsample_ ? downsample_->forward(x) : x), act_);
+}
+
+ResNet::ResNet(const ResNetOptions& opt) : options(opt) {
+  if (opt.in_channels <= 0 || opt.classes <= 0 || opt.width <= 0)
+    throw Error("resnet18: in_channels " + std::to_string(opt.in_channels) + ", classes " +
+                std::to_string(opt.classes) + ", width " + std::to_string(opt.width) + " must be positive");
+  Generator g(opt.seed);
+  const int64_t w = opt.width;
+  // The stem's modules sit at the top level (conv1, bn1, relu, maxpool), as in torchvision.
+  if (opt.stem == Stem::cifar) {
+    add_child("conv1", conv(opt.in_channels, w, 3, 1, 1, g));
+  } else {
+    add_child("conv1", conv(opt.in_channels, w, 7, 2, 3, g));
+  }
+  add_child("bn1", make_norm(opt.norm, w));
+  add_child("relu", std::make_shared<Activation>(opt.activation));
+  if (opt.stem == Stem::imagenet)
+    add_child("maxpool", std::make_shared<MaxPool2d>(Pool2dOptions{.kernel = 3, .stride = 2, .padding = 1}));
+  int64_t in = w;
+  for (int s = 0; s < 4; ++s) {
+    const int64_t out = w << s;
+    auto layer = std::make_shared<Sequential>();
+    layer->add_child("0", std::make_shared<BasicBlock>(in, out, s == 0 ? 1 : 2, opt.norm, opt.activation, g));
+    layer->add_child("1", std::make_shared<BasicBlock>(out, out, 1, opt.norm, opt.activation, g));
+    add_child("layer" + std::to_string(s + 1), layer);
+    in = out;
+  }
+  add_child("avgpool", std::make_shared<AdaptiveAvgPool2d>(1, 1));
+  add_module("fc", Linear(8 * w, opt.classes, true, g));
+}
+
+Tensor ResNet::forward(const Tensor& x) {
+  if (x.dim() != 4 || x.size(1) != options.in_channels)
+    throw Error("ResNet: input of shape " + to_string(x.shape()) + ", expected (N, " +
+                std::to_string(options.in_channels) + ", H, W)");
+  Tensor y = child("relu").forward(child("bn1").forward(child("conv1").forward(x)));
+  if (options.stem == Stem::imagenet) y = child("maxpool").forward(y);
+  for (const char* layer : {"layer1", "layer2", "layer3", "layer4"}) y = child(layer).forward(y);
+  y = flatten(child("avgpool").forward(y), 1);
+  return child("fc").forward(y);
+}
+
+ResNet resnet18(const ResNetOptions& opt) { return ResNet(opt); }
+
+}  // namespace flatmin::nn

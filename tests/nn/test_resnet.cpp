@@ -1,0 +1,160 @@
+// ResNet-18: parameter counts and names against an independent PyTorch definition with
+// torchvision's names, loss/gradient/HVP against PyTorch (tests/reference/resnet18_reference.py),
+// HVP and third-order contraction against finite differences, state-dict round trip.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "autodiff/autodiff.hpp"
+#include "nn/nn.hpp"
+
+using namespace flatmin;
+
+namespace {
+const std::string reference_dir = std::string(FLATMIN_SOURCE_DIR) + "/tests/reference/resnet18/";
+
+std::vector<std::string> lines(const std::string& path) {
+  std::ifstream in(path);
+  REQUIRE_MESSAGE(in.good(), "cannot read " << path);
+  std::vector<std::string> r;
+  for (std::string s; std::getline(in, s);)
+    if (!s.empty()) r.push_back(s);
+  return r;
+}
+std::vector<std::string> keys(const nn::NamedTensors& t) {
+  std::vector<std::string> r;
+  for (auto& [n, x] : t) r.push_back(n);
+  return r;
+}
+// ‖a − b‖ / ‖b‖ over tensors of one shape
+double rel_diff(const Tensor& a, const Tensor& b) {
+  REQUIRE(a.shape() == b.shape());
+  auto x = a.to_vector(), y = b.to_vector();
+  double d = 0, n = 0;
+  for (size_t i = 0; i < x.size(); ++i) d += (x[i] - y[i]) * (x[i] - y[i]), n += y[i] * y[i];
+  return n == 0 ? std::sqrt(d) : std::sqrt(d / n);
+}
+}  // namespace
+
+TEST_CASE("resnet18: parameter counts (torchvision's and the CIFAR form's), torchvision's initialisation") {
+  auto cifar = nn::resnet18({.classes = 10, .stem = nn::Stem::cifar});
+  CHECK(cifar.num_parameters() == 11'173'962);
+  // convs: kaiming_normal_(mode='fan_out', nonlinearity='relu'): std sqrt(2 / (512·3·3)); norms 1 and 0
+  CHECK(std::sqrt(mean(square(cifar.param("layer4.0.conv2.weight"))).item()) ==
+        doctest::Approx(std::sqrt(2.0 / (512 * 9))).epsilon(0.01));
+  CHECK(cifar.param("layer4.0.bn2.weight").to_vector() == std::vector<double>(512, 1.0));
+  CHECK(cifar.param("layer4.0.bn2.bias").to_vector() == std::vector<double>(512, 0.0));
+  CHECK(nn::resnet18({.classes = 1000, .stem = nn::Stem::imagenet}).num_parameters() == 11'689'512);
+  CHECK(nn::resnet18({.classes = 10, .stem = nn::Stem::cifar, .norm = nn::Norm::group}).num_parameters() == 11'173'962);
+  // norm none: the 9,600 norm weights and biases are gone (count from the PyTorch script)
+  CHECK(nn::resnet18({.classes = 10, .stem = nn::Stem::cifar, .norm = nn::Norm::none}).num_parameters() == 11'164'362);
+}
+
+TEST_CASE("resnet18: state-dict names are torchvision's") {
+  // the names do not depend on the width: a narrow model builds fast
+  for (const char* stem : {"cifar", "imagenet"})
+    for (const char* norm : {"batch", "group", "none"}) {
+      INFO(stem << " " << norm);
+      auto net = nn::resnet18({.classes = std::string(stem) == "cifar" ? 10 : 1000,
+                               .stem = nn::parse_stem(stem),
+                               .width = 4,
+                               .norm = nn::parse_norm(norm)});
+      CHECK(keys(net.state_dict()) == lines(reference_dir + "names_" + stem + "_" + norm + ".txt"));
+    }
+}
+
+TEST_CASE("resnet18: loss, gradient and HVP agree with PyTorch to 1e-8 (float64, width 2)") {
+  for (const char* stem : {"cifar", "imagenet"})
+    for (auto [norm, mode] : {std::pair{"batch", "train"}, {"batch", "eval"}, {"group", "train"}, {"none", "train"}}) {
+      const std::string cfg = std::string(stem) + "_" + norm + "_" + mode;
+      INFO(cfg);
+      auto net = nn::resnet18({.in_channels = std::string(stem) == "cifar" ? 3 : 1, .classes = 5, .stem = nn::parse_stem(stem), .width = 2,
+                               .norm = nn::parse_norm(norm)});
+      net.to(DType::f64);
+      nn::load_safetensors(net, reference_dir + cfg + ".weights.safetensors");
+      net.train(std::string(mode) == "train").update_running_stats(false);
+      auto batch = nn::load_safetensors(reference_dir + cfg + ".batch.safetensors");
+      auto v_file = nn::load_safetensors(reference_dir + cfg + ".v.safetensors");
+      auto expected = nn::load_safetensors(reference_dir + cfg + ".expected.safetensors");
+      Params v;
+      for (auto& [name, p] : net.named_parameters()) v.push_back(v_file.at(name));
+      ScalarFn f = nn::classification_loss(net, batch.at("input"), batch.at("target"));
+      const Params x = net.parameters();
+      CHECK(std::fabs(value(f, x).item() - expected.at("loss").item()) <= 1e-12 * std::fabs(expected.at("loss").item()));
+      Params g = gradient(f, x), hv = hvp(f, x, v);
+      auto named = net.named_parameters();
+      double worst = 0;
+      for (size_t i = 0; i < named.size(); ++i) {
+        INFO(named[i].first);
+        const double dg = rel_diff(g[i], expected.at("grad/" + named[i].first));
+        const double dh = rel_diff(hv[i], expected.at("hvp/" + named[i].first));
+        CHECK(dg < 1e-8);
+        CHECK(dh < 1e-8);
+        worst = std::max({worst, dg, dh});
+      }
+      MESSAGE(cfg << ": worst relative difference of a gradient or HVP tensor to PyTorch " << worst);
+      // the probe must not have moved the running statistics
+      auto weights = nn::load_safetensors(reference_dir + cfg + ".weights.safetensors");
+      for (auto& [name, b] : net.named_buffers()) CHECK(rel_diff(b, weights.at(name)) == 0);
+    }
+}
+
+TEST_CASE("resnet18: HVP and third-order contraction against finite differences (smooth activations)") {
+  Generator g(3);
+  Tensor x = g.normal({4, 3, 8, 8}, {DType::f64});
+  Tensor y = from_ints({0, 2, 1, 2}, {4});
+  for (auto [norm, act] : {std::pair{nn::Norm::batch, nn::Act::tanh}, {nn::Norm::group, nn::Act::softplus},
+                           {nn::Norm::none, nn::Act::tanh}}) {
+    INFO("norm " << int(norm) << " activation " << nn::act_name(act));
+    auto net = nn::resnet18({.classes = 3, .stem = nn::Stem::cifar, .width = 2, .norm = norm, .activation = act, .seed = 7});
+    net.to(DType::f64).train().update_running_stats(false);  // training-mode batch norm: batch statistics
+    DerivativeCheck c = check_derivatives(nn::classification_loss(net, x, y), net.parameters(),
+                                          {.max_order = 3, .directions = 1, .seed = 11});
+    INFO(c.message);
+    MESSAGE("finite-difference errors, orders 1-3: " << c.error[0] << " " << c.error[1] << " " << c.error[2]);
+    CHECK(c.ok);
+  }
+}
+
+TEST_CASE("resnet18: the README example (define, forward, loss, gradient, HVP, third order)") {
+  auto net = nn::resnet18({.in_channels = 3, .classes = 10, .stem = nn::Stem::cifar, .width = 4, .norm = nn::Norm::group});
+  Generator gen(0);
+  Tensor x = gen.normal({8, 3, 32, 32});
+  Tensor y = from_ints({0, 1, 2, 3, 4, 5, 6, 7}, {8});
+  Tensor logits = net(x);  // (8, 10)
+  Tensor loss = cross_entropy(logits, y);
+  Params p = net.parameters();
+  Params g = grad({loss}, p, {.create_graph = true});   // differentiable gradient
+  Params v = gen.sphere_like(p);
+  Params Hv = grad({dot(g, v)}, p, {.create_graph = true});  // H v
+  Params T = grad({dot(Hv, v)}, p);                          // ∇³f[v, v]
+  // the same through the functional API
+  ScalarFn f = nn::classification_loss(net, x, y);
+  Params Hv2 = hvp(f, p, v);
+  CHECK(logits.shape() == Shape{8, 10});
+  CHECK(dot(detach(Hv), v).item() == doctest::Approx(dot(Hv2, v).item()).epsilon(1e-4));
+  CHECK(std::isfinite(norm(T).item()));
+}
+
+TEST_CASE("resnet18: state dict round trip through safetensors") {
+  auto a = nn::resnet18({.in_channels = 1, .classes = 4, .stem = nn::Stem::imagenet, .width = 4, .seed = 1});
+  auto b = nn::resnet18({.in_channels = 1, .classes = 4, .stem = nn::Stem::imagenet, .width = 4, .seed = 2});
+  Tensor x = Generator(9).normal({2, 1, 16, 16});
+  a(x);  // a training step's forward moves a's running statistics away from b's
+  a.eval();
+  b.eval();
+  CHECK(rel_diff(a(x), b(x)) > 1e-3);
+  const std::string path = (std::filesystem::temp_directory_path() / "flatmin_test_resnet.safetensors").string();
+  nn::save_safetensors(a, path);
+  nn::load_safetensors(b, path);
+  std::filesystem::remove(path);
+  CHECK(rel_diff(b(x), a(x)) == 0);
+  auto sa = a.state_dict(), sb = b.state_dict();
+  for (size_t i = 0; i < sa.size(); ++i) {
+    INFO(sa[i].first);
+    CHECK(sa[i].second.to_vector() == sb[i].second.to_vector());
+  }
+}
