@@ -1,12 +1,13 @@
 #include "autodiff/small_alloc.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <new>
 #include <utility>
 
 namespace flatmin::detail {
 namespace {
-constexpr size_t granule = 32, classes = small_block_max / granule;
+constexpr size_t granule = 64, classes = small_block_max / granule;
 constexpr size_t max_cached_bytes = size_t(32) << 20;  // per thread, all sizes together
 
 struct FreeBlock {
@@ -47,7 +48,10 @@ void* small_alloc(size_t bytes) {
     }
     bytes = (c + 1) * granule;
   }
-  void* p = std::malloc(bytes ? bytes : 1);
+  // 64-byte aligned like large tensors: Eigen's vectorized loops peel a different number of
+  // leading elements at other alignments, which changes rounding (results must not depend
+  // on where a tensor happens to live).
+  void* p = std::aligned_alloc(64, (std::max<size_t>(bytes, 1) + 63) / 64 * 64);
   if (!p) throw std::bad_alloc();
   return p;
 }

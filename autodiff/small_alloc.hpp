@@ -2,15 +2,15 @@
 // graph node, the data of tiny tensors). A recorded op allocates several of them and a
 // graph frees them in bursts of thousands, which glibc's per-thread cache (7 blocks per
 // size) does not absorb: the blocks would go through malloc's bins and consolidation.
-// Blocks are plain malloc blocks kept on per-size free lists, so a block may be freed on
-// another thread than the one that allocated it. Internal: not installed.
+// Blocks are 64-byte aligned heap blocks kept on per-size free lists, so a block may be
+// freed on another thread than the one that allocated it. Internal: not installed.
 #pragma once
 #include <cstddef>
 
 namespace flatmin::detail {
 
 constexpr size_t small_block_max = 1024;  // larger requests go straight to malloc
-void* small_alloc(size_t bytes);          // never nullptr (throws std::bad_alloc)
+void* small_alloc(size_t bytes);          // 64-byte aligned; never nullptr (throws std::bad_alloc)
 void small_free(void* p, size_t bytes) noexcept;
 
 // For std::allocate_shared: one cached block holds the control block and the object.

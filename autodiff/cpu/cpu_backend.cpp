@@ -8,7 +8,9 @@
 #include <cstring>
 #include <mutex>
 #include <unordered_map>
+#include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
 
 #include "autodiff/backend.hpp"
 #include "autodiff/cpu/cpu_kernels.hpp"
@@ -612,8 +614,14 @@ template <class T> void gemm_batched(const T* a, const T* b, T* c, const Backend
     });
     return;
   }
-  // Few large products: split each over column blocks (Eigen's own threading is off).
-  const int64_t cols_per_task = flops < 4e6 ? g.n : std::max<int64_t>(64, (g.n / 8 + 63) / 64 * 64);
+  // Few large products: split each into one column block per thread (Eigen's own
+  // threading is off); halves on two threads measured as fast as OpenBLAS (PERFORMANCE.md),
+  // and fewer blocks pack the left operand fewer times.
+  const int64_t threads = int64_t(std::min<size_t>(
+      size_t(tbb::this_task_arena::max_concurrency()),
+      tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)));
+  const int64_t cols_per_task =
+      flops < 4e6 ? g.n : std::max<int64_t>(64, (g.n / std::max<int64_t>(threads, 1) + 63) / 64 * 64);
   for (int64_t bi = 0; bi < g.batch; ++bi) {
     const int64_t tasks = (g.n + cols_per_task - 1) / cols_per_task;
     parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
