@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "autodiff/ops.hpp"
+#include "autodiff/profile.hpp"
 #include "autodiff/small_alloc.hpp"
 
 namespace flatmin {
@@ -202,7 +203,11 @@ std::vector<Tensor> sweep(const std::vector<Tensor>& outputs, const std::vector<
     if (!any_needed) continue;
     Tensor g = std::move(n->pending);
     n->pending = Tensor();
-    std::vector<Tensor> grads = n->rule(g, RuleContext(*n));
+    std::vector<Tensor> grads;
+    {
+      profile::Scope timing("rule", n->op);
+      grads = n->rule(g, RuleContext(*n));
+    }
     if (grads.size() != n->inputs.size())
       throw Error(std::string("grad: rule of '") + n->op + "' returned " + std::to_string(grads.size()) +
                   " gradients for " + std::to_string(n->inputs.size()) + " inputs");

@@ -131,7 +131,8 @@ std::string json_escape(const std::string& s) {
 }
 
 void print_json(const std::vector<GroupResult>& rs, const Config& c) {
-  std::printf("{\n  \"engine\": \"flatmin\",\n  \"threads\": %d,\n  \"reps\": %d,\n  \"groups\": {", c.threads, c.reps);
+  std::printf("{\n  \"engine\": \"flatmin\",\n  \"threads\": %d,\n  \"reps\": %d,\n  \"cpu_time\": %s,\n  \"groups\": {",
+              c.threads, c.reps, c.cpu_time ? "true" : "false");
   for (size_t i = 0; i < rs.size(); ++i) {
     const GroupResult& r = rs[i];
     std::printf("%s\n    \"%s\": {\"base_rss_mib\": %.1f, \"peak_rss_mib\": %.1f, \"error\": \"%s\"}", i ? "," : "",
@@ -186,7 +187,7 @@ int main(int argc, char** argv) {
     if (a == "--json") json = true;
     else if (a == "--threads") cfg.threads = positive_int("--threads", i + 1 < argc ? argv[++i] : nullptr);
     else if (a == "--reps") cfg.reps = positive_int("--reps", i + 1 < argc ? argv[++i] : nullptr);
-    else if (a == "--cpu-time") use_cpu_time(true);
+    else if (a == "--cpu-time") cfg.cpu_time = true;
     else if (a == "--only" && i + 1 < argc) only = "," + std::string(argv[++i]) + ",";
     else if (a == "--list") {
       for (const Group& g : groups()) std::printf("%s\n", g.name.c_str());
@@ -198,6 +199,7 @@ int main(int argc, char** argv) {
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }
+  use_cpu_time(cfg.cpu_time);
   std::vector<GroupResult> results;
   if (!json) std::printf("flatmin_bench: %d threads, %d timed repetitions after one warm-up (median, min, max)\n",
                          cfg.threads, cfg.reps);

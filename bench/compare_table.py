@@ -21,9 +21,10 @@ def machine():
 
 def main():
     fm, pt = (json.load(open(p)) for p in sys.argv[1:3])
-    print("Machine: %s. Date: %s. flatmin %s threads, %s, %s timed repetitions after a warm-up; medians "
-          "[min-max]." % (machine(), datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), fm["threads"],
-                          pt["engine"], fm["reps"]))
+    print("Machine: %s. Date: %s. %s threads on both sides, %s, %s timed repetitions after a warm-up, %s; "
+          "medians [min-max]." % (machine(), datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+                                  fm["threads"], pt["engine"], fm["reps"],
+                                  "process CPU time" if fm.get("cpu_time") else "wall time"))
     print()
     print("| workload | unit | flatmin | PyTorch | flatmin time / PyTorch time |")
     print("|---|---|---|---|---|")

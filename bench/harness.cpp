@@ -1,5 +1,7 @@
 #include "bench/harness.hpp"
 
+#include "autodiff/profile.hpp"
+
 #include <sys/wait.h>
 #include <tbb/global_control.h>
 #include <unistd.h>
@@ -98,6 +100,10 @@ GroupResult run_in_child(const Group& g, const Config& cfg) {
       out = serialize(ms, base, peak_rss_mib());
     } catch (const std::exception& e) {
       out = std::string("error\t") + e.what() + "\n";
+    }
+    if (profile::enabled()) {  // _exit skips the at-exit print
+      std::fprintf(stderr, "\nFLATMIN_PROFILE of %s:\n", g.name.c_str());
+      profile::print(stderr);
     }
     write_all(fds[1], out);
     ::close(fds[1]);

@@ -13,6 +13,7 @@ namespace flatmin::bench {
 struct Config {
   int threads = 2;
   int reps = 5;  // timed repetitions per measurement (after one warm-up)
+  bool cpu_time = false;
 };
 
 // --cpu-time: clocks read process CPU time instead of wall time. On a machine shared with

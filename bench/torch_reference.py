@@ -338,6 +338,7 @@ def main():
                                                               res["base_rss_mib"], res["error"]), flush=True)
     if args.json:
         print(json.dumps({"engine": "pytorch " + torch.__version__, "threads": args.threads, "reps": args.reps,
+                          "cpu_time": args.cpu_time,
                           "groups": groups, "metrics": metrics}, indent=2))
 
 

@@ -272,10 +272,12 @@ void split_axis(const Shape& s, int64_t axis, int64_t& outer, int64_t& n, int64_
 // Freed large blocks are kept, keyed by size, and handed out again: a training step
 // allocates the same sizes every step, and memory fresh from the kernel costs a page fault
 // per 4 KiB page on first touch (a quarter of an MLP step's time without this cache).
-// At most `limit` bytes wait here; beyond that blocks go back to the system.
+// At most `limit` bytes wait here; beyond that blocks go back to the system, and so do
+// blocks over `max_block` (im2col buffers of hundreds of MiB), whose page faults are small
+// next to the work done on them and which would otherwise raise the peak memory.
 class BlockCache {
  public:
-  static constexpr size_t limit = size_t(1) << 30;
+  static constexpr size_t limit = size_t(512) << 20, max_block = size_t(32) << 20;
   static size_t rounded(size_t bytes) {  // whole cache lines; whole pages for large blocks
     const size_t unit = bytes < (size_t(1) << 20) ? 64 : 4096;
     return (bytes + unit - 1) / unit * unit;
@@ -291,6 +293,7 @@ class BlockCache {
   }
   bool give(void* p, size_t bytes) {
     const size_t size = rounded(bytes);
+    if (size > max_block) return false;
     std::lock_guard<std::mutex> lock(mutex_);
     if (cached_ + size > limit) return false;
     free_.emplace(size, p);
