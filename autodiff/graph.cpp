@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "autodiff/ops.hpp"
+#include "autodiff/profile.hpp"
+#include "autodiff/small_alloc.hpp"
 
 namespace flatmin {
 
@@ -23,22 +25,20 @@ Node::Node() : seq(next_seq.fetch_add(1, std::memory_order_relaxed)) {
 
 Node::~Node() {
   live_nodes.fetch_sub(1, std::memory_order_relaxed);
-  // Saved tensors hold nodes too: drop their impls' nodes through the queue as well.
-  std::vector<std::shared_ptr<Node>> edges = std::move(inputs);
-  for (Tensor& t : saved)
-    if (t.defined() && t.impl_ptr().use_count() == 1 && t.impl()->node) edges.push_back(std::move(t.impl()->node));
-  saved.clear();
-  if (grad.defined() && grad.impl_ptr().use_count() == 1 && grad.impl()->node)
-    edges.push_back(std::move(grad.impl()->node));
-  if (drain_queue) {
-    for (auto& e : edges)
-      if (e) drain_queue->push_back(std::move(e));
-    return;
-  }
-  std::vector<std::shared_ptr<Node>> queue;
-  drain_queue = &queue;
-  for (auto& e : edges)
+  std::vector<std::shared_ptr<Node>> local;
+  const bool outermost = drain_queue == nullptr;
+  if (outermost) drain_queue = &local;
+  std::vector<std::shared_ptr<Node>>& queue = *drain_queue;
+  for (auto& e : inputs)
     if (e) queue.push_back(std::move(e));
+  // Saved tensors hold nodes too: drop their impls' nodes through the queue as well.
+  for (Saved& s : saved) {
+    Tensor& t = s.tensor;
+    if (t.defined() && t.impl_ptr().use_count() == 1 && t.impl()->node) queue.push_back(std::move(t.impl()->node));
+  }
+  if (grad.defined() && grad.impl_ptr().use_count() == 1 && grad.impl()->node)
+    queue.push_back(std::move(grad.impl()->node));
+  if (!outermost) return;
   while (!queue.empty()) {
     std::shared_ptr<Node> n = std::move(queue.back());
     queue.pop_back();
@@ -62,14 +62,14 @@ static void check_version(const Node& n, uint64_t saved, uint64_t now) {
                 "' was modified in place after it was saved");
 }
 Tensor RuleContext::saved(size_t i) const {
-  const Tensor& t = node_.saved.at(i);
-  if (t.defined()) check_version(node_, node_.saved_versions[i], t.impl()->storage->version);
-  return t;
+  const Node::Saved& s = node_.saved.at(i);
+  if (s.tensor.defined()) check_version(node_, s.version, s.tensor.impl()->storage->version);
+  return s.tensor;
 }
 Tensor RuleContext::output() const {
   if (!node_.out_storage) throw Error(std::string("grad: op '") + node_.op + "' did not save its output");
   check_version(node_, node_.out_version, node_.out_storage->version);
-  auto t = std::make_shared<TensorImpl>();
+  auto t = std::allocate_shared<TensorImpl>(detail::SmallAllocator<TensorImpl>());
   t->storage = node_.out_storage;
   t->offset = node_.out_offset;
   t->shape = node_.out_shape;
@@ -89,15 +89,15 @@ bool any_requires_grad(std::initializer_list<const Tensor*> inputs) {
   return false;
 }
 
-void record(Tensor& out, const char* op, std::vector<Tensor> inputs, std::vector<Tensor> saved,
-            bool save_output, Rule rule) {
-  auto n = std::make_shared<Node>();
+namespace {
+template <class List>
+void record_node(Tensor& out, const char* op, const List& inputs, const List& saved, bool save_output, Rule&& rule) {
+  auto n = std::allocate_shared<Node>(detail::SmallAllocator<Node>());
   n->op = op;
   n->inputs.reserve(inputs.size());
   for (const Tensor& t : inputs) n->inputs.push_back(t.defined() ? t.node() : nullptr);
-  n->saved_versions.reserve(saved.size());
-  for (const Tensor& t : saved) n->saved_versions.push_back(t.defined() ? t.impl()->storage->version : 0);
-  n->saved = std::move(saved);
+  n->saved.reserve(saved.size());
+  for (const Tensor& t : saved) n->saved.push_back({t, t.defined() ? t.impl()->storage->version : 0});
   if (save_output) {
     n->out_storage = out.impl()->storage;
     n->out_offset = out.impl()->offset;
@@ -107,6 +107,16 @@ void record(Tensor& out, const char* op, std::vector<Tensor> inputs, std::vector
   }
   n->rule = std::move(rule);
   out.impl()->node = std::move(n);
+}
+}  // namespace
+
+void record(Tensor& out, const char* op, std::initializer_list<Tensor> inputs, std::initializer_list<Tensor> saved,
+            bool save_output, Rule rule) {
+  record_node(out, op, inputs, saved, save_output, std::move(rule));
+}
+void record(Tensor& out, const char* op, const std::vector<Tensor>& inputs, const std::vector<Tensor>& saved,
+            bool save_output, Rule rule) {
+  record_node(out, op, inputs, saved, save_output, std::move(rule));
 }
 
 // ---- the engine ----
@@ -193,7 +203,11 @@ std::vector<Tensor> sweep(const std::vector<Tensor>& outputs, const std::vector<
     if (!any_needed) continue;
     Tensor g = std::move(n->pending);
     n->pending = Tensor();
-    std::vector<Tensor> grads = n->rule(g, RuleContext(*n));
+    std::vector<Tensor> grads;
+    {
+      profile::Scope timing("rule", n->op);
+      grads = n->rule(g, RuleContext(*n));
+    }
     if (grads.size() != n->inputs.size())
       throw Error(std::string("grad: rule of '") + n->op + "' returned " + std::to_string(grads.size()) +
                   " gradients for " + std::to_string(n->inputs.size()) + " inputs");

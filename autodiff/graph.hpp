@@ -36,14 +36,17 @@ class Node : public std::enable_shared_from_this<Node> {
   const char* op = "leaf";
   uint64_t seq = 0;
   std::vector<std::shared_ptr<Node>> inputs;  // nullptr where that input needs no grad
-  std::vector<Tensor> saved;                  // inputs the rule needs (they keep their graph)
+  struct Saved {
+    Tensor tensor;     // an input (or other tensor) the rule needs; it keeps its graph
+    uint64_t version;  // its storage version at save time
+  };
+  std::vector<Saved> saved;
   // The op's output is saved without its node (a tensor -> node -> tensor cycle otherwise)
   // and rebuilt with this node when the rule runs.
   std::shared_ptr<Storage> out_storage;
   int64_t out_offset = 0;
   Shape out_shape;
   DType out_dtype = DType::f32;
-  std::vector<uint64_t> saved_versions;  // storage versions at save time
   uint64_t out_version = 0;
   Rule rule;                             // empty for leaves
   bool released = false;
@@ -88,7 +91,11 @@ class EnableGrad {
 // needs a gradient. `saved` are inputs (or other tensors) the rule reads back via
 // ctx.saved(i); set save_output when the rule reads ctx.output().
 bool any_requires_grad(std::initializer_list<const Tensor*> inputs);
-void record(Tensor& out, const char* op, std::vector<Tensor> inputs, std::vector<Tensor> saved,
+
+// Braced lists {a, b} take the first form (no vector is built); vectors the second.
+void record(Tensor& out, const char* op, std::initializer_list<Tensor> inputs, std::initializer_list<Tensor> saved,
+            bool save_output, Rule rule);
+void record(Tensor& out, const char* op, const std::vector<Tensor>& inputs, const std::vector<Tensor>& saved,
             bool save_output, Rule rule);
 
 struct GradOptions {

@@ -190,12 +190,16 @@ static Tensor unary_op(const char* op, UnaryOp k, const Tensor& x, double param,
                        Tensor (*rule)(const Tensor& g, const Tensor& x, const Tensor& y, double param)) {
   check_floating(op, x);
   Tensor out = unary_kernel(k, x, param);
-  if (any_requires_grad({&x}))
-    record(out, op, {x}, save_input ? std::vector<Tensor>{x} : std::vector<Tensor>{}, save_output,
-           [rule, save_input, save_output, param](const Tensor& g, const RuleContext& c) {
-             return std::vector<Tensor>{rule(g, save_input ? c.saved(0) : Tensor(),
-                                             save_output ? c.output() : Tensor(), param)};
-           });
+  if (any_requires_grad({&x})) {
+    // The closure holds two words, so std::function stores it without a heap allocation;
+    // what was saved is read back from the node.
+    Rule r = [rule, param](const Tensor& g, const RuleContext& c) {
+      return std::vector<Tensor>{rule(g, c.node().saved.empty() ? Tensor() : c.saved(0),
+                                      c.node().out_storage ? c.output() : Tensor(), param)};
+    };
+    if (save_input) record(out, op, {x}, {x}, save_output, std::move(r));
+    else record(out, op, {x}, {}, save_output, std::move(r));
+  }
   return out;
 }
 

@@ -8,6 +8,7 @@
 #include "autodiff/backend.hpp"
 #include "autodiff/graph.hpp"
 #include "autodiff/ops.hpp"
+#include "autodiff/small_alloc.hpp"
 
 namespace flatmin {
 
@@ -59,26 +60,16 @@ Storage::~Storage() {
 }
 int64_t Storage::live_bytes() { return storage_bytes.load(); }
 
+static std::shared_ptr<TensorImpl> new_impl() {
+  return std::allocate_shared<TensorImpl>(detail::SmallAllocator<TensorImpl>());
+}
+
 // ---- Tensor ----
-void Tensor::check_defined(const char* what) const {
-  if (!impl_) throw Error(std::string(what) + ": the tensor is undefined");
-}
-const Shape& Tensor::shape() const {
-  check_defined("shape");
-  return impl_->shape;
-}
+void Tensor::throw_undefined(const char* what) { throw Error(std::string(what) + ": the tensor is undefined"); }
 int64_t Tensor::size(int64_t axis) const {
   return shape()[normalize_axis(axis, dim(), "size")];
 }
 int64_t Tensor::numel() const { return flatmin::numel(shape()); }
-DType Tensor::dtype() const {
-  check_defined("dtype");
-  return impl_->dtype;
-}
-Device Tensor::device() const {
-  check_defined("device");
-  return impl_->storage->device;
-}
 
 template <class T> static DType dtype_of();
 template <> DType dtype_of<float>() { return DType::f32; }
@@ -136,7 +127,7 @@ Tensor& Tensor::requires_grad_(bool on) {
     throw Error("requires_grad_: only leaf tensors can change requires_grad (this one was made by '" +
                 std::string(impl_->node->op) + "'); use detach() first");
   if (on && !is_floating(dtype())) throw Error("requires_grad_: an int64 tensor cannot require grad");
-  if (on && !impl_->node) impl_->node = std::make_shared<Node>();
+  if (on && !impl_->node) impl_->node = std::allocate_shared<Node>(detail::SmallAllocator<Node>());
   if (!on) impl_->node.reset();
   return *this;
 }
@@ -161,7 +152,7 @@ const std::shared_ptr<Node>& Tensor::node() const {
 }
 Tensor Tensor::detach() const {
   check_defined("detach");
-  auto t = std::make_shared<TensorImpl>();
+  auto t = new_impl();
   t->storage = impl_->storage;
   t->offset = impl_->offset;
   t->shape = impl_->shape;
@@ -236,12 +227,13 @@ std::string Tensor::str() const {
 }
 
 // ---- creation ----
-Tensor empty(const Shape& shape, TensorOptions opt) {
+Tensor empty(Shape shape, TensorOptions opt) {
   for (int64_t d : shape)
     if (d < 0) throw Error("empty: negative extent in shape " + to_string(shape));
-  auto t = std::make_shared<TensorImpl>();
-  t->storage = std::make_shared<Storage>(size_t(numel(shape)) * dtype_size(opt.dtype), opt.device);
-  t->shape = shape;
+  auto t = new_impl();
+  t->storage = std::allocate_shared<Storage>(detail::SmallAllocator<Storage>(),
+                                            size_t(numel(shape)) * dtype_size(opt.dtype), opt.device);
+  t->shape = std::move(shape);
   t->dtype = opt.dtype;
   Tensor r(std::move(t));
   if (opt.requires_grad) r.requires_grad_();

@@ -72,12 +72,12 @@ class Tensor {
   explicit Tensor(std::shared_ptr<TensorImpl> impl) : impl_(std::move(impl)) {}
 
   bool defined() const { return impl_ != nullptr; }
-  const Shape& shape() const;
+  const Shape& shape() const { return checked("shape")->shape; }
   int64_t dim() const { return int64_t(shape().size()); }
   int64_t size(int64_t axis) const;  // negative axes count from the end
   int64_t numel() const;
-  DType dtype() const;
-  Device device() const;
+  DType dtype() const { return checked("dtype")->dtype; }
+  Device device() const { return checked("device")->storage->device; }
   TensorOptions options() const { return {dtype(), device(), false}; }
 
   // Host access (CPU tensors only; checked).
@@ -117,11 +117,18 @@ class Tensor {
 
  private:
   std::shared_ptr<TensorImpl> impl_;
-  void check_defined(const char* what) const;
+  void check_defined(const char* what) const {
+    if (!impl_) throw_undefined(what);
+  }
+  const TensorImpl* checked(const char* what) const {
+    check_defined(what);
+    return impl_.get();
+  }
+  [[noreturn]] static void throw_undefined(const char* what);
 };
 
 // ---- creation ----
-Tensor empty(const Shape& shape, TensorOptions opt = {});
+Tensor empty(Shape shape, TensorOptions opt = {});
 Tensor zeros(const Shape& shape, TensorOptions opt = {});
 Tensor ones(const Shape& shape, TensorOptions opt = {});
 Tensor full(const Shape& shape, double value, TensorOptions opt = {});

@@ -10,8 +10,14 @@ namespace flatmin::cpu {
 Backend& instance();
 
 // body(begin, end) over [0, n) in chunks of at least `grain`, on oneTBB's pool; serial for
-// n <= grain. Chunking never changes results: callers write disjoint outputs.
-void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
+// n <= grain. Chunking never changes results: callers write disjoint outputs. The serial
+// case is inline, so small tensors pay neither a std::function nor a TBB dispatch.
+void parallel_for_tbb(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
+template <class F> void parallel_for(int64_t n, int64_t grain, F&& body) {
+  if (n <= 0) return;
+  if (n <= grain) body(int64_t(0), n);
+  else parallel_for_tbb(n, grain, body);
+}
 
 // Batched row-major GEMM (see Backend::MatmulArgs), Eigen inside.
 template <class T> void gemm_batched(const T* a, const T* b, T* c, const Backend::MatmulArgs& g);
