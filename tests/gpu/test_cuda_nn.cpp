@@ -125,8 +125,9 @@ TEST_SUITE("gpu") {
       for (const Tensor& v : vc) vg.push_back(v.to(kCuda));
       const double tol = t == DType::f64 ? 1e-10 : 2e-3;
       CHECK(rel_diff(value(fg, pg), value(fc, pc)) <= tol);
-      CHECK(rel_diff(gradient(fg, pg), gradient(fc, pc)) <= tol);
-      CHECK(rel_diff(hvp(fg, pg, vg), hvp(fc, pc, vc)) <= (t == DType::f64 ? 1e-9 : 1e-2));
+      // over all parameters together: a few gradients are at rounding level (scale invariance)
+      CHECK(rel_diff(flatten(gradient(fg, pg)), flatten(gradient(fc, pc))) <= tol);
+      CHECK(rel_diff(flatten(hvp(fg, pg, vg)), flatten(hvp(fc, pc, vc))) <= (t == DType::f64 ? 1e-9 : 1e-2));
     }
   }
 }
