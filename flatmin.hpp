@@ -1,3 +1,5 @@
 // flatmin: one include for the whole library.
 #pragma once
 #include "autodiff/autodiff.hpp"
+#include "datasets/datasets.hpp"
+#include "nn/nn.hpp"

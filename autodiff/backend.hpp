@@ -90,6 +90,21 @@ class Backend {
   // average pool (count_include_pad=true, as PyTorch's default) and its adjoint
   virtual void avg_pool2d(const Tensor& x, Tensor& out, const Pool2dParams& p) = 0;
   virtual void avg_pool2d_adjoint(const Tensor& gy, Tensor& gx, const Pool2dParams& p) = 0;
+
+  // Optional fused batch norm with batch statistics, first order only (x is (N, C, ...),
+  // statistics over every axis but 1; weight/bias may be undefined = 1/0). Forward writes
+  // y and the per-channel mean and biased variance; backward writes gx and, where defined,
+  // gw and gb. A backend without them returns false and the op runs its composition of
+  // differentiable ops instead.
+  virtual bool batch_norm_forward(const Tensor& /*x*/, const Tensor& /*weight*/, const Tensor& /*bias*/, double /*eps*/,
+                                  Tensor& /*y*/, Tensor& /*mean*/, Tensor& /*var*/) {
+    return false;
+  }
+  virtual bool batch_norm_backward(const Tensor& /*g*/, const Tensor& /*x*/, const Tensor& /*weight*/,
+                                   const Tensor& /*mean*/, const Tensor& /*var*/, double /*eps*/, Tensor& /*gx*/,
+                                   Tensor& /*gw*/, Tensor& /*gb*/) {
+    return false;
+  }
 };
 
 // The backend of a device; Error (saying why) for a device this build or machine lacks.

@@ -12,8 +12,8 @@
 namespace flatmin {
 
 const std::vector<std::string>& nn_op_names() {
-  static const std::vector<std::string> names = {"conv2d",     "conv2d_input_grad", "conv2d_weight_grad",
-                                                 "max_pool2d", "avg_pool2d",        "avg_pool2d_adjoint"};
+  static const std::vector<std::string> names = {"conv2d",     "conv2d_input_grad", "conv2d_weight_grad", "max_pool2d",
+                                                 "avg_pool2d", "avg_pool2d_adjoint", "batch_norm"};
   return names;
 }
 
@@ -222,11 +222,17 @@ Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w) {
 }
 
 // ---------------------------------------------------------------- normalization
+// Shape (1, C, 1, ...) of a per-channel vector broadcast against x.
+static Shape channel_shape(const Tensor& x) {
+  Shape cs(x.dim(), 1);
+  cs[1] = x.shape()[1];
+  return cs;
+}
+
 // Per-channel affine transform of x (channels on axis 1); weight/bias may be undefined.
 static Tensor channel_affine(const Tensor& x, const Tensor& weight, const Tensor& bias, const char* op) {
   const int64_t C = x.shape()[1];
-  Shape cs(x.dim(), 1);
-  cs[1] = C;
+  const Shape cs = channel_shape(x);
   Tensor y = x;
   for (const auto& [t, name] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
     if (!t->defined()) continue;
@@ -241,6 +247,65 @@ static Tensor channel_affine(const Tensor& x, const Tensor& weight, const Tensor
   return y;
 }
 
+// The exact vector-Jacobian product of training-mode batch norm, written with
+// differentiable ops of (x, w, g) (statistics recomputed from x, never detached):
+// gx = w·r·(g − mean(g) − x̂·mean(g·x̂)), gw = Σ g·x̂, gb = Σ g, with x̂ = (x − μ)·r.
+static std::vector<Tensor> batch_norm_vjp(const Tensor& g, const Tensor& x, const Tensor& w, double eps,
+                                          const Axes& axes, const RuleContext& c) {
+  const Shape cs = channel_shape(x), vs{x.shape()[1]};
+  Tensor xc = sub(x, mean(x, axes, true));
+  Tensor r = rsqrt(add_scalar(mean(square(xc), axes, true), eps));
+  Tensor xhat = mul(xc, r);
+  Tensor gx, gw, gb;
+  if (c.needs(0)) {
+    Tensor gh = w.defined() ? mul(g, reshape(w, cs)) : g;
+    gx = mul(r, sub(sub(gh, mean(gh, axes, true)), mul(xhat, mean(mul(gh, xhat), axes, true))));
+  }
+  if (c.needs(1)) gw = reshape(sum(mul(g, xhat), axes), vs);
+  if (c.needs(2)) gb = reshape(sum(g, axes), vs);
+  return {gx, gw, gb};
+}
+
+// Training mode: batch statistics (biased variance), written to mean/var (detached) for
+// the running estimates. One recorded op on every device: a backend's fused kernel
+// computes the forward (else ops evaluated without recording do) and, when the backward
+// is not itself recorded, the first-order backward; otherwise the rule is the exact
+// differentiable VJP above.
+static Tensor batch_norm_train(const Tensor& x, const Tensor& w, const Tensor& b, double eps, const Axes& axes,
+                               Tensor& bmean, Tensor& bvar) {
+  const int64_t C = x.shape()[1];
+  Tensor y = empty(x.shape(), x.options());
+  bmean = empty({C}, x.options());
+  bvar = empty({C}, x.options());
+  if (!be(x).batch_norm_forward(x, w, b, eps, y, bmean, bvar)) {
+    NoGrad ng;
+    const Shape cs = channel_shape(x);
+    Tensor xd = x.detach(), mu = mean(xd, axes, true);
+    Tensor xc = sub(xd, mu);
+    Tensor var = mean(square(xc), axes, true);
+    Tensor scale = rsqrt(add_scalar(var, eps));
+    if (w.defined()) scale = mul(scale, reshape(w.detach(), cs));
+    y = mul(xc, scale);
+    if (b.defined()) y = add(y, reshape(b.detach(), cs));
+    bmean = reshape(mu, {C});
+    bvar = reshape(var, {C});
+  }
+  if (any_requires_grad({&x, &w, &b}))
+    record(y, "batch_norm", {x, w, b}, {x, w, bmean, bvar}, false,
+           [eps, axes](const Tensor& g, const RuleContext& c) {
+             Tensor x = c.saved(0), w = c.saved(1);
+             if (!grad_enabled()) {
+               Tensor gx = empty(x.shape(), x.options());
+               Tensor gw = c.needs(1) ? empty(w.shape(), w.options()) : Tensor();
+               Tensor gb = c.needs(2) ? empty(w.defined() ? w.shape() : Shape{x.shape()[1]}, x.options()) : Tensor();
+               if (be(x).batch_norm_backward(g, x, w, c.saved(2), c.saved(3), eps, gx, gw, gb))
+                 return std::vector<Tensor>{c.needs(0) ? gx : Tensor(), gw, gb};
+             }
+             return batch_norm_vjp(g, x, w, eps, axes, c);
+           });
+  return y;
+}
+
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean, Tensor& running_var,
                   bool training, bool update_running, double momentum, double eps) {
   const char* op = "batch_norm";
@@ -249,36 +314,47 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Ten
     throw Error("batch_norm: input must be (N, C) or (N, C, H, W), got " + to_string(x.shape()));
   const int64_t C = x.shape()[1];
   const Axes axes = x.dim() == 2 ? Axes{0} : Axes{0, 2, 3};
-  Shape cs(x.dim(), 1);
-  cs[1] = C;
+  const Shape cs = channel_shape(x);
+  auto check_channel_vector = [&](const Tensor& t, const char* name) {
+    check_float_tensor(op, t, name);
+    check_same(op, x, "input", t, name);
+    if (t.shape() != Shape{C})
+      throw Error(std::string("batch_norm: ") + name + " has shape " + to_string(t.shape()) + ", expected [" +
+                  std::to_string(C) + "]");
+  };
+  if (weight.defined()) check_channel_vector(weight, "weight");
+  if (bias.defined()) check_channel_vector(bias, "bias");
   const bool have_running = running_mean.defined() || running_var.defined();
-  if (have_running)
-    for (const auto& [t, name] : {std::pair{&running_mean, "running_mean"}, std::pair{&running_var, "running_var"}}) {
-      check_float_tensor(op, *t, name);
-      check_same(op, x, "input", *t, name);
-      if (t->shape() != Shape{C})
-        throw Error(std::string("batch_norm: ") + name + " has shape " + to_string(t->shape()) + ", expected [" +
-                    std::to_string(C) + "]");
-    }
-  Tensor xc, var;
+  if (have_running) {
+    check_channel_vector(running_mean, "running_mean");
+    check_channel_vector(running_var, "running_var");
+  }
   if (training) {
     const int64_t count = x.numel() / std::max<int64_t>(C, 1);
     if (count < 2)
       throw Error("batch_norm: training needs more than one value per channel, got input " + to_string(x.shape()));
-    xc = sub(x, mean(x, axes, true));
-    var = mean(square(xc), axes, true);
+    Tensor bmean, bvar;
+    Tensor y = batch_norm_train(x, weight, bias, eps, axes, bmean, bvar);
     if (have_running && update_running) {
       NoGrad ng;
-      Tensor bm = reshape(mean(x.detach(), axes), {C}), bv = reshape(var.detach(), {C});
-      running_mean.mul_(1.0 - momentum).add_(bm, momentum);
-      running_var.mul_(1.0 - momentum).add_(bv, momentum * double(count) / double(count - 1));
+      running_mean.mul_(1.0 - momentum).add_(bmean, momentum);
+      running_var.mul_(1.0 - momentum).add_(bvar, momentum * double(count) / double(count - 1));
     }
-  } else {
-    if (!have_running) throw Error("batch_norm: eval mode needs running_mean and running_var");
-    xc = sub(x, reshape(running_mean, cs));
-    var = reshape(running_var, cs);
+    return y;
   }
-  return channel_affine(mul(xc, rsqrt(add_scalar(var, eps))), weight, bias, op);
+  if (!have_running) throw Error("batch_norm: eval mode needs running_mean and running_var");
+  // y = x·s + t with s = w/√(running_var + ε), t = b − running_mean·s (constants but w, b);
+  // the graph keeps a snapshot, so a later training step may update the running statistics
+  Tensor rm, s;
+  {
+    NoGrad ng;
+    rm = running_mean.clone();
+    s = rsqrt(add_scalar(running_var, eps));
+  }
+  if (weight.defined()) s = mul(s, weight);
+  Tensor t = neg(mul(rm, s));
+  if (bias.defined()) t = add(t, bias);
+  return add(mul(x, reshape(s, cs)), reshape(t, cs));
 }
 
 Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps) {
@@ -289,11 +365,13 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const T
   if (groups < 1 || C % groups != 0)
     throw Error("group_norm: " + std::to_string(C) + " channels cannot be split into " + std::to_string(groups) +
                 " groups");
-  Tensor xg = reshape(x, {N, groups, -1});
-  Tensor xc = sub(xg, mean(xg, {2}, true));
-  Tensor var = mean(square(xc), {2}, true);
-  Tensor y = reshape(mul(xc, rsqrt(add_scalar(var, eps))), x.shape());
-  return channel_affine(y, weight, bias, op);
+  // Group statistics are batch-norm statistics of x seen as (1, N*G, C/G*H*W): one
+  // mechanism (and one fused kernel) for both.
+  int64_t inner = C / groups;
+  for (int64_t i = 2; i < x.dim(); ++i) inner *= x.shape()[i];
+  Tensor mean_unused, var_unused;
+  Tensor y = batch_norm_train(reshape(x, {1, N * groups, inner}), {}, {}, eps, {0, 2}, mean_unused, var_unused);
+  return channel_affine(reshape(y, x.shape()), weight, bias, op);
 }
 
 // ---------------------------------------------------------------- losses

@@ -68,7 +68,13 @@ Tensor Linear::forward(const Tensor& x) {
 Conv2d::Conv2d(int64_t in, int64_t out, int64_t kernel, Conv2dOptions opt, Generator& g) : options(opt) {
   if (in <= 0 || out <= 0 || kernel <= 0)
     throw Error("Conv2d: in " + std::to_string(in) + ", out " + std::to_string(out) + ", kernel " + std::to_string(kernel));
-  default_weight_and_bias(*this, g, {out, in, kernel, kernel}, out, opt.bias);
+  const Shape wshape{out, in, kernel, kernel};
+  if (opt.init == ConvInit::uniform) {
+    default_weight_and_bias(*this, g, wshape, out, opt.bias);
+  } else {
+    register_parameter("weight", kaiming_normal_relu(g, wshape, FanMode::fan_out));
+    if (opt.bias) register_parameter("bias", zeros({out}));
+  }
 }
 Tensor Conv2d::forward(const Tensor& x) {
   const flatmin::Conv2dOptions o{.stride = options.stride, .padding = options.padding};

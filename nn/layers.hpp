@@ -33,14 +33,18 @@ class Linear : public Module {
   Tensor forward(const Tensor& x) override;
 };
 
+// uniform: PyTorch's default, kaiming_uniform_(a = sqrt(5)) weight and bias U(±1/sqrt(fan_in));
+// normal_fan_out: torchvision's ResNet, kaiming_normal_(mode='fan_out', nonlinearity='relu').
+enum class ConvInit { uniform, normal_fan_out };
 struct Conv2dOptions {
   int64_t stride = 1;
   int64_t padding = 0;
   bool bias = true;
+  ConvInit init = ConvInit::uniform;
 };
 class Conv2d : public Module {
  public:
-  // weight (out, in, k, k): kaiming_uniform_(a = sqrt(5)); bias U(−1/sqrt(fan_in), ·) as PyTorch.
+  // weight (out, in, k, k) and bias (out), initialised as options.init says.
   Conv2d(int64_t in, int64_t out, int64_t kernel, Conv2dOptions opt = {}, Generator& g = init_generator());
   Tensor forward(const Tensor& x) override;
   const Conv2dOptions options;

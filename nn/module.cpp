@@ -70,8 +70,11 @@ Tensor& Module::buffer(const std::string& name) {
   throw Error("Module: no buffer '" + name + "'");
 }
 bool Module::has_param(const std::string& name) const {
-  for (auto& [n, t] : named_parameters())
-    if (n == name) return true;
+  auto [head, rest] = split_first(name);
+  if (head.empty())
+    return std::any_of(params_.begin(), params_.end(), [&](const auto& e) { return e.first == name; });
+  for (auto& [n, c] : children_)
+    if (n == head) return c->has_param(rest);
   return false;
 }
 

@@ -26,10 +26,9 @@ std::shared_ptr<Module> make_norm(Norm norm, int64_t channels) {
 namespace {
 // torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu') for every conv, no bias.
 std::shared_ptr<Module> conv(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t padding, Generator& g) {
-  auto c = std::make_shared<Conv2d>(in, out, kernel, Conv2dOptions{.stride = stride, .padding = padding, .bias = false}, g);
-  NoGrad no_grad;
-  c->param("weight").copy_(kaiming_normal_relu(g, {out, in, kernel, kernel}, FanMode::fan_out));
-  return c;
+  return std::make_shared<Conv2d>(
+      in, out, kernel, Conv2dOptions{.stride = stride, .padding = padding, .bias = false, .init = ConvInit::normal_fan_out},
+      g);
 }
 }  // namespace
 

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <tbb/task_arena.h>
 #include <vector>
 
@@ -47,26 +48,28 @@ Geometry geometry(const Shape& x, const Shape& w, const Shape& y, const Conv2dPa
 // planes, one image on large planes; the column buffer is capped at 16 MiB.
 int64_t images_per_group(const Geometry& g, size_t elem) {
   int64_t G = std::clamp<int64_t>(256 / std::max<int64_t>(g.P(), 1), 1, 16);
-  const int64_t per_image = g.pointwise() ? 0 : g.K() * g.P() * int64_t(elem);
+  const int64_t per_image = g.K() * g.P() * int64_t(elem);
   while (G > 1 && per_image * G > (int64_t(16) << 20)) --G;
   return std::min(G, g.N);
 }
 
 // Scratch buffers, one per worker slot of the current arena (tasks of one loop never
-// nest, so a slot's buffer is used by one task at a time).
+// nest, so a slot's buffer is used by one task at a time); left uninitialized, since
+// every use overwrites it.
 template <class T> class Scratch {
  public:
   explicit Scratch(size_t n) : n_(n), bufs_(size_t(tbb::this_task_arena::max_concurrency()) + 1) {}
   T* get() {
-    int slot = tbb::this_task_arena::current_thread_index();
-    auto& b = bufs_[size_t(slot < 0 || size_t(slot) >= bufs_.size() - 1 ? bufs_.size() - 1 : size_t(slot))];
-    if (b.size() < n_) b.resize(n_);
-    return b.data();
+    const int slot = tbb::this_task_arena::current_thread_index();
+    const size_t last = bufs_.size() - 1;
+    auto& b = bufs_[slot < 0 || size_t(slot) >= last ? last : size_t(slot)];
+    if (!b) b.reset(new T[n_]);
+    return b.get();
   }
 
  private:
   size_t n_;
-  std::vector<std::vector<T>> bufs_;
+  std::vector<std::unique_ptr<T[]>> bufs_;
 };
 
 // Range of output positions o (of n) whose input index o*s - p + k lies in [0, extent).
@@ -199,13 +202,18 @@ template <class T> void input_grad_impl(const T* gy, const T* w, T* gx, const Ge
 
 // gw = sum_n gy[n] [O, P] @ col(x[n])^T [P, K]. The batch is cut into a number of chunks
 // fixed by the shapes; chunks run in parallel into partial sums (their count bounded so
-// that the partials stay under 64 MiB), added in chunk order.
+// that the partials stay under 32 MiB), added in chunk order.
 template <class T> void weight_grad_impl(const T* x, const T* gy, T* gw, const Geometry& g) {
   const int64_t G = images_per_group(g, sizeof(T)), P = g.P(), K = g.K();
-  const int64_t groups = (g.N + G - 1) / G;
   const int64_t wsize = g.O * K;
-  const int64_t max_chunks = std::max<int64_t>(1, (int64_t(64) << 20) / std::max<int64_t>(wsize * int64_t(sizeof(T)), 1));
-  const int64_t chunks = std::min({groups, int64_t(8), max_chunks});
+  if (g.N == 0) {
+    std::fill(gw, gw + wsize, T(0));
+    return;
+  }
+  const int64_t groups = (g.N + G - 1) / G;
+  const int64_t max_chunks = 1 + (int64_t(32) << 20) / std::max<int64_t>(wsize * int64_t(sizeof(T)), 1);
+  int64_t chunks = std::min({groups, int64_t(8), max_chunks});
+  while (chunks & (chunks - 1)) --chunks;  // a power of two: balanced on 2, 4 or 8 threads
   std::vector<T> partials(size_t(std::max<int64_t>(chunks - 1, 0) * wsize));
   Scratch<T> cols(size_t(K * G * P + g.O * G * P));
   parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
@@ -266,6 +274,7 @@ template <class F> void for_each_plane(const PoolGeometry& g, F&& f) {
 
 void conv2d_forward(const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p) {
   const Geometry g = geometry(x.shape(), w.shape(), out.shape(), p);
+  if (out.numel() == 0) return;
   dispatch_float(x.dtype(), "conv2d", [&](auto t) {
     using T = decltype(t);
     forward_impl<T>(data_ptr<T>(x), data_ptr<T>(w), data_ptr<T>(out), g);
@@ -273,6 +282,7 @@ void conv2d_forward(const Tensor& x, const Tensor& w, Tensor& out, const Conv2dP
 }
 void conv2d_input_grad(const Tensor& gy, const Tensor& w, Tensor& gx, const Conv2dParams& p) {
   const Geometry g = geometry(gx.shape(), w.shape(), gy.shape(), p);
+  if (gx.numel() == 0) return;
   dispatch_float(gy.dtype(), "conv2d_input_grad", [&](auto t) {
     using T = decltype(t);
     input_grad_impl<T>(data_ptr<T>(gy), data_ptr<T>(w), data_ptr<T>(gx), g);
@@ -280,6 +290,7 @@ void conv2d_input_grad(const Tensor& gy, const Tensor& w, Tensor& gx, const Conv
 }
 void conv2d_weight_grad(const Tensor& x, const Tensor& gy, Tensor& gw, const Conv2dParams& p) {
   const Geometry g = geometry(x.shape(), gw.shape(), gy.shape(), p);
+  if (gw.numel() == 0) return;
   dispatch_float(x.dtype(), "conv2d_weight_grad", [&](auto t) {
     using T = decltype(t);
     weight_grad_impl<T>(data_ptr<T>(x), data_ptr<T>(gy), data_ptr<T>(gw), g);

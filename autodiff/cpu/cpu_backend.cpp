@@ -519,6 +519,16 @@ class CpuBackend final : public Backend {
   void avg_pool2d_adjoint(const Tensor& gy, Tensor& gx, const Pool2dParams& p) override {
     flatmin::cpu::avg_pool2d_adjoint(gy, gx, p);
   }
+  bool batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y, Tensor& mean,
+                          Tensor& var) override {
+    flatmin::cpu::batch_norm_forward(x, weight, bias, eps, y, mean, var);
+    return true;
+  }
+  bool batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& var,
+                           double eps, Tensor& gx, Tensor& gw, Tensor& gb) override {
+    flatmin::cpu::batch_norm_backward(g, x, weight, mean, var, eps, gx, gw, gb);
+    return true;
+  }
 };
 
 }  // namespace

@@ -1,5 +1,5 @@
-// Internal to the CPU backend: shared helpers and the convolution/pooling kernels
-// (conv.cpp). Not installed; nothing outside autodiff/cpu includes it.
+// Internal to the CPU backend: shared helpers, the convolution/pooling kernels (conv.cpp)
+// and the fused batch-norm kernels (norm.cpp). Not installed; nothing outside autodiff/cpu includes it.
 #pragma once
 #include <functional>
 
@@ -22,5 +22,11 @@ void conv2d_weight_grad(const Tensor& x, const Tensor& gy, Tensor& gw, const Con
 void max_pool2d(const Tensor& x, Tensor& out, Tensor& indices, const Pool2dParams& p);
 void avg_pool2d(const Tensor& x, Tensor& out, const Pool2dParams& p);
 void avg_pool2d_adjoint(const Tensor& gy, Tensor& gx, const Pool2dParams& p);
+
+// Fused batch norm with batch statistics (norm.cpp); see Backend::batch_norm_forward.
+void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y, Tensor& mean,
+                        Tensor& var);
+void batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& var,
+                         double eps, Tensor& gx, Tensor& gw, Tensor& gb);
 
 }  // namespace flatmin::cpu

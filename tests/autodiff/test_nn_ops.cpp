@@ -113,10 +113,30 @@ TEST_CASE("conv kernels match naive loops (float64, strides, paddings, kernels, 
   for (const ConvCase& q : cases) check_conv_against_loops(q, DType::f64, 1e-12);
 }
 
+TEST_CASE("conv kernels match naive loops on 40 random geometries (even kernels, stride 3, wide padding)") {
+  Generator g(17);
+  auto pick = [&](int64_t lo, int64_t hi) { return lo + g.randint(hi - lo + 1); };
+  for (int i = 0; i < 40; ++i) {
+    ConvCase q{pick(1, 20), pick(1, 4), pick(1, 9), pick(1, 9), pick(1, 4), pick(1, 5), pick(1, 3), 0};
+    q.pad = pick(0, q.K);
+    if (q.H + 2 * q.pad < q.K || q.W + 2 * q.pad < q.K) continue;
+    check_conv_against_loops(q, DType::f64, 1e-12);
+  }
+}
+
 TEST_CASE("conv kernels match naive loops in float32 at a ResNet-like size") {
   check_conv_against_loops({2, 16, 8, 8, 32, 3, 1, 1}, DType::f32, 2e-5);
   check_conv_against_loops({2, 16, 8, 8, 32, 3, 2, 1}, DType::f32, 2e-5);
   check_conv_against_loops({2, 16, 8, 8, 32, 1, 2, 0}, DType::f32, 2e-5);
+}
+
+TEST_CASE("conv with an empty batch: empty outputs, zero weight gradient") {
+  Tensor x = zeros({0, 2, 5, 5}), w = ones({3, 2, 3, 3});
+  Tensor y = conv2d(x, w, {}, {1, 1});
+  CHECK(y.shape() == Shape{0, 3, 5, 5});
+  CHECK(conv2d_input_grad(y, w, x.shape(), {1, 1}).shape() == x.shape());
+  auto gw = conv2d_weight_grad(x, y, w.shape(), {1, 1}).to_vector();
+  CHECK(gw == std::vector<double>(gw.size(), 0.0));
 }
 
 TEST_CASE("conv results do not depend on the thread count") {
@@ -235,6 +255,63 @@ TEST_CASE("batch_norm: update_running=false and eval leave the running statistic
   auto m = mean(y, {0, 2, 3}).to_vector();
   for (double v : m) CHECK(std::fabs(v) < 1e-12);
   CHECK_THROWS_AS(batch_norm(x, {}, {}, none_m, none_v, false), Error);
+  // an eval-mode graph survives a later update of the running statistics
+  Tensor w = ones({3}, f64).requires_grad_();
+  Tensor y_eval = batch_norm(x, w, {}, rm, rv, false);
+  batch_norm(x, {}, {}, rm, rv, true);
+  CHECK(grad(sum(y_eval), w).shape() == Shape{3});
+}
+
+TEST_CASE("batch_norm: the fused first-order backward equals the exact recorded rule and a plain composition") {
+  // The same gradient three ways: the fused kernel (recording off), the differentiable rule
+  // (create_graph), and batch norm written out with ops in this test.
+  for (DType dt : {DType::f64, DType::f32}) {
+    Generator g(12);
+    const TensorOptions o{dt};
+    Tensor x = g.normal({6, 4, 5, 3}, o, 0.7, 2.0).requires_grad_(), w = g.normal({4}, o).requires_grad_(),
+           b = g.normal({4}, o).requires_grad_(), gy = g.normal({6, 4, 5, 3}, o);
+    auto by_ops = [&] {
+      Tensor xc = sub(x, mean(x, {0, 2, 3}, true));
+      Tensor y = mul(xc, rsqrt(add_scalar(mean(square(xc), {0, 2, 3}, true), 1e-5)));
+      return add(mul(y, reshape(w, {1, 4, 1, 1})), reshape(b, {1, 4, 1, 1}));
+    };
+    Tensor rm, rv;
+    Tensor y = batch_norm(x, w, b, rm, rv, true);
+    const double tol = dt == DType::f64 ? 1e-12 : 2e-5;
+    check_close(y.to_vector(), by_ops().to_vector(), tol, "forward");
+    auto fused = grad({y}, {x, w, b}, {.grad_outputs = {gy}});
+    auto recorded = grad({batch_norm(x, w, b, rm, rv, true)}, {x, w, b}, {.grad_outputs = {gy}, .create_graph = true});
+    auto composed = grad({by_ops()}, {x, w, b}, {.grad_outputs = {gy}});
+    for (size_t i = 0; i < 3; ++i) {
+      check_close(fused[i].to_vector(), composed[i].to_vector(), tol, "fused vs composition");
+      check_close(recorded[i].to_vector(), composed[i].to_vector(), tol, "recorded rule vs composition");
+    }
+  }
+}
+
+TEST_CASE("group_norm: fused first-order backward, recorded rule and a plain composition agree") {
+  for (DType dt : {DType::f64, DType::f32}) {
+    Generator g(13);
+    const TensorOptions o{dt};
+    Tensor x = g.normal({3, 6, 4, 5}, o, -0.4, 1.5).requires_grad_(), w = g.normal({6}, o).requires_grad_(),
+           b = g.normal({6}, o).requires_grad_(), gy = g.normal({3, 6, 4, 5}, o);
+    auto by_ops = [&] {
+      Tensor xg = reshape(x, {3, 2, 60});
+      Tensor xc = sub(xg, mean(xg, {2}, true));
+      Tensor y = reshape(mul(xc, rsqrt(add_scalar(mean(square(xc), {2}, true), 1e-5))), {3, 6, 4, 5});
+      return add(mul(y, reshape(w, {1, 6, 1, 1})), reshape(b, {1, 6, 1, 1}));
+    };
+    Tensor y = group_norm(x, 2, w, b);
+    const double tol = dt == DType::f64 ? 1e-12 : 2e-5;
+    check_close(y.to_vector(), by_ops().to_vector(), tol, "forward");
+    auto fused = grad({y}, {x, w, b}, {.grad_outputs = {gy}});
+    auto recorded = grad({group_norm(x, 2, w, b)}, {x, w, b}, {.grad_outputs = {gy}, .create_graph = true});
+    auto composed = grad({by_ops()}, {x, w, b}, {.grad_outputs = {gy}});
+    for (size_t i = 0; i < 3; ++i) {
+      check_close(fused[i].to_vector(), composed[i].to_vector(), tol, "fused vs composition");
+      check_close(recorded[i].to_vector(), composed[i].to_vector(), tol, "recorded rule vs composition");
+    }
+  }
 }
 
 TEST_CASE("batch_norm in training mode: the third derivative includes the statistics' own derivatives") {
@@ -252,6 +329,26 @@ TEST_CASE("batch_norm in training mode: the third derivative includes the statis
   CHECK(r.ok);
   REQUIRE(r.error.size() == 3);
   CHECK(r.error[2] < 1e-6);
+}
+
+TEST_CASE("a small conv network: orders 1-3 match finite differences through every op together") {
+  // conv (stride 2, bias) -> batch norm (training) -> softplus -> conv -> max pool -> group
+  // norm -> adaptive pool -> linear -> cross-entropy, differentiated w.r.t. input and weights.
+  Generator g(21);
+  Tensor labels = from_ints({2, 0, 1}, {3});
+  ScalarFn f = [labels](const Params& p) {
+    Tensor rm, rv;
+    Tensor h = conv2d(p[0], p[1], p[2], {2, 1});
+    h = softplus(batch_norm(h, p[3], {}, rm, rv, true));
+    h = max_pool2d(conv2d(h, p[4], {}, {1, 1}), {2, 2, 0});
+    h = adaptive_avg_pool2d(group_norm(h, 2, {}, {}), 1, 1);
+    return cross_entropy(matmul(reshape(h, {3, 4}), p[5]), labels);
+  };
+  Params p = {g.normal({3, 2, 7, 7}, f64),     g.normal({4, 2, 3, 3}, f64, 0, 0.5), g.normal({4}, f64),
+              g.normal({4}, f64, 1, 0.2),       g.normal({4, 4, 3, 3}, f64, 0, 0.4), g.normal({4, 3}, f64)};
+  DerivativeCheck r = check_derivatives(f, p, {.rtol = 1e-5});
+  INFO(r.message);
+  CHECK(r.ok);
 }
 
 TEST_CASE("network ops: bad inputs are errors that name the problem") {

@@ -52,6 +52,26 @@ TEST_CASE("MLP: PyTorch's Sequential names, set_parameters, zero_grad, to(f64)")
   CHECK_THROWS_AS(mlp.set_parameters({zeros({4, 3})}), Error);
 }
 
+TEST_CASE("WithParameters: the functional API sees a module as f(p) and leaves its parameters as they were") {
+  nn::MLP mlp({2, 3, 1}, nn::Act::tanh);
+  mlp.to(DType::f64);
+  const Params before = mlp.parameters();
+  Tensor x = from_vector(std::vector<double>{0.5, -1, 2, 0.25}, {2, 2}, {DType::f64});
+  ScalarFn f = [&](const Params& p) {
+    nn::WithParameters with(mlp, p);
+    return sum(mlp(x));
+  };
+  Params zero = zeros_like(before);
+  CHECK(value(f, zero).item() == 0.0);  // evaluated at p, not at the module's own parameters
+  DerivativeCheck c = check_derivatives(f, before, {.max_order = 3});
+  CHECK(c.ok);
+  const Params after = mlp.parameters();
+  for (size_t i = 0; i < before.size(); ++i) CHECK(after[i].same(before[i]));
+  CHECK(mlp.has_param("2.bias"));
+  CHECK(!mlp.has_param("1.weight"));  // the activation has none
+  CHECK(!mlp.has_param("7.bias"));
+}
+
 TEST_CASE("init: PyTorch's default Linear/Conv2d bounds and torchvision's kaiming_normal fan_out") {
   Generator g(5);
   nn::Linear lin(400, 300, true, g);

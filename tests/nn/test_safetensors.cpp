@@ -134,6 +134,9 @@ TEST_CASE("safetensors: malformed files fail with an Error naming the file and t
                "overlapping");
   expect_error(make_file(R"({"__metadata__":{"k":3}})", ""), "__metadata__");
   expect_error(make_file(R"({"a":[1,2]})", data), "not an object");
+  // deeply nested JSON must not exhaust the stack (parsing or destroying it)
+  expect_error(make_file(std::string(200000, '[') + std::string(200000, ']'), ""), "not a JSON object");
+  expect_error(make_file(R"({"a":)" + std::string(200000, '['), ""), "not valid JSON");
 }
 
 TEST_CASE("safetensors: 100,000 seeded mutations of a valid file never crash") {

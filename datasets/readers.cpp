@@ -1,0 +1,369 @@
+#include "datasets/readers.hpp"
+
+#include <zlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+namespace flatmin::data {
+
+namespace fs = std::filesystem;
+
+static std::string num(uint64_t v) { return std::to_string(v); }
+
+Bytes read_file(const std::string& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) throw Error(path + ": no such file (or not a regular file)");
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  if (!f) throw Error(path + ": cannot open: " + std::strerror(errno));
+  const std::streamoff size = f.tellg();
+  if (size < 0) throw Error(path + ": cannot tell its size");
+  Bytes b(static_cast<size_t>(size));
+  f.seekg(0);
+  if (size > 0 && !f.read(reinterpret_cast<char*>(b.data()), size))
+    throw Error(path + ": read failed after " + num(uint64_t(f.gcount())) + " of " + num(uint64_t(size)) + " bytes");
+  return b;
+}
+
+bool is_gzip(ByteView b) { return b.size() >= 2 && b[0] == 0x1f && b[1] == 0x8b; }
+
+// ---- byte sources: a plain buffer, or a gzip stream decompressed on demand ----
+namespace {
+
+class Source {
+ public:
+  virtual ~Source() = default;
+  // Up to n bytes into dst; fewer only at the end of the data.
+  virtual size_t read(uint8_t* dst, size_t n) = 0;
+};
+
+class PlainSource final : public Source {
+ public:
+  explicit PlainSource(ByteView b) : b_(b) {}
+  size_t read(uint8_t* dst, size_t n) override {
+    const size_t k = std::min(n, b_.size() - pos_);
+    if (k) std::memcpy(dst, b_.data() + pos_, k);
+    pos_ += k;
+    return k;
+  }
+
+ private:
+  ByteView b_;
+  size_t pos_ = 0;
+};
+
+class GzipSource final : public Source {
+ public:
+  GzipSource(ByteView in, std::string source) : in_(in), source_(std::move(source)) {
+    std::memset(&z_, 0, sizeof z_);
+    if (inflateInit2(&z_, 16 + MAX_WBITS) != Z_OK) throw Error(source_ + ": zlib initialisation failed");
+  }
+  ~GzipSource() override { inflateEnd(&z_); }
+  GzipSource(const GzipSource&) = delete;
+  GzipSource& operator=(const GzipSource&) = delete;
+
+  size_t read(uint8_t* dst, size_t n) override {
+    size_t got = 0;
+    while (got < n && !done_) {
+      if (member_ended_) {  // another member follows, or the data must end here
+        if (pos_ == in_.size()) { done_ = true; break; }
+        if (!is_gzip(in_.subspan(pos_)))
+          throw Error(source_ + ": " + num(in_.size() - pos_) + " bytes of trailing garbage after the gzip data");
+        if (inflateReset(&z_) != Z_OK) throw Error(source_ + ": zlib reset failed");
+        member_ended_ = false;
+      }
+      const size_t in_chunk = std::min<size_t>(in_.size() - pos_, size_t(1) << 30);
+      const size_t out_chunk = std::min<size_t>(n - got, size_t(1) << 30);
+      z_.next_in = const_cast<Bytef*>(in_.data() + pos_);
+      z_.avail_in = uInt(in_chunk);
+      z_.next_out = dst + got;
+      z_.avail_out = uInt(out_chunk);
+      const int rc = inflate(&z_, Z_NO_FLUSH);
+      const size_t used = in_chunk - z_.avail_in, made = out_chunk - z_.avail_out;
+      pos_ += used;
+      got += made;
+      if (rc == Z_STREAM_END) {
+        member_ended_ = true;
+      } else if (rc == Z_OK || rc == Z_BUF_ERROR) {
+        if (used == 0 && made == 0) {
+          if (pos_ == in_.size()) throw Error(source_ + ": truncated gzip data (the stream ends early)");
+          throw Error(source_ + ": corrupt gzip data (no progress)");
+        }
+      } else {
+        throw Error(source_ + ": corrupt gzip data (" + (z_.msg ? z_.msg : "zlib error " + std::to_string(rc)) + ")");
+      }
+    }
+    return got;
+  }
+
+ private:
+  ByteView in_;
+  std::string source_;
+  z_stream z_;
+  size_t pos_ = 0;
+  bool member_ended_ = false, done_ = false;
+};
+
+// Exactly n bytes appended to out, growing it only as data arrives (a header that claims
+// more than the input holds costs no memory); Error naming `what` when the data ends early.
+void read_exact(Source& src, size_t n, Bytes& out, const std::string& source, const char* what) {
+  const size_t start = out.size();
+  size_t got = 0;
+  while (got < n) {
+    const size_t step = std::min<size_t>(n - got, size_t(16) << 20);
+    out.resize(start + got + step);
+    const size_t k = src.read(out.data() + start + got, step);
+    got += k;
+    if (k < step) {
+      out.resize(start + got);
+      throw Error(source + ": truncated " + what + ": expected " + num(n) + " bytes, found " + num(got));
+    }
+  }
+}
+
+void expect_end(Source& src, const std::string& source, const char* after) {
+  uint8_t extra[64];
+  size_t total = 0, k;
+  while ((k = src.read(extra, sizeof extra)) > 0) {
+    total += k;
+    if (total >= 64) break;
+  }
+  if (total > 0)
+    throw Error(source + ": " + (total >= 64 ? "at least " : "") + num(total) + " unexpected bytes after the " + after);
+}
+
+uint32_t be32(const uint8_t* p) {
+  return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
+}
+
+}  // namespace
+
+Bytes gunzip(ByteView in, const std::string& source, size_t max_bytes) {
+  if (!is_gzip(in)) throw Error(source + ": not gzip data (no 1f 8b magic)");
+  GzipSource z(in, source);
+  Bytes out;
+  for (;;) {
+    const size_t step = size_t(16) << 20;
+    const size_t have = out.size();
+    if (have > max_bytes) break;
+    const size_t room = max_bytes - have;
+    const size_t want = room >= step ? step : room + 1;  // one past the limit detects excess
+    out.resize(have + want);
+    const size_t k = z.read(out.data() + have, want);
+    out.resize(have + k);
+    if (k < want) break;
+  }
+  if (out.size() > max_bytes)
+    throw Error(source + ": decompresses to more than the limit of " + num(max_bytes) + " bytes");
+  return out;
+}
+
+// ---- IDX ----
+IdxArray parse_idx(ByteView bytes, const std::string& source, size_t max_bytes) {
+  PlainSource plain(bytes);
+  std::unique_ptr<GzipSource> gz;
+  if (is_gzip(bytes)) gz = std::make_unique<GzipSource>(bytes, source);
+  Source& src = gz ? static_cast<Source&>(*gz) : plain;
+
+  Bytes head;
+  read_exact(src, 4, head, source, "IDX header (magic number)");
+  const uint32_t magic = be32(head.data());
+  if (magic != 0x00000801u && magic != 0x00000803u) {
+    char hex[16];
+    std::snprintf(hex, sizeof hex, "0x%08x", magic);
+    throw Error(source + ": bad IDX magic number " + hex +
+                " (expected 0x00000801 for labels or 0x00000803 for images, unsigned bytes)");
+  }
+  const size_t ndim = magic & 0xffu;
+  read_exact(src, 4 * ndim, head, source, "IDX header (dimensions)");
+  IdxArray a;
+  uint64_t total = 1;
+  for (size_t k = 0; k < ndim; ++k) {
+    const uint32_t d = be32(head.data() + 4 + 4 * k);
+    if (d == 0) throw Error(source + ": IDX dimension " + num(k) + " is 0 (an empty array)");
+    if (total > uint64_t(max_bytes) / d)  // also rules out overflow
+      throw Error(source + ": IDX header claims more than the limit of " + num(max_bytes) + " bytes of data");
+    total *= d;
+    a.dims.push_back(int64_t(d));
+  }
+  read_exact(src, size_t(total), a.values, source, "IDX data (the header's dimensions need more)");
+  expect_end(src, source, "IDX data the header describes");
+  return a;
+}
+
+IdxArray read_idx(const std::string& path, size_t max_bytes) {
+  const Bytes b = read_file(path);
+  return parse_idx(b, path, max_bytes);
+}
+
+Dataset idx_dataset(const IdxArray& images, const IdxArray& labels, int64_t classes, const std::string& name) {
+  if (images.dims.size() != 3)
+    throw Error(name + ": the images file must be a 3-d IDX array (N,H,W), got " + num(images.dims.size()) + " dims");
+  if (labels.dims.size() != 1)
+    throw Error(name + ": the labels file must be a 1-d IDX array (N), got " + num(labels.dims.size()) + " dims");
+  const int64_t n = images.dims[0], h = images.dims[1], w = images.dims[2];
+  if (labels.dims[0] != n)
+    throw Error(name + ": " + num(uint64_t(n)) + " images but " + num(uint64_t(labels.dims[0])) + " labels");
+  if (classes < 1 || classes > 256) throw Error(name + ": class count must be in [1, 256]");
+  Tensor lab = empty({n}, {DType::i64});
+  int64_t* l = lab.data<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    l[i] = labels.values[size_t(i)];
+    if (l[i] >= classes)
+      throw Error(name + ": label " + num(uint64_t(l[i])) + " of example " + num(uint64_t(i)) +
+                  " is outside [0, " + num(uint64_t(classes)) + ")");
+  }
+  Tensor img = empty({n, 1, h, w});
+  float* p = img.data<float>();
+  for (size_t i = 0; i < images.values.size(); ++i) p[i] = float(images.values[i]) / 255.0f;
+  return {img, lab, classes, name};
+}
+
+Dataset load_idx(const std::string& images_path, const std::string& labels_path, int64_t classes) {
+  const IdxArray images = read_idx(images_path), labels = read_idx(labels_path);
+  return idx_dataset(images, labels, classes, images_path + " + " + labels_path);
+}
+
+// path, or path + ".gz" when only that exists; "" when neither does.
+static std::string find_variant(const fs::path& dir, const std::string& base) {
+  std::error_code ec;
+  if (fs::is_regular_file(dir / base, ec)) return (dir / base).string();
+  if (fs::is_regular_file(dir / (base + ".gz"), ec)) return (dir / (base + ".gz")).string();
+  return "";
+}
+
+Dataset load_mnist_layout(const std::string& dir, bool train, const std::string& name) {
+  const std::string prefix = train ? "train" : "t10k";
+  const std::string images = find_variant(dir, prefix + "-images-idx3-ubyte");
+  const std::string labels = find_variant(dir, prefix + "-labels-idx1-ubyte");
+  if (images.empty() || labels.empty())
+    throw Error(name + ": " + dir + " has no " + prefix + (images.empty() ? "-images-idx3-ubyte" : "-labels-idx1-ubyte") +
+                "[.gz]");
+  const IdxArray image_array = read_idx(images), label_array = read_idx(labels);
+  try {
+    return idx_dataset(image_array, label_array, 10, name + (train ? "-train" : "-test"));
+  } catch (const Error& e) {  // name the files, not only the set
+    throw Error(images + " + " + labels + ": " + e.what());
+  }
+}
+
+Dataset load_fashion_mnist(bool train, const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec) || find_variant(dir, "train-images-idx3-ubyte").empty())
+    throw Error("Fashion-MNIST not found in " + dir +
+                ": install Debian's package (apt-get install dataset-fashion-mnist, files in " +
+                kFashionMnistDir + ") or pass the folder that holds the IDX files");
+  return load_mnist_layout(dir, train, "fashion-mnist");
+}
+
+// ---- CIFAR ----
+namespace {
+struct CifarLayout {
+  size_t label_bytes;
+  int64_t classes;
+  const char* name;
+};
+CifarLayout layout(CifarKind k) {
+  switch (k) {
+    case CifarKind::cifar10: return {1, 10, "CIFAR-10"};
+    case CifarKind::cifar100_fine: return {2, 100, "CIFAR-100"};
+    case CifarKind::cifar100_coarse: return {2, 20, "CIFAR-100 (coarse)"};
+  }
+  throw Error("unknown CIFAR kind");
+}
+constexpr size_t kImageBytes = 3 * 32 * 32;
+
+// Checks the records of one file and appends their labels and images.
+void decode_cifar(ByteView raw, const std::string& source, CifarKind kind, int64_t records,
+                  std::vector<int64_t>& labels, Bytes& images) {
+  const CifarLayout L = layout(kind);
+  Bytes inflated;
+  ByteView b = raw;
+  if (is_gzip(raw)) {
+    const size_t cap = records > 0 ? size_t(records) * (L.label_bytes + kImageBytes) : kDefaultMaxBytes;
+    inflated = gunzip(raw, source, cap);
+    b = inflated;
+  }
+  const size_t rec = L.label_bytes + kImageBytes;
+  if (b.empty()) throw Error(source + ": empty " + L.name + " file");
+  if (b.size() % rec != 0)
+    throw Error(source + ": size " + num(b.size()) + " bytes is not a multiple of the " + L.name + " record size " +
+                num(rec) + " (" + num(L.label_bytes) + " label byte(s) + 3072 image bytes)");
+  const size_t n = b.size() / rec;
+  if (records > 0 && n != size_t(records))
+    throw Error(source + ": " + num(n) + " records, expected " + num(uint64_t(records)));
+  labels.reserve(labels.size() + n);
+  images.reserve(images.size() + n * kImageBytes);
+  for (size_t i = 0; i < n; ++i) {
+    const uint8_t* r = b.data() + i * rec;
+    if (L.label_bytes == 2 && r[0] >= 20)
+      throw Error(source + ": coarse label " + num(r[0]) + " of record " + num(i) + " is outside [0, 20)");
+    const uint8_t label = kind == CifarKind::cifar100_coarse ? r[0] : r[L.label_bytes - 1];
+    const uint8_t limit = kind == CifarKind::cifar10 ? 10 : 100;
+    if (r[L.label_bytes - 1] >= limit)
+      throw Error(source + ": label " + num(r[L.label_bytes - 1]) + " of record " + num(i) + " is outside [0, " +
+                  num(limit) + ")");
+    labels.push_back(label);
+    images.insert(images.end(), r + L.label_bytes, r + rec);
+  }
+}
+
+Dataset make_cifar(const std::vector<int64_t>& labels, const Bytes& images, CifarKind kind, const std::string& name) {
+  const int64_t n = int64_t(labels.size());
+  Tensor img = empty({n, 3, 32, 32});
+  float* p = img.data<float>();
+  for (size_t i = 0; i < images.size(); ++i) p[i] = float(images[i]) / 255.0f;
+  return {img, from_ints(labels, {n}), layout(kind).classes, name};
+}
+
+fs::path cifar_folder(const std::string& dir, const char* sub, const char* probe) {
+  std::error_code ec;
+  if (fs::is_regular_file(fs::path(dir) / probe, ec)) return dir;
+  if (fs::is_regular_file(fs::path(dir) / sub / probe, ec)) return fs::path(dir) / sub;
+  throw Error(std::string("CIFAR: ") + dir + " holds neither " + probe + " nor " + sub + "/" + probe);
+}
+}  // namespace
+
+Dataset parse_cifar(ByteView bytes, const std::string& source, CifarKind kind, int64_t records) {
+  std::vector<int64_t> labels;
+  Bytes images;
+  decode_cifar(bytes, source, kind, records, labels, images);
+  return make_cifar(labels, images, kind, source);
+}
+
+Dataset read_cifar(const std::string& path, CifarKind kind, int64_t records) {
+  return parse_cifar(read_file(path), path, kind, records);
+}
+
+Dataset load_cifar10(const std::string& dir, bool train, bool check_counts) {
+  const fs::path folder = cifar_folder(dir, "cifar-10-batches-bin", train ? "data_batch_1.bin" : "test_batch.bin");
+  std::vector<std::string> files;
+  if (train)
+    for (int i = 1; i <= 5; ++i) files.push_back("data_batch_" + std::to_string(i) + ".bin");
+  else
+    files.push_back("test_batch.bin");
+  std::vector<int64_t> labels;
+  Bytes images;
+  for (const auto& f : files) {
+    const std::string path = (folder / f).string();
+    decode_cifar(read_file(path), path, CifarKind::cifar10, check_counts ? 10000 : 0, labels, images);
+  }
+  return make_cifar(labels, images, CifarKind::cifar10, train ? "cifar10-train" : "cifar10-test");
+}
+
+Dataset load_cifar100(const std::string& dir, bool train, bool coarse, bool check_counts) {
+  const char* file = train ? "train.bin" : "test.bin";
+  const fs::path folder = cifar_folder(dir, "cifar-100-binary", file);
+  const CifarKind kind = coarse ? CifarKind::cifar100_coarse : CifarKind::cifar100_fine;
+  const std::string path = (folder / file).string();
+  std::vector<int64_t> labels;
+  Bytes images;
+  decode_cifar(read_file(path), path, kind, check_counts ? (train ? 50000 : 10000) : 0, labels, images);
+  return make_cifar(labels, images, kind, std::string(train ? "cifar100-train" : "cifar100-test") +
+                                              (coarse ? "-coarse" : ""));
+}
+
+}  // namespace flatmin::data
