@@ -74,15 +74,15 @@ TEST_SUITE("gpu") {
 
   TEST_CASE("resnet18 on CUDA: loss, gradient and HVP equal PyTorch's to 1e-8 (float64, width 2)") {
     const std::string dir = std::string(FLATMIN_SOURCE_DIR) + "/tests/reference/resnet18/";
-    for (const char* cfg : {"cifar_batch_train", "cifar_none_train", "imagenet_batch_eval"}) {
-      INFO(cfg);
-      const std::string c = cfg;
-      auto net = nn::resnet18({.in_channels = 3, .classes = 5,
-                               .stem = nn::parse_stem(c.substr(0, c.find('_'))), .width = 2,
-                               .norm = nn::parse_norm(c.find("none") != std::string::npos ? "none" : "batch")});
+    for (auto [stem, norm, mode] : {std::tuple{"cifar", "batch", "train"}, {"cifar", "group", "train"},
+                                     {"cifar", "none", "train"}, {"imagenet", "batch", "eval"}}) {
+      const std::string c = std::string(stem) + "_" + norm + "_" + mode;
+      INFO(c);
+      auto net = nn::resnet18({.in_channels = std::string(stem) == "cifar" ? 3 : 1, .classes = 5,
+                               .stem = nn::parse_stem(stem), .width = 2, .norm = nn::parse_norm(norm)});
       net.to(DType::f64);
       nn::load_safetensors(net, dir + c + ".weights.safetensors");
-      net.to(kCuda).train(c.find("train") != std::string::npos).update_running_stats(false);
+      net.to(kCuda).train(std::string(mode) == "train").update_running_stats(false);
       auto batch = nn::load_safetensors(dir + c + ".batch.safetensors");
       auto v_file = nn::load_safetensors(dir + c + ".v.safetensors");
       auto expected = nn::load_safetensors(dir + c + ".expected.safetensors");
