@@ -110,6 +110,7 @@ void resnet_rates(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each RESULT line reaches the log at once
   try {
     const Options o = parse(argc, argv);
     backend(o.device);  // a clear error now if the device is not usable

@@ -2,7 +2,8 @@
 # One end-to-end check on a machine with an NVIDIA GPU (sized for < 8 minutes on 16 cores):
 # configure + build with CUDA, the gpu test suite (FLATMIN_CUDA_SYNC=1: each kernel's error
 # names its op), the GPU benchmark (flatmin, then PyTorch on the same GPU if importable),
-# the whole test suite, and compute-sanitizer over the backend tests while time remains.
+# `flatmin probe --device cuda` against PyTorch, the whole test suite, and compute-sanitizer
+# over the backend tests while time remains.
 # Logs go to $OUT (if set) or ./gpu-check-logs; the summary is printed last.
 #   tools/gpu_deps.sh            # where flatmin builds, if the GPU machine lacks packages
 #   tools/gpu_check.sh           # on the GPU machine (carry .gpudeps along)
@@ -97,6 +98,21 @@ elif ! grep -qE '^\[doctest\] test cases: +[1-9]' "$LOG/gpu_tests.log"; then
   say "gpu suite did NOT run: $(grep -m1 'no usable CUDA device' "$LOG/gpu_tests.log")"
 fi
 [ $status -ne 0 ] && run_sanitizer 150  # diagnose a failure first, benchmarks after
+
+# ---- the CLI on the GPU: `flatmin probe --device cuda` against the PyTorch reference ----
+R=tests/reference/resnet18/cifar_batch_train
+PY=python3
+python3 -c 'import numpy' 2> /dev/null || PY=/usr/bin/python3
+{
+  timeout 60 ./build-gpu/tools/flatmin probe --model resnet18 --stem cifar --in-channels 3 --classes 5 --width 2 \
+    --norm batch --mode train --dtype f64 --device cuda --weights $R.weights.safetensors \
+    --batch $R.batch.safetensors --v $R.v.safetensors --out "$LOG/probe_cuda.safetensors" &&
+    $PY tests/reference/compare_probe.py "$LOG/probe_cuda.safetensors" $R.expected.safetensors
+} > "$LOG/probe.log" 2>&1
+rc=$?
+rm -f "$LOG/probe_cuda.safetensors"
+[ $rc -ne 0 ] && status=1
+say "flatmin probe --device cuda (rc $rc; PyTorch reference, float64): $(tail -3 "$LOG/probe.log" | tr '\n' ';')"
 
 # ---- benchmarks ----
 timeout 150 ./build-gpu/bench/flatmin_gpu_bench --batch 128 --width 64 --steps 10 > "$LOG/bench.log" 2>&1

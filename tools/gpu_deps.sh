@@ -14,7 +14,8 @@ cp -r /usr/include/eigen3 /usr/include/tbb /usr/include/oneapi /usr/include/doct
   /usr/include/nlohmann /usr/include/zlib.h /usr/include/zconf.h "$D/include/"
 # link-time libraries; at run time only oneTBB (and pkgconf's library) come from here,
 # zlib from the system (any libz.so.1 provides the symbol versions linked against)
-cp -P "$LIB"/libtbb.so* "$LIB"/libtbbmalloc.so* "$LIB"/libz.so "$LIB"/libz.so.1* "$D/lib/"
+cp -P "$LIB"/libtbb.so* "$LIB"/libtbbmalloc.so* "$LIB"/libz.so.1* "$D/lib/"
+ln -s "$(basename "$(readlink -f "$LIB/libz.so")")" "$D/lib/libz.so"  # relative: it travels
 cp -P "$LIB"/libtbb.so* "$LIB"/libtbbmalloc.so* "$LIB"/libpkgconf.so.3* "$D/runtime/"
 cp /usr/bin/pkgconf "$D/bin/pkg-config"
 cp -r /usr/lib/python3/dist-packages/mesonbuild "$D/python/"

@@ -110,7 +110,9 @@ void reduce(const Ctx& c, ReduceOp op, const Tensor& x, Tensor& out) {
     last = kind;
   }
   const int64_t R = nin / nout;
-  const bool column = kept.n > 0 && kept.str[kept.n - 1] == 1 && nout >= 1024;
+  // Thread per output when the innermost axis is kept (coalesced reads) and either there are
+  // outputs enough to fill the device or each output sums only a few elements.
+  const bool column = kept.n > 0 && kept.str[kept.n - 1] == 1 && (nout >= 16384 || (nout >= 1024 && R <= 256));
   dispatch(x.dtype(), [&](auto z) {
     using T = decltype(z);
     using Acc = std::conditional_t<std::is_same_v<T, int64_t>, int64_t, double>;

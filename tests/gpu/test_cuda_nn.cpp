@@ -74,16 +74,15 @@ TEST_SUITE("gpu") {
 
   TEST_CASE("resnet18 on CUDA: loss, gradient and HVP equal PyTorch's to 1e-8 (float64, width 2)") {
     const std::string dir = std::string(FLATMIN_SOURCE_DIR) + "/tests/reference/resnet18/";
-    for (const char* cfg : {"cifar_batch_train", "cifar_none_train", "imagenet_batch_eval"}) {
-      INFO(cfg);
-      const std::string c = cfg;
-      // the references use 3 input channels for the cifar stem and 1 for the imagenet stem
-      auto net = nn::resnet18({.in_channels = c.rfind("cifar", 0) == 0 ? 3 : 1, .classes = 5,
-                               .stem = nn::parse_stem(c.substr(0, c.find('_'))), .width = 2,
-                               .norm = nn::parse_norm(c.find("none") != std::string::npos ? "none" : "batch")});
+    for (auto [stem, norm, mode] : {std::tuple{"cifar", "batch", "train"}, {"cifar", "group", "train"},
+                                     {"cifar", "none", "train"}, {"imagenet", "batch", "eval"}}) {
+      const std::string c = std::string(stem) + "_" + norm + "_" + mode;
+      INFO(c);
+      auto net = nn::resnet18({.in_channels = std::string(stem) == "cifar" ? 3 : 1, .classes = 5,
+                               .stem = nn::parse_stem(stem), .width = 2, .norm = nn::parse_norm(norm)});
       net.to(DType::f64);
       nn::load_safetensors(net, dir + c + ".weights.safetensors");
-      net.to(kCuda).train(c.find("train") != std::string::npos).update_running_stats(false);
+      net.to(kCuda).train(std::string(mode) == "train").update_running_stats(false);
       auto batch = nn::load_safetensors(dir + c + ".batch.safetensors");
       auto v_file = nn::load_safetensors(dir + c + ".v.safetensors");
       auto expected = nn::load_safetensors(dir + c + ".expected.safetensors");
@@ -126,8 +125,9 @@ TEST_SUITE("gpu") {
       for (const Tensor& v : vc) vg.push_back(v.to(kCuda));
       const double tol = t == DType::f64 ? 1e-10 : 2e-3;
       CHECK(rel_diff(value(fg, pg), value(fc, pc)) <= tol);
-      CHECK(rel_diff(gradient(fg, pg), gradient(fc, pc)) <= tol);
-      CHECK(rel_diff(hvp(fg, pg, vg), hvp(fc, pc, vc)) <= (t == DType::f64 ? 1e-9 : 1e-2));
+      // over all parameters together: a few gradients are at rounding level (scale invariance)
+      CHECK(rel_diff(flatten(gradient(fg, pg)), flatten(gradient(fc, pc))) <= tol);
+      CHECK(rel_diff(flatten(hvp(fg, pg, vg)), flatten(hvp(fc, pc, vc))) <= (t == DType::f64 ? 1e-9 : 1e-2));
     }
   }
 }

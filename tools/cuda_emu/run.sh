@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs the gpu test suite with the CUDA backend's kernels executed on the host: each .cu
+# file is rewritten (launches become emu_launch calls) and compiled by g++ against the
+# runtime/cuBLAS stand-ins in this folder (cuBLAS GEMM written from its column-major
+# definition), then linked with the CPU objects of an existing build. This checks the
+# kernels' index arithmetic, the GEMM argument mapping and the host logic on a machine
+# without a GPU; it cannot see races, CUDA math-library differences or launch limits.
+# Slow (block-synchronizing kernels run 256 host threads): filter with doctest options.
+#   tools/cuda_emu/run.sh [build-dir] [doctest options, e.g. -tc='*conv2d kernels*']
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BUILD=$ROOT/${1:-build}
+shift || true
+W=$(mktemp -d /tmp/flatmin_cuda_emu.XXXXXX)
+mkdir -p "$W/src" "$W/obj"
+for f in "$ROOT"/autodiff/cuda/*.cu; do
+  python3 - "$f" "$W/src/$(basename "$f" .cu).cpp" << 'PY'
+import re, sys
+s = open(sys.argv[1]).read()
+s = re.sub(r'(reduce_block_kernel<T, Acc>)<<<(.+?), kThreads, 0, c\.stream>>>\(', r'emu_launch_sync(\2, kThreads, \1, ', s, flags=re.S)
+s = re.sub(r'(\w+<[^<>]*>)<<<(.+?), kThreads, 0, c\.stream>>>\(', r'emu_launch(\2, kThreads, \1, ', s, flags=re.S)
+if '<<<' in s: sys.exit(f'{sys.argv[1]}: a launch this script does not know how to rewrite')
+open(sys.argv[2], 'w').write('#define __CUDACC__ 1\n#include "cuda_runtime.h"\n' + s)
+PY
+done
+FLAGS=(-std=c++20 -O1 -I"$ROOT/tools/cuda_emu" -I"$ROOT" -isystem /usr/include/eigen3 "-DFLATMIN_SOURCE_DIR=\"$ROOT\"")
+for f in "$W"/src/*.cpp "$ROOT"/tests/main.cpp "$ROOT"/tests/gpu/*.cpp; do
+  g++ "${FLAGS[@]}" -c "$f" -o "$W/obj/$(basename "$(dirname "$f")")_$(basename "$f" .cpp).o" &
+done
+wait
+cpu_objects=$(ls "$BUILD"/libflatmin.so.p/*.o | grep -v 'cuda_')
+g++ -o "$W/emu_tests" "$W"/obj/*.o $cpu_objects -ltbb -lz -lpthread
+echo "[cuda_emu] running the gpu suite on the host emulation ($W/emu_tests)"
+"$W/emu_tests" -ts=gpu "$@"
