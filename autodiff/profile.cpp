@@ -135,6 +135,16 @@ class TimedBackend final : public Backend {
     Scope s("avg_pool2d_adjoint");
     b_.avg_pool2d_adjoint(gy, gx, p);
   }
+  bool batch_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor& y, Tensor& mean,
+                          Tensor& var) override {
+    Scope s("batch_norm_forward");
+    return b_.batch_norm_forward(x, w, b, eps, y, mean, var);
+  }
+  bool batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& var,
+                           double eps, Tensor& gx, Tensor& gw, Tensor& gb) override {
+    Scope s("batch_norm_backward");
+    return b_.batch_norm_backward(g, x, w, mean, var, eps, gx, gw, gb);
+  }
 
  private:
   Backend& b_;
