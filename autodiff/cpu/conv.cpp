@@ -15,22 +15,17 @@
 #include <vector>
 
 #include "autodiff/cpu/cpu_kernels.hpp"
+#include "autodiff/kernel_util.hpp"
 
 namespace flatmin::cpu {
 
 namespace {
+using kernels::dispatch_float;
 
 template <class T> using RMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 template <class T> using MapM = Eigen::Map<RMat<T>>;
 template <class T> using MapC = Eigen::Map<const RMat<T>>;
 
-template <class F> void dispatch_float(DType d, const char* op, F&& f) {
-  switch (d) {
-    case DType::f32: f(float{}); break;
-    case DType::f64: f(double{}); break;
-    default: throw Error(std::string(op) + ": not defined for int64 tensors");
-  }
-}
 
 // The geometry of one convolution, read from the tensors' shapes.
 struct Geometry {

@@ -14,6 +14,7 @@
 
 #include "autodiff/backend.hpp"
 #include "autodiff/cpu/cpu_kernels.hpp"
+#include "autodiff/kernel_util.hpp"
 #include "autodiff/philox.hpp"
 #include "autodiff/small_alloc.hpp"
 
@@ -21,19 +22,15 @@ namespace flatmin::cpu {
 
 namespace {
 
+using kernels::binary_value;
+using kernels::broadcast_strides;
+using kernels::dispatch;
+using kernels::dispatch_float;
+
 template <class T> using Arr = Eigen::Array<T, Eigen::Dynamic, 1>;
 template <class T> using RMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 // Input strides of `in` broadcast against `out` (0 on broadcast axes).
-std::vector<int64_t> broadcast_strides(const Shape& in, const Shape& out) {
-  std::vector<int64_t> s(out.size(), 0);
-  int64_t stride = 1;
-  for (int64_t i = int64_t(in.size()) - 1, j = int64_t(out.size()) - 1; i >= 0; --i, --j) {
-    s[j] = in[i] == 1 ? 0 : stride;
-    stride *= in[i];
-  }
-  return s;
-}
 
 // Merges adjacent axes that are contiguous for every operand, so loops run long inner rows.
 void collapse(Shape& shape, std::vector<std::vector<int64_t>*> strides) {
@@ -78,20 +75,6 @@ void for_each_row(const Shape& shape, const std::array<const std::vector<int64_t
   parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(inner, 1)), body);
 }
 
-template <class F> void dispatch(DType d, F&& f) {
-  switch (d) {
-    case DType::f32: f(float{}); break;
-    case DType::f64: f(double{}); break;
-    case DType::i64: f(int64_t{}); break;
-  }
-}
-template <class F> void dispatch_float(DType d, const char* op, F&& f) {
-  switch (d) {
-    case DType::f32: f(float{}); break;
-    case DType::f64: f(double{}); break;
-    default: throw Error(std::string(op) + ": not defined for int64 tensors");
-  }
-}
 
 template <class T> T* ptr(Tensor& t) { return data_ptr<T>(t); }
 template <class T> const T* ptr(const Tensor& t) { return data_ptr<T>(t); }
@@ -127,23 +110,6 @@ template <class T> void unary_span(UnaryOp op, const T* x, T* y, int64_t n, doub
   }
 }
 
-template <class T> T binary_scalar(BinaryOp op, T a, T b) {
-  switch (op) {
-    case BinaryOp::add: return a + b;
-    case BinaryOp::sub: return a - b;
-    case BinaryOp::mul: return a * b;
-    case BinaryOp::div: return a / b;
-    case BinaryOp::maximum: return a > b ? a : (b > a ? b : a);  // NaN-propagating enough for tests
-    case BinaryOp::minimum: return a < b ? a : (b < a ? b : a);
-    case BinaryOp::pow: return T(std::pow(double(a), double(b)));
-    case BinaryOp::gt: return T(a > b);
-    case BinaryOp::ge: return T(a >= b);
-    case BinaryOp::lt: return T(a < b);
-    case BinaryOp::le: return T(a <= b);
-    case BinaryOp::eq: return T(a == b);
-  }
-  return T(0);
-}
 
 // One row of a broadcast binary op, with the common stride patterns as vectorizable loops.
 template <class T>
@@ -158,7 +124,7 @@ void binary_row(BinaryOp op, const T* a, int64_t sa, const T* b, int64_t sb, T* 
     case BinaryOp::sub: FM_ROW(x - z) break;
     case BinaryOp::mul: FM_ROW(x * z) break;
     case BinaryOp::div: FM_ROW(x / z) break;
-    default: FM_ROW(binary_scalar(op, x, z)) break;
+    default: FM_ROW(binary_value(op, x, z)) break;
   }
 #undef FM_ROW
 }
@@ -388,7 +354,7 @@ class CpuBackend final : public Backend {
       collapse(shape, {&sa, &sb, &so});
       const T *pa = ptr<T>(a), *pb = ptr<T>(b);
       T* y = ptr<T>(out);
-      if (shape.empty()) { y[0] = binary_scalar(op, pa[0], pb[0]); return; }
+      if (shape.empty()) { y[0] = binary_value(op, pa[0], pb[0]); return; }
       const int64_t inner = shape.back(), ia = sa.back(), ib = sb.back();
       if (shape.size() == 1) {  // one long row: split it across threads
         parallel_for(inner, 32768, [&](int64_t i0, int64_t i1) {

@@ -5,10 +5,12 @@
 #include <cmath>
 
 #include "autodiff/cpu/cpu_kernels.hpp"
+#include "autodiff/kernel_util.hpp"
 
 namespace flatmin::cpu {
 
 namespace {
+using kernels::dispatch_float;
 
 // x viewed as [N, C, S]
 struct Layout {
@@ -95,13 +97,6 @@ void backward_impl(const T* g, const T* x, const T* w, const T* mean, const T* v
   });
 }
 
-template <class F> void dispatch_float(DType d, const char* op, F&& f) {
-  switch (d) {
-    case DType::f32: f(float{}); break;
-    case DType::f64: f(double{}); break;
-    default: throw Error(std::string(op) + ": not defined for int64 tensors");
-  }
-}
 
 }  // namespace
 

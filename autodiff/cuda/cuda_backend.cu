@@ -27,24 +27,6 @@ void after_launch(const Ctx& c, const char* op) {
   if (c.sync_each) check(cudaStreamSynchronize(c.stream), op);
 }
 
-std::vector<int64_t> broadcast_strides(const Shape& in, const Shape& out) {
-  std::vector<int64_t> s(out.size(), 0);
-  int64_t stride = 1;
-  for (int64_t i = int64_t(in.size()) - 1, j = int64_t(out.size()) - 1; i >= 0; --i, --j) {
-    s[j] = in[i] == 1 ? 0 : stride;
-    stride *= in[i];
-  }
-  return s;
-}
-std::vector<int64_t> contiguous_strides(const Shape& shape) {
-  std::vector<int64_t> s(shape.size());
-  for (int64_t i = int64_t(shape.size()) - 1, n = 1; i >= 0; --i) {
-    s[i] = n;
-    n *= shape[i];
-  }
-  return s;
-}
-
 template <int K>
 Indexer<K> make_indexer(Shape shape, std::array<std::vector<int64_t>, K> strides, const char* op) {
   // Merge axis i into the previous one when, for every operand, stepping the previous axis

@@ -54,23 +54,7 @@ template <class T> __global__ void unary_kernel(UnaryOp op, const T* x, T* y, in
   FM_GRID_LOOP(i, n) y[i] = unary_value(op, x[i], param);
 }
 
-template <class T> __device__ __forceinline__ T binary_value(BinaryOp op, T a, T b) {
-  switch (op) {
-    case BinaryOp::add: return a + b;
-    case BinaryOp::sub: return a - b;
-    case BinaryOp::mul: return a * b;
-    case BinaryOp::div: return a / b;
-    case BinaryOp::maximum: return a > b ? a : (b > a ? b : a);
-    case BinaryOp::minimum: return a < b ? a : (b < a ? b : a);
-    case BinaryOp::pow: return T(::pow(double(a), double(b)));
-    case BinaryOp::gt: return T(a > b);
-    case BinaryOp::ge: return T(a >= b);
-    case BinaryOp::lt: return T(a < b);
-    case BinaryOp::le: return T(a <= b);
-    case BinaryOp::eq: return T(a == b);
-  }
-  return T(0);
-}
+using kernels::binary_value;
 template <class T>
 __global__ void binary_kernel(BinaryOp op, const T* a, const T* b, T* y, int64_t n, Indexer<2> ix) {
   FM_GRID_LOOP(i, n) {

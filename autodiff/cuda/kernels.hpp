@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "autodiff/backend.hpp"
+#include "autodiff/kernel_util.hpp"
 
 namespace flatmin::cuda {
 
@@ -48,8 +49,10 @@ template <int K> struct Indexer {
 template <int K>
 Indexer<K> make_indexer(Shape shape, std::array<std::vector<int64_t>, K> strides, const char* op);
 // Strides of `in` broadcast against `out` (0 on broadcast axes), and row-major strides.
-std::vector<int64_t> broadcast_strides(const Shape& in, const Shape& out);
-std::vector<int64_t> contiguous_strides(const Shape& s);
+using kernels::broadcast_strides;
+using kernels::contiguous_strides;
+using kernels::dispatch;
+using kernels::dispatch_float;
 
 #if defined(__CUDACC__)
 // Offsets of flat (row-major) element i for each operand.
@@ -83,20 +86,6 @@ struct Workspace {
   Workspace& operator=(const Workspace&) = delete;
 };
 
-template <class F> void dispatch(DType d, F&& f) {
-  switch (d) {
-    case DType::f32: f(float{}); break;
-    case DType::f64: f(double{}); break;
-    case DType::i64: f(int64_t{}); break;
-  }
-}
-template <class F> void dispatch_float(DType d, const char* op, F&& f) {
-  switch (d) {
-    case DType::f32: f(float{}); break;
-    case DType::f64: f(double{}); break;
-    default: throw Error(std::string(op) + ": not defined for int64 tensors");
-  }
-}
 
 // ---- elementwise.cu ----
 void fill(const Ctx&, Tensor& out, double value);

@@ -1,0 +1,69 @@
+// What every backend's kernels share (CPU .cpp and CUDA .cu alike; no Eigen, no CUDA
+// headers): dtype dispatch, stride arithmetic, and the scalar semantics of the binary ops,
+// so that both devices compute the same thing by construction.
+#pragma once
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "autodiff/backend.hpp"
+#include "autodiff/philox.hpp"  // FM_HD: host and device
+
+namespace flatmin::kernels {
+
+// f(T{}) with T the C++ type of d.
+template <class F> void dispatch(DType d, F&& f) {
+  switch (d) {
+    case DType::f32: f(float{}); break;
+    case DType::f64: f(double{}); break;
+    case DType::i64: f(int64_t{}); break;
+  }
+}
+template <class F> void dispatch_float(DType d, const char* op, F&& f) {
+  switch (d) {
+    case DType::f32: f(float{}); break;
+    case DType::f64: f(double{}); break;
+    default: throw Error(std::string(op) + ": not defined for int64 tensors");
+  }
+}
+
+// Row-major strides of a contiguous tensor of this shape.
+inline std::vector<int64_t> contiguous_strides(const Shape& shape) {
+  std::vector<int64_t> s(shape.size());
+  for (int64_t i = int64_t(shape.size()) - 1, n = 1; i >= 0; --i) {
+    s[i] = n;
+    n *= shape[i];
+  }
+  return s;
+}
+// Strides of `in` broadcast against `out` (NumPy rules): 0 on broadcast axes.
+inline std::vector<int64_t> broadcast_strides(const Shape& in, const Shape& out) {
+  std::vector<int64_t> s(out.size(), 0);
+  int64_t stride = 1;
+  for (int64_t i = int64_t(in.size()) - 1, j = int64_t(out.size()) - 1; i >= 0; --i, --j) {
+    s[j] = in[i] == 1 ? 0 : stride;
+    stride *= in[i];
+  }
+  return s;
+}
+
+// One element of a binary op. Comparisons give 0/1 in the operands' type.
+template <class T> FM_HD T binary_value(BinaryOp op, T a, T b) {
+  switch (op) {
+    case BinaryOp::add: return a + b;
+    case BinaryOp::sub: return a - b;
+    case BinaryOp::mul: return a * b;
+    case BinaryOp::div: return a / b;
+    case BinaryOp::maximum: return a > b ? a : (b > a ? b : a);
+    case BinaryOp::minimum: return a < b ? a : (b < a ? b : a);
+    case BinaryOp::pow: return T(::pow(double(a), double(b)));
+    case BinaryOp::gt: return T(a > b);
+    case BinaryOp::ge: return T(a >= b);
+    case BinaryOp::lt: return T(a < b);
+    case BinaryOp::le: return T(a <= b);
+    case BinaryOp::eq: return T(a == b);
+  }
+  return T(0);
+}
+
+}  // namespace flatmin::kernels
