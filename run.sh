@@ -43,5 +43,5 @@ case "$cmd" in
   test) build build; run_tests build ;;
   asan) build build-asan -Db_sanitize=address,undefined -Dbuildtype=debugoptimized -Dcuda=disabled
         ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 run_tests build-asan ;;
-  *) build build >/dev/null; shift; exec ./build/tools/flatmin "$cmd" "$@" ;;
+  *) build build >&2; shift; exec ./build/tools/flatmin "$cmd" "$@" ;;
 esac
