@@ -136,13 +136,15 @@ Progress::Progress(std::string label, int64_t first_step, int64_t total_steps)
 void Progress::update(int64_t step, const std::string& extra) {
   const double t = now_s();
   if (tty_ && t - last_print_ < 0.25 && step != total_ && extra.empty()) return;
+  // Off a terminal (a log): evaluation lines, and a plain progress line every 10 s between them.
+  if (!tty_ && extra.empty() && t - std::max(last_print_, start_) < 10) return;
   const double rate = (step - first_) / std::max(1e-9, t - start_);
   const double eta = rate > 0 ? double(total_ - step) / rate : 0;
   char buf[256];
   std::snprintf(buf, sizeof buf, "%s step %lld/%lld  %.1f steps/s  ETA %02d:%02d", label_.c_str(), (long long)step,
                 (long long)total_, rate, int(eta) / 60, int(eta) % 60);
   if (tty_) std::fprintf(stderr, "\r\033[K%s  %s", buf, extra.c_str());
-  else if (!extra.empty()) std::fprintf(stderr, "%s  %s\n", buf, extra.c_str());
+  else std::fprintf(stderr, "%s  %s\n", buf, extra.c_str());
   last_print_ = t;
 }
 void Progress::done() {

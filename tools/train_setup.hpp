@@ -74,8 +74,8 @@ class MetricsLog {
   std::FILE* f_ = nullptr;
 };
 
-// Progress on stderr: one rewritten line with rate and ETA on a terminal, otherwise a line
-// every `every` steps.
+// Progress on stderr: one rewritten line with rate and ETA on a terminal; off a terminal,
+// a line at each evaluation and every 10 s between them.
 class Progress {
  public:
   Progress(std::string label, int64_t first_step, int64_t total_steps);
