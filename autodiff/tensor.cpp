@@ -103,7 +103,7 @@ std::vector<double> Tensor::to_vector() const {
   std::vector<double> r(size_t(h.numel()));
   switch (h.dtype()) {
     case DType::f32: { auto p = data_ptr<float>(h); for (size_t i = 0; i < r.size(); ++i) r[i] = p[i]; break; }
-    case DType::f64: std::memcpy(r.data(), data_ptr<double>(h), r.size() * 8); break;
+    case DType::f64: if (!r.empty()) std::memcpy(r.data(), data_ptr<double>(h), r.size() * 8); break;
     case DType::i64: { auto p = data_ptr<int64_t>(h); for (size_t i = 0; i < r.size(); ++i) r[i] = double(p[i]); break; }
   }
   return r;
