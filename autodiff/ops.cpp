@@ -608,10 +608,13 @@ Tensor stack(const std::vector<Tensor>& xs, int64_t axis) {
 }
 
 static void check_index_range(const char* op, const Tensor& idx, int64_t n) {
-  // Indices are read on the host: an out-of-range index must never reach a kernel.
-  for (int64_t v : idx.to_int_vector())
-    if (v < 0 || v >= n)
-      throw Error(std::string(op) + ": index " + std::to_string(v) + " is out of range for extent " + std::to_string(n));
+  // Indices are read on the host: an out-of-range index must never reach a kernel. CPU
+  // indices are scanned in place (no copy); device indices are copied once.
+  Tensor host = idx.device().kind == DeviceKind::cpu ? idx : idx.to(Device::cpu());
+  const int64_t* v = data_ptr<int64_t>(host);
+  for (int64_t i = 0, count = host.numel(); i < count; ++i)
+    if (v[i] < 0 || v[i] >= n)
+      throw Error(std::string(op) + ": index " + std::to_string(v[i]) + " is out of range for extent " + std::to_string(n));
 }
 
 Tensor index_select(const Tensor& x, int64_t axis, const Tensor& idx) {
