@@ -1,11 +1,10 @@
-// Convolution and pooling kernels for the CPU: im2col + Eigen GEMM, oneTBB over groups of
+// Convolution and pooling kernels for the CPU: im2col + GEMM (gemm.hpp), oneTBB over groups of
 // images. Each convolution processes the batch in groups of G images (G chosen from the
 // output plane size so that every GEMM has enough columns); a group's im2col buffer is
 // the only scratch memory, one per worker thread, so memory stays bounded at any batch.
 // Results never depend on the thread count: each output element is produced by exactly
 // one task, and the weight gradient sums per-chunk partials (chunks fixed by the shapes)
 // in chunk order.
-#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -15,16 +14,13 @@
 #include <vector>
 
 #include "autodiff/cpu/cpu_kernels.hpp"
+#include "autodiff/cpu/gemm.hpp"
 #include "autodiff/kernel_util.hpp"
 
 namespace flatmin::cpu {
 
 namespace {
 using kernels::dispatch_float;
-
-template <class T> using RMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <class T> using MapM = Eigen::Map<RMat<T>>;
-template <class T> using MapC = Eigen::Map<const RMat<T>>;
 
 
 // The geometry of one convolution, read from the tensors' shapes.
@@ -39,7 +35,7 @@ Geometry geometry(const Shape& x, const Shape& w, const Shape& y, const Conv2dPa
   return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], p.stride_h, p.stride_w, p.pad_h, p.pad_w};
 }
 
-// Images per GEMM: enough columns (G*P >= 256) for Eigen to run near its peak on small
+// Images per GEMM: enough columns (G*P >= 256) for the GEMM to run near its peak on small
 // planes, one image on large planes; the column buffer is capped at 16 MiB.
 int64_t images_per_group(const Geometry& g, size_t elem) {
   int64_t G = std::clamp<int64_t>(256 / std::max<int64_t>(g.P(), 1), 1, 16);
@@ -140,13 +136,14 @@ template <class F> void for_each_group(int64_t N, int64_t G, F&& body) {
 // y[n] = W [O, K] @ col(x[n]) [K, P]
 template <class T> void forward_impl(const T* x, const T* w, T* y, const Geometry& g) {
   const int64_t G = images_per_group(g, sizeof(T)), P = g.P(), K = g.K();
-  MapC<T> Wm(w, g.O, K);
+  // y[O, n] = W[O, K] @ col[K, n]
+  auto product = [&](const T* col, int64_t n, T* out) { gemm<T>(false, false, g.O, n, K, 1, w, K, col, n, 0, out, n); };
   const bool direct = g.pointwise() && G == 1;
   Scratch<T> cols(direct ? 0 : size_t(K * G * P + (G > 1 ? g.O * G * P : 0)));
   for_each_group(g.N, G, [&](int64_t n0, int64_t n1) {
     const int64_t gn = n1 - n0, cols_n = gn * P;
     if (direct) {
-      MapM<T>(y + n0 * g.O * P, g.O, P).noalias() = Wm * MapC<T>(x + n0 * g.C * g.HW(), K, P);
+      product(x + n0 * g.C * g.HW(), P, y + n0 * g.O * P);
       return;
     }
     T* col = cols.get();
@@ -154,10 +151,10 @@ template <class T> void forward_impl(const T* x, const T* w, T* y, const Geometr
     else
       for (int64_t i = 0; i < gn; ++i) im2col(x + (n0 + i) * g.C * g.HW(), col, cols_n, i * P, g);
     if (gn == 1) {
-      MapM<T>(y + n0 * g.O * P, g.O, P).noalias() = Wm * MapC<T>(col, K, P);
+      product(col, P, y + n0 * g.O * P);
     } else {
       T* tmp = col + K * G * P;
-      MapM<T>(tmp, g.O, cols_n).noalias() = Wm * MapC<T>(col, K, cols_n);
+      product(col, cols_n, tmp);
       unpack_images(tmp, gn, g.O, P, y + n0 * g.O * P, g.O * P);
     }
   });
@@ -166,13 +163,14 @@ template <class T> void forward_impl(const T* x, const T* w, T* y, const Geometr
 // gx[n] = col2im(W^T [K, O] @ gy[n] [O, P])
 template <class T> void input_grad_impl(const T* gy, const T* w, T* gx, const Geometry& g) {
   const int64_t G = images_per_group(g, sizeof(T)), P = g.P(), K = g.K();
-  MapC<T> Wm(w, g.O, K);
+  // col[K, n] = W^T[K, O] @ gy[O, n]
+  auto product = [&](const T* gym, int64_t n, T* col) { gemm<T>(true, false, K, n, g.O, 1, w, K, gym, n, 0, col, n); };
   const bool direct = g.pointwise() && G == 1;
   Scratch<T> cols(direct ? 0 : size_t(K * G * P + (G > 1 ? g.O * G * P : 0)));
   for_each_group(g.N, G, [&](int64_t n0, int64_t n1) {
     const int64_t gn = n1 - n0, cols_n = gn * P;
     if (direct) {
-      MapM<T>(gx + n0 * g.C * g.HW(), K, P).noalias() = Wm.transpose() * MapC<T>(gy + n0 * g.O * P, g.O, P);
+      product(gy + n0 * g.O * P, P, gx + n0 * g.C * g.HW());
       return;
     }
     T* col = cols.get();
@@ -182,7 +180,7 @@ template <class T> void input_grad_impl(const T* gy, const T* w, T* gx, const Ge
       pack_images(gym, g.O * P, gn, g.O, P, tmp);
       gym = tmp;
     }
-    MapM<T>(col, K, cols_n).noalias() = Wm.transpose() * MapC<T>(gym, g.O, cols_n);
+    product(gym, cols_n, col);
     if (g.pointwise()) {
       unpack_images(col, gn, g.C, P, gx + n0 * g.C * g.HW(), g.C * g.HW());
       return;
@@ -214,8 +212,7 @@ template <class T> void weight_grad_impl(const T* x, const T* gy, T* gw, const G
   parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t ch = c0; ch < c1; ++ch) {
       T* acc = ch == 0 ? gw : partials.data() + (ch - 1) * wsize;
-      MapM<T> A(acc, g.O, K);
-      A.setZero();
+      std::fill(acc, acc + wsize, T(0));
       const int64_t q0 = groups * ch / chunks, q1 = groups * (ch + 1) / chunks;
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t n0 = q * G, n1 = std::min(g.N, n0 + G), gn = n1 - n0, cols_n = gn * P;
@@ -229,7 +226,8 @@ template <class T> void weight_grad_impl(const T* x, const T* gy, T* gw, const G
         if (g.pointwise()) pack_images(x + n0 * g.C * g.HW(), g.C * g.HW(), gn, g.C, P, col);
         else
           for (int64_t i = 0; i < gn; ++i) im2col(x + (n0 + i) * g.C * g.HW(), col, cols_n, i * P, g);
-        A.noalias() += MapC<T>(gym, g.O, cols_n) * MapC<T>(col, K, cols_n).transpose();
+        // acc[O, K] += gy[O, n] @ col[K, n]^T
+        gemm<T>(false, true, g.O, K, cols_n, 1, gym, cols_n, col, cols_n, 1, acc, K);
       }
     }
   });

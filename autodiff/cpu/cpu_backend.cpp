@@ -1,4 +1,4 @@
-// CPU kernels: Eigen for GEMM and vectorized math, oneTBB for parallel loops. Every
+// CPU kernels: OpenBLAS for GEMM (gemm.hpp), Eigen for vectorized math, oneTBB for parallel loops. Every
 // reduction sums in an order fixed by the shapes alone (never by the thread count), so
 // results are reproducible run to run.
 #include <Eigen/Core>
@@ -14,6 +14,7 @@
 
 #include "autodiff/backend.hpp"
 #include "autodiff/cpu/cpu_kernels.hpp"
+#include "autodiff/cpu/gemm.hpp"
 #include "autodiff/kernel_util.hpp"
 #include "autodiff/philox.hpp"
 #include "autodiff/small_alloc.hpp"
@@ -28,7 +29,6 @@ using kernels::dispatch;
 using kernels::dispatch_float;
 
 template <class T> using Arr = Eigen::Array<T, Eigen::Dynamic, 1>;
-template <class T> using RMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 // Input strides of `in` broadcast against `out` (0 on broadcast axes).
 
@@ -572,19 +572,11 @@ void parallel_for_tbb(int64_t n, int64_t grain, const std::function<void(int64_t
 }
 
 template <class T> void gemm_batched(const T* a, const T* b, T* c, const Backend::MatmulArgs& g) {
-  using Map = Eigen::Map<const RMat<T>>;
   // C = op(A) op(B) for one batch entry, restricted to columns [j0, j1) of C.
   auto one = [&](int64_t bi, int64_t j0, int64_t j1) {
-    const T* pa = a + bi * g.stride_a;
-    const T* pb = b + bi * g.stride_b;
-    Eigen::Map<RMat<T>> C(c + bi * g.m * g.n, g.m, g.n);
-    Map A(pa, g.trans_a ? g.k : g.m, g.trans_a ? g.m : g.k);
-    Map B(pb, g.trans_b ? g.n : g.k, g.trans_b ? g.k : g.n);
-    auto Cb = C.middleCols(j0, j1 - j0);
-    if (!g.trans_a && !g.trans_b) Cb.noalias() = A * B.middleCols(j0, j1 - j0);
-    else if (!g.trans_a) Cb.noalias() = A * B.transpose().middleCols(j0, j1 - j0);
-    else if (!g.trans_b) Cb.noalias() = A.transpose() * B.middleCols(j0, j1 - j0);
-    else Cb.noalias() = A.transpose() * B.transpose().middleCols(j0, j1 - j0);
+    const T* pb = b + bi * g.stride_b + (g.trans_b ? j0 * g.k : j0);
+    gemm<T>(g.trans_a, g.trans_b, g.m, j1 - j0, g.k, 1, a + bi * g.stride_a, g.trans_a ? g.m : g.k, pb,
+            g.trans_b ? g.k : g.n, 0, c + bi * g.m * g.n + j0, g.n);
   };
   const double flops = 2.0 * double(g.m) * double(g.n) * double(g.k);
   if (g.batch > 1 && (g.batch >= 8 || flops < 4e6)) {
@@ -593,9 +585,8 @@ template <class T> void gemm_batched(const T* a, const T* b, T* c, const Backend
     });
     return;
   }
-  // Few large products: split each into one column block per thread (Eigen's own
-  // threading is off); halves on two threads measured as fast as OpenBLAS (PERFORMANCE.md),
-  // and fewer blocks pack the left operand fewer times.
+  // Few large products: split each into one column block per thread (the BLAS runs one
+  // thread per call); fewer blocks pack the left operand fewer times.
   const int64_t threads = int64_t(std::min<size_t>(
       size_t(tbb::this_task_arena::max_concurrency()),
       tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)));

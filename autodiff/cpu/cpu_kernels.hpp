@@ -19,7 +19,7 @@ template <class F> void parallel_for(int64_t n, int64_t grain, F&& body) {
   else parallel_for_tbb(n, grain, body);
 }
 
-// Batched row-major GEMM (see Backend::MatmulArgs), Eigen inside.
+// Batched row-major GEMM (see Backend::MatmulArgs) on gemm.hpp, parallel over batch or columns.
 template <class T> void gemm_batched(const T* a, const T* b, T* c, const Backend::MatmulArgs& g);
 
 void conv2d_forward(const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p);
