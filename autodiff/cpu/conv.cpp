@@ -7,14 +7,15 @@
 // in chunk order.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <memory>
-#include <tbb/task_arena.h>
 #include <vector>
 
 #include "autodiff/cpu/cpu_kernels.hpp"
 #include "autodiff/cpu/gemm.hpp"
+#include "autodiff/cpu/scratch.hpp"
+#include "autodiff/cpu/winograd.hpp"
 #include "autodiff/kernel_util.hpp"
 
 namespace flatmin::cpu {
@@ -30,6 +31,14 @@ struct Geometry {
   int64_t K() const { return C * KH * KW; }      // rows of an image's column matrix
   int64_t HW() const { return H * W; }
   bool pointwise() const { return KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
+  // Winograd F(2x2,3x3) pays off once both channel counts fill a GEMM (bench/conv_bench);
+  // padding <= 2 keeps the input gradient (padding 2 - p) a plain convolution.
+  bool winograd() const {
+    return KH == 3 && KW == 3 && sh == 1 && sw == 1 && ph <= 2 && pw <= 2 && C >= winograd_min_channels &&
+           O >= winograd_min_channels;
+  }
+  // Below 32 channels the transforms cost more than the multiplications saved.
+  static constexpr int64_t winograd_min_channels = 32;
 };
 Geometry geometry(const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p) {
   return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], p.stride_h, p.stride_w, p.pad_h, p.pad_w};
@@ -43,25 +52,6 @@ int64_t images_per_group(const Geometry& g, size_t elem) {
   while (G > 1 && per_image * G > (int64_t(16) << 20)) --G;
   return std::min(G, g.N);
 }
-
-// Scratch buffers, one per worker slot of the current arena (tasks of one loop never
-// nest, so a slot's buffer is used by one task at a time); left uninitialized, since
-// every use overwrites it.
-template <class T> class Scratch {
- public:
-  explicit Scratch(size_t n) : n_(n), bufs_(size_t(tbb::this_task_arena::max_concurrency()) + 1) {}
-  T* get() {
-    const int slot = tbb::this_task_arena::current_thread_index();
-    const size_t last = bufs_.size() - 1;
-    auto& b = bufs_[slot < 0 || size_t(slot) >= last ? last : size_t(slot)];
-    if (!b) b.reset(new T[n_]);
-    return b.get();
-  }
-
- private:
-  size_t n_;
-  std::vector<std::unique_ptr<T[]>> bufs_;
-};
 
 // Range of output positions o (of n) whose input index o*s - p + k lies in [0, extent).
 inline void valid_range(int64_t k, int64_t s, int64_t p, int64_t extent, int64_t n, int64_t& lo, int64_t& hi) {
@@ -135,6 +125,7 @@ template <class F> void for_each_group(int64_t N, int64_t G, F&& body) {
 
 // y[n] = W [O, K] @ col(x[n]) [K, P]
 template <class T> void forward_impl(const T* x, const T* w, T* y, const Geometry& g) {
+  if (g.winograd()) return winograd_conv3x3(x, w, false, y, {g.N, g.C, g.H, g.W, g.O, g.OH, g.OW, g.ph, g.pw});
   const int64_t G = images_per_group(g, sizeof(T)), P = g.P(), K = g.K();
   // y[O, n] = W[O, K] @ col[K, n]
   auto product = [&](const T* col, int64_t n, T* out) { gemm<T>(false, false, g.O, n, K, 1, w, K, col, n, 0, out, n); };
@@ -162,6 +153,8 @@ template <class T> void forward_impl(const T* x, const T* w, T* y, const Geometr
 
 // gx[n] = col2im(W^T [K, O] @ gy[n] [O, P])
 template <class T> void input_grad_impl(const T* gy, const T* w, T* gx, const Geometry& g) {
+  if (g.winograd())
+    return winograd_conv3x3(gy, w, true, gx, {g.N, g.O, g.OH, g.OW, g.C, g.H, g.W, 2 - g.ph, 2 - g.pw});
   const int64_t G = images_per_group(g, sizeof(T)), P = g.P(), K = g.K();
   // col[K, n] = W^T[K, O] @ gy[O, n]
   auto product = [&](const T* gym, int64_t n, T* col) { gemm<T>(true, false, K, n, g.O, 1, w, K, gym, n, 0, col, n); };
@@ -197,6 +190,7 @@ template <class T> void input_grad_impl(const T* gy, const T* w, T* gx, const Ge
 // fixed by the shapes; chunks run in parallel into partial sums (their count bounded so
 // that the partials stay under 32 MiB), added in chunk order.
 template <class T> void weight_grad_impl(const T* x, const T* gy, T* gw, const Geometry& g) {
+  if (g.winograd()) return winograd_filter_grad3x3(x, gy, gw, {g.N, g.C, g.H, g.W, g.O, g.OH, g.OW, g.ph, g.pw});
   const int64_t G = images_per_group(g, sizeof(T)), P = g.P(), K = g.K();
   const int64_t wsize = g.O * K;
   if (g.N == 0) {

@@ -130,6 +130,33 @@ TEST_CASE("conv kernels match naive loops in float32 at a ResNet-like size") {
   check_conv_against_loops({2, 16, 8, 8, 32, 1, 2, 0}, DType::f32, 2e-5);
 }
 
+// 3x3 stride-1 convolutions with at least 32 channels each way take the Winograd
+// F(2x2,3x3) kernels (autodiff/cpu/winograd.cpp) for all three products.
+TEST_CASE("Winograd convolutions match naive loops (paddings 0-2, odd sizes, both batching modes)") {
+  const std::vector<ConvCase> cases = {
+      {3, 32, 7, 5, 33, 3, 1, 1},  // odd output: last tile half outside
+      {2, 33, 6, 6, 32, 3, 1, 0},  // no padding
+      {2, 32, 5, 4, 32, 3, 1, 2},  // padding 2: the input gradient runs with padding 0
+      {1, 32, 3, 3, 32, 3, 1, 0},  // a single output
+      {9, 32, 2, 2, 32, 3, 1, 1},  // 1 tile per image, several images per group
+  };
+  for (const ConvCase& q : cases) check_conv_against_loops(q, DType::f64, 1e-12);
+  // weight gradient banks over 2 MiB run in phase mode (groups in order, GEMMs over ξ)
+  check_conv_against_loops({3, 160, 4, 4, 160, 3, 1, 1}, DType::f64, 1e-12);
+  check_conv_against_loops({3, 256, 4, 4, 256, 3, 1, 1}, DType::f32, 2e-5);
+  check_conv_against_loops({2, 64, 9, 9, 64, 3, 1, 1}, DType::f32, 2e-5);
+}
+
+TEST_CASE("Winograd convolutions: orders 1-3 match finite differences") {
+  Generator g(5);
+  ScalarFn f = [](const Params& p) { return sum(tanh(conv2d(tanh(conv2d(p[0], p[1], {}, {1, 1})), p[2], {}, {1, 1}))); };
+  Params p = {g.normal({2, 32, 5, 5}, f64), g.normal({32, 32, 3, 3}, f64, 0, 0.05),
+              g.normal({32, 32, 3, 3}, f64, 0, 0.05)};
+  DerivativeCheck r = check_derivatives(f, p, {.rtol = 1e-5});
+  INFO(r.message);
+  CHECK(r.ok);
+}
+
 TEST_CASE("conv with an empty batch: empty outputs, zero weight gradient") {
   Tensor x = zeros({0, 2, 5, 5}), w = ones({3, 2, 3, 3});
   Tensor y = conv2d(x, w, {}, {1, 1});
@@ -141,8 +168,10 @@ TEST_CASE("conv with an empty batch: empty outputs, zero weight gradient") {
 
 TEST_CASE("conv results do not depend on the thread count") {
   Generator g(11);
-  Tensor x = g.normal({24, 8, 8, 8}, {}), w = g.normal({16, 8, 3, 3}, {});
-  Tensor gy = g.normal({24, 16, 8, 8}, {});
+  for (int64_t ch : {8, 32, 160}) {  // im2col; Winograd tasks; Winograd phases (weight gradient)
+  INFO(ch << " channels");
+  Tensor x = g.normal({24, ch, 8, 8}, {}), w = g.normal({ch, ch, 3, 3}, {});
+  Tensor gy = g.normal({24, ch, 8, 8}, {});
   auto run = [&] {
     return std::vector<std::vector<double>>{conv2d(x, w, {}, {1, 1}).to_vector(),
                                             conv2d_input_grad(gy, w, x.shape(), {1, 1}).to_vector(),
@@ -153,6 +182,7 @@ TEST_CASE("conv results do not depend on the thread count") {
   tbb::task_arena single(1);
   single.execute([&] { one = run(); });
   for (size_t i = 0; i < many.size(); ++i) CHECK(many[i] == one[i]);
+  }
 }
 
 TEST_CASE("pooling kernels match naive loops") {
