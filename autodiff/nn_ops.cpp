@@ -247,30 +247,101 @@ static Tensor channel_affine(const Tensor& x, const Tensor& weight, const Tensor
   return y;
 }
 
-// The exact vector-Jacobian product of training-mode batch norm, written with
-// differentiable ops of (x, w, g) (statistics recomputed from x, never detached):
-// gx = w·r·(g − mean(g) − x̂·mean(g·x̂)), gw = Σ g·x̂, gb = Σ g, with x̂ = (x − μ)·r.
+// Batch statistics recomputed from x with differentiable ops (never detached), so that
+// every rule below stays exact at the next order: r = (var + eps)^-1/2, x̂ = (x − μ)·r.
+struct BnStats {
+  Tensor r, xhat;
+};
+static BnStats bn_stats(const Tensor& x, double eps, const Axes& axes) {
+  Tensor xc = sub(x, mean(x, axes, true));
+  Tensor r = rsqrt(add_scalar(mean(square(xc), axes, true), eps));
+  return {r, mul(xc, r)};
+}
+// P(v) = r·(v − ⟨v⟩ − x̂·⟨v·x̂⟩) (means per channel): the VJP of x ↦ x̂, a symmetric operator.
+static Tensor bn_project(const Tensor& v, const BnStats& s, const Axes& axes) {
+  return mul(s.r, sub(sub(v, mean(v, axes, true)), mul(s.xhat, mean(mul(v, s.xhat), axes, true))));
+}
+
+// The exact vector-Jacobian product of training-mode batch norm in differentiable ops of
+// (g, x, w): gx = P(g·w), gw = Σ g·x̂, gb = Σ g.
 static std::vector<Tensor> batch_norm_vjp(const Tensor& g, const Tensor& x, const Tensor& w, double eps,
                                           const Axes& axes, const RuleContext& c) {
   const Shape cs = channel_shape(x), vs{x.shape()[1]};
-  Tensor xc = sub(x, mean(x, axes, true));
-  Tensor r = rsqrt(add_scalar(mean(square(xc), axes, true), eps));
-  Tensor xhat = mul(xc, r);
+  const BnStats s = bn_stats(x, eps, axes);
   Tensor gx, gw, gb;
-  if (c.needs(0)) {
-    Tensor gh = w.defined() ? mul(g, reshape(w, cs)) : g;
-    gx = mul(r, sub(sub(gh, mean(gh, axes, true)), mul(xhat, mean(mul(gh, xhat), axes, true))));
-  }
-  if (c.needs(1)) gw = reshape(sum(mul(g, xhat), axes), vs);
+  if (c.needs(0)) gx = bn_project(w.defined() ? mul(g, reshape(w, cs)) : g, s, axes);
+  if (c.needs(1)) gw = reshape(sum(mul(g, s.xhat), axes), vs);
   if (c.needs(2)) gb = reshape(sum(g, axes), vs);
+  return {gx, gw, gb};
+}
+
+// Second-order rules. gx = P(gh), gh = g·w, is linear in g and w; its VJP for a cotangent a:
+//   to g: w·P(a) (P is symmetric);  to w: Σ g·P(a);
+//   to x: −r²·( x̂·(⟨a·gh⟩ − ⟨gh⟩⟨a⟩ − 3⟨gh·x̂⟩⟨a·x̂⟩) + (gh − ⟨gh⟩)·⟨a·x̂⟩ + ⟨gh·x̂⟩·(a − ⟨a⟩) ),
+// from r' = −r³·(x − μ)/M and x̂ = (x − μ)·r. gw = Σ g·x̂ for a per-channel cotangent β:
+//   to g: β·x̂;  to x: β·P(g).
+static Rule batch_norm_input_grad_rule(double eps, const Axes& axes) {
+  return [eps, axes](const Tensor& a, const RuleContext& c) {
+    Tensor g = c.saved(0), x = c.saved(1), w = c.saved(2);
+    const Shape cs = channel_shape(x), vs{x.shape()[1]};
+    const BnStats s = bn_stats(x, eps, axes);
+    Tensor pa = bn_project(a, s, axes);
+    Tensor dg, dx, dw;
+    if (c.needs(0)) dg = w.defined() ? mul(pa, reshape(w, cs)) : pa;
+    if (c.needs(2)) dw = reshape(sum(mul(g, pa), axes), vs);
+    if (c.needs(1)) {
+      Tensor gh = w.defined() ? mul(g, reshape(w, cs)) : g;
+      auto m = [&](const Tensor& t) { return mean(t, axes, true); };
+      Tensor ma = m(a), mgh = m(gh), mghx = m(mul(gh, s.xhat)), max = m(mul(a, s.xhat));
+      Tensor k = sub(sub(m(mul(a, gh)), mul(mgh, ma)), mul_scalar(mul(mghx, max), 3.0));
+      Tensor inner = add(add(mul(s.xhat, k), mul(sub(gh, mgh), max)), mul(mghx, sub(a, ma)));
+      dx = neg(mul(square(s.r), inner));
+    }
+    return std::vector<Tensor>{dg, dx, dw};
+  };
+}
+static Rule batch_norm_weight_grad_rule(double eps, const Axes& axes) {
+  return [eps, axes](const Tensor& beta, const RuleContext& c) {
+    Tensor g = c.saved(0), x = c.saved(1);
+    const BnStats s = bn_stats(x, eps, axes);
+    Tensor b = reshape(beta, channel_shape(x));
+    return std::vector<Tensor>{c.needs(0) ? mul(b, s.xhat) : Tensor(), c.needs(1) ? mul(b, bn_project(g, s, axes)) : Tensor()};
+  };
+}
+
+// The VJP of training-mode batch norm: values from the backend's fused kernel where it has
+// one (else the composite above, unrecorded). When the backward is itself recorded
+// (create_graph), gx and gw become one op each whose rule is the exact VJP above: they save
+// only g, x and w, where the composite would save five full-size intermediates per layer.
+static std::vector<Tensor> batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& bmean,
+                                               const Tensor& bvar, double eps, const Axes& axes,
+                                               const RuleContext& c) {
+  const Shape vs{x.shape()[1]};
+  Tensor gx, gw, gb;
+  {
+    NoGrad ng;
+    gx = empty(x.shape(), x.options());
+    gw = c.needs(1) ? empty(w.shape(), w.options()) : Tensor();
+    gb = c.needs(2) ? empty(vs, x.options()) : Tensor();
+    if (!be(x).batch_norm_backward(g, x, w, bmean, bvar, eps, gx, gw, gb)) {
+      std::vector<Tensor> v = batch_norm_vjp(g, x, w, eps, axes, c);
+      gx = v[0], gw = v[1], gb = v[2];
+    }
+  }
+  if (!c.needs(0)) gx = Tensor();
+  if (!grad_enabled()) return {gx, gw, gb};
+  if (gx.defined() && any_requires_grad({&g, &x, &w}))
+    record(gx, "batch_norm_input_grad", {g, x, w}, {g, x, w}, false, batch_norm_input_grad_rule(eps, axes));
+  if (gw.defined() && any_requires_grad({&g, &x}))
+    record(gw, "batch_norm_weight_grad", {g, x}, {g, x}, false, batch_norm_weight_grad_rule(eps, axes));
+  if (gb.defined()) gb = reshape(sum(g, axes), vs);
   return {gx, gw, gb};
 }
 
 // Training mode: batch statistics (biased variance), written to mean/var (detached) for
 // the running estimates. One recorded op on every device: a backend's fused kernel
-// computes the forward (else ops evaluated without recording do) and, when the backward
-// is not itself recorded, the first-order backward; otherwise the rule is the exact
-// differentiable VJP above.
+// computes the forward (else ops evaluated without recording do); its rule is
+// batch_norm_backward above.
 static Tensor batch_norm_train(const Tensor& x, const Tensor& w, const Tensor& b, double eps, const Axes& axes,
                                Tensor& bmean, Tensor& bvar) {
   const int64_t C = x.shape()[1];
@@ -293,15 +364,7 @@ static Tensor batch_norm_train(const Tensor& x, const Tensor& w, const Tensor& b
   if (any_requires_grad({&x, &w, &b}))
     record(y, "batch_norm", {x, w, b}, {x, w, bmean, bvar}, false,
            [eps, axes](const Tensor& g, const RuleContext& c) {
-             Tensor x = c.saved(0), w = c.saved(1);
-             if (!grad_enabled()) {
-               Tensor gx = empty(x.shape(), x.options());
-               Tensor gw = c.needs(1) ? empty(w.shape(), w.options()) : Tensor();
-               Tensor gb = c.needs(2) ? empty(w.defined() ? w.shape() : Shape{x.shape()[1]}, x.options()) : Tensor();
-               if (be(x).batch_norm_backward(g, x, w, c.saved(2), c.saved(3), eps, gx, gw, gb))
-                 return std::vector<Tensor>{c.needs(0) ? gx : Tensor(), gw, gb};
-             }
-             return batch_norm_vjp(g, x, w, eps, axes, c);
+             return batch_norm_backward(g, c.saved(0), c.saved(1), c.saved(2), c.saved(3), eps, axes, c);
            });
   return y;
 }

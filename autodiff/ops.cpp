@@ -267,9 +267,11 @@ Tensor softplus(const Tensor& x) {
   return unary_op("softplus", UnaryOp::softplus, x, 0, true, false,
                   [](const Tensor& g, const Tensor& x, const Tensor&, double) { return mul(g, sigmoid(x)); });
 }
+// Saves its output, not its input (y > 0 exactly where x > 0): in a network the output is
+// what the next layer saves anyway, so the input (a batch norm's output) can be freed.
 Tensor relu(const Tensor& x) {
-  return unary_op("relu", UnaryOp::relu, x, 0, true, false,
-                  [](const Tensor& g, const Tensor& x, const Tensor&, double) { return mul(g, step(x.detach())); });
+  return unary_op("relu", UnaryOp::relu, x, 0, false, true,
+                  [](const Tensor& g, const Tensor&, const Tensor& y, double) { return mul(g, step(y.detach())); });
 }
 Tensor abs(const Tensor& x) {
   return unary_op("abs", UnaryOp::abs, x, 0, true, false,

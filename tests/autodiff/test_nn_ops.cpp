@@ -330,6 +330,33 @@ TEST_CASE("batch_norm: the fused first-order backward equals the exact recorded 
   }
 }
 
+// Under create_graph the VJP of batch norm is two recorded ops (batch_norm_input_grad,
+// batch_norm_weight_grad) with hand-derived rules: check them at orders 1-3 themselves,
+// i.e. batch norm's derivatives of orders 2-4, with and without an affine weight.
+TEST_CASE("batch_norm's recorded backward ops: orders 1-3 match finite differences") {
+  Generator gen(31);
+  for (bool affine : {true, false}) {
+    INFO("affine " << affine);
+    Tensor cx = gen.normal({4, 3, 2, 2}, f64), cw = gen.normal({3}, f64);
+    ScalarFn f = [affine, cx, cw](const Params& p) {
+      // finite differences call f on plain tensors under NoGrad: record anyway, from leaves
+      EnableGrad on;
+      auto leaf = [](const Tensor& t) { return t.requires_grad() ? t : t.detach().requires_grad_(); };
+      Tensor x = leaf(p[0]), rm, rv, w = affine ? leaf(p[2]) : Tensor();
+      Tensor y = batch_norm(x, w, {}, rm, rv, true);
+      std::vector<Tensor> wrt = affine ? std::vector<Tensor>{x, w} : std::vector<Tensor>{x};
+      auto gs = grad({y}, wrt, {.grad_outputs = {p[1]}, .create_graph = true});
+      Tensor out = sum(mul(tanh(gs[0]), cx));
+      return affine ? add(out, sum(mul(gs[1], cw))) : out;
+    };
+    Params p = {gen.normal({4, 3, 2, 2}, f64, 0.3, 1.2), gen.normal({4, 3, 2, 2}, f64), gen.normal({3}, f64, 1, 0.3)};
+    if (!affine) p.pop_back();
+    DerivativeCheck r = check_derivatives(f, p, {.rtol = 1e-5});
+    INFO(r.message);
+    CHECK(r.ok);
+  }
+}
+
 TEST_CASE("group_norm: fused first-order backward, recorded rule and a plain composition agree") {
   for (DType dt : {DType::f64, DType::f32}) {
     Generator g(13);
