@@ -201,7 +201,7 @@ template <class T> void weight_grad_impl(const T* x, const T* gy, T* gw, const G
   const int64_t max_chunks = 1 + (int64_t(32) << 20) / std::max<int64_t>(wsize * int64_t(sizeof(T)), 1);
   int64_t chunks = std::min({groups, int64_t(8), max_chunks});
   while (chunks & (chunks - 1)) --chunks;  // a power of two: balanced on 2, 4 or 8 threads
-  std::vector<T> partials(size_t(std::max<int64_t>(chunks - 1, 0) * wsize));
+  Workspace<T> partials(size_t(std::max<int64_t>(chunks - 1, 0) * wsize));
   Scratch<T> cols(size_t(K * G * P + g.O * G * P));
   parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t ch = c0; ch < c1; ++ch) {

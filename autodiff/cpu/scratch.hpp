@@ -1,5 +1,6 @@
-// Internal to the CPU backend: per-worker scratch buffers for kernels that run one oneTBB
-// loop (conv.cpp, winograd.cpp).
+// Internal to the CPU backend: scratch memory for kernels (conv.cpp, winograd.cpp), taken
+// from the backend's own allocator so that its block cache reuses it across calls and
+// counts it against the peak-memory bound.
 #pragma once
 #include <tbb/task_arena.h>
 
@@ -7,7 +8,23 @@
 #include <memory>
 #include <vector>
 
+#include "autodiff/cpu/cpu_kernels.hpp"
+
 namespace flatmin::cpu {
+
+// n uninitialized elements, returned to the allocator on scope exit.
+template <class T> class Workspace {
+ public:
+  explicit Workspace(size_t n) : bytes_(n * sizeof(T)), p_(static_cast<T*>(instance().allocate(bytes_))) {}
+  ~Workspace() { instance().deallocate(p_, bytes_); }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  T* data() const { return p_; }
+
+ private:
+  size_t bytes_;
+  T* p_;
+};
 
 // One buffer of n elements per worker slot of the current arena (tasks of one loop never
 // nest, so a slot's buffer is used by one task at a time); left uninitialized, since every
@@ -19,13 +36,13 @@ template <class T> class Scratch {
     const int slot = tbb::this_task_arena::current_thread_index();
     const size_t last = bufs_.size() - 1;
     auto& b = bufs_[slot < 0 || size_t(slot) >= last ? last : size_t(slot)];
-    if (!b) b.reset(new T[n_]);
-    return b.get();
+    if (!b) b = std::make_unique<Workspace<T>>(n_);
+    return b->data();
   }
 
  private:
   size_t n_;
-  std::vector<std::unique_ptr<T[]>> bufs_;
+  std::vector<std::unique_ptr<Workspace<T>>> bufs_;
 };
 
 }  // namespace flatmin::cpu

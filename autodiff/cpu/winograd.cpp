@@ -247,7 +247,7 @@ size_t row_scratch(const Tiles& tl) { return size_t(4 * (2 * tl.TW + 2) + 16 * t
 template <class T> void convolve(const T* x, const T* w, bool adjoint, T* y, const WinogradShape& s) {
   const Tiles tl{(s.OH + 1) / 2, (s.OW + 1) / 2};
   const Plan pl = plan(s, tl, sizeof(T), false);
-  std::vector<T> U(size_t(16 * s.O * s.C));
+  Workspace<T> U(size_t(16 * s.O * s.C));
   transform_filters(w, adjoint, s.O, s.C, U.data());
   const int64_t tiles = tl.per_image();
   auto in = [&](int64_t n0, int64_t i, T* V, int64_t T_n, T* rows) {
@@ -275,7 +275,7 @@ template <class T> void convolve(const T* x, const T* w, bool adjoint, T* y, con
     });
     return;
   }
-  std::vector<T> VM(size_t(16 * (s.C + s.O) * pl.T_max));
+  Workspace<T> VM(size_t(16 * (s.C + s.O) * pl.T_max));
   T *V = VM.data(), *M = V + 16 * s.C * pl.T_max;
   Scratch<T> rows(row_scratch(tl));
   for (int64_t q = 0; q < pl.groups; ++q) {
@@ -312,7 +312,7 @@ template <class T> void filter_gradient(const T* x, const T* gy, T* gw, const Wi
   if (!pl.phases) {
     int64_t chunks = std::min<int64_t>(pl.groups, 8);
     while (chunks & (chunks - 1)) --chunks;
-    std::vector<T> dU(size_t(chunks * usize));
+    Workspace<T> dU(size_t(chunks * usize));
     Scratch<T> scratch(size_t(16 * (s.C + s.O) * pl.T_max) + row_scratch(tl));
     parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
       T* V = scratch.get();
@@ -329,12 +329,12 @@ template <class T> void filter_gradient(const T* x, const T* gy, T* gw, const Wi
     for (int64_t ch = 1; ch < chunks; ++ch)
       parallel_for(usize, 16384, [&](int64_t i0, int64_t i1) {
         const T* p = dU.data() + ch * usize;
-        for (int64_t i = i0; i < i1; ++i) dU[size_t(i)] += p[i];
+        for (int64_t i = i0; i < i1; ++i) dU.data()[i] += p[i];
       });
     transform_filter_grads(dU.data(), s.O, s.C, gw);
     return;
   }
-  std::vector<T> dU(static_cast<size_t>(usize)), VY(static_cast<size_t>(16 * (s.C + s.O) * pl.T_max));
+  Workspace<T> dU{size_t(usize)}, VY{size_t(16 * (s.C + s.O) * pl.T_max)};
   T *V = VY.data(), *Y = V + 16 * s.C * pl.T_max;
   Scratch<T> rows(row_scratch(tl));
   for (int64_t q = 0; q < pl.groups; ++q) {
