@@ -19,7 +19,8 @@ enum class UnaryOp : uint8_t {
   rsub_scalar, // param - x
   reciprocal,  // 1 / x
 };
-enum class BinaryOp : uint8_t { add, sub, mul, div, maximum, minimum, pow, gt, ge, lt, le, eq };
+// where_positive(a, b) = b > 0 ? a : 0 (ReLU's backward, with b its output).
+enum class BinaryOp : uint8_t { add, sub, mul, div, maximum, minimum, pow, gt, ge, lt, le, eq, where_positive };
 enum class ReduceOp : uint8_t { sum, max, min };
 enum class RandomKind : uint8_t { uniform, normal, rademacher };
 

@@ -62,6 +62,7 @@ template <class T> FM_HD T binary_value(BinaryOp op, T a, T b) {
     case BinaryOp::lt: return T(a < b);
     case BinaryOp::le: return T(a <= b);
     case BinaryOp::eq: return T(a == b);
+    case BinaryOp::where_positive: return b > T(0) ? a : T(0);
   }
   return T(0);
 }

@@ -112,7 +112,7 @@ const std::vector<std::string>& differentiable_op_names() {
   static const std::vector<std::string> names = [] {
     std::vector<std::string> n = {
         "add", "sub", "mul", "div", "maximum", "minimum", "neg", "add_scalar", "mul_scalar", "rsub_scalar", "pow",
-        "reciprocal", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "softplus", "relu", "abs", "where", "sum",
+        "reciprocal", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "softplus", "relu", "relu_backward", "abs", "where", "sum",
         "max", "min", "reshape", "permute", "expand", "slice", "slice_backward", "concat", "index_select",
         "index_add", "gather", "scatter_add", "matmul", "to_dtype", "to_device"};
     for (const auto& s : nn_op_names()) n.push_back(s);
@@ -267,11 +267,25 @@ Tensor softplus(const Tensor& x) {
   return unary_op("softplus", UnaryOp::softplus, x, 0, true, false,
                   [](const Tensor& g, const Tensor& x, const Tensor&, double) { return mul(g, sigmoid(x)); });
 }
+// g where y > 0, else 0: ReLU's VJP as one op. Linear in g; its derivative in y is zero
+// wherever it exists, so y is an input that never receives a gradient. It saves only y,
+// which the ReLU saved already (a mask tensor would be a new full-size buffer per layer).
+Tensor relu_backward(const Tensor& g, const Tensor& y) {
+  if (g.shape() != y.shape())
+    throw Error("relu_backward: gradient " + to_string(g.shape()) + " and output " + to_string(y.shape()) +
+                " differ in shape");
+  Tensor out = binary_kernel(BinaryOp::where_positive, g, y, "relu_backward");
+  if (any_requires_grad({&g}))
+    record(out, "relu_backward", {g}, {y.detach()}, false, [](const Tensor& gg, const RuleContext& c) {
+      return std::vector<Tensor>{relu_backward(gg, c.saved(0))};
+    });
+  return out;
+}
 // Saves its output, not its input (y > 0 exactly where x > 0): in a network the output is
 // what the next layer saves anyway, so the input (a batch norm's output) can be freed.
 Tensor relu(const Tensor& x) {
   return unary_op("relu", UnaryOp::relu, x, 0, false, true,
-                  [](const Tensor& g, const Tensor&, const Tensor& y, double) { return mul(g, step(y.detach())); });
+                  [](const Tensor& g, const Tensor&, const Tensor& y, double) { return relu_backward(g, y); });
 }
 Tensor abs(const Tensor& x) {
   return unary_op("abs", UnaryOp::abs, x, 0, true, false,

@@ -31,6 +31,8 @@ Tensor tanh(const Tensor& x);
 Tensor sigmoid(const Tensor& x);
 Tensor softplus(const Tensor& x);
 Tensor relu(const Tensor& x);
+// ReLU's VJP from its output y: g where y > 0, else 0 (differentiable in g; constant in y).
+Tensor relu_backward(const Tensor& g, const Tensor& y);
 Tensor abs(const Tensor& x);
 Tensor square(const Tensor& x);
 // where(cond, a, b): a where cond != 0, else b; cond is not differentiated

@@ -36,7 +36,7 @@ const char* unary_name(UnaryOp op) {
   return names[size_t(op)];
 }
 const char* binary_name(BinaryOp op) {
-  static const char* names[] = {"add", "sub", "mul", "div", "maximum", "minimum", "pow", "gt", "ge", "lt", "le", "eq"};
+  static const char* names[] = {"add", "sub", "mul", "div", "maximum", "minimum", "pow", "gt", "ge", "lt", "le", "eq", "where_positive"};
   return names[size_t(op)];
 }
 const char* reduce_name(ReduceOp op) {

@@ -86,6 +86,7 @@ std::vector<Case> cases() {
       {"sigmoid", {{6}}, [](P x) { return sigmoid(x[0]); }, -3, 3},
       {"softplus", {{6}}, [](P x) { return softplus(x[0]); }, -3, 3},
       {"relu", {{8}}, [](P x) { return relu(x[0]); }, 0, 0, true},
+      {"relu_backward", {{8}, {8}}, [](P x) { return relu_backward(x[0], x[1]); }, 0, 0, true},
       {"abs", {{8}}, [](P x) { return abs(x[0]); }, 0, 0, true},
       {"where", {{3, 4}, {4}},
        [](P x) {
