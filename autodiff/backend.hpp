@@ -106,6 +106,21 @@ class Backend {
                                    Tensor& /*gw*/, Tensor& /*gb*/) {
     return false;
   }
+  // Optional fused second-order rules of batch norm, for sweeps that do not record (see
+  // nn_ops.cpp, batch_norm_input_grad_rule / batch_norm_weight_grad_rule). With x̂ the
+  // normalized input and P(v) = r·(v − mean(v) − x̂·mean(v·x̂)):
+  // input_grad_vjp: the VJP of gx = P(g·w) for a cotangent a, into dg, dx, dw where defined;
+  // weight_grad_vjp: the VJP of gw = Σ g·x̂ for a per-channel cotangent beta, into dg, dx.
+  virtual bool batch_norm_input_grad_vjp(const Tensor& /*a*/, const Tensor& /*g*/, const Tensor& /*x*/,
+                                         const Tensor& /*weight*/, const Tensor& /*mean*/, const Tensor& /*var*/,
+                                         double /*eps*/, Tensor& /*dg*/, Tensor& /*dx*/, Tensor& /*dw*/) {
+    return false;
+  }
+  virtual bool batch_norm_weight_grad_vjp(const Tensor& /*beta*/, const Tensor& /*g*/, const Tensor& /*x*/,
+                                          const Tensor& /*mean*/, const Tensor& /*var*/, double /*eps*/,
+                                          Tensor& /*dg*/, Tensor& /*dx*/) {
+    return false;
+  }
 };
 
 // The backend of a device; Error (saying why) for a device this build or machine lacks.

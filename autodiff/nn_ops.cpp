@@ -283,6 +283,13 @@ static std::vector<Tensor> batch_norm_vjp(const Tensor& g, const Tensor& x, cons
 static Rule batch_norm_input_grad_rule(double eps, const Axes& axes) {
   return [eps, axes](const Tensor& a, const RuleContext& c) {
     Tensor g = c.saved(0), x = c.saved(1), w = c.saved(2);
+    if (!grad_enabled()) {  // not recorded: the backend's fused kernel, where it has one
+      Tensor dg = c.needs(0) ? empty(g.shape(), g.options()) : Tensor();
+      Tensor dx = c.needs(1) ? empty(x.shape(), x.options()) : Tensor();
+      Tensor dw = c.needs(2) ? empty(w.shape(), w.options()) : Tensor();
+      if (be(x).batch_norm_input_grad_vjp(a, g, x, w, c.saved(3), c.saved(4), eps, dg, dx, dw))
+        return std::vector<Tensor>{dg, dx, dw};
+    }
     const Shape cs = channel_shape(x), vs{x.shape()[1]};
     const BnStats s = bn_stats(x, eps, axes);
     Tensor pa = bn_project(a, s, axes);
@@ -303,6 +310,12 @@ static Rule batch_norm_input_grad_rule(double eps, const Axes& axes) {
 static Rule batch_norm_weight_grad_rule(double eps, const Axes& axes) {
   return [eps, axes](const Tensor& beta, const RuleContext& c) {
     Tensor g = c.saved(0), x = c.saved(1);
+    if (!grad_enabled()) {
+      Tensor dg = c.needs(0) ? empty(g.shape(), g.options()) : Tensor();
+      Tensor dx = c.needs(1) ? empty(x.shape(), x.options()) : Tensor();
+      if (be(x).batch_norm_weight_grad_vjp(beta, g, x, c.saved(2), c.saved(3), eps, dg, dx))
+        return std::vector<Tensor>{dg, dx};
+    }
     const BnStats s = bn_stats(x, eps, axes);
     Tensor b = reshape(beta, channel_shape(x));
     return std::vector<Tensor>{c.needs(0) ? mul(b, s.xhat) : Tensor(), c.needs(1) ? mul(b, bn_project(g, s, axes)) : Tensor()};
@@ -312,7 +325,8 @@ static Rule batch_norm_weight_grad_rule(double eps, const Axes& axes) {
 // The VJP of training-mode batch norm: values from the backend's fused kernel where it has
 // one (else the composite above, unrecorded). When the backward is itself recorded
 // (create_graph), gx and gw become one op each whose rule is the exact VJP above: they save
-// only g, x and w, where the composite would save five full-size intermediates per layer.
+// only g, x and w (and the statistics), where the composite would save five full-size
+// intermediates per layer. Unrecorded, their rules run as the backend's fused kernels.
 static std::vector<Tensor> batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& bmean,
                                                const Tensor& bvar, double eps, const Axes& axes,
                                                const RuleContext& c) {
@@ -331,9 +345,10 @@ static std::vector<Tensor> batch_norm_backward(const Tensor& g, const Tensor& x,
   if (!c.needs(0)) gx = Tensor();
   if (!grad_enabled()) return {gx, gw, gb};
   if (gx.defined() && any_requires_grad({&g, &x, &w}))
-    record(gx, "batch_norm_input_grad", {g, x, w}, {g, x, w}, false, batch_norm_input_grad_rule(eps, axes));
+    record(gx, "batch_norm_input_grad", {g, x, w}, {g, x, w, bmean, bvar}, false,
+           batch_norm_input_grad_rule(eps, axes));
   if (gw.defined() && any_requires_grad({&g, &x}))
-    record(gw, "batch_norm_weight_grad", {g, x}, {g, x}, false, batch_norm_weight_grad_rule(eps, axes));
+    record(gw, "batch_norm_weight_grad", {g, x}, {g, x, bmean, bvar}, false, batch_norm_weight_grad_rule(eps, axes));
   if (gb.defined()) gb = reshape(sum(g, axes), vs);
   return {gx, gw, gb};
 }

@@ -145,6 +145,17 @@ class TimedBackend final : public Backend {
     Scope s("batch_norm_backward");
     return b_.batch_norm_backward(g, x, w, mean, var, eps, gx, gw, gb);
   }
+  bool batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& w,
+                                 const Tensor& mean, const Tensor& var, double eps, Tensor& dg, Tensor& dx,
+                                 Tensor& dw) override {
+    Scope s("batch_norm_input_grad_vjp");
+    return b_.batch_norm_input_grad_vjp(a, g, x, w, mean, var, eps, dg, dx, dw);
+  }
+  bool batch_norm_weight_grad_vjp(const Tensor& beta, const Tensor& g, const Tensor& x, const Tensor& mean,
+                                  const Tensor& var, double eps, Tensor& dg, Tensor& dx) override {
+    Scope s("batch_norm_weight_grad_vjp");
+    return b_.batch_norm_weight_grad_vjp(beta, g, x, mean, var, eps, dg, dx);
+  }
 
  private:
   Backend& b_;

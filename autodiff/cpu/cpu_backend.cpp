@@ -250,7 +250,7 @@ void split_axis(const Shape& s, int64_t axis, int64_t& outer, int64_t& n, int64_
 // them in its heap once its dynamic mmap threshold has grown).
 class BlockCache {
  public:
-  static constexpr size_t limit = size_t(512) << 20, max_block = size_t(64) << 20; static constexpr size_t slack = size_t(192) << 20;
+  static constexpr size_t limit = size_t(512) << 20, max_block = size_t(64) << 20, slack = size_t(192) << 20;
   static constexpr size_t mmap_min = size_t(1) << 20;
   static size_t rounded(size_t bytes) {  // whole cache lines; whole pages for mapped blocks
     const size_t unit = bytes < mmap_min ? 64 : 4096;
@@ -579,6 +579,17 @@ class CpuBackend final : public Backend {
   bool batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& var,
                            double eps, Tensor& gx, Tensor& gw, Tensor& gb) override {
     flatmin::cpu::batch_norm_backward(g, x, weight, mean, var, eps, gx, gw, gb);
+    return true;
+  }
+  bool batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& w,
+                                 const Tensor& mean, const Tensor& var, double eps, Tensor& dg, Tensor& dx,
+                                 Tensor& dw) override {
+    flatmin::cpu::batch_norm_input_grad_vjp(a, g, x, w, mean, var, eps, dg, dx, dw);
+    return true;
+  }
+  bool batch_norm_weight_grad_vjp(const Tensor& beta, const Tensor& g, const Tensor& x, const Tensor& mean,
+                                  const Tensor& var, double eps, Tensor& dg, Tensor& dx) override {
+    flatmin::cpu::batch_norm_weight_grad_vjp(beta, g, x, mean, var, eps, dg, dx);
     return true;
   }
   void conv2d(const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p) override {

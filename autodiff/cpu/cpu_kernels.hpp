@@ -34,5 +34,10 @@ void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bia
                         Tensor& var);
 void batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& var,
                          double eps, Tensor& gx, Tensor& gw, Tensor& gb);
+// Their second-order rules (see Backend::batch_norm_input_grad_vjp / weight_grad_vjp).
+void batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& weight,
+                               const Tensor& mean, const Tensor& var, double eps, Tensor& dg, Tensor& dx, Tensor& dw);
+void batch_norm_weight_grad_vjp(const Tensor& beta, const Tensor& g, const Tensor& x, const Tensor& mean,
+                                const Tensor& var, double eps, Tensor& dg, Tensor& dx);
 
 }  // namespace flatmin::cpu

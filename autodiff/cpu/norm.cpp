@@ -97,8 +97,99 @@ void backward_impl(const T* g, const T* x, const T* w, const T* mean, const T* v
   });
 }
 
+// The second-order rules (formulas in nn_ops.cpp). Per channel, with gh = w·g: one pass of
+// sums, then one elementwise pass.
+//   input grad, cotangent a:  dg = w·r·(a − ⟨a⟩ − x̂⟨a·x̂⟩),  dw = Σ g·r·(a − ⟨a⟩ − x̂⟨a·x̂⟩),
+//     dx = −r²·(x̂·k + (gh − ⟨gh⟩)·⟨a·x̂⟩ + ⟨gh·x̂⟩·(a − ⟨a⟩)),  k = ⟨a·gh⟩ − ⟨gh⟩⟨a⟩ − 3⟨gh·x̂⟩⟨a·x̂⟩;
+//   weight grad, cotangent β:  dg = β·x̂,  dx = β·r·(g − ⟨g⟩ − x̂⟨g·x̂⟩).
+template <class T>
+void input_grad_vjp_impl(const T* a, const T* g, const T* x, const T* w, const T* mean, const T* var, double eps,
+                         T* dg, T* dx, T* dw, const Layout& L) {
+  const double M = double(L.count());
+  parallel_for(L.C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const double mu = double(mean[c]), r = 1.0 / std::sqrt(double(var[c]) + eps), wc = w ? double(w[c]) : 1.0;
+      double sa = 0, sg = 0, sag = 0, sgx = 0, sax = 0;
+      for (int64_t n = 0; n < L.N; ++n) {
+        const T *as = a + L.at(n, c), *gs = g + L.at(n, c), *xs = x + L.at(n, c);
+        sa += span_sum(L.S, [&](int64_t i) { return double(as[i]); });
+        sg += span_sum(L.S, [&](int64_t i) { return double(gs[i]); });
+        sag += span_sum(L.S, [&](int64_t i) { return double(as[i]) * double(gs[i]); });
+        sgx += span_sum(L.S, [&](int64_t i) { return double(gs[i]) * (double(xs[i]) - mu) * r; });
+        sax += span_sum(L.S, [&](int64_t i) { return double(as[i]) * (double(xs[i]) - mu) * r; });
+      }
+      const double ma = sa / M, max = sax / M, mgh = wc * sg / M, magh = wc * sag / M, mghx = wc * sgx / M;
+      if (dw) dw[c] = T(r * (sag - sg * ma - sgx * max));
+      const double k = magh - mgh * ma - 3.0 * mghx * max, r2 = r * r;
+      // dx = −r²·(x̂·k + gh·⟨a·x̂⟩ + ⟨gh·x̂⟩·a) + r²·(⟨gh⟩⟨a·x̂⟩ + ⟨gh·x̂⟩⟨a⟩), x̂ = (x − μ)·r
+      const T xk = T(-r2 * k * r), gk = T(-r2 * wc * max), ak = T(-r2 * mghx), c0k = T(r2 * (mgh * max + mghx * ma));
+      const T da = T(wc * r), dxh = T(-wc * r * max * r), d0 = T(-wc * r * ma), m = T(mu);
+      for (int64_t n = 0; n < L.N; ++n) {
+        const T *as = a + L.at(n, c), *gs = g + L.at(n, c), *xs = x + L.at(n, c);
+        if (dg) {
+          T* out = dg + L.at(n, c);
+          for (int64_t i = 0; i < L.S; ++i) out[i] = da * as[i] + dxh * (xs[i] - m) + d0;
+        }
+        if (dx) {
+          T* out = dx + L.at(n, c);
+          for (int64_t i = 0; i < L.S; ++i) out[i] = xk * (xs[i] - m) + gk * gs[i] + ak * as[i] + c0k;
+        }
+      }
+    }
+  });
+}
+
+template <class T>
+void weight_grad_vjp_impl(const T* beta, const T* g, const T* x, const T* mean, const T* var, double eps, T* dg,
+                          T* dx, const Layout& L) {
+  const double M = double(L.count());
+  parallel_for(L.C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const double mu = double(mean[c]), r = 1.0 / std::sqrt(double(var[c]) + eps), b = double(beta[c]);
+      double sg = 0, sgx = 0;
+      if (dx)
+        for (int64_t n = 0; n < L.N; ++n) {
+          const T *gs = g + L.at(n, c), *xs = x + L.at(n, c);
+          sg += span_sum(L.S, [&](int64_t i) { return double(gs[i]); });
+          sgx += span_sum(L.S, [&](int64_t i) { return double(gs[i]) * (double(xs[i]) - mu) * r; });
+        }
+      // dx = β·r·g − β·r·⟨g⟩ − β·r²·⟨g·x̂⟩·(x − μ)
+      const T gk = T(b * r), xk = T(-b * r * r * sgx / M), k0 = T(-b * r * sg / M), dk = T(b * r), m = T(mu);
+      for (int64_t n = 0; n < L.N; ++n) {
+        const T *gs = g + L.at(n, c), *xs = x + L.at(n, c);
+        if (dg) {
+          T* out = dg + L.at(n, c);
+          for (int64_t i = 0; i < L.S; ++i) out[i] = dk * (xs[i] - m);
+        }
+        if (dx) {
+          T* out = dx + L.at(n, c);
+          for (int64_t i = 0; i < L.S; ++i) out[i] = gk * gs[i] + xk * (xs[i] - m) + k0;
+        }
+      }
+    }
+  });
+}
+
+template <class T> T* maybe_out(Tensor& t) { return t.defined() ? data_ptr<T>(t) : nullptr; }
 
 }  // namespace
+
+void batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& weight,
+                               const Tensor& mean, const Tensor& var, double eps, Tensor& dg, Tensor& dx, Tensor& dw) {
+  dispatch_float(x.dtype(), "batch_norm_input_grad", [&](auto z) {
+    using T = decltype(z);
+    input_grad_vjp_impl<T>(data_ptr<T>(a), data_ptr<T>(g), data_ptr<T>(x), maybe<T>(weight), data_ptr<T>(mean),
+                           data_ptr<T>(var), eps, maybe_out<T>(dg), maybe_out<T>(dx), maybe_out<T>(dw), layout(x));
+  });
+}
+void batch_norm_weight_grad_vjp(const Tensor& beta, const Tensor& g, const Tensor& x, const Tensor& mean,
+                                const Tensor& var, double eps, Tensor& dg, Tensor& dx) {
+  dispatch_float(x.dtype(), "batch_norm_weight_grad", [&](auto z) {
+    using T = decltype(z);
+    weight_grad_vjp_impl<T>(data_ptr<T>(beta), data_ptr<T>(g), data_ptr<T>(x), data_ptr<T>(mean), data_ptr<T>(var),
+                            eps, maybe_out<T>(dg), maybe_out<T>(dx), layout(x));
+  });
+}
 
 void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y, Tensor& mean,
                         Tensor& var) {
