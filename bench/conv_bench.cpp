@@ -1,6 +1,8 @@
 // Times the CPU convolution kernels (forward, input gradient, weight gradient) on the 20
 // convolutions of ResNet-18 in its CIFAR form (3x32x32 input), float32.
-//   ./build/bench/conv_bench [--batch 128] [--threads 2] [--reps 3]
+//   ./build/bench/conv_bench [--batch 128] [--threads 2] [--reps 3] [--input 32] [--layer l4]
+// --input 28 gives the 1x28x28 (Fashion-MNIST) variant's planes (28, 14, 7, 4) with a
+// 1-channel stem; --layer keeps the layers whose name starts with the given text.
 // Prints per layer the median wall time of each kernel and its GFLOP/s, the GFLOP/s of one
 // plain GEMM of the layer's shape (the ceiling im2col + GEMM can reach, measured under the
 // same conditions), then the totals and the CPU time the same runs took.
@@ -59,13 +61,18 @@ template <class F> double median_seconds(int reps, double* cpu, F&& f) {
 int main(int argc, char** argv) {
   int64_t batch = 128;
   int threads = 2, reps = 3;
+  int64_t input = 32;
+  std::string only;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--batch") batch = std::stoll(argv[i + 1]);
+    else if (a == "--input") input = std::stoll(argv[i + 1]);
+    else if (a == "--layer") only = argv[i + 1];
     else if (a == "--threads") threads = std::stoi(argv[i + 1]);
     else if (a == "--reps") reps = std::stoi(argv[i + 1]);
     else {
-      std::fprintf(stderr, "unknown option %s (use --batch N --threads T --reps R)\n", a.c_str());
+      std::fprintf(stderr, "unknown option %s (use --batch N --threads T --reps R --input 32|28 --layer NAME)\n",
+                   a.c_str());
       return 2;
     }
   }
@@ -77,7 +84,14 @@ int main(int argc, char** argv) {
   std::printf("%-16s %5s | %9s %7s | %9s %7s | %9s %7s | %7s\n", "layer", "count", "fwd ms", "GF/s", "gin ms", "GF/s",
               "gw ms", "GF/s", "GEMM");
   double total[3] = {0, 0, 0}, flops_total = 0;
-  for (const Layer& l : resnet18_cifar) {
+  for (Layer l : resnet18_cifar) {
+    if (!only.empty() && std::string(l.name).rfind(only, 0) != 0) continue;
+    if (input != 32) {  // the same network on an input x input plane (1 channel)
+      if (l.C == 3) l.C = 1;
+      int64_t h = input;  // each stride-2 stage halves the plane, rounding up
+      for (int64_t full = 32; full > l.H; full /= 2) h = (h + 1) / 2;
+      l.H = h;
+    }
     const Conv2dOptions opt{l.stride, l.K / 2};
     Tensor x = g.normal({batch, l.C, l.H, l.H}), w = g.normal({l.O, l.C, l.K, l.K});
     Tensor y = conv2d(x, w, {}, opt);

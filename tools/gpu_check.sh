@@ -27,7 +27,7 @@ say "nvcc: $(nvcc --version 2>&1 | tail -1); g++: $(g++ --version 2>&1 | head -1
 
 # ---- dependencies: the machine's own, else the carried .gpudeps, else apt-get ----
 have_deps() {
-  command -v pkg-config > /dev/null && pkg-config --exists eigen3 tbb nlohmann_json 2> /dev/null &&
+  command -v pkg-config > /dev/null && pkg-config --exists eigen3 tbb nlohmann_json openblas 2> /dev/null &&
     printf '#include <doctest/doctest.h>\n#include <CLI/CLI.hpp>\n' | g++ -std=c++20 -fsyntax-only -x c++ - 2> /dev/null
 }
 use_carried() {
@@ -44,7 +44,7 @@ elif [ -d .gpudeps ] && use_carried && have_deps; then
 else
   say "dependencies missing and no usable .gpudeps: trying apt-get"
   timeout 150 apt-get install -y -o DPkg::Lock::Timeout=60 --no-install-recommends meson ninja-build pkg-config \
-    libeigen3-dev libtbb-dev doctest-dev libcli11-dev nlohmann-json3-dev zlib1g-dev > "$LOG/build.log" 2>&1 ||
+    libeigen3-dev libtbb-dev doctest-dev libcli11-dev nlohmann-json3-dev zlib1g-dev libopenblas-pthread-dev > "$LOG/build.log" 2>&1 ||
     say "apt-get failed (see build.log)"
 fi
 if command -v meson > /dev/null; then MESON=(meson)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs, on a machine where flatmin builds, the build dependencies that a GPU machine
 # without network access may lack (Eigen, oneTBB, doctest, CLI11, nlohmann-json, zlib
-# headers, pkg-config and meson) into .gpudeps/ (about 25 MB, in .gitignore). Carry that
+# headers, OpenBLAS (pthread flavor, with libgfortran), pkg-config and meson) into .gpudeps/ (about 25 MB, in .gitignore). Carry that
 # folder to the GPU machine next to the checkout; tools/gpu_check.sh uses it only when
 # the machine's own packages are missing.
 set -euo pipefail
@@ -17,6 +17,13 @@ cp -r /usr/include/eigen3 /usr/include/tbb /usr/include/oneapi /usr/include/doct
 cp -P "$LIB"/libtbb.so* "$LIB"/libtbbmalloc.so* "$LIB"/libz.so.1* "$D/lib/"
 ln -s "$(basename "$(readlink -f "$LIB/libz.so")")" "$D/lib/libz.so"  # relative: it travels
 cp -P "$LIB"/libtbb.so* "$LIB"/libtbbmalloc.so* "$LIB"/libpkgconf.so.3* "$D/runtime/"
+# OpenBLAS: headers, the library and its Fortran runtime, at link and at run time
+OB=$LIB/openblas-pthread
+mkdir -p "$D/include/openblas"
+cp /usr/include/x86_64-linux-gnu/openblas-pthread/*.h "$D/include/openblas/"
+# one copy (36 MB), in runtime/, which the link and the loader both use
+cp -P "$OB"/libopenblas.so* "$OB"/libopenblasp-r*.so "$LIB"/libgfortran.so.5* "$LIB"/libquadmath.so.0* "$D/runtime/"
+rm -rf "$D/include/eigen3/unsupported"  # not used; keeps .gpudeps under the 64 MiB a carry allows
 cp /usr/bin/pkgconf "$D/bin/pkg-config"
 cp -r /usr/lib/python3/dist-packages/mesonbuild "$D/python/"
 pc() {  # name version cflags libs
@@ -28,4 +35,6 @@ pc tbb "$(pkg-config --modversion tbb)" '-I${includedir}' '-L${libdir} -ltbb'
 pc zlib "$(pkg-config --modversion zlib)" '-I${includedir}' '-L${libdir} -lz'
 pc nlohmann_json "$(pkg-config --modversion nlohmann_json)" '-I${includedir}' ''
 pc CLI11 "$(pkg-config --modversion CLI11)" '-I${includedir}' ''
+pc openblas "$(pkg-config --modversion openblas)" '-I${includedir}/openblas' '-L${prefix}/runtime -lopenblas'
+sed -i 's|^libdir=.*|libdir=${prefix}/runtime|' "$D/lib/pkgconfig/openblas.pc"  # meson reads it for the rpath
 du -sh "$D"
