@@ -31,28 +31,38 @@ namespace {
 
 // U[ξ][co][ci] = (G g G^T)[ξ] with g the 3x3 filter from output channel co to input
 // channel ci: w[co][ci] itself, or for the adjoint w[ci][co] rotated by 180 degrees.
+// Blocks of 16 input channels: the filters are gathered into g[9][16], then the transform
+// runs on 16 lanes and every ξ gets one contiguous store of 16 values.
 template <class T> void transform_filters(const T* w, bool adjoint, int64_t cout, int64_t cin, T* U) {
+  constexpr int64_t B = 16;
   const int64_t pairs = cout * cin;
-  parallel_for(cout, std::max<int64_t>(1, 4096 / std::max<int64_t>(cin, 1)), [&](int64_t o0, int64_t o1) {
+  parallel_for(cout, std::max<int64_t>(1, 2048 / std::max<int64_t>(cin, 1)), [&](int64_t o0, int64_t o1) {
+    T g[9][B], gg[4][3][B], u[4][B];
     for (int64_t co = o0; co < o1; ++co)
-      for (int64_t ci = 0; ci < cin; ++ci) {
-        T g[3][3];
-        for (int r = 0; r < 3; ++r)
-          for (int s = 0; s < 3; ++s)
-            g[r][s] = adjoint ? w[((ci * cout + co) * 3 + (2 - r)) * 3 + (2 - s)] : w[((co * cin + ci) * 3 + r) * 3 + s];
-        T gg[4][3];  // G g
-        for (int s = 0; s < 3; ++s) {
-          gg[0][s] = g[0][s];
-          gg[1][s] = T(0.5) * (g[0][s] + g[1][s] + g[2][s]);
-          gg[2][s] = T(0.5) * (g[0][s] - g[1][s] + g[2][s]);
-          gg[3][s] = g[2][s];
+      for (int64_t c0 = 0; c0 < cin; c0 += B) {
+        const int64_t nb = std::min(B, cin - c0);
+        for (int64_t j = 0; j < nb; ++j) {
+          const int64_t ci = c0 + j;
+          const T* f = adjoint ? w + (ci * cout + co) * 9 : w + (co * cin + ci) * 9;
+          for (int k = 0; k < 9; ++k) g[k][j] = f[adjoint ? 8 - k : k];  // 180 degrees: (r, s) -> (2-r, 2-s)
         }
-        for (int r = 0; r < 4; ++r) {  // (G g) G^T
-          T* u = U + (r * 4) * pairs + co * cin + ci;
-          u[0 * pairs] = gg[r][0];
-          u[1 * pairs] = T(0.5) * (gg[r][0] + gg[r][1] + gg[r][2]);
-          u[2 * pairs] = T(0.5) * (gg[r][0] - gg[r][1] + gg[r][2]);
-          u[3 * pairs] = gg[r][2];
+        for (int s = 0; s < 3; ++s)  // G g along the rows of the filter
+          for (int64_t j = 0; j < B; ++j) {
+            const T a = g[s][j], b = g[3 + s][j], c = g[6 + s][j];
+            gg[0][s][j] = a;
+            gg[1][s][j] = T(0.5) * (a + b + c);
+            gg[2][s][j] = T(0.5) * (a - b + c);
+            gg[3][s][j] = c;
+          }
+        for (int r = 0; r < 4; ++r) {  // (G g) G^T along the columns
+          for (int64_t j = 0; j < B; ++j) {
+            const T a = gg[r][0][j], b = gg[r][1][j], c = gg[r][2][j];
+            u[0][j] = a;
+            u[1][j] = T(0.5) * (a + b + c);
+            u[2][j] = T(0.5) * (a - b + c);
+            u[3][j] = c;
+          }
+          for (int k = 0; k < 4; ++k) std::copy(u[k], u[k] + nb, U + (r * 4 + k) * pairs + co * cin + c0);
         }
       }
   });
