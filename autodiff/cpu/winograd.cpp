@@ -74,47 +74,53 @@ struct Tiles {
   int64_t per_image() const { return TH * TW; }
 };
 
-// V[ξ][c][t0 + th*TW + tw] = (B^T d B)[ξ] for input channel c of one image x [C, H, W];
-// `rows` is scratch of 4 * (2*TW + 2) + 16 * TW elements.
+// V[ξ][c][t0 + th*TW + tw] = (B^T d B)[ξ] for input channel c of one image x [C, H, W].
+// B^T runs along each padded input row once (tile rows overlap by two input rows), on the
+// row split into even and odd columns so that every load is unit-stride; then down the
+// columns for each tile row. `scratch` holds input_scratch(tl) elements.
+size_t input_scratch(const Tiles& tl) { return size_t((2 * tl.TW + 2) + 2 * (tl.TW + 1) + (2 * tl.TH + 2) * 4 * tl.TW); }
 template <class T>
-void transform_input(const T* x, const WinogradShape& s, const Tiles& tl, T* V, int64_t ldv, int64_t t0, T* rows) {
-  const int64_t RW = 2 * tl.TW + 2;  // input columns the tiles of one tile row read
-  T* h = rows + 4 * RW;              // B^T applied along each row: h[r][k][tw]
+void transform_input(const T* x, const WinogradShape& s, const Tiles& tl, T* V, int64_t ldv, int64_t t0, T* scratch) {
+  const int64_t TW = tl.TW, RW = 2 * TW + 2, RJ = 2 * tl.TH + 2;  // padded columns and rows the tiles read
+  T* row = scratch;
+  T* ev = row + RW;       // row[0], row[2], ...
+  T* od = ev + TW + 1;    // row[1], row[3], ...
+  T* H = od + TW + 1;     // H[j][k][tw] = (B^T along padded row j)[k] of tile column tw
+  const int64_t j0 = std::clamp<int64_t>(s.pw, 0, RW), j1 = std::clamp<int64_t>(s.W + s.pw, j0, RW);
   for (int64_t c = 0; c < s.C; ++c) {
     const T* xc = x + c * s.H * s.W;
+    for (int64_t j = 0; j < RJ; ++j) {
+      T* hj = H + j * 4 * TW;
+      const int64_t ih = j - s.ph;
+      if (ih < 0 || ih >= s.H) {
+        std::fill(hj, hj + 4 * TW, T(0));
+        continue;
+      }
+      std::fill(row, row + j0, T(0));
+      std::copy(xc + ih * s.W + (j0 - s.pw), xc + ih * s.W + (j1 - s.pw), row + j0);
+      std::fill(row + j1, row + RW, T(0));
+      for (int64_t m = 0; m <= TW; ++m) {
+        ev[m] = row[2 * m];
+        od[m] = row[2 * m + 1];
+      }
+      for (int64_t tw = 0; tw < TW; ++tw) {  // d0..d3 = ev[tw], od[tw], ev[tw+1], od[tw+1]
+        hj[0 * TW + tw] = ev[tw] - ev[tw + 1];
+        hj[1 * TW + tw] = od[tw] + ev[tw + 1];
+        hj[2 * TW + tw] = ev[tw + 1] - od[tw];
+        hj[3 * TW + tw] = od[tw] - od[tw + 1];
+      }
+    }
     for (int64_t th = 0; th < tl.TH; ++th) {
-      for (int r = 0; r < 4; ++r) {  // the 4 input rows of this tile row, zero outside
-        T* row = rows + r * RW;
-        const int64_t ih = 2 * th - s.ph + r;
-        if (ih < 0 || ih >= s.H) {
-          std::fill(row, row + RW, T(0));
-          continue;
-        }
-        const int64_t j0 = std::clamp<int64_t>(s.pw, 0, RW), j1 = std::clamp<int64_t>(s.W + s.pw, j0, RW);
-        std::fill(row, row + j0, T(0));
-        std::copy(xc + ih * s.W + (j0 - s.pw), xc + ih * s.W + (j1 - s.pw), row + j0);
-        std::fill(row + j1, row + RW, T(0));
-      }
-      for (int r = 0; r < 4; ++r) {
-        const T* d = rows + r * RW;
-        T* hr = h + r * 4 * tl.TW;
-        for (int64_t tw = 0; tw < tl.TW; ++tw) {
-          const T d0 = d[2 * tw], d1 = d[2 * tw + 1], d2 = d[2 * tw + 2], d3 = d[2 * tw + 3];
-          hr[0 * tl.TW + tw] = d0 - d2;
-          hr[1 * tl.TW + tw] = d1 + d2;
-          hr[2 * tl.TW + tw] = d2 - d1;
-          hr[3 * tl.TW + tw] = d1 - d3;
-        }
-      }
-      const int64_t t = t0 + th * tl.TW;
+      const T* h = H + 2 * th * 4 * TW;  // rows 2th .. 2th+3
+      const int64_t t = t0 + th * TW;
       for (int k = 0; k < 4; ++k) {
-        const T *h0 = h + (0 * 4 + k) * tl.TW, *h1 = h + (1 * 4 + k) * tl.TW, *h2 = h + (2 * 4 + k) * tl.TW,
-                *h3 = h + (3 * 4 + k) * tl.TW;
+        const T *h0 = h + (0 * 4 + k) * TW, *h1 = h + (1 * 4 + k) * TW, *h2 = h + (2 * 4 + k) * TW,
+                *h3 = h + (3 * 4 + k) * TW;
         T* v0 = V + ((0 * 4 + k) * s.C + c) * ldv + t;
         T* v1 = V + ((1 * 4 + k) * s.C + c) * ldv + t;
         T* v2 = V + ((2 * 4 + k) * s.C + c) * ldv + t;
         T* v3 = V + ((3 * 4 + k) * s.C + c) * ldv + t;
-        for (int64_t tw = 0; tw < tl.TW; ++tw) {
+        for (int64_t tw = 0; tw < TW; ++tw) {
           v0[tw] = h0[tw] - h2[tw];
           v1[tw] = h1[tw] + h2[tw];
           v2[tw] = h2[tw] - h1[tw];
@@ -252,7 +258,7 @@ Plan plan(const WinogradShape& s, const Tiles& tl, size_t elem, bool allow_phase
   if (!phases) G = std::min(G, std::max<int64_t>(1, (s.N + 3) / 4));  // >= 4 groups to share out
   return {G, phases, (s.N + G - 1) / G, G * tl.per_image()};
 }
-size_t row_scratch(const Tiles& tl) { return size_t(4 * (2 * tl.TW + 2) + 16 * tl.TW); }
+size_t row_scratch(const Tiles& tl) { return std::max(input_scratch(tl), size_t(8 * tl.TW)); }
 
 template <class T> void convolve(const T* x, const T* w, bool adjoint, T* y, const WinogradShape& s) {
   const Tiles tl{(s.OH + 1) / 2, (s.OW + 1) / 2};
