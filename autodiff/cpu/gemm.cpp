@@ -12,9 +12,10 @@
 
 #include <algorithm>
 #include <climits>
-#include <stdexcept>
 #include <string>
 #include <type_traits>
+
+#include "autodiff/tensor.hpp"
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -31,8 +32,8 @@ void single_threaded_blas() {
 }
 int blas_int(int64_t v, const char* what) {
   if (v < 0 || v > INT_MAX)
-    throw std::length_error("gemm: " + std::string(what) + " = " + std::to_string(v) +
-                            " does not fit the 32-bit BLAS interface");
+    throw Error("gemm: " + std::string(what) + " = " + std::to_string(v) +
+                " does not fit the 32-bit BLAS interface (at most 2^31 - 1)");
   return int(v);
 }
 }  // namespace
