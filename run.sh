@@ -3,6 +3,7 @@
 # and builds as needed, then runs what was asked. Safe to run again.
 #   ./run.sh test          build and run the whole test suite
 #   ./run.sh asan          the test suite under AddressSanitizer + UBSan (build-asan/)
+#   ./run.sh build         install what is missing and build (build/), nothing else
 #   ./run.sh <command> ... build, then run `flatmin <command> ...` (e.g. escape, check, probe)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -41,6 +42,7 @@ PY
 cmd=${1:-test}
 case "$cmd" in
   test) build build; run_tests build ;;
+  build) build build ;;
   asan) build build-asan -Db_sanitize=address,undefined -Dbuildtype=debugoptimized -Dcuda=disabled
         ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 run_tests build-asan ;;
   *) build build >&2; shift; exec ./build/tools/flatmin "$cmd" "$@" ;;

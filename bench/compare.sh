@@ -25,7 +25,7 @@ if ! /usr/bin/python3 -c 'import torch' 2>/dev/null || [ ! -e "$openblas/libblas
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get install -y -o DPkg::Lock::Timeout=600 python3-torch libopenblas0-openmp
 fi
-[ -d build ] || meson setup build
+./run.sh build > /dev/null  # flatmin's own packages (OpenBLAS, Eigen, oneTBB, ...) and the build
 ninja -C build bench/flatmin_bench
 out="${out:-$(mktemp -d)}"
 mkdir -p "$out"
