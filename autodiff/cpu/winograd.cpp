@@ -12,7 +12,8 @@
 // depend on the thread count); each task transforms its group's tiles, runs the 16 GEMMs
 // and writes its output tiles. The same routine computes the input gradient of a stride-1
 // convolution, which is a stride-1 convolution of the output gradient with the flipped,
-// transposed filter and padding 2 - p.
+// transposed filter and padding 2 - p. The weight gradient reuses the input transform:
+// gw = G^T [Σ_tiles (A dY A^T) ⊙ (B^T d B)] G, 16 GEMMs summing over tiles (filter_gradient).
 //
 // Exactness: the transforms are exact in real arithmetic; in floating point they add a few
 // roundings (the entries of G are ½, exact in binary), so results differ from im2col + GEMM
