@@ -1,5 +1,6 @@
-// Convolution (im2col / col2im + cuBLAS GEMM, chunked over images so the column buffer
-// stays under kColumnBudget) and 2-d pooling. Everything is deterministic: no atomics;
+// Convolution (Winograd for 3x3 stride-1 layers with >= 32 channels, winograd.cu; else
+// im2col / col2im + cuBLAS GEMM, chunked over images so the column buffer stays under
+// kColumnBudget) and 2-d pooling. Everything is deterministic: no atomics;
 // col2im and the pooling adjoint gather their sums in a fixed order per output element.
 #include "autodiff/cuda/kernels.hpp"
 
@@ -15,6 +16,8 @@ struct ConvGeom {
   int64_t ckk() const { return C * KH * KW; }
   int64_t ohw() const { return OH * OW; }
   bool pointwise() const { return KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
+  // the CPU's rule (autodiff/cpu/conv.cpp): 3x3, stride 1, padding <= 2, >= 32 channels each way
+  bool winograd() const { return KH == 3 && KW == 3 && sh == 1 && sw == 1 && ph <= 2 && pw <= 2 && C >= 32 && O >= 32; }
 };
 ConvGeom geometry(const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p) {
   return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], p.stride_h, p.stride_w, p.pad_h, p.pad_w};
@@ -142,6 +145,7 @@ template <class T> const T* ptr(const Tensor& t) { return data_ptr<T>(t); }
 void conv2d(const Ctx& c, const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p) {
   const ConvGeom g = geometry(x.shape(), w.shape(), out.shape(), p);
   if (out.numel() == 0) return;
+  if (g.winograd()) return winograd_conv3x3(c, x, w, false, out, g.ph, g.pw);
   const int64_t ckk = g.ckk(), ohw = g.ohw();
   dispatch_float(x.dtype(), "conv2d", [&](auto z) {
     using T = decltype(z);
@@ -166,6 +170,7 @@ void conv2d(const Ctx& c, const Tensor& x, const Tensor& w, Tensor& out, const C
 void conv2d_input_grad(const Ctx& c, const Tensor& gy, const Tensor& w, Tensor& gx, const Conv2dParams& p) {
   const ConvGeom g = geometry(gx.shape(), w.shape(), gy.shape(), p);
   if (gx.numel() == 0) return;
+  if (g.winograd() && gy.numel() != 0) return winograd_conv3x3(c, gy, w, true, gx, 2 - g.ph, 2 - g.pw);
   const int64_t ckk = g.ckk(), ohw = g.ohw();
   dispatch_float(gy.dtype(), "conv2d_input_grad", [&](auto z) {
     using T = decltype(z);
@@ -192,6 +197,7 @@ void conv2d_input_grad(const Ctx& c, const Tensor& gy, const Tensor& w, Tensor& 
 void conv2d_weight_grad(const Ctx& c, const Tensor& x, const Tensor& gy, Tensor& gw, const Conv2dParams& p) {
   const ConvGeom g = geometry(x.shape(), gw.shape(), gy.shape(), p);
   if (gw.numel() == 0) return;
+  if (g.winograd()) return winograd_filter_grad3x3(c, x, gy, gw, g.ph, g.pw);
   const int64_t ckk = g.ckk(), ohw = g.ohw();
   dispatch_float(x.dtype(), "conv2d_weight_grad", [&](auto z) {
     using T = decltype(z);

@@ -116,5 +116,10 @@ void conv2d_weight_grad(const Ctx&, const Tensor& x, const Tensor& gy, Tensor& g
 void max_pool2d(const Ctx&, const Tensor& x, Tensor& out, Tensor& indices, const Pool2dParams& p);
 void avg_pool2d(const Ctx&, const Tensor& x, Tensor& out, const Pool2dParams& p);
 void avg_pool2d_adjoint(const Ctx&, const Tensor& gy, Tensor& gx, const Pool2dParams& p);
+// ---- winograd.cu: F(2x2,3x3) for 3x3 stride-1 convolutions (see autodiff/cpu/winograd.hpp) ----
+// y = conv(x, w) with padding (ph, pw); with adjoint, w is [C_y, C_x, 3, 3] rotated by 180
+// degrees and transposed (the input gradient, called with padding 2 - p). Overwrites y.
+void winograd_conv3x3(const Ctx&, const Tensor& x, const Tensor& w, bool adjoint, Tensor& y, int64_t ph, int64_t pw);
+void winograd_filter_grad3x3(const Ctx&, const Tensor& x, const Tensor& gy, Tensor& gw, int64_t ph, int64_t pw);
 
 }  // namespace flatmin::cuda

@@ -29,6 +29,6 @@ for f in "$W"/src/*.cpp "$ROOT"/tests/main.cpp "$ROOT"/tests/gpu/*.cpp; do
 done
 wait
 cpu_objects=$(ls "$BUILD"/libflatmin.so.p/*.o | grep -v 'cuda_')
-g++ -o "$W/emu_tests" "$W"/obj/*.o $cpu_objects -ltbb -lz -lpthread
+g++ -o "$W/emu_tests" "$W"/obj/*.o $cpu_objects -ltbb -lz -lpthread $(pkg-config --libs openblas) -Wl,-rpath,"$(pkg-config --variable=libdir openblas)"
 echo "[cuda_emu] running the gpu suite on the host emulation ($W/emu_tests)"
 "$W/emu_tests" -ts=gpu "$@"
