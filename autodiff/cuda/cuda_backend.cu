@@ -282,6 +282,16 @@ class CudaBackend final : public Backend {
   void avg_pool2d_adjoint(const Tensor& gy, Tensor& gx, const Pool2dParams& p) override {
     guard(); cuda::avg_pool2d_adjoint(c_, gy, gx, p);
   }
+  bool batch_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor& y, Tensor& mean,
+                          Tensor& var) override {
+    guard(); cuda::batch_norm_forward(c_, x, w, b, eps, y, mean, var);
+    return true;
+  }
+  bool batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& var,
+                           double eps, Tensor& gx, Tensor& gw, Tensor& gb) override {
+    guard(); cuda::batch_norm_backward(c_, g, x, w, mean, var, eps, gx, gw, gb);
+    return true;
+  }
 
  private:
   // With several GPUs, make this backend's device current before any runtime call.

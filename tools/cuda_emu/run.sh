@@ -17,7 +17,7 @@ for f in "$ROOT"/autodiff/cuda/*.cu; do
   python3 - "$f" "$W/src/$(basename "$f" .cu).cpp" << 'PY'
 import re, sys
 s = open(sys.argv[1]).read()
-s = re.sub(r'(reduce_block_kernel<T, Acc>)<<<(.+?), kThreads, 0, c\.stream>>>\(', r'emu_launch_sync(\2, kThreads, \1, ', s, flags=re.S)
+s = re.sub(r'(\w*block_kernel<[^<>]*>)<<<(.+?), kThreads, 0, c\.stream>>>\(', r'emu_launch_sync(\2, kThreads, \1, ', s, flags=re.S)
 s = re.sub(r'(\w+<[^<>]*>)<<<(.+?), kThreads, 0, c\.stream>>>\(', r'emu_launch(\2, kThreads, \1, ', s, flags=re.S)
 if '<<<' in s: sys.exit(f'{sys.argv[1]}: a launch this script does not know how to rewrite')
 open(sys.argv[2], 'w').write('#define __CUDACC__ 1\n#include "cuda_runtime.h"\n' + s)
