@@ -292,6 +292,17 @@ class CudaBackend final : public Backend {
     guard(); cuda::batch_norm_backward(c_, g, x, w, mean, var, eps, gx, gw, gb);
     return true;
   }
+  bool batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& w,
+                                 const Tensor& mean, const Tensor& var, double eps, Tensor& dg, Tensor& dx,
+                                 Tensor& dw) override {
+    guard(); cuda::batch_norm_input_grad_vjp(c_, a, g, x, w, mean, var, eps, dg, dx, dw);
+    return true;
+  }
+  bool batch_norm_weight_grad_vjp(const Tensor& beta, const Tensor& g, const Tensor& x, const Tensor& mean,
+                                  const Tensor& var, double eps, Tensor& dg, Tensor& dx) override {
+    guard(); cuda::batch_norm_weight_grad_vjp(c_, beta, g, x, mean, var, eps, dg, dx);
+    return true;
+  }
 
  private:
   // With several GPUs, make this backend's device current before any runtime call.

@@ -116,11 +116,15 @@ void conv2d_weight_grad(const Ctx&, const Tensor& x, const Tensor& gy, Tensor& g
 void max_pool2d(const Ctx&, const Tensor& x, Tensor& out, Tensor& indices, const Pool2dParams& p);
 void avg_pool2d(const Ctx&, const Tensor& x, Tensor& out, const Pool2dParams& p);
 void avg_pool2d_adjoint(const Ctx&, const Tensor& gy, Tensor& gx, const Pool2dParams& p);
-// ---- norm.cu: fused batch norm, first order (see Backend::batch_norm_forward/backward) ----
+// ---- norm.cu: fused batch norm (see Backend::batch_norm_forward/backward/..._vjp) ----
 void batch_norm_forward(const Ctx&, const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor& y,
                         Tensor& mean, Tensor& var);
 void batch_norm_backward(const Ctx&, const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean,
                          const Tensor& var, double eps, Tensor& gx, Tensor& gw, Tensor& gb);
+void batch_norm_input_grad_vjp(const Ctx&, const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& w,
+                               const Tensor& mean, const Tensor& var, double eps, Tensor& dg, Tensor& dx, Tensor& dw);
+void batch_norm_weight_grad_vjp(const Ctx&, const Tensor& beta, const Tensor& g, const Tensor& x, const Tensor& mean,
+                                const Tensor& var, double eps, Tensor& dg, Tensor& dx);
 // ---- winograd.cu: F(2x2,3x3) for 3x3 stride-1 convolutions (see autodiff/cpu/winograd.hpp) ----
 // y = conv(x, w) with padding (ph, pw); with adjoint, w is [C_y, C_x, 3, 3] rotated by 180
 // degrees and transposed (the input gradient, called with padding 2 - p). Overwrites y.
