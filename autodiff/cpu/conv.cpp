@@ -7,7 +7,6 @@
 // in chunk order.
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -31,14 +30,7 @@ struct Geometry {
   int64_t K() const { return C * KH * KW; }      // rows of an image's column matrix
   int64_t HW() const { return H * W; }
   bool pointwise() const { return KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
-  // Winograd F(2x2,3x3) pays off once both channel counts fill a GEMM (bench/conv_bench);
-  // padding <= 2 keeps the input gradient (padding 2 - p) a plain convolution.
-  bool winograd() const {
-    return KH == 3 && KW == 3 && sh == 1 && sw == 1 && ph <= 2 && pw <= 2 && C >= winograd_min_channels &&
-           O >= winograd_min_channels;
-  }
-  // Below 32 channels the transforms cost more than the multiplications saved.
-  static constexpr int64_t winograd_min_channels = 32;
+  bool winograd() const { return kernels::use_winograd(KH, KW, sh, sw, ph, pw, C, O); }
 };
 Geometry geometry(const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p) {
   return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], p.stride_h, p.stride_w, p.pad_h, p.pad_w};

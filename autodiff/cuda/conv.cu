@@ -16,8 +16,7 @@ struct ConvGeom {
   int64_t ckk() const { return C * KH * KW; }
   int64_t ohw() const { return OH * OW; }
   bool pointwise() const { return KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
-  // the CPU's rule (autodiff/cpu/conv.cpp): 3x3, stride 1, padding <= 2, >= 32 channels each way
-  bool winograd() const { return KH == 3 && KW == 3 && sh == 1 && sw == 1 && ph <= 2 && pw <= 2 && C >= 32 && O >= 32; }
+  bool winograd() const { return kernels::use_winograd(KH, KW, sh, sw, ph, pw, C, O); }
 };
 ConvGeom geometry(const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p) {
   return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], p.stride_h, p.stride_w, p.pad_h, p.pad_w};
