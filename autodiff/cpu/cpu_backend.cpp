@@ -263,6 +263,7 @@ class BlockCache {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       live_ += size;
+      high_water_ = std::max(high_water_, live_);
       auto it = free_.find(size);
       if (it != free_.end()) {
         p = it->second;
@@ -270,7 +271,6 @@ class BlockCache {
         free_.erase(it);
         return p;
       }
-      high_water_ = std::max(high_water_, live_);
       while (!free_.empty() && live_ + cached_ > high_water_ + slack) {
         auto victim = free_.begin();
         evicted.emplace_back(victim->second, victim->first);
