@@ -22,6 +22,16 @@ WinoGeom wino_geometry(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, in
   return {N, C, H, W, O, OH, OW, ph, pw, (OH + 1) / 2, (OW + 1) / 2};
 }
 
+// Element e of a loop over (image n, channel ch, tile row th, tile column tw), and its
+// column t = n * tiles + th * TW + tw in the transformed matrices.
+struct TileAt {
+  int64_t n, ch, th, tw, t;
+};
+__device__ __forceinline__ TileAt tile_at(const WinoGeom& g, int64_t channels, int64_t e) {
+  const int64_t tiles = g.tiles(), tw = e % g.TW, th = (e / g.TW) % g.TH, n = e / (tiles * channels);
+  return {n, (e / tiles) % channels, th, tw, n * tiles + th * g.TW + tw};
+}
+
 // U[ξ][co][ci] = G g G^T, g = w[co][ci] (3x3), or for the adjoint w[ci][co] rotated 180°.
 template <class T> __global__ void wino_filter_kernel(const T* w, T* U, int64_t cout, int64_t cin, bool adjoint) {
   const int64_t pairs = cout * cin;
@@ -50,8 +60,9 @@ template <class T> __global__ void wino_filter_kernel(const T* w, T* U, int64_t 
 template <class T> __global__ void wino_input_kernel(const T* x, T* V, WinoGeom g, int64_t n0, int64_t nb) {
   const int64_t tiles = g.tiles(), T_n = nb * tiles;
   FM_GRID_LOOP(e, nb * g.C * tiles) {
-    const int64_t tw = e % g.TW, th = (e / g.TW) % g.TH, c = (e / tiles) % g.C, n = e / (tiles * g.C);
-    const T* xc = x + ((n0 + n) * g.C + c) * g.H * g.W;
+    const TileAt a = tile_at(g, g.C, e);
+    const int64_t th = a.th, tw = a.tw, c = a.ch;
+    const T* xc = x + ((n0 + a.n) * g.C + c) * g.H * g.W;
     T d[4][4];
     for (int r = 0; r < 4; ++r)
       for (int s = 0; s < 4; ++s) {
@@ -65,8 +76,8 @@ template <class T> __global__ void wino_input_kernel(const T* x, T* V, WinoGeom 
       h[2][s] = d[2][s] - d[1][s];
       h[3][s] = d[1][s] - d[3][s];
     }
-    const int64_t t = n * tiles + th * g.TW + tw, xs = g.C * T_n;
-    T* v = V + c * T_n + t;
+    const int64_t xs = g.C * T_n;
+    T* v = V + c * T_n + a.t;
     for (int r = 0; r < 4; ++r) {  // (B^T d) B
       v[(r * 4 + 0) * xs] = h[r][0] - h[r][2];
       v[(r * 4 + 1) * xs] = h[r][1] + h[r][2];
@@ -80,16 +91,16 @@ template <class T> __global__ void wino_input_kernel(const T* x, T* V, WinoGeom 
 template <class T> __global__ void wino_output_kernel(const T* M, T* y, WinoGeom g, int64_t n0, int64_t nb) {
   const int64_t tiles = g.tiles(), T_n = nb * tiles;
   FM_GRID_LOOP(e, nb * g.O * tiles) {
-    const int64_t tw = e % g.TW, th = (e / g.TW) % g.TH, o = (e / tiles) % g.O, n = e / (tiles * g.O);
-    const int64_t t = n * tiles + th * g.TW + tw, xs = g.O * T_n;
-    const T* m = M + o * T_n + t;
+    const TileAt at = tile_at(g, g.O, e);
+    const int64_t th = at.th, tw = at.tw, o = at.ch, xs = g.O * T_n;
+    const T* m = M + o * T_n + at.t;
     T a[2][4];  // A^T M
     for (int k = 0; k < 4; ++k) {
       const T m0 = m[(0 * 4 + k) * xs], m1 = m[(1 * 4 + k) * xs], m2 = m[(2 * 4 + k) * xs], m3 = m[(3 * 4 + k) * xs];
       a[0][k] = m0 + m1 + m2;
       a[1][k] = m1 - m2 - m3;
     }
-    T* yo = y + ((n0 + n) * g.O + o) * g.OH * g.OW;
+    T* yo = y + ((n0 + at.n) * g.O + o) * g.OH * g.OW;
     for (int i = 0; i < 2; ++i) {
       const int64_t oh = 2 * th + i, ow = 2 * tw;
       if (oh >= g.OH) break;
@@ -103,8 +114,9 @@ template <class T> __global__ void wino_output_kernel(const T* M, T* y, WinoGeom
 template <class T> __global__ void wino_grad_output_kernel(const T* gy, T* Y, WinoGeom g, int64_t n0, int64_t nb) {
   const int64_t tiles = g.tiles(), T_n = nb * tiles;
   FM_GRID_LOOP(e, nb * g.O * tiles) {
-    const int64_t tw = e % g.TW, th = (e / g.TW) % g.TH, o = (e / tiles) % g.O, n = e / (tiles * g.O);
-    const T* go = gy + ((n0 + n) * g.O + o) * g.OH * g.OW;
+    const TileAt at = tile_at(g, g.O, e);
+    const int64_t th = at.th, tw = at.tw, o = at.ch;
+    const T* go = gy + ((n0 + at.n) * g.O + o) * g.OH * g.OW;
     T dy[2][2];
     for (int i = 0; i < 2; ++i)
       for (int j = 0; j < 2; ++j) {
@@ -118,8 +130,8 @@ template <class T> __global__ void wino_grad_output_kernel(const T* gy, T* Y, Wi
       b[i][2] = dy[i][0] - dy[i][1];
       b[i][3] = -dy[i][1];
     }
-    const int64_t t = n * tiles + th * g.TW + tw, xs = g.O * T_n;
-    T* yt = Y + o * T_n + t;
+    const int64_t xs = g.O * T_n;
+    T* yt = Y + o * T_n + at.t;
     for (int k = 0; k < 4; ++k) {  // A along the rows
       yt[(0 * 4 + k) * xs] = b[0][k];
       yt[(1 * 4 + k) * xs] = b[0][k] + b[1][k];
