@@ -6,6 +6,21 @@
 
 namespace flatmin {
 
+#define FLATMIN_KERNEL_NAME(name) #name,
+const char* kernel_name(UnaryOp op) {
+  static constexpr const char* names[] = {FLATMIN_UNARY_KERNELS(FLATMIN_KERNEL_NAME)};
+  return names[size_t(op)];
+}
+const char* kernel_name(BinaryOp op) {
+  static constexpr const char* names[] = {FLATMIN_BINARY_KERNELS(FLATMIN_KERNEL_NAME)};
+  return names[size_t(op)];
+}
+const char* kernel_name(ReduceOp op) {
+  static constexpr const char* names[] = {FLATMIN_REDUCE_KERNELS(FLATMIN_KERNEL_NAME)};
+  return names[size_t(op)];
+}
+#undef FLATMIN_KERNEL_NAME
+
 Backend& backend(Device d) {
   if (d.kind == DeviceKind::cpu) return profile::enabled() ? profile::timed(cpu::instance()) : cpu::instance();
   std::string why;

@@ -1,4 +1,4 @@
-// The kernel interface every device implements. Ops (ops.cpp) allocate outputs, check
+// The kernel interface every device implements. Ops (ops_*.cpp) allocate outputs, check
 // shapes and record the graph; a Backend only computes. All tensors passed here are
 // contiguous, already shape-checked, on this backend's device, and of matching dtype
 // (except index tensors, which are i64). Kept free of Eigen and CUDA headers so that both
@@ -9,19 +9,27 @@
 
 namespace flatmin {
 
-enum class UnaryOp : uint8_t {
-  neg, exp, log, sqrt, rsqrt, tanh, sigmoid, softplus, relu, abs,
-  sign,        // -1, 0, +1
-  step,        // x > 0 ? 1 : 0   (the derivative of relu)
-  pow_scalar,  // x ^ param
-  add_scalar,  // x + param
-  mul_scalar,  // x * param
-  rsub_scalar, // param - x
-  reciprocal,  // 1 / x
-};
-// where_positive(a, b) = b > 0 ? a : 0 (ReLU's backward, with b its output).
-enum class BinaryOp : uint8_t { add, sub, mul, div, maximum, minimum, pow, gt, ge, lt, le, eq, where_positive };
-enum class ReduceOp : uint8_t { sum, max, min };
+// The kernel kinds, each listed once: the enums and their names (kernel_name(), which the
+// profiler prints) come from these lists.
+// sign: -1, 0, +1; pow_scalar: x ^ param; add_scalar: x + param; mul_scalar: x * param;
+// rsub_scalar: param - x; reciprocal: 1 / x.
+#define FLATMIN_UNARY_KERNELS(X)                                                                                \
+  X(neg) X(exp) X(log) X(sqrt) X(rsqrt) X(tanh) X(sigmoid) X(softplus) X(relu) X(abs) X(sign) X(pow_scalar)     \
+  X(add_scalar) X(mul_scalar) X(rsub_scalar) X(reciprocal)
+// Comparisons give 0/1 in the operands' type; where_positive(a, b) = b > 0 ? a : 0 (ReLU's
+// backward, with b its output).
+#define FLATMIN_BINARY_KERNELS(X) \
+  X(add) X(sub) X(mul) X(div) X(maximum) X(minimum) X(gt) X(ge) X(lt) X(le) X(eq) X(where_positive)
+#define FLATMIN_REDUCE_KERNELS(X) X(sum) X(max) X(min)
+
+#define FLATMIN_KERNEL_ENUM(name) name,
+enum class UnaryOp : uint8_t { FLATMIN_UNARY_KERNELS(FLATMIN_KERNEL_ENUM) };
+enum class BinaryOp : uint8_t { FLATMIN_BINARY_KERNELS(FLATMIN_KERNEL_ENUM) };
+enum class ReduceOp : uint8_t { FLATMIN_REDUCE_KERNELS(FLATMIN_KERNEL_ENUM) };
+#undef FLATMIN_KERNEL_ENUM
+const char* kernel_name(UnaryOp op);
+const char* kernel_name(BinaryOp op);
+const char* kernel_name(ReduceOp op);
 enum class RandomKind : uint8_t { uniform, normal, rademacher };
 
 struct Conv2dParams {

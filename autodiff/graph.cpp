@@ -91,9 +91,9 @@ bool any_requires_grad(std::initializer_list<const Tensor*> inputs) {
 
 namespace {
 template <class List>
-void record_node(Tensor& out, const char* op, const List& inputs, const List& saved, bool save_output, Rule&& rule) {
+void record_node(Tensor& out, Op op, const List& inputs, const List& saved, bool save_output, Rule&& rule) {
   auto n = std::allocate_shared<Node>(detail::SmallAllocator<Node>());
-  n->op = op;
+  n->op = op_name(op);
   n->inputs.reserve(inputs.size());
   for (const Tensor& t : inputs) n->inputs.push_back(t.defined() ? t.node() : nullptr);
   n->saved.reserve(saved.size());
@@ -110,13 +110,15 @@ void record_node(Tensor& out, const char* op, const List& inputs, const List& sa
 }
 }  // namespace
 
-void record(Tensor& out, const char* op, std::initializer_list<Tensor> inputs, std::initializer_list<Tensor> saved,
-            bool save_output, Rule rule) {
-  record_node(out, op, inputs, saved, save_output, std::move(rule));
+void record(Tensor& out, Op op, std::initializer_list<Tensor> inputs, std::initializer_list<Tensor> saved, Rule rule) {
+  record_node(out, op, inputs, saved, false, std::move(rule));
 }
-void record(Tensor& out, const char* op, const std::vector<Tensor>& inputs, const std::vector<Tensor>& saved,
-            bool save_output, Rule rule) {
-  record_node(out, op, inputs, saved, save_output, std::move(rule));
+void record(Tensor& out, Op op, std::initializer_list<Tensor> inputs, std::initializer_list<Tensor> saved,
+            RecordOptions opt, Rule rule) {
+  record_node(out, op, inputs, saved, opt.save_output, std::move(rule));
+}
+void record(Tensor& out, Op op, const std::vector<Tensor>& inputs, const std::vector<Tensor>& saved, Rule rule) {
+  record_node(out, op, inputs, saved, false, std::move(rule));
 }
 
 // ---- the engine ----

@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <vector>
+#include "autodiff/op_registry.hpp"
 #include "autodiff/tensor.hpp"
 
 namespace flatmin {
@@ -33,7 +34,7 @@ using Rule = std::function<std::vector<Tensor>(const Tensor& grad, const RuleCon
 
 class Node : public std::enable_shared_from_this<Node> {
  public:
-  const char* op = "leaf";
+  const char* op = "leaf";  // op_name() of its registry entry
   uint64_t seq = 0;
   std::vector<std::shared_ptr<Node>> inputs;  // nullptr where that input needs no grad
   struct Saved {
@@ -88,15 +89,19 @@ class EnableGrad {
 };
 
 // Called by every op after its kernel ran: makes a node when recording is on and any input
-// needs a gradient. `saved` are inputs (or other tensors) the rule reads back via
-// ctx.saved(i); set save_output when the rule reads ctx.output().
+// needs a gradient. `op` is the op's entry in the registry (op_registry.hpp); `saved` are
+// inputs (or other tensors) the rule reads back via ctx.saved(i); a rule that reads
+// ctx.output() is recorded with {.save_output = true}.
 bool any_requires_grad(std::initializer_list<const Tensor*> inputs);
 
-// Braced lists {a, b} take the first form (no vector is built); vectors the second.
-void record(Tensor& out, const char* op, std::initializer_list<Tensor> inputs, std::initializer_list<Tensor> saved,
-            bool save_output, Rule rule);
-void record(Tensor& out, const char* op, const std::vector<Tensor>& inputs, const std::vector<Tensor>& saved,
-            bool save_output, Rule rule);
+struct RecordOptions {
+  bool save_output = false;  // keep the output (without its node) for ctx.output()
+};
+// Braced lists {a, b} take the first forms (no vector is built); vectors the last.
+void record(Tensor& out, Op op, std::initializer_list<Tensor> inputs, std::initializer_list<Tensor> saved, Rule rule);
+void record(Tensor& out, Op op, std::initializer_list<Tensor> inputs, std::initializer_list<Tensor> saved,
+            RecordOptions opt, Rule rule);
+void record(Tensor& out, Op op, const std::vector<Tensor>& inputs, const std::vector<Tensor>& saved, Rule rule);
 
 struct GradOptions {
   std::vector<Tensor> grad_outputs;  // default: ones for a scalar output

@@ -8,32 +8,12 @@
 
 #include "autodiff/backend.hpp"
 #include "autodiff/graph.hpp"
+#include "autodiff/op_checks.hpp"
 
 namespace flatmin {
 
-const std::vector<std::string>& nn_op_names() {
-  static const std::vector<std::string> names = {"conv2d",     "conv2d_input_grad", "conv2d_weight_grad", "max_pool2d",
-                                                 "avg_pool2d", "avg_pool2d_adjoint", "batch_norm"};
-  return names;
-}
-
 namespace {
 
-Backend& be(const Tensor& t) { return backend(t.device()); }
-
-void check_float_tensor(const char* op, const Tensor& t, const char* which) {
-  if (!t.defined()) throw Error(std::string(op) + ": " + which + " is undefined");
-  if (!is_floating(t.dtype()))
-    throw Error(std::string(op) + ": " + which + " must be floating-point, got " + dtype_name(t.dtype()) + " " +
-                to_string(t.shape()));
-}
-void check_same(const char* op, const Tensor& a, const char* wa, const Tensor& b, const char* wb) {
-  if (a.device() != b.device())
-    throw Error(std::string(op) + ": " + wa + " on " + a.device().str() + " but " + wb + " on " + b.device().str());
-  if (a.dtype() != b.dtype())
-    throw Error(std::string(op) + ": " + wa + " is " + dtype_name(a.dtype()) + " but " + wb + " is " +
-                dtype_name(b.dtype()));
-}
 void check_rank(const char* op, const Shape& s, size_t rank, const char* which) {
   if (s.size() != rank)
     throw Error(std::string(op) + ": " + which + " must have rank " + std::to_string(rank) + ", got " + to_string(s));
@@ -88,20 +68,20 @@ Shape pool_out_shape(const Shape& x, const Pool2dParams& p) {
 // y = A_w x. The rules follow from <A_w x, gy> = <x, A_w^T gy> = <w, B_x^T gy>.
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dOptions opt) {
   const char* op = "conv2d";
-  check_float_tensor(op, x, "input");
-  check_float_tensor(op, w, "weight");
+  check_floating(op, x, "input");
+  check_floating(op, w, "weight");
   check_same(op, x, "input", w, "weight");
   const Conv2dParams p = conv_params(op, opt);
   Tensor out = empty(conv_out_shape(op, x.shape(), w.shape(), opt), x.options());
   be(x).conv2d(x, w, out, p);
   if (any_requires_grad({&x, &w}))
-    record(out, op, {x, w}, {x, w}, false, [opt](const Tensor& g, const RuleContext& c) {
+    record(out, Op::conv2d, {x, w}, {x, w}, [opt](const Tensor& g, const RuleContext& c) {
       Tensor x = c.saved(0), w = c.saved(1);
       return std::vector<Tensor>{c.needs(0) ? conv2d_input_grad(g, w, x.shape(), opt) : Tensor(),
                                  c.needs(1) ? conv2d_weight_grad(x, g, w.shape(), opt) : Tensor()};
     });
   if (!bias.defined()) return out;
-  check_float_tensor(op, bias, "bias");
+  check_floating(op, bias, "bias");
   check_same(op, x, "input", bias, "bias");
   if (bias.shape() != Shape{w.shape()[0]})
     throw Error("conv2d: bias has shape " + to_string(bias.shape()) + ", expected [" + std::to_string(w.shape()[0]) + "]");
@@ -112,15 +92,15 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dOption
 // w.r.t. gy is conv2d(gg, w) and w.r.t. w is conv2d_weight_grad(gg, gy).
 Tensor conv2d_input_grad(const Tensor& gy, const Tensor& w, const Shape& x_shape, Conv2dOptions opt) {
   const char* op = "conv2d_input_grad";
-  check_float_tensor(op, gy, "output gradient");
-  check_float_tensor(op, w, "weight");
+  check_floating(op, gy, "output gradient");
+  check_floating(op, w, "weight");
   check_same(op, gy, "output gradient", w, "weight");
   const Conv2dParams p = conv_params(op, opt);
   check_grad_shape(op, gy, conv_out_shape(op, x_shape, w.shape(), opt));
   Tensor out = empty(x_shape, gy.options());
   be(gy).conv2d_input_grad(gy, w, out, p);
   if (any_requires_grad({&gy, &w}))
-    record(out, op, {gy, w}, {gy, w}, false, [opt](const Tensor& gg, const RuleContext& c) {
+    record(out, Op::conv2d_input_grad, {gy, w}, {gy, w}, [opt](const Tensor& gg, const RuleContext& c) {
       Tensor gy = c.saved(0), w = c.saved(1);
       return std::vector<Tensor>{c.needs(0) ? conv2d(gg, w, {}, opt) : Tensor(),
                                  c.needs(1) ? conv2d_weight_grad(gg, gy, w.shape(), opt) : Tensor()};
@@ -132,15 +112,15 @@ Tensor conv2d_input_grad(const Tensor& gy, const Tensor& w, const Shape& x_shape
 // w.r.t. x is conv2d_input_grad(gy, gg) and w.r.t. gy is conv2d(x, gg).
 Tensor conv2d_weight_grad(const Tensor& x, const Tensor& gy, const Shape& w_shape, Conv2dOptions opt) {
   const char* op = "conv2d_weight_grad";
-  check_float_tensor(op, x, "input");
-  check_float_tensor(op, gy, "output gradient");
+  check_floating(op, x, "input");
+  check_floating(op, gy, "output gradient");
   check_same(op, x, "input", gy, "output gradient");
   const Conv2dParams p = conv_params(op, opt);
   check_grad_shape(op, gy, conv_out_shape(op, x.shape(), w_shape, opt));
   Tensor out = empty(w_shape, x.options());
   be(x).conv2d_weight_grad(x, gy, out, p);
   if (any_requires_grad({&x, &gy}))
-    record(out, op, {x, gy}, {x, gy}, false, [opt](const Tensor& gg, const RuleContext& c) {
+    record(out, Op::conv2d_weight_grad, {x, gy}, {x, gy}, [opt](const Tensor& gg, const RuleContext& c) {
       Tensor x = c.saved(0), gy = c.saved(1);
       return std::vector<Tensor>{c.needs(0) ? conv2d_input_grad(gy, gg, x.shape(), opt) : Tensor(),
                                  c.needs(1) ? conv2d(x, gg, {}, opt) : Tensor()};
@@ -153,14 +133,14 @@ Tensor conv2d_weight_grad(const Tensor& x, const Tensor& gy, const Shape& w_shap
 // along the flattened plane, whose own rule is a gather.
 Tensor max_pool2d(const Tensor& x, Pool2dOptions opt) {
   const char* op = "max_pool2d";
-  check_float_tensor(op, x, "input");
+  check_floating(op, x, "input");
   const Pool2dParams p = pool_params(op, x.shape(), opt);
   const Shape os = pool_out_shape(x.shape(), p);
   Tensor out = empty(os, x.options());
   Tensor idx = empty(os, {DType::i64, x.device()});
   be(x).max_pool2d(x, out, idx, p);
   if (any_requires_grad({&x}))
-    record(out, op, {x}, {idx}, false, [sx = x.shape()](const Tensor& g, const RuleContext& c) {
+    record(out, Op::max_pool2d, {x}, {idx}, [sx = x.shape()](const Tensor& g, const RuleContext& c) {
       Tensor idx = c.saved(0);
       const Shape planes{sx[0], sx[1], -1};
       Tensor gx = scatter_add(reshape(g, planes), {sx[0], sx[1], sx[2] * sx[3]}, 2, reshape(idx, planes));
@@ -171,12 +151,12 @@ Tensor max_pool2d(const Tensor& x, Pool2dOptions opt) {
 
 Tensor avg_pool2d(const Tensor& x, Pool2dOptions opt) {
   const char* op = "avg_pool2d";
-  check_float_tensor(op, x, "input");
+  check_floating(op, x, "input");
   const Pool2dParams p = pool_params(op, x.shape(), opt);
   Tensor out = empty(pool_out_shape(x.shape(), p), x.options());
   be(x).avg_pool2d(x, out, p);
   if (any_requires_grad({&x}))
-    record(out, op, {x}, {}, false, [sx = x.shape(), opt](const Tensor& g, const RuleContext&) {
+    record(out, Op::avg_pool2d, {x}, {}, [sx = x.shape(), opt](const Tensor& g, const RuleContext&) {
       return std::vector<Tensor>{avg_pool2d_adjoint(g, sx, opt)};
     });
   return out;
@@ -184,13 +164,13 @@ Tensor avg_pool2d(const Tensor& x, Pool2dOptions opt) {
 
 Tensor avg_pool2d_adjoint(const Tensor& gy, const Shape& x_shape, Pool2dOptions opt) {
   const char* op = "avg_pool2d_adjoint";
-  check_float_tensor(op, gy, "output gradient");
+  check_floating(op, gy, "output gradient");
   const Pool2dParams p = pool_params(op, x_shape, opt);
   check_grad_shape(op, gy, pool_out_shape(x_shape, p));
   Tensor out = empty(x_shape, gy.options());
   be(gy).avg_pool2d_adjoint(gy, out, p);
   if (any_requires_grad({&gy}))
-    record(out, op, {gy}, {}, false, [opt](const Tensor& g, const RuleContext&) {
+    record(out, Op::avg_pool2d_adjoint, {gy}, {}, [opt](const Tensor& g, const RuleContext&) {
       return std::vector<Tensor>{avg_pool2d(g, opt)};
     });
   return out;
@@ -209,7 +189,7 @@ static Tensor adaptive_mean_axis(const Tensor& x, int64_t axis, int64_t out) {
 }
 Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w) {
   const char* op = "adaptive_avg_pool2d";
-  check_float_tensor(op, x, "input");
+  check_floating(op, x, "input");
   check_rank(op, x.shape(), 4, "input (N, C, H, W)");
   const int64_t H = x.shape()[2], W = x.shape()[3];
   if (out_h < 1 || out_w < 1 || H < 1 || W < 1)
@@ -236,7 +216,7 @@ static Tensor channel_affine(const Tensor& x, const Tensor& weight, const Tensor
   Tensor y = x;
   for (const auto& [t, name] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
     if (!t->defined()) continue;
-    check_float_tensor(op, *t, name);
+    check_floating(op, *t, name);
     check_same(op, x, "input", *t, name);
     if (t->shape() != Shape{C})
       throw Error(std::string(op) + ": " + name + " has shape " + to_string(t->shape()) + ", expected [" +
@@ -345,10 +325,10 @@ static std::vector<Tensor> batch_norm_backward(const Tensor& g, const Tensor& x,
   if (!c.needs(0)) gx = Tensor();
   if (!grad_enabled()) return {gx, gw, gb};
   if (gx.defined() && any_requires_grad({&g, &x, &w}))
-    record(gx, "batch_norm_input_grad", {g, x, w}, {g, x, w, bmean, bvar}, false,
+    record(gx, Op::batch_norm_input_grad, {g, x, w}, {g, x, w, bmean, bvar},
            batch_norm_input_grad_rule(eps, axes));
   if (gw.defined() && any_requires_grad({&g, &x}))
-    record(gw, "batch_norm_weight_grad", {g, x}, {g, x, bmean, bvar}, false, batch_norm_weight_grad_rule(eps, axes));
+    record(gw, Op::batch_norm_weight_grad, {g, x}, {g, x, bmean, bvar}, batch_norm_weight_grad_rule(eps, axes));
   if (gb.defined()) gb = reshape(sum(g, axes), vs);
   return {gx, gw, gb};
 }
@@ -377,7 +357,7 @@ static Tensor batch_norm_train(const Tensor& x, const Tensor& w, const Tensor& b
     bvar = reshape(var, {C});
   }
   if (any_requires_grad({&x, &w, &b}))
-    record(y, "batch_norm", {x, w, b}, {x, w, bmean, bvar}, false,
+    record(y, Op::batch_norm, {x, w, b}, {x, w, bmean, bvar},
            [eps, axes](const Tensor& g, const RuleContext& c) {
              return batch_norm_backward(g, c.saved(0), c.saved(1), c.saved(2), c.saved(3), eps, axes, c);
            });
@@ -385,16 +365,17 @@ static Tensor batch_norm_train(const Tensor& x, const Tensor& w, const Tensor& b
 }
 
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean, Tensor& running_var,
-                  bool training, bool update_running, double momentum, double eps) {
+                  const BatchNormOptions& opt) {
   const char* op = "batch_norm";
-  check_float_tensor(op, x, "input");
+  const double eps = opt.eps, momentum = opt.momentum;
+  check_floating(op, x, "input");
   if (x.dim() != 2 && x.dim() != 4)
     throw Error("batch_norm: input must be (N, C) or (N, C, H, W), got " + to_string(x.shape()));
   const int64_t C = x.shape()[1];
   const Axes axes = x.dim() == 2 ? Axes{0} : Axes{0, 2, 3};
   const Shape cs = channel_shape(x);
   auto check_channel_vector = [&](const Tensor& t, const char* name) {
-    check_float_tensor(op, t, name);
+    check_floating(op, t, name);
     check_same(op, x, "input", t, name);
     if (t.shape() != Shape{C})
       throw Error(std::string("batch_norm: ") + name + " has shape " + to_string(t.shape()) + ", expected [" +
@@ -407,13 +388,13 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Ten
     check_channel_vector(running_mean, "running_mean");
     check_channel_vector(running_var, "running_var");
   }
-  if (training) {
+  if (opt.training) {
     const int64_t count = x.numel() / std::max<int64_t>(C, 1);
     if (count < 2)
       throw Error("batch_norm: training needs more than one value per channel, got input " + to_string(x.shape()));
     Tensor bmean, bvar;
     Tensor y = batch_norm_train(x, weight, bias, eps, axes, bmean, bvar);
-    if (have_running && update_running) {
+    if (have_running && opt.update_running) {
       NoGrad ng;
       running_mean.mul_(1.0 - momentum).add_(bmean, momentum);
       running_var.mul_(1.0 - momentum).add_(bvar, momentum * double(count) / double(count - 1));
@@ -437,7 +418,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Ten
 
 Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps) {
   const char* op = "group_norm";
-  check_float_tensor(op, x, "input");
+  check_floating(op, x, "input");
   if (x.dim() < 2) throw Error("group_norm: input must be (N, C, ...), got " + to_string(x.shape()));
   const int64_t N = x.shape()[0], C = x.shape()[1];
   if (groups < 1 || C % groups != 0)
@@ -464,7 +445,7 @@ static Tensor reduce(const Tensor& per_item, Reduction r) {
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, Reduction r) {
   const char* op = "cross_entropy";
-  check_float_tensor(op, logits, "logits");
+  check_floating(op, logits, "logits");
   if (logits.dim() != 2) throw Error("cross_entropy: logits must be (N, K), got " + to_string(logits.shape()));
   if (!target.defined() || target.dtype() != DType::i64)
     throw Error("cross_entropy: target must be int64 labels (N)");
@@ -484,8 +465,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, Reduction r) {
 }
 
 Tensor mse_loss(const Tensor& pred, const Tensor& target, Reduction r) {
-  check_float_tensor("mse_loss", pred, "prediction");
-  check_float_tensor("mse_loss", target, "target");
+  check_floating("mse_loss", pred, "prediction");
+  check_floating("mse_loss", target, "target");
   check_same("mse_loss", pred, "prediction", target, "target");
   if (pred.shape() != target.shape())
     throw Error("mse_loss: prediction " + to_string(pred.shape()) + " and target " + to_string(target.shape()) +

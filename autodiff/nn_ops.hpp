@@ -31,12 +31,18 @@ Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w);
 
 // Batch normalization over (N, H, W) per channel (x of rank 2 or 4). Training: batch
 // statistics (biased variance), and running statistics updated in place as PyTorch does
-// (momentum 0.1, unbiased variance in the running estimate) unless update_running is false;
-// eval: running statistics. Exact at every derivative order (no detached statistics); on
-// the CPU a fused kernel serves the forward and the first-order backward.
+// (unbiased variance in the running estimate) unless update_running is false; eval: running
+// statistics. Exact at every derivative order (no detached statistics). The CPU and CUDA
+// backends' fused kernels compute the forward, the backward and the rules of the two
+// backward ops (second order) whenever that step is not itself recorded.
+struct BatchNormOptions {
+  bool training = false;        // batch statistics (true) or running statistics (false)
+  bool update_running = true;   // in training, fold the batch statistics into the running ones
+  double momentum = 0.1;
+  double eps = 1e-5;
+};
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
-                  Tensor& running_var, bool training, bool update_running = true, double momentum = 0.1,
-                  double eps = 1e-5);
+                  Tensor& running_var, const BatchNormOptions& opt);
 // Group normalization: statistics per (sample, group of C/groups channels), affine per
 // channel (weight/bias may be undefined). Exact at every order, like batch_norm.
 Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps = 1e-5);

@@ -1,4 +1,4 @@
-// The differentiable ops. Each is defined once in ops.cpp together with its derivative
+// The differentiable ops. Each is defined once in ops_<group>.cpp together with its derivative
 // rule, which is written only with the ops of this header, so every derivative order
 // comes from the same rule (first order with recording off, higher orders with it on).
 #pragma once
@@ -40,7 +40,6 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
 
 // Non-differentiable elementwise results (0/1 masks, signs): never recorded.
 Tensor sign(const Tensor& x);
-Tensor step(const Tensor& x);  // x > 0
 Tensor gt(const Tensor& a, const Tensor& b);
 Tensor ge(const Tensor& a, const Tensor& b);
 Tensor lt(const Tensor& a, const Tensor& b);
@@ -101,11 +100,6 @@ Tensor dot(const Tensor& a, const Tensor& b);  // sum(a * b), any equal shapes
 // ---- dtype/device (differentiable: gradients flow back converted) ----
 Tensor to_dtype(const Tensor& x, DType t);
 Tensor to_device(const Tensor& x, Device d);
-
-// The names of every differentiable op (what record() is called with), for the test that
-// checks each one at orders 1-3. nn_ops.cpp adds its own via nn_op_names().
-const std::vector<std::string>& differentiable_op_names();
-const std::vector<std::string>& nn_op_names();
 
 // Broadcast shape of two shapes, or Error naming `op` and both shapes.
 Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);

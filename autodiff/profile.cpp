@@ -30,20 +30,6 @@ Table& table() {
   return t;
 }
 
-const char* unary_name(UnaryOp op) {
-  static const char* names[] = {"neg",  "exp",  "log",  "sqrt", "rsqrt",      "tanh",       "sigmoid",    "softplus", "relu",
-                                "abs",  "sign", "step", "pow",  "add_scalar", "mul_scalar", "rsub_scalar", "reciprocal"};
-  return names[size_t(op)];
-}
-const char* binary_name(BinaryOp op) {
-  static const char* names[] = {"add", "sub", "mul", "div", "maximum", "minimum", "pow", "gt", "ge", "lt", "le", "eq", "where_positive"};
-  return names[size_t(op)];
-}
-const char* reduce_name(ReduceOp op) {
-  static const char* names[] = {"sum", "max", "min"};
-  return names[size_t(op)];
-}
-
 // Forwards every call to the real backend inside a Scope named after the kernel.
 class TimedBackend final : public Backend {
  public:
@@ -59,11 +45,11 @@ class TimedBackend final : public Backend {
   void cast(const Tensor& in, Tensor& out) override { Scope s("cast"); b_.cast(in, out); }
   void arange(Tensor& out) override { Scope s("arange"); b_.arange(out); }
   void unary(UnaryOp op, const Tensor& x, Tensor& out, double p) override {
-    Scope s("unary", unary_name(op));
+    Scope s("unary", kernel_name(op));
     b_.unary(op, x, out, p);
   }
   void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) override {
-    Scope s("binary", binary_name(op));
+    Scope s("binary", kernel_name(op));
     b_.binary(op, a, b, out);
   }
   void where(const Tensor& c, const Tensor& a, const Tensor& b, Tensor& out) override {
@@ -71,7 +57,7 @@ class TimedBackend final : public Backend {
     b_.where(c, a, b, out);
   }
   void reduce(ReduceOp op, const Tensor& x, Tensor& out) override {
-    Scope s("reduce", reduce_name(op));
+    Scope s("reduce", kernel_name(op));
     b_.reduce(op, x, out);
   }
   void expand(const Tensor& x, Tensor& out) override { Scope s("expand"); b_.expand(x, out); }

@@ -10,8 +10,8 @@
 
 namespace flatmin {
 
-// Every user-facing failure is one of these (or std::invalid_argument-like subclasses):
-// the message names the op and the shapes.
+// Every user-facing failure is thrown as this one type (there are no subclasses to catch
+// separately): the message names the op or argument, and the shapes.
 struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };

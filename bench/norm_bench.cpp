@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
   };
   auto fused = [&](int64_t groups) {
     Tensor rm, rv;
-    return groups ? group_norm(x, groups, w, b) : batch_norm(x, w, b, rm, rv, true);
+    return groups ? group_norm(x, groups, w, b) : batch_norm(x, w, b, rm, rv, {.training = true});
   };
   std::printf("normalization of %lld x 64 x 32 x 32 float32, %d threads, median of %d (wall ms / CPU ms)\n",
               (long long)batch, threads, reps);

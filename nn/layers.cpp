@@ -90,8 +90,8 @@ BatchNorm2d::BatchNorm2d(int64_t channels, double eps, double momentum) : eps(ep
 }
 Tensor BatchNorm2d::forward(const Tensor& x) {
   const bool update = is_training() && updates_running_stats();
-  Tensor y = batch_norm(x, param("weight"), param("bias"), buffer("running_mean"), buffer("running_var"), is_training(),
-                        update, momentum, eps);
+  Tensor y = batch_norm(x, param("weight"), param("bias"), buffer("running_mean"), buffer("running_var"),
+                        {.training = is_training(), .update_running = update, .momentum = momentum, .eps = eps});
   if (update) {
     Tensor& count = buffer("num_batches_tracked");
     count.fill_(count.item() + 1);

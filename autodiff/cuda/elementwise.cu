@@ -36,7 +36,6 @@ template <class T> __device__ __forceinline__ T unary_value(UnaryOp op, T x, dou
     case UnaryOp::relu: return x > T(0) ? x : T(0);
     case UnaryOp::abs: return fabs(x);
     case UnaryOp::sign: return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
-    case UnaryOp::step: return x > T(0) ? T(1) : T(0);
     case UnaryOp::pow_scalar:
       if (param == 2.0) return x * x;
       if (param == 3.0) return x * x * x;
