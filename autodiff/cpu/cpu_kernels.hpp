@@ -1,5 +1,6 @@
-// Internal to the CPU backend: shared helpers, the convolution/pooling kernels (conv.cpp)
-// and the fused batch-norm kernels (norm.cpp). Not installed; nothing outside autodiff/cpu includes it.
+// Internal to the CPU backend: the parallel loop, and the kernel entry points of each file
+// (the CUDA backend's kernels.hpp lists the same areas). Not installed; nothing outside
+// autodiff/cpu includes it.
 #pragma once
 #include <functional>
 
@@ -22,6 +23,26 @@ template <class F> void parallel_for(int64_t n, int64_t grain, F&& body) {
 // Batched row-major GEMM (see Backend::MatmulArgs) on gemm.hpp, parallel over batch or columns.
 template <class T> void gemm_batched(const T* a, const T* b, T* c, const Backend::MatmulArgs& g);
 
+// ---- elementwise.cpp ----
+void fill(Tensor& out, double value);
+void cast(const Tensor& in, Tensor& out);
+void arange(Tensor& out);
+void unary(UnaryOp op, const Tensor& x, Tensor& out, double param);
+void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out);  // broadcast to out's shape
+void where(const Tensor& cond, const Tensor& a, const Tensor& b, Tensor& out);
+void random(RandomKind kind, Tensor& out, uint64_t seed, uint64_t offset);
+// ---- reduce.cpp ----
+void reduce(ReduceOp op, const Tensor& x, Tensor& out);
+// ---- layout.cpp ----
+void expand(const Tensor& x, Tensor& out);
+void permute(const Tensor& x, Tensor& out, const std::vector<int64_t>& perm);
+void slice(const Tensor& x, Tensor& out, int64_t axis, int64_t start, int64_t step);
+void slice_add(const Tensor& src, Tensor& out, int64_t axis, int64_t start, int64_t step);
+void index_select(const Tensor& x, int64_t axis, const Tensor& idx, Tensor& out);
+void index_add(const Tensor& src, int64_t axis, const Tensor& idx, Tensor& out);
+void gather(const Tensor& x, int64_t axis, const Tensor& idx, Tensor& out);
+void scatter_add(const Tensor& src, int64_t axis, const Tensor& idx, Tensor& out);
+// ---- conv.cpp ----
 void conv2d_forward(const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p);
 void conv2d_input_grad(const Tensor& gy, const Tensor& w, Tensor& gx, const Conv2dParams& p);
 void conv2d_weight_grad(const Tensor& x, const Tensor& gy, Tensor& gw, const Conv2dParams& p);

@@ -1,0 +1,97 @@
+// Internal to the CPU backend: the cache of freed blocks behind CpuBackend::allocate.
+#pragma once
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "autodiff/tensor.hpp"
+
+namespace flatmin::cpu {
+
+// Freed blocks over 1 KiB are kept, keyed by size, and handed out again: a training step
+// allocates the same sizes every step, and memory fresh from the kernel costs a page fault
+// per 4 KiB page on first touch (measured: a ResNet-18 step at batch 128 runs at 37 img/s
+// without this cache, 55 with it). What the cache may hold is bounded by the program's own
+// high-water mark: live + cached bytes stay under the largest live total seen so far plus
+// `slack`, so caching never raises the peak memory by more than `slack`; a miss that would
+// exceed it hands cached blocks back first. 192 MiB: with 64 a ResNet-18 step at batch 32
+// lost 7-20% to page faults; peak RSS at batch 128 is 846 MiB with 64, 970 with 192.
+// Blocks of 1 MiB and more come from mmap and go back with munmap, so what leaves the cache
+// really leaves the process (glibc would keep them in its heap once its dynamic mmap
+// threshold has grown).
+class BlockCache {
+ public:
+  static constexpr size_t limit = size_t(512) << 20, max_block = size_t(64) << 20, slack = size_t(192) << 20;
+  static constexpr size_t mmap_min = size_t(1) << 20;
+  static size_t rounded(size_t bytes) {  // whole cache lines; whole pages for mapped blocks
+    const size_t unit = bytes < mmap_min ? 64 : 4096;
+    return (bytes + unit - 1) / unit * unit;
+  }
+  void* allocate(size_t bytes) {
+    const size_t size = rounded(bytes);
+    std::vector<std::pair<void*, size_t>> evicted;
+    void* p = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      live_ += size;
+      high_water_ = std::max(high_water_, live_);
+      auto it = free_.find(size);
+      if (it != free_.end()) {
+        p = it->second;
+        cached_ -= size;
+        free_.erase(it);
+        return p;
+      }
+      while (!free_.empty() && live_ + cached_ > high_water_ + slack) {
+        auto victim = free_.begin();
+        evicted.emplace_back(victim->second, victim->first);
+        cached_ -= victim->first;
+        free_.erase(victim);
+      }
+    }
+    for (auto [q, n] : evicted) release(q, n);
+    p = size >= mmap_min ? map(size) : std::aligned_alloc(64, size);
+    if (!p) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      live_ -= size;
+      throw Error("cpu: out of memory allocating " + std::to_string(bytes) + " bytes");
+    }
+    return p;
+  }
+  void deallocate(void* p, size_t bytes) {
+    const size_t size = rounded(bytes);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      live_ -= size;
+      if (size <= max_block && cached_ + size <= limit && live_ + cached_ + size <= high_water_ + slack) {
+        free_.emplace(size, p);
+        cached_ += size;
+        return;
+      }
+    }
+    release(p, size);
+  }
+
+ private:
+  static void* map(size_t size) {
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? nullptr : p;
+  }
+  static void release(void* p, size_t size) {
+    if (size >= mmap_min) ::munmap(p, size);
+    else std::free(p);
+  }
+
+  std::mutex mutex_;
+  std::unordered_multimap<size_t, void*> free_;
+  size_t cached_ = 0, live_ = 0, high_water_ = 0;
+};
+
+}  // namespace flatmin::cpu
