@@ -56,6 +56,28 @@ inline bool use_winograd(int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t
   return KH == 3 && KW == 3 && sh == 1 && sw == 1 && ph <= 2 && pw <= 2 && C >= 32 && O >= 32;
 }
 
+// The geometry of one convolution (x [N, C, H, W] * w [O, C, KH, KW] -> y [N, O, OH, OW]),
+// read from the tensors' shapes; both devices' conv kernels take it.
+struct ConvGeometry {
+  int64_t N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw;
+  FM_HD int64_t P() const { return OH * OW; }      // output positions per image
+  FM_HD int64_t K() const { return C * KH * KW; }  // rows of an image's column matrix
+  FM_HD int64_t HW() const { return H * W; }
+  FM_HD bool pointwise() const { return KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
+  bool winograd() const { return use_winograd(KH, KW, sh, sw, ph, pw, C, O); }
+};
+inline ConvGeometry conv_geometry(const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p) {
+  return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], p.stride_h, p.stride_w, p.pad_h, p.pad_w};
+}
+
+// Pooling over `planes` = N * C planes of H x W into OH x OW.
+struct PoolGeometry {
+  int64_t planes, H, W, OH, OW, KH, KW, sh, sw, ph, pw;
+};
+inline PoolGeometry pool_geometry(const Shape& x, const Shape& y, const Pool2dParams& p) {
+  return {x[0] * x[1], x[2], x[3], y[2], y[3], p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w};
+}
+
 // One element of a binary op. Comparisons give 0/1 in the operands' type.
 template <class T> FM_HD T binary_value(BinaryOp op, T a, T b) {
   switch (op) {
@@ -65,7 +87,6 @@ template <class T> FM_HD T binary_value(BinaryOp op, T a, T b) {
     case BinaryOp::div: return a / b;
     case BinaryOp::maximum: return a > b ? a : (b > a ? b : a);
     case BinaryOp::minimum: return a < b ? a : (b < a ? b : a);
-    case BinaryOp::pow: return T(::pow(double(a), double(b)));
     case BinaryOp::gt: return T(a > b);
     case BinaryOp::ge: return T(a >= b);
     case BinaryOp::lt: return T(a < b);

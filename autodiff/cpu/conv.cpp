@@ -23,17 +23,9 @@ namespace {
 using kernels::dispatch_float;
 
 
-// The geometry of one convolution, read from the tensors' shapes.
-struct Geometry {
-  int64_t N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw;
-  int64_t P() const { return OH * OW; }          // output positions per image
-  int64_t K() const { return C * KH * KW; }      // rows of an image's column matrix
-  int64_t HW() const { return H * W; }
-  bool pointwise() const { return KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
-  bool winograd() const { return kernels::use_winograd(KH, KW, sh, sw, ph, pw, C, O); }
-};
+using Geometry = kernels::ConvGeometry;
 Geometry geometry(const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p) {
-  return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], p.stride_h, p.stride_w, p.pad_h, p.pad_w};
+  return kernels::conv_geometry(x, w, y, p);
 }
 
 // Images per GEMM: enough columns (G*P >= 256) for the GEMM to run near its peak on small
@@ -227,18 +219,14 @@ template <class T> void weight_grad_impl(const T* x, const T* gy, T* gw, const G
 }
 
 // ---- pooling: one task per (image, channel) plane
-struct PoolGeometry {
-  int64_t planes, H, W, OH, OW, kh, kw, sh, sw, ph, pw;
-};
-PoolGeometry pool_geometry(const Shape& x, const Shape& y, const Pool2dParams& p) {
-  return {x[0] * x[1], x[2], x[3], y[2], y[3], p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w};
-}
+using kernels::PoolGeometry;
+using kernels::pool_geometry;
 // Calls f(oh, ow, h0, h1, w0, w1) for every output position with its window clipped to the input.
 template <class F> void for_each_window(const PoolGeometry& g, F&& f) {
   for (int64_t oh = 0; oh < g.OH; ++oh) {
-    const int64_t hs = oh * g.sh - g.ph, h0 = std::max<int64_t>(hs, 0), h1 = std::min(hs + g.kh, g.H);
+    const int64_t hs = oh * g.sh - g.ph, h0 = std::max<int64_t>(hs, 0), h1 = std::min(hs + g.KH, g.H);
     for (int64_t ow = 0; ow < g.OW; ++ow) {
-      const int64_t ws = ow * g.sw - g.pw, w0 = std::max<int64_t>(ws, 0), w1 = std::min(ws + g.kw, g.W);
+      const int64_t ws = ow * g.sw - g.pw, w0 = std::max<int64_t>(ws, 0), w1 = std::min(ws + g.KW, g.W);
       f(oh * g.OW + ow, h0, h1, w0, w1);
     }
   }
@@ -316,7 +304,7 @@ void avg_pool2d(const Tensor& x, Tensor& out, const Pool2dParams& p) {
     using T = decltype(t);
     const T* xp = data_ptr<T>(x);
     T* yp = data_ptr<T>(out);
-    const T scale = T(1) / T(g.kh * g.kw);
+    const T scale = T(1) / T(g.KH * g.KW);
     for_each_plane(g, [&](int64_t pl) {
       const T* xs = xp + pl * g.H * g.W;
       T* ys = yp + pl * g.OH * g.OW;
@@ -335,7 +323,7 @@ void avg_pool2d_adjoint(const Tensor& gy, Tensor& gx, const Pool2dParams& p) {
     using T = decltype(t);
     const T* yp = data_ptr<T>(gy);
     T* xp = data_ptr<T>(gx);
-    const T scale = T(1) / T(g.kh * g.kw);
+    const T scale = T(1) / T(g.KH * g.KW);
     for_each_plane(g, [&](int64_t pl) {
       T* xs = xp + pl * g.H * g.W;
       const T* ys = yp + pl * g.OH * g.OW;

@@ -1,10 +1,9 @@
 // Winograd F(2x2, 3x3) convolution for 3x3 stride-1 layers (Lavin & Gray, "Fast Algorithms
 // for Convolutional Neural Networks", 2016): each 2x2 output tile costs 16 multiplications
-// per (input, output) channel pair instead of 36, so the GEMM work drops 2.25x.
-//
-//   Y = A^T [ (G g G^T) ⊙ (B^T d B) ] A,  d a 4x4 input tile, g the 3x3 filter,
-//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1],
-//   A^T = [1 1 1 0; 0 1 -1 -1].
+// per (input, output) channel pair instead of 36, so the GEMM work drops 2.25x. The
+// transforms (B^T d B, G g G^T, A^T M A and their adjoints) are those of
+// autodiff/winograd_math.hpp, shared with the CUDA kernels; this file arranges them into
+// row-wise loops that vectorize.
 //
 // Summed over input channels, the element-wise product becomes 16 GEMMs, one per position
 // ξ of the 4x4 transformed tile: M[ξ] (Cout x T) = U[ξ] (Cout x Cin) · V[ξ] (Cin x T) over
@@ -25,6 +24,7 @@
 #include "autodiff/cpu/gemm.hpp"
 #include "autodiff/cpu/scratch.hpp"
 #include "autodiff/cpu/winograd.hpp"
+#include "autodiff/winograd_math.hpp"
 
 namespace flatmin::cpu {
 
@@ -32,48 +32,28 @@ namespace {
 
 // U[ξ][co][ci] = (G g G^T)[ξ] with g the 3x3 filter from output channel co to input
 // channel ci: w[co][ci] itself, or for the adjoint w[ci][co] rotated by 180 degrees.
-// Blocks of 16 input channels: the filters are gathered into g[9][16], then the transform
-// runs on 16 lanes and every ξ gets one contiguous store of 16 values.
+// Blocks of 16 input channels, so that every ξ gets one contiguous store of 16 values.
 template <class T> void transform_filters(const T* w, bool adjoint, int64_t cout, int64_t cin, T* U) {
   constexpr int64_t B = 16;
   const int64_t pairs = cout * cin;
   parallel_for(cout, std::max<int64_t>(1, 2048 / std::max<int64_t>(cin, 1)), [&](int64_t o0, int64_t o1) {
-    T g[9][B], gg[4][3][B], u[4][B];
+    T u[B][16];
     for (int64_t co = o0; co < o1; ++co)
       for (int64_t c0 = 0; c0 < cin; c0 += B) {
         const int64_t nb = std::min(B, cin - c0);
         for (int64_t j = 0; j < nb; ++j) {
           const int64_t ci = c0 + j;
-          const T* f = adjoint ? w + (ci * cout + co) * 9 : w + (co * cin + ci) * 9;
-          for (int k = 0; k < 9; ++k) g[k][j] = f[adjoint ? 8 - k : k];  // 180 degrees: (r, s) -> (2-r, 2-s)
+          kernels::winograd_filter(adjoint ? w + (ci * cout + co) * 9 : w + (co * cin + ci) * 9, adjoint, u[j]);
         }
-        for (int s = 0; s < 3; ++s)  // G g along the rows of the filter
-          for (int64_t j = 0; j < B; ++j) {
-            const T a = g[s][j], b = g[3 + s][j], c = g[6 + s][j];
-            gg[0][s][j] = a;
-            gg[1][s][j] = T(0.5) * (a + b + c);
-            gg[2][s][j] = T(0.5) * (a - b + c);
-            gg[3][s][j] = c;
-          }
-        for (int r = 0; r < 4; ++r) {  // (G g) G^T along the columns
-          for (int64_t j = 0; j < B; ++j) {
-            const T a = gg[r][0][j], b = gg[r][1][j], c = gg[r][2][j];
-            u[0][j] = a;
-            u[1][j] = T(0.5) * (a + b + c);
-            u[2][j] = T(0.5) * (a - b + c);
-            u[3][j] = c;
-          }
-          for (int k = 0; k < 4; ++k) std::copy(u[k], u[k] + nb, U + (r * 4 + k) * pairs + co * cin + c0);
+        for (int xi = 0; xi < 16; ++xi) {
+          T* dst = U + xi * pairs + co * cin + c0;
+          for (int64_t j = 0; j < nb; ++j) dst[j] = u[j][xi];
         }
       }
   });
 }
 
-// The tile grid of one image: TH x TW tiles of 2x2 outputs.
-struct Tiles {
-  int64_t TH, TW;
-  int64_t per_image() const { return TH * TW; }
-};
+using Tiles = kernels::WinogradTiles;
 
 // V[ξ][c][t0 + th*TW + tw] = (B^T d B)[ξ] for input channel c of one image x [C, H, W].
 // B^T runs along each padded input row once (tile rows overlap by two input rows), on the
@@ -104,11 +84,10 @@ void transform_input(const T* x, const WinogradShape& s, const Tiles& tl, T* V, 
         ev[m] = row[2 * m];
         od[m] = row[2 * m + 1];
       }
-      for (int64_t tw = 0; tw < TW; ++tw) {  // d0..d3 = ev[tw], od[tw], ev[tw+1], od[tw+1]
-        hj[0 * TW + tw] = ev[tw] - ev[tw + 1];
-        hj[1 * TW + tw] = od[tw] + ev[tw + 1];
-        hj[2 * TW + tw] = ev[tw + 1] - od[tw];
-        hj[3 * TW + tw] = od[tw] - od[tw + 1];
+      for (int64_t tw = 0; tw < TW; ++tw) {  // B^T of d0..d3 = ev[tw], od[tw], ev[tw+1], od[tw+1]
+        T r[4];
+        kernels::winograd_bt(ev[tw], od[tw], ev[tw + 1], od[tw + 1], r);
+        for (int k = 0; k < 4; ++k) hj[k * TW + tw] = r[k];
       }
     }
     for (int64_t th = 0; th < tl.TH; ++th) {
@@ -121,11 +100,10 @@ void transform_input(const T* x, const WinogradShape& s, const Tiles& tl, T* V, 
         T* v1 = V + ((1 * 4 + k) * s.C + c) * ldv + t;
         T* v2 = V + ((2 * 4 + k) * s.C + c) * ldv + t;
         T* v3 = V + ((3 * 4 + k) * s.C + c) * ldv + t;
-        for (int64_t tw = 0; tw < TW; ++tw) {
-          v0[tw] = h0[tw] - h2[tw];
-          v1[tw] = h1[tw] + h2[tw];
-          v2[tw] = h2[tw] - h1[tw];
-          v3[tw] = h1[tw] - h3[tw];
+        for (int64_t tw = 0; tw < TW; ++tw) {  // B^T down the tile's four rows
+          T r[4];
+          kernels::winograd_bt(h0[tw], h1[tw], h2[tw], h3[tw], r);
+          v0[tw] = r[0], v1[tw] = r[1], v2[tw] = r[2], v3[tw] = r[3];
         }
       }
     }
@@ -147,8 +125,9 @@ void transform_output(const T* M, int64_t ldm, int64_t t0, const WinogradShape& 
                 *m3 = m + (3 * 4 + k) * mstride;
         T *a0 = tmp + k * tl.TW, *a1 = tmp + (4 + k) * tl.TW;
         for (int64_t tw = 0; tw < tl.TW; ++tw) {
-          a0[tw] = m0[tw] + m1[tw] + m2[tw];
-          a1[tw] = m1[tw] - m2[tw] - m3[tw];
+          T r[2];
+          kernels::winograd_at(m0[tw], m1[tw], m2[tw], m3[tw], r);
+          a0[tw] = r[0], a1[tw] = r[1];
         }
       }
       for (int i = 0; i < 2; ++i) {
@@ -158,11 +137,12 @@ void transform_output(const T* M, int64_t ldm, int64_t t0, const WinogradShape& 
                 *a3 = tmp + (i * 4 + 3) * tl.TW;
         T* row = yo + oh * s.OW;
         const int64_t full = s.OW / 2;  // tiles whose two columns are both inside
-        for (int64_t tw = 0; tw < full; ++tw) {
-          row[2 * tw] = a0[tw] + a1[tw] + a2[tw];
-          row[2 * tw + 1] = a1[tw] - a2[tw] - a3[tw];
+        for (int64_t tw = 0; tw < full; ++tw) kernels::winograd_at(a0[tw], a1[tw], a2[tw], a3[tw], row + 2 * tw);
+        if (full < tl.TW) {  // the last tile's second column is past the edge
+          T r[2];
+          kernels::winograd_at(a0[full], a1[full], a2[full], a3[full], r);
+          row[2 * full] = r[0];
         }
-        if (full < tl.TW) row[2 * full] = a0[full] + a1[full] + a2[full];
       }
     }
   }
@@ -189,16 +169,10 @@ void transform_grad_output(const T* gy, const WinogradShape& s, const Tiles& tl,
         }
         const T* row = go + oh * s.OW;
         const int64_t full = s.OW / 2;
-        for (int64_t tw = 0; tw < full; ++tw) {
-          const T a = row[2 * tw], b = row[2 * tw + 1];
-          b0[tw] = a;
-          b1[tw] = a + b;
-          b2[tw] = a - b;
-          b3[tw] = -b;
-        }
-        if (full < tl.TW) {
-          b0[full] = b1[full] = b2[full] = row[2 * full];
-          b3[full] = 0;
+        for (int64_t tw = 0; tw <= full && tw < tl.TW; ++tw) {  // zero past the edge
+          T r[4];
+          kernels::winograd_a(row[2 * tw], tw < full ? row[2 * tw + 1] : T(0), r);
+          b0[tw] = r[0], b1[tw] = r[1], b2[tw] = r[2], b3[tw] = r[3];
         }
       }
       T* yt = Y + o * ldy + t0 + th * tl.TW;
@@ -207,34 +181,23 @@ void transform_grad_output(const T* gy, const WinogradShape& s, const Tiles& tl,
         T *y0 = yt + (0 * 4 + k) * ystride, *y1 = yt + (1 * 4 + k) * ystride, *y2 = yt + (2 * 4 + k) * ystride,
           *y3 = yt + (3 * 4 + k) * ystride;
         for (int64_t tw = 0; tw < tl.TW; ++tw) {
-          y0[tw] = r0[tw];
-          y1[tw] = r0[tw] + r1[tw];
-          y2[tw] = r0[tw] - r1[tw];
-          y3[tw] = -r1[tw];
+          T r[4];
+          kernels::winograd_a(r0[tw], r1[tw], r);
+          y0[tw] = r[0], y1[tw] = r[1], y2[tw] = r[2], y3[tw] = r[3];
         }
       }
     }
   }
 }
 
-// gw[o][c] = G^T dU[·][o][c] G, G^T = [1 ½ ½ 0; 0 ½ -½ 0; 0 ½ ½ 1].
+// gw[o][c] = G^T dU[·][o][c] G.
 template <class T> void transform_filter_grads(const T* dU, int64_t cout, int64_t cin, T* gw) {
   const int64_t pairs = cout * cin;
   parallel_for(pairs, 4096, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      T u[4][4], q[3][4];
-      for (int xi = 0; xi < 16; ++xi) u[xi / 4][xi % 4] = dU[xi * pairs + p];
-      for (int k = 0; k < 4; ++k) {
-        q[0][k] = u[0][k] + T(0.5) * (u[1][k] + u[2][k]);
-        q[1][k] = T(0.5) * (u[1][k] - u[2][k]);
-        q[2][k] = T(0.5) * (u[1][k] + u[2][k]) + u[3][k];
-      }
-      T* g = gw + p * 9;
-      for (int r = 0; r < 3; ++r) {
-        g[r * 3 + 0] = q[r][0] + T(0.5) * (q[r][1] + q[r][2]);
-        g[r * 3 + 1] = T(0.5) * (q[r][1] - q[r][2]);
-        g[r * 3 + 2] = T(0.5) * (q[r][1] + q[r][2]) + q[r][3];
-      }
+      T du[16];
+      for (int xi = 0; xi < 16; ++xi) du[xi] = dU[xi * pairs + p];
+      kernels::winograd_filter_grad(du, gw + p * 9);
     }
   });
 }
@@ -262,7 +225,7 @@ Plan plan(const WinogradShape& s, const Tiles& tl, size_t elem, bool allow_phase
 size_t row_scratch(const Tiles& tl) { return std::max(input_scratch(tl), size_t(8 * tl.TW)); }
 
 template <class T> void convolve(const T* x, const T* w, bool adjoint, T* y, const WinogradShape& s) {
-  const Tiles tl{(s.OH + 1) / 2, (s.OW + 1) / 2};
+  const Tiles tl = kernels::winograd_tiles(s.OH, s.OW);
   const Plan pl = plan(s, tl, sizeof(T), false);
   Workspace<T> U(size_t(16 * s.O * s.C));
   transform_filters(w, adjoint, s.O, s.C, U.data());
@@ -315,7 +278,7 @@ template <class T> void convolve(const T* x, const T* w, bool adjoint, T* y, con
 // banks: groups in order, each GEMM adding into dU[ξ] (no partial sums). Either way the
 // result depends on the shapes only, never on the thread count.
 template <class T> void filter_gradient(const T* x, const T* gy, T* gw, const WinogradShape& s) {
-  const Tiles tl{(s.OH + 1) / 2, (s.OW + 1) / 2};
+  const Tiles tl = kernels::winograd_tiles(s.OH, s.OW);
   const Plan pl = plan(s, tl, sizeof(T), true);
   const int64_t tiles = tl.per_image(), usize = 16 * s.O * s.C;
   auto in = [&](int64_t n0, int64_t i, T* V, T* Y, int64_t T_n, T* rows) {

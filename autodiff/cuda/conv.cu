@@ -10,16 +10,9 @@ namespace {
 
 constexpr size_t kColumnBudget = size_t(256) << 20;  // bytes of im2col workspace per chunk
 
-struct ConvGeom {
-  int64_t N, C, H, W, O, KH, KW, OH, OW;
-  int64_t sh, sw, ph, pw;
-  int64_t ckk() const { return C * KH * KW; }
-  int64_t ohw() const { return OH * OW; }
-  bool pointwise() const { return KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
-  bool winograd() const { return kernels::use_winograd(KH, KW, sh, sw, ph, pw, C, O); }
-};
+using ConvGeom = kernels::ConvGeometry;
 ConvGeom geometry(const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p) {
-  return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], p.stride_h, p.stride_w, p.pad_h, p.pad_w};
+  return kernels::conv_geometry(x, w, y, p);
 }
 // Images per chunk so that `per_image` bytes of workspace times the chunk fit the budget.
 int64_t chunk_images(int64_t N, size_t per_image) {
@@ -73,12 +66,8 @@ template <class T> __global__ void gather_rows_kernel(const T* gy, T* dst, int64
   }
 }
 
-struct PoolGeom {
-  int64_t planes, H, W, OH, OW, KH, KW, sh, sw, ph, pw;
-};
-PoolGeom pool_geometry(const Shape& x, const Shape& y, const Pool2dParams& p) {
-  return {x[0] * x[1], x[2], x[3], y[2], y[3], p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.pad_h, p.pad_w};
-}
+using PoolGeom = kernels::PoolGeometry;
+using kernels::pool_geometry;
 
 // Window maximum over the window clipped to the input (padding counts as -inf). As the CPU
 // (and PyTorch): the first maximum in row-major window order wins, a NaN wins over numbers.
@@ -145,7 +134,7 @@ void conv2d(const Ctx& c, const Tensor& x, const Tensor& w, Tensor& out, const C
   const ConvGeom g = geometry(x.shape(), w.shape(), out.shape(), p);
   if (out.numel() == 0) return;
   if (g.winograd()) return winograd_conv3x3(c, x, w, false, out, g.ph, g.pw);
-  const int64_t ckk = g.ckk(), ohw = g.ohw();
+  const int64_t ckk = g.K(), ohw = g.P();
   dispatch_float(x.dtype(), "conv2d", [&](auto z) {
     using T = decltype(z);
     const int64_t nb_max = g.pointwise() ? g.N : chunk_images(g.N, size_t(ckk * ohw) * sizeof(T));
@@ -170,7 +159,7 @@ void conv2d_input_grad(const Ctx& c, const Tensor& gy, const Tensor& w, Tensor& 
   const ConvGeom g = geometry(gx.shape(), w.shape(), gy.shape(), p);
   if (gx.numel() == 0) return;
   if (g.winograd() && gy.numel() != 0) return winograd_conv3x3(c, gy, w, true, gx, 2 - g.ph, 2 - g.pw);
-  const int64_t ckk = g.ckk(), ohw = g.ohw();
+  const int64_t ckk = g.K(), ohw = g.P();
   dispatch_float(gy.dtype(), "conv2d_input_grad", [&](auto z) {
     using T = decltype(z);
     if (gy.numel() == 0) {
@@ -197,7 +186,7 @@ void conv2d_weight_grad(const Ctx& c, const Tensor& x, const Tensor& gy, Tensor&
   const ConvGeom g = geometry(x.shape(), gw.shape(), gy.shape(), p);
   if (gw.numel() == 0) return;
   if (g.winograd()) return winograd_filter_grad3x3(c, x, gy, gw, g.ph, g.pw);
-  const int64_t ckk = g.ckk(), ohw = g.ohw();
+  const int64_t ckk = g.K(), ohw = g.P();
   dispatch_float(x.dtype(), "conv2d_weight_grad", [&](auto z) {
     using T = decltype(z);
     if (g.N == 0 || ohw == 0) {

@@ -1,10 +1,11 @@
 // Winograd F(2x2, 3x3) on the GPU for 3x3 stride-1 convolutions, the same algorithm as
-// autodiff/cpu/winograd.cpp (formulas there): one thread per filter pair, per input tile
+// autodiff/cpu/winograd.cpp with the same transforms (autodiff/winograd_math.hpp): one thread per filter pair, per input tile
 // or per output tile for the transforms, and the 16 products M[ξ] = U[ξ] · V[ξ] as one
 // strided-batched cuBLAS GEMM. The batch is cut into chunks of images so that the
 // transformed tiles stay under kTileBudget. No atomics: each output element is written by
 // one thread, and the weight gradient sums the chunks in order (cuBLAS beta = 1).
 #include "autodiff/cuda/kernels.hpp"
+#include "autodiff/winograd_math.hpp"
 
 namespace flatmin::cuda {
 
@@ -19,7 +20,8 @@ struct WinoGeom {
 };
 WinoGeom wino_geometry(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t OH, int64_t OW, int64_t ph,
                        int64_t pw) {
-  return {N, C, H, W, O, OH, OW, ph, pw, (OH + 1) / 2, (OW + 1) / 2};
+  const kernels::WinogradTiles t = kernels::winograd_tiles(OH, OW);
+  return {N, C, H, W, O, OH, OW, ph, pw, t.TH, t.TW};
 }
 
 // Element e of a loop over (image n, channel ch, tile row th, tile column tw), and its
@@ -37,22 +39,9 @@ template <class T> __global__ void wino_filter_kernel(const T* w, T* U, int64_t 
   const int64_t pairs = cout * cin;
   FM_GRID_LOOP(e, pairs) {
     const int64_t co = e / cin, ci = e % cin;
-    const T* f = adjoint ? w + (ci * cout + co) * 9 : w + (co * cin + ci) * 9;
-    T g[9];
-    for (int k = 0; k < 9; ++k) g[k] = f[adjoint ? 8 - k : k];
-    T gg[4][3];
-    for (int s = 0; s < 3; ++s) {
-      gg[0][s] = g[s];
-      gg[1][s] = T(0.5) * (g[s] + g[3 + s] + g[6 + s]);
-      gg[2][s] = T(0.5) * (g[s] - g[3 + s] + g[6 + s]);
-      gg[3][s] = g[6 + s];
-    }
-    for (int r = 0; r < 4; ++r) {
-      U[(r * 4 + 0) * pairs + e] = gg[r][0];
-      U[(r * 4 + 1) * pairs + e] = T(0.5) * (gg[r][0] + gg[r][1] + gg[r][2]);
-      U[(r * 4 + 2) * pairs + e] = T(0.5) * (gg[r][0] - gg[r][1] + gg[r][2]);
-      U[(r * 4 + 3) * pairs + e] = gg[r][2];
-    }
+    T u[16];
+    kernels::winograd_filter(adjoint ? w + (ci * cout + co) * 9 : w + (co * cin + ci) * 9, adjoint, u);
+    for (int xi = 0; xi < 16; ++xi) U[xi * pairs + e] = u[xi];
   }
 }
 
@@ -71,18 +60,16 @@ template <class T> __global__ void wino_input_kernel(const T* x, T* V, WinoGeom 
       }
     T h[4][4];  // B^T d
     for (int s = 0; s < 4; ++s) {
-      h[0][s] = d[0][s] - d[2][s];
-      h[1][s] = d[1][s] + d[2][s];
-      h[2][s] = d[2][s] - d[1][s];
-      h[3][s] = d[1][s] - d[3][s];
+      T col[4];
+      kernels::winograd_bt(d[0][s], d[1][s], d[2][s], d[3][s], col);
+      for (int r = 0; r < 4; ++r) h[r][s] = col[r];
     }
     const int64_t xs = g.C * T_n;
     T* v = V + c * T_n + a.t;
     for (int r = 0; r < 4; ++r) {  // (B^T d) B
-      v[(r * 4 + 0) * xs] = h[r][0] - h[r][2];
-      v[(r * 4 + 1) * xs] = h[r][1] + h[r][2];
-      v[(r * 4 + 2) * xs] = h[r][2] - h[r][1];
-      v[(r * 4 + 3) * xs] = h[r][1] - h[r][3];
+      T row[4];
+      kernels::winograd_bt(h[r][0], h[r][1], h[r][2], h[r][3], row);
+      for (int k = 0; k < 4; ++k) v[(r * 4 + k) * xs] = row[k];
     }
   }
 }
@@ -96,16 +83,18 @@ template <class T> __global__ void wino_output_kernel(const T* M, T* y, WinoGeom
     const T* m = M + o * T_n + at.t;
     T a[2][4];  // A^T M
     for (int k = 0; k < 4; ++k) {
-      const T m0 = m[(0 * 4 + k) * xs], m1 = m[(1 * 4 + k) * xs], m2 = m[(2 * 4 + k) * xs], m3 = m[(3 * 4 + k) * xs];
-      a[0][k] = m0 + m1 + m2;
-      a[1][k] = m1 - m2 - m3;
+      T col[2];
+      kernels::winograd_at(m[(0 * 4 + k) * xs], m[(1 * 4 + k) * xs], m[(2 * 4 + k) * xs], m[(3 * 4 + k) * xs], col);
+      a[0][k] = col[0], a[1][k] = col[1];
     }
     T* yo = y + ((n0 + at.n) * g.O + o) * g.OH * g.OW;
-    for (int i = 0; i < 2; ++i) {
+    for (int i = 0; i < 2; ++i) {  // (A^T M) A
       const int64_t oh = 2 * th + i, ow = 2 * tw;
       if (oh >= g.OH) break;
-      yo[oh * g.OW + ow] = a[i][0] + a[i][1] + a[i][2];
-      if (ow + 1 < g.OW) yo[oh * g.OW + ow + 1] = a[i][1] - a[i][2] - a[i][3];
+      T out[2];
+      kernels::winograd_at(a[i][0], a[i][1], a[i][2], a[i][3], out);
+      yo[oh * g.OW + ow] = out[0];
+      if (ow + 1 < g.OW) yo[oh * g.OW + ow + 1] = out[1];
     }
   }
 }
@@ -123,20 +112,14 @@ template <class T> __global__ void wino_grad_output_kernel(const T* gy, T* Y, Wi
         const int64_t oh = 2 * th + i, ow = 2 * tw + j;
         dy[i][j] = oh < g.OH && ow < g.OW ? go[oh * g.OW + ow] : T(0);
       }
-    T b[2][4];  // rows of dY times A^T: (a, b) -> (a, a + b, a - b, -b)
-    for (int i = 0; i < 2; ++i) {
-      b[i][0] = dy[i][0];
-      b[i][1] = dy[i][0] + dy[i][1];
-      b[i][2] = dy[i][0] - dy[i][1];
-      b[i][3] = -dy[i][1];
-    }
+    T b[2][4];  // rows of dY times A^T
+    for (int i = 0; i < 2; ++i) kernels::winograd_a(dy[i][0], dy[i][1], b[i]);
     const int64_t xs = g.O * T_n;
     T* yt = Y + o * T_n + at.t;
     for (int k = 0; k < 4; ++k) {  // A along the rows
-      yt[(0 * 4 + k) * xs] = b[0][k];
-      yt[(1 * 4 + k) * xs] = b[0][k] + b[1][k];
-      yt[(2 * 4 + k) * xs] = b[0][k] - b[1][k];
-      yt[(3 * 4 + k) * xs] = -b[1][k];
+      T col[4];
+      kernels::winograd_a(b[0][k], b[1][k], col);
+      for (int r = 0; r < 4; ++r) yt[(r * 4 + k) * xs] = col[r];
     }
   }
 }
@@ -144,18 +127,10 @@ template <class T> __global__ void wino_grad_output_kernel(const T* gy, T* Y, Wi
 // gw[co][ci] = G^T dU G.
 template <class T> __global__ void wino_filter_grad_kernel(const T* dU, T* gw, int64_t pairs) {
   FM_GRID_LOOP(p, pairs) {
-    T u[4][4], q[3][4];
-    for (int xi = 0; xi < 16; ++xi) u[xi / 4][xi % 4] = dU[xi * pairs + p];
-    for (int k = 0; k < 4; ++k) {
-      q[0][k] = u[0][k] + T(0.5) * (u[1][k] + u[2][k]);
-      q[1][k] = T(0.5) * (u[1][k] - u[2][k]);
-      q[2][k] = T(0.5) * (u[1][k] + u[2][k]) + u[3][k];
-    }
-    for (int r = 0; r < 3; ++r) {
-      gw[p * 9 + r * 3 + 0] = q[r][0] + T(0.5) * (q[r][1] + q[r][2]);
-      gw[p * 9 + r * 3 + 1] = T(0.5) * (q[r][1] - q[r][2]);
-      gw[p * 9 + r * 3 + 2] = T(0.5) * (q[r][1] + q[r][2]) + q[r][3];
-    }
+    T du[16], g9[9];
+    for (int xi = 0; xi < 16; ++xi) du[xi] = dU[xi * pairs + p];
+    kernels::winograd_filter_grad(du, g9);
+    for (int k = 0; k < 9; ++k) gw[p * 9 + k] = g9[k];
   }
 }
 
