@@ -10,6 +10,7 @@
 #include <tbb/task_arena.h>
 
 #include "autodiff/autodiff.hpp"
+#include "tests/reference_loops.hpp"
 
 using namespace flatmin;
 
@@ -17,28 +18,10 @@ namespace {
 
 const TensorOptions f64{DType::f64};
 
-// ---- naive references (plain loops, double accumulation)
+// ---- against the naive loops of tests/reference_loops.hpp
 struct ConvCase {
   int64_t N, C, H, W, O, K, stride, pad;
 };
-int64_t out_size(int64_t n, int64_t k, int64_t s, int64_t p) { return (n + 2 * p - k) / s + 1; }
-
-// Calls f(n, o, oh, ow, c, kh, kw, ih, iw) for every valid term of the convolution sum.
-template <class F> void for_each_term(const ConvCase& q, F&& f) {
-  const int64_t OH = out_size(q.H, q.K, q.stride, q.pad), OW = out_size(q.W, q.K, q.stride, q.pad);
-  for (int64_t n = 0; n < q.N; ++n)
-    for (int64_t o = 0; o < q.O; ++o)
-      for (int64_t oh = 0; oh < OH; ++oh)
-        for (int64_t ow = 0; ow < OW; ++ow)
-          for (int64_t c = 0; c < q.C; ++c)
-            for (int64_t kh = 0; kh < q.K; ++kh)
-              for (int64_t kw = 0; kw < q.K; ++kw) {
-                const int64_t ih = oh * q.stride - q.pad + kh, iw = ow * q.stride - q.pad + kw;
-                if (ih >= 0 && ih < q.H && iw >= 0 && iw < q.W)
-                  f(((n * q.O + o) * OH + oh) * OW + ow, ((n * q.C + c) * q.H + ih) * q.W + iw,
-                    ((o * q.C + c) * q.K + kh) * q.K + kw);
-              }
-}
 
 void check_close(const std::vector<double>& got, const std::vector<double>& want, double tol, const char* what) {
   REQUIRE(got.size() == want.size());
@@ -60,18 +43,13 @@ void check_conv_against_loops(const ConvCase& q, DType dt, double tol) {
   Tensor y = conv2d(x, w, {}, co);
   Tensor gy = g.normal(y.shape(), opt);
   Tensor gx = conv2d_input_grad(gy, w, x.shape(), co), gw = conv2d_weight_grad(x, gy, w.shape(), co);
-  auto xv = x.to_vector(), wv = w.to_vector(), gyv = gy.to_vector();
-  std::vector<double> yr(gyv.size(), 0.0), gxr(xv.size(), 0.0), gwr(wv.size(), 0.0);
-  for_each_term(q, [&](int64_t yi, int64_t xi, int64_t wi) {
-    yr[yi] += xv[xi] * wv[wi];
-    gxr[xi] += gyv[yi] * wv[wi];
-    gwr[wi] += gyv[yi] * xv[xi];
-  });
+  const test::ConvReference r = test::naive_conv2d(x.to_vector(), w.to_vector(), x.shape(), w.shape(),
+                                                   {q.stride, q.stride, q.pad, q.pad}, gy.to_vector());
   INFO("conv N" << q.N << " C" << q.C << " " << q.H << "x" << q.W << " O" << q.O << " k" << q.K << " s" << q.stride
                 << " p" << q.pad);
-  check_close(y.to_vector(), yr, tol, "forward");
-  check_close(gx.to_vector(), gxr, tol, "input gradient");
-  check_close(gw.to_vector(), gwr, tol, "weight gradient");
+  check_close(y.to_vector(), r.y, tol, "forward");
+  check_close(gx.to_vector(), r.gx, tol, "input gradient");
+  check_close(gw.to_vector(), r.gw, tol, "weight gradient");
 }
 
 // ---- PyTorch reference file
@@ -188,28 +166,17 @@ TEST_CASE("conv results do not depend on the thread count") {
 TEST_CASE("pooling kernels match naive loops") {
   Generator g(3);
   Tensor x = g.normal({2, 3, 7, 6}, f64);
-  auto xv = x.to_vector();
   for (int64_t k : {2, 3})
     for (int64_t s : {1, 2})
       for (int64_t p : {int64_t(0), k / 2}) {
-        const int64_t OH = out_size(7, k, s, p), OW = out_size(6, k, s, p);
+        const test::PoolReference r = test::naive_pool2d(x.to_vector(), x.shape(), {k, k, s, s, p, p});
         Tensor mx = max_pool2d(x, {k, s, p}), av = avg_pool2d(x, {k, s, p});
-        REQUIRE(mx.shape() == Shape{2, 3, OH, OW});
+        REQUIRE(mx.shape() == r.y_shape);
         auto mv = mx.to_vector(), avv = av.to_vector();
-        for (int64_t pl = 0; pl < 6; ++pl)
-          for (int64_t oh = 0; oh < OH; ++oh)
-            for (int64_t ow = 0; ow < OW; ++ow) {
-              double best = -INFINITY, total = 0;
-              for (int64_t ih = oh * s - p; ih < oh * s - p + k; ++ih)
-                for (int64_t iw = ow * s - p; iw < ow * s - p + k; ++iw)
-                  if (ih >= 0 && ih < 7 && iw >= 0 && iw < 6) {
-                    best = std::max(best, xv[size_t((pl * 7 + ih) * 6 + iw)]);
-                    total += xv[size_t((pl * 7 + ih) * 6 + iw)];
-                  }
-              const size_t o = size_t((pl * OH + oh) * OW + ow);
-              CHECK(mv[o] == best);
-              CHECK(avv[o] == doctest::Approx(total / double(k * k)).epsilon(1e-14));
-            }
+        for (size_t o = 0; o < mv.size(); ++o) {
+          CHECK(mv[o] == r.max[o]);
+          CHECK(avv[o] == doctest::Approx(r.avg[o]).epsilon(1e-14));
+        }
       }
 }
 
@@ -263,7 +230,7 @@ TEST_CASE("network ops match PyTorch 1.13 (forward values and first derivatives)
     } else if (op == "batch_norm_train" || op == "batch_norm_eval") {
       Tensor rm = ref_tensor(in["running_mean"]), rv = ref_tensor(in["running_var"]);
       Tensor y = batch_norm(ref_tensor(in["x"]), ref_tensor(in["w"]), ref_tensor(in["b"]), rm, rv,
-                            op == "batch_norm_train");
+                            {.training = op == "batch_norm_train"});
       check_ref(y, out["y"], op);
       if (op == "batch_norm_train") {
         check_ref(rm, out["running_mean"], "running mean");
@@ -286,20 +253,20 @@ TEST_CASE("network ops match PyTorch 1.13 (forward values and first derivatives)
 TEST_CASE("batch_norm: update_running=false and eval leave the running statistics alone") {
   Generator g(2);
   Tensor x = g.normal({4, 3, 2, 2}, f64), rm = zeros({3}, f64), rv = ones({3}, f64);
-  batch_norm(x, {}, {}, rm, rv, true, false);
-  batch_norm(x, {}, {}, rm, rv, false);
+  batch_norm(x, {}, {}, rm, rv, {.training = true, .update_running = false});
+  batch_norm(x, {}, {}, rm, rv, {.training = false});
   CHECK(rm.to_vector() == std::vector<double>{0, 0, 0});
   CHECK(rv.to_vector() == std::vector<double>{1, 1, 1});
   // training without running statistics (track_running_stats=False): batch statistics only
   Tensor none_m, none_v;
-  Tensor y = batch_norm(x, {}, {}, none_m, none_v, true);
+  Tensor y = batch_norm(x, {}, {}, none_m, none_v, {.training = true});
   auto m = mean(y, {0, 2, 3}).to_vector();
   for (double v : m) CHECK(std::fabs(v) < 1e-12);
-  CHECK_THROWS_AS(batch_norm(x, {}, {}, none_m, none_v, false), Error);
+  CHECK_THROWS_AS(batch_norm(x, {}, {}, none_m, none_v, {.training = false}), Error);
   // an eval-mode graph survives a later update of the running statistics
   Tensor w = ones({3}, f64).requires_grad_();
-  Tensor y_eval = batch_norm(x, w, {}, rm, rv, false);
-  batch_norm(x, {}, {}, rm, rv, true);
+  Tensor y_eval = batch_norm(x, w, {}, rm, rv, {.training = false});
+  batch_norm(x, {}, {}, rm, rv, {.training = true});
   CHECK(grad(sum(y_eval), w).shape() == Shape{3});
 }
 
@@ -317,11 +284,11 @@ TEST_CASE("batch_norm: the fused first-order backward equals the exact recorded 
       return add(mul(y, reshape(w, {1, 4, 1, 1})), reshape(b, {1, 4, 1, 1}));
     };
     Tensor rm, rv;
-    Tensor y = batch_norm(x, w, b, rm, rv, true);
+    Tensor y = batch_norm(x, w, b, rm, rv, {.training = true});
     const double tol = dt == DType::f64 ? 1e-12 : 2e-5;
     check_close(y.to_vector(), by_ops().to_vector(), tol, "forward");
     auto fused = grad({y}, {x, w, b}, {.grad_outputs = {gy}});
-    auto recorded = grad({batch_norm(x, w, b, rm, rv, true)}, {x, w, b}, {.grad_outputs = {gy}, .create_graph = true});
+    auto recorded = grad({batch_norm(x, w, b, rm, rv, {.training = true})}, {x, w, b}, {.grad_outputs = {gy}, .create_graph = true});
     auto composed = grad({by_ops()}, {x, w, b}, {.grad_outputs = {gy}});
     for (size_t i = 0; i < 3; ++i) {
       check_close(fused[i].to_vector(), composed[i].to_vector(), tol, "fused vs composition");
@@ -343,7 +310,7 @@ TEST_CASE("batch_norm's recorded backward ops: orders 1-3 match finite differenc
       EnableGrad on;
       auto leaf = [](const Tensor& t) { return t.requires_grad() ? t : t.detach().requires_grad_(); };
       Tensor x = leaf(p[0]), rm, rv, w = affine ? leaf(p[2]) : Tensor();
-      Tensor y = batch_norm(x, w, {}, rm, rv, true);
+      Tensor y = batch_norm(x, w, {}, rm, rv, {.training = true});
       std::vector<Tensor> wrt = affine ? std::vector<Tensor>{x, w} : std::vector<Tensor>{x};
       auto gs = grad({y}, wrt, {.grad_outputs = {p[1]}, .create_graph = true});
       Tensor out = sum(mul(tanh(gs[0]), cx));
@@ -390,7 +357,7 @@ TEST_CASE("batch_norm in training mode: the third derivative includes the statis
   Tensor w = g.uniform({3, 2, 2, 2}, f64, -1, 1);
   ScalarFn f = [w](const Params& p) {
     Tensor rm, rv;
-    return sum(mul(w, square(batch_norm(p[0], {}, {}, rm, rv, true))));
+    return sum(mul(w, square(batch_norm(p[0], {}, {}, rm, rv, {.training = true}))));
   };
   DerivativeCheck r = check_derivatives(f, {g.normal({3, 2, 2, 2}, f64)}, {.max_order = 3, .directions = 3});
   INFO(r.message);
@@ -407,7 +374,7 @@ TEST_CASE("a small conv network: orders 1-3 match finite differences through eve
   ScalarFn f = [labels](const Params& p) {
     Tensor rm, rv;
     Tensor h = conv2d(p[0], p[1], p[2], {2, 1});
-    h = softplus(batch_norm(h, p[3], {}, rm, rv, true));
+    h = softplus(batch_norm(h, p[3], {}, rm, rv, {.training = true}));
     h = max_pool2d(conv2d(h, p[4], {}, {1, 1}), {2, 2, 0});
     h = adaptive_avg_pool2d(group_norm(h, 2, {}, {}), 1, 1);
     return cross_entropy(matmul(reshape(h, {3, 4}), p[5]), labels);
@@ -438,9 +405,9 @@ TEST_CASE("network ops: bad inputs are errors that name the problem") {
   CHECK_THROWS_WITH_AS(cross_entropy(logits, zeros({2})), doctest::Contains("int64"), Error);
   CHECK_THROWS_WITH_AS(mse_loss(logits, zeros({3, 2})), doctest::Contains("shape"), Error);
   Tensor rm = zeros({3}), rv = ones({3});
-  CHECK_THROWS_WITH_AS(batch_norm(x, {}, {}, rm, rv, true), doctest::Contains("running_mean"), Error);
+  CHECK_THROWS_WITH_AS(batch_norm(x, {}, {}, rm, rv, {.training = true}), doctest::Contains("running_mean"), Error);
   Tensor rm2 = zeros({2}), rv2 = ones({2});
-  CHECK_THROWS_WITH_AS(batch_norm(zeros({1, 2}), {}, {}, rm2, rv2, true), doctest::Contains("more than one value"),
+  CHECK_THROWS_WITH_AS(batch_norm(zeros({1, 2}), {}, {}, rm2, rv2, {.training = true}), doctest::Contains("more than one value"),
                        Error);
   CHECK_THROWS_WITH_AS(group_norm(x, 3, {}, {}), doctest::Contains("groups"), Error);
 }

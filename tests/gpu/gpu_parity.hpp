@@ -75,17 +75,6 @@ inline void check_parity(const std::string& what, const DeviceFn& f, const Param
   CHECK(rel_diff(k.third, c.third) <= tol.third);
 }
 
-// Σ w1⊙y + Σ w2⊙y³ with fixed weights: exercises the rule of the rule at orders 2 and 3.
-inline DeviceFn harness(std::function<Tensor(const Params&, Device)> op, const Shape& out_shape) {
-  Generator g(99);
-  const Tensor w1 = g.uniform(out_shape, {DType::f64}, -1, 1), w2 = g.uniform(out_shape, {DType::f64}, -1, 1);
-  return [op, w1, w2](const Params& x, Device d) {
-    const Tensor y = op(x, d);
-    const Tensor a = w1.to(y.dtype()).to(d), b = w2.to(y.dtype()).to(d);
-    return add(sum(mul(a, y)), sum(mul(b, mul(y, mul(y, y)))));
-  };
-}
-
 // Well-separated values of both signs, no ties, no zeros (max/min/relu/abs/pool safe).
 inline Tensor distinct_values(const Shape& s, uint64_t seed, double scale = 0.37) {
   Generator g(seed);

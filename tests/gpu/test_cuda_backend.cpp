@@ -1,40 +1,17 @@
 // CUDA backend kernels against independent references: random numbers against the CPU's
-// Philox stream, convolution and pooling against naive loops written here, scatters with
+// Philox stream, convolution and pooling against tests/reference_loops.hpp, scatters with
 // duplicate indices bitwise against the CPU (same summation order), int64 kernels against
 // hand values; plus the allocator, determinism and device errors.
 #include <cstring>
 
 #include "autodiff/backend.hpp"
 #include "tests/gpu/gpu_parity.hpp"
+#include "tests/reference_loops.hpp"
 
 using namespace flatmin;
 using namespace flatmin::gpu_test;
 
 namespace {
-
-// Naive NCHW convolution in double (the reference for the cuBLAS/im2col path).
-std::vector<double> naive_conv(const std::vector<double>& x, const std::vector<double>& w, const Shape& xs,
-                               const Shape& ws, const Conv2dParams& p, Shape& ys) {
-  const int64_t N = xs[0], C = xs[1], H = xs[2], W = xs[3], O = ws[0], KH = ws[2], KW = ws[3];
-  const int64_t OH = (H + 2 * p.pad_h - KH) / p.stride_h + 1, OW = (W + 2 * p.pad_w - KW) / p.stride_w + 1;
-  ys = {N, O, OH, OW};
-  std::vector<double> y(size_t(N * O * OH * OW), 0.0);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t o = 0; o < O; ++o)
-      for (int64_t oh = 0; oh < OH; ++oh)
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          double acc = 0;
-          for (int64_t c = 0; c < C; ++c)
-            for (int64_t kh = 0; kh < KH; ++kh)
-              for (int64_t kw = 0; kw < KW; ++kw) {
-                const int64_t h = oh * p.stride_h - p.pad_h + kh, ww = ow * p.stride_w - p.pad_w + kw;
-                if (h < 0 || h >= H || ww < 0 || ww >= W) continue;
-                acc += x[size_t(((n * C + c) * H + h) * W + ww)] * w[size_t(((o * C + c) * KH + kh) * KW + kw)];
-              }
-          y[size_t(((n * O + o) * OH + oh) * OW + ow)] = acc;
-        }
-  return y;
-}
 
 double vdot(const std::vector<double>& a, const std::vector<double>& b) {
   double s = 0;
@@ -168,8 +145,9 @@ TEST_SUITE("gpu") {
       for (DType t : {DType::f64, DType::f32}) {
         Generator g(21);
         const Tensor x = g.normal(q.x, {DType::f64}), w = g.normal(q.w, {DType::f64});
-        Shape ys;
-        const auto ref = naive_conv(x.to_vector(), w.to_vector(), q.x, q.w, q.p, ys);
+        const test::ConvReference r = test::naive_conv2d(x.to_vector(), w.to_vector(), q.x, q.w, q.p);
+        const Shape& ys = r.y_shape;
+        const auto& ref = r.y;
         const Tensor xg = x.to(t).to(kCuda), wg = w.to(t).to(kCuda);
         Tensor y = empty(ys, {t, kCuda});
         backend(kCuda).conv2d(xg, wg, y, q.p);
@@ -194,25 +172,10 @@ TEST_SUITE("gpu") {
     const auto xv = x.to_vector();
     for (const Pool2dParams& p : {Pool2dParams{2, 2, 2, 2, 0, 0}, Pool2dParams{3, 3, 2, 2, 1, 1},
                                   Pool2dParams{3, 2, 1, 2, 1, 0}}) {
-      const int64_t H = xs[2], W = xs[3], OH = (H + 2 * p.pad_h - p.kernel_h) / p.stride_h + 1,
-                    OW = (W + 2 * p.pad_w - p.kernel_w) / p.stride_w + 1;
-      const Shape ys = {xs[0], xs[1], OH, OW};
-      std::vector<double> mx, av;
-      std::vector<int64_t> mi;
-      for (int64_t pl = 0; pl < xs[0] * xs[1]; ++pl)
-        for (int64_t oh = 0; oh < OH; ++oh)
-          for (int64_t ow = 0; ow < OW; ++ow) {
-            double best = -INFINITY, s = 0;
-            int64_t bi = -1;
-            for (int64_t h = oh * p.stride_h - p.pad_h; h < oh * p.stride_h - p.pad_h + p.kernel_h; ++h)
-              for (int64_t w = ow * p.stride_w - p.pad_w; w < ow * p.stride_w - p.pad_w + p.kernel_w; ++w) {
-                if (h < 0 || h >= H || w < 0 || w >= W) continue;
-                const double v = xv[size_t(pl * H * W + h * W + w)];
-                s += v;
-                if (v > best) best = v, bi = h * W + w;
-              }
-            mx.push_back(best), mi.push_back(bi), av.push_back(s / double(p.kernel_h * p.kernel_w));
-          }
+      const test::PoolReference r = test::naive_pool2d(xv, xs, p);
+      const Shape& ys = r.y_shape;
+      const std::vector<double>&mx = r.max, &av = r.avg;
+      const std::vector<int64_t>& mi = r.argmax;
       for (DType t : {DType::f64, DType::f32}) {
         INFO("pool kernel " << p.kernel_h << "x" << p.kernel_w << " stride " << p.stride_h << "," << p.stride_w
                             << " pad " << p.pad_h << "," << p.pad_w << " " << dtype_name(t));

@@ -1,4 +1,4 @@
-// Host emulation of the two cuBLAS calls the flatmin backend uses (tools/cuda_emu/run.sh only),
+// Host emulation of the two cuBLAS calls the flatmin backend uses (tests/gpu/cuda_emu/run.sh only),
 // written from cuBLAS's column-major definition: C[i + j ldc] = alpha Σ_l op(A)[i,l] op(B)[l,j] + beta C.
 #pragma once
 #include "cuda_runtime.h"

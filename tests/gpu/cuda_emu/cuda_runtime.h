@@ -1,4 +1,4 @@
-// Host emulation of the CUDA runtime subset the flatmin backend uses, for tools/cuda_emu/run.sh
+// Host emulation of the CUDA runtime subset the flatmin backend uses, for tests/gpu/cuda_emu/run.sh
 // only (kernels run on the CPU; device pointers are host pointers). Never part of a build.
 #pragma once
 #include <barrier>

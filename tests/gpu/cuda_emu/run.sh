@@ -6,9 +6,9 @@
 # kernels' index arithmetic, the GEMM argument mapping and the host logic on a machine
 # without a GPU; it cannot see races, CUDA math-library differences or launch limits.
 # Slow (block-synchronizing kernels run 256 host threads): filter with doctest options.
-#   tools/cuda_emu/run.sh [build-dir] [doctest options, e.g. -tc='*conv2d kernels*']
+#   tests/gpu/cuda_emu/run.sh [build-dir] [doctest options, e.g. -tc='*conv2d kernels*']
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 BUILD=$ROOT/${1:-build}
 shift || true
 W=$(mktemp -d /tmp/flatmin_cuda_emu.XXXXXX)
@@ -23,8 +23,10 @@ if '<<<' in s: sys.exit(f'{sys.argv[1]}: a launch this script does not know how 
 open(sys.argv[2], 'w').write('#define __CUDACC__ 1\n#include "cuda_runtime.h"\n' + s)
 PY
 done
-FLAGS=(-std=c++20 -O1 -I"$ROOT/tools/cuda_emu" -I"$ROOT" -isystem /usr/include/eigen3 "-DFLATMIN_SOURCE_DIR=\"$ROOT\"")
-for f in "$W"/src/*.cpp "$ROOT"/tests/main.cpp "$ROOT"/tests/gpu/*.cpp; do
+FLAGS=(-std=c++20 -O1 -I"$ROOT/tests/gpu/cuda_emu" -I"$ROOT" -isystem /usr/include/eigen3 "-DFLATMIN_SOURCE_DIR=\"$ROOT\"")
+JOBS=${EMU_JOBS:-$(nproc)}  # parallel compilations (EMU_JOBS=2 on a shared machine)
+for f in "$W"/src/*.cpp "$ROOT"/tests/main.cpp "$ROOT"/tests/op_cases.cpp "$ROOT"/tests/gpu/*.cpp; do
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
   g++ "${FLAGS[@]}" -c "$f" -o "$W/obj/$(basename "$(dirname "$f")")_$(basename "$f" .cpp).o" &
 done
 wait
