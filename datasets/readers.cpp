@@ -338,7 +338,8 @@ Dataset read_cifar(const std::string& path, CifarKind kind, int64_t records) {
   return parse_cifar(read_file(path), path, kind, records);
 }
 
-Dataset load_cifar10(const std::string& dir, bool train, bool check_counts) {
+Dataset load_cifar10(const std::string& dir, Split split, const CifarOptions& opt) {
+  const bool train = split == Split::train, check_counts = opt.check_counts;
   const fs::path folder = cifar_folder(dir, "cifar-10-batches-bin", train ? "data_batch_1.bin" : "test_batch.bin");
   std::vector<std::string> files;
   if (train)
@@ -354,7 +355,8 @@ Dataset load_cifar10(const std::string& dir, bool train, bool check_counts) {
   return make_cifar(labels, images, CifarKind::cifar10, train ? "cifar10-train" : "cifar10-test");
 }
 
-Dataset load_cifar100(const std::string& dir, bool train, bool coarse, bool check_counts) {
+Dataset load_cifar100(const std::string& dir, Split split, const CifarOptions& opt) {
+  const bool train = split == Split::train, coarse = opt.coarse, check_counts = opt.check_counts;
   const char* file = train ? "train.bin" : "test.bin";
   const fs::path folder = cifar_folder(dir, "cifar-100-binary", file);
   const CifarKind kind = coarse ? CifarKind::cifar100_coarse : CifarKind::cifar100_fine;

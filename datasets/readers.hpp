@@ -52,10 +52,15 @@ enum class CifarKind { cifar10, cifar100_fine, cifar100_coarse };
 // image in channel-major order. `records` = expected record count, or 0 for any positive count.
 Dataset parse_cifar(ByteView bytes, const std::string& source, CifarKind kind, int64_t records = 0);
 Dataset read_cifar(const std::string& path, CifarKind kind, int64_t records = 0);
+enum class Split { train, test };
+struct CifarOptions {
+  bool coarse = false;        // CIFAR-100: the 20 superclass labels instead of the 100 classes
+  bool check_counts = true;   // false accepts files with fewer records than the real ones (tests)
+};
 // cifar-10-batches-bin: data_batch_1..5.bin (train) or test_batch.bin, 10000 records each.
-// `dir` may be that folder or its parent. check_counts = false accepts smaller files (tests).
-Dataset load_cifar10(const std::string& dir, bool train, bool check_counts = true);
+// `dir` may be that folder or its parent.
+Dataset load_cifar10(const std::string& dir, Split split, const CifarOptions& opt = {});
 // cifar-100-binary: train.bin (50000 records) or test.bin (10000).
-Dataset load_cifar100(const std::string& dir, bool train, bool coarse = false, bool check_counts = true);
+Dataset load_cifar100(const std::string& dir, Split split, const CifarOptions& opt = {});
 
 }  // namespace flatmin::data

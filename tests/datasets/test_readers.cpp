@@ -165,29 +165,29 @@ TEST_CASE("cifar-10 and cifar-100 folders") {
                     testdata::cifar({{uint8_t(k)}, {uint8_t(k + 4)}}, 2 * (k - 1)));
   testdata::write(dir10 / "test_batch.bin", testdata::cifar({{6}}, 100));
   // the folder itself, or its parent
-  const Dataset train = load_cifar10(tmp.path.string(), true, false);
+  const Dataset train = load_cifar10(tmp.path.string(), Split::train, {.check_counts = false});
   CHECK(train.size() == 10);
   CHECK(train.labels.to_int_vector() == std::vector<int64_t>{1, 5, 2, 6, 3, 7, 4, 8, 5, 9});
   const float* p = train.images.data<float>();
   CHECK(p[9 * 3072 + 2 * 1024 + 40] == float(testdata::cifar_pixel(9, 2, 1, 8)) / 255.0f);
-  const Dataset test = load_cifar10(dir10.string(), false, false);
+  const Dataset test = load_cifar10(dir10.string(), Split::test, {.check_counts = false});
   CHECK(test.labels.to_int_vector() == std::vector<int64_t>{6});
   CHECK(test.images.data<float>()[0] == float(testdata::cifar_pixel(100, 0, 0, 0)) / 255.0f);
-  CHECK(error_of([&] { load_cifar10(tmp.path.string(), true); }).find("data_batch_1.bin: 2 records, expected 10000") !=
+  CHECK(error_of([&] { load_cifar10(tmp.path.string(), Split::train); }).find("data_batch_1.bin: 2 records, expected 10000") !=
         std::string::npos);
   std::filesystem::remove(dir10 / "data_batch_4.bin");
-  CHECK(error_of([&] { load_cifar10(tmp.path.string(), true, false); }).find("data_batch_4.bin: no such file") !=
+  CHECK(error_of([&] { load_cifar10(tmp.path.string(), Split::train, {.check_counts = false}); }).find("data_batch_4.bin: no such file") !=
         std::string::npos);
-  CHECK(error_of([&] { load_cifar10((tmp.path / "nowhere").string(), true); }).find("holds neither") !=
+  CHECK(error_of([&] { load_cifar10((tmp.path / "nowhere").string(), Split::train); }).find("holds neither") !=
         std::string::npos);
 
   const auto dir100 = tmp.path / "cifar-100-binary";
   testdata::write(dir100 / "train.bin", testdata::cifar({{1, 11}, {2, 22}, {3, 33}}));
   testdata::write(dir100 / "test.bin", testdata::cifar({{4, 44}}));
-  CHECK(load_cifar100(tmp.path.string(), true, false, false).labels.to_int_vector() == std::vector<int64_t>{11, 22, 33});
-  CHECK(load_cifar100(tmp.path.string(), true, true, false).labels.to_int_vector() == std::vector<int64_t>{1, 2, 3});
-  CHECK(load_cifar100(dir100.string(), false, false, false).labels.to_int_vector() == std::vector<int64_t>{44});
-  CHECK(error_of([&] { load_cifar100(tmp.path.string(), false); }).find("1 records, expected 10000") !=
+  CHECK(load_cifar100(tmp.path.string(), Split::train, {.check_counts = false}).labels.to_int_vector() == std::vector<int64_t>{11, 22, 33});
+  CHECK(load_cifar100(tmp.path.string(), Split::train, {.coarse = true, .check_counts = false}).labels.to_int_vector() == std::vector<int64_t>{1, 2, 3});
+  CHECK(load_cifar100(dir100.string(), Split::test, {.check_counts = false}).labels.to_int_vector() == std::vector<int64_t>{44});
+  CHECK(error_of([&] { load_cifar100(tmp.path.string(), Split::test); }).find("1 records, expected 10000") !=
         std::string::npos);
 }
 
