@@ -3,3 +3,4 @@
 #include "autodiff/autodiff.hpp"
 #include "datasets/datasets.hpp"
 #include "nn/nn.hpp"
+#include "optim/optim.hpp"

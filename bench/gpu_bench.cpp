@@ -1,6 +1,6 @@
 // flatmin_gpu_bench: throughput of a ResNet-18 training step and of one Hessian-vector
 // product on a CUDA device, plus GEMM and convolution kernel rates. Prints one
-// "RESULT key=value ..." line per measurement (tools/gpu_check.sh collects them).
+// "RESULT key=value ..." line per measurement (scripts/gpu_check.sh collects them).
 //   flatmin_gpu_bench [--device cuda:0] [--batch 128] [--width 64] [--steps 10] [--dtype f32] [--gemm 4096]
 #include <chrono>
 #include <cstdio>

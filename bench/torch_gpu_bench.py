@@ -11,7 +11,7 @@ try:
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
-except ImportError as e:  # the caller (tools/gpu_check.sh) reports the absence
+except ImportError as e:  # the caller (scripts/gpu_check.sh) reports the absence
     print(f"torch_gpu_bench: PyTorch not importable: {e}")
     sys.exit(2)
 

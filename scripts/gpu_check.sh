@@ -5,8 +5,8 @@
 # `flatmin probe --device cuda` against PyTorch, the whole test suite, and compute-sanitizer
 # over the backend tests while time remains.
 # Logs go to $OUT (if set) or ./gpu-check-logs; the summary is printed last.
-#   tools/gpu_deps.sh            # where flatmin builds, if the GPU machine lacks packages
-#   tools/gpu_check.sh           # on the GPU machine (carry .gpudeps along)
+#   scripts/gpu_deps.sh            # where flatmin builds, if the GPU machine lacks packages
+#   scripts/gpu_check.sh           # on the GPU machine (carry .gpudeps along)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"

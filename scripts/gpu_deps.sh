@@ -2,7 +2,7 @@
 # Packs, on a machine where flatmin builds, the build dependencies that a GPU machine
 # without network access may lack (Eigen, oneTBB, doctest, CLI11, nlohmann-json, zlib
 # headers, OpenBLAS (pthread flavor, with libgfortran), pkg-config and meson) into .gpudeps/ (about 25 MB, in .gitignore). Carry that
-# folder to the GPU machine next to the checkout; tools/gpu_check.sh uses it only when
+# folder to the GPU machine next to the checkout; scripts/gpu_check.sh uses it only when
 # the machine's own packages are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ rm -rf "$D/include/eigen3/unsupported"  # not used; keeps .gpudeps under the 64 
 cp /usr/bin/pkgconf "$D/bin/pkg-config"
 cp -r /usr/lib/python3/dist-packages/mesonbuild "$D/python/"
 pc() {  # name version cflags libs
-  printf 'prefix=${pcfiledir}/../..\nlibdir=${prefix}/lib\nincludedir=${prefix}/include\n\nName: %s\nDescription: %s (carried by tools/gpu_deps.sh)\nVersion: %s\nCflags: %s\nLibs: %s\n' \
+  printf 'prefix=${pcfiledir}/../..\nlibdir=${prefix}/lib\nincludedir=${prefix}/include\n\nName: %s\nDescription: %s (carried by scripts/gpu_deps.sh)\nVersion: %s\nCflags: %s\nLibs: %s\n' \
     "$1" "$1" "$2" "$3" "$4" > "$D/lib/pkgconfig/$1.pc"
 }
 pc eigen3 "$(pkg-config --modversion eigen3)" '-I${includedir}/eigen3' ''

@@ -1,0 +1,9 @@
+// The optim layer in one include: optimizers (SGD, SAM/ASAM, RS and SA), sharpness
+// measures and flatness certificates, training with checkpoints.
+#pragma once
+#include "optim/optimizer.hpp"
+#include "optim/perturbation.hpp"
+#include "optim/sam.hpp"
+#include "optim/sgd.hpp"
+#include "optim/sharpness.hpp"
+#include "optim/training.hpp"
