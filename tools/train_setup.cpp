@@ -40,12 +40,12 @@ static const std::string& cifar_dir(const std::string& dir) {
 }
 data::Dataset DataSpec::train() const {
   if (dataset == "blobs") return first(data::two_blobs({.n = 512, .d = 2, .seed = 1}), train_subset);
-  if (dataset == "cifar10") return first(data::load_cifar10(cifar_dir(dir), true), train_subset);
+  if (dataset == "cifar10") return first(data::load_cifar10(cifar_dir(dir), data::Split::train), train_subset);
   return first(data::load_mnist_layout(dir, true, "fashion-mnist"), train_subset);
 }
 data::Dataset DataSpec::test() const {
   if (dataset == "blobs") return first(data::two_blobs({.n = 512, .d = 2, .seed = 2}), test_subset);
-  if (dataset == "cifar10") return first(data::load_cifar10(cifar_dir(dir), false), test_subset);
+  if (dataset == "cifar10") return first(data::load_cifar10(cifar_dir(dir), data::Split::test), test_subset);
   return first(data::load_mnist_layout(dir, false, "fashion-mnist"), test_subset);
 }
 
