@@ -188,7 +188,7 @@ int main(int argc, char** argv) {
     else if (a == "--threads") cfg.threads = positive_int("--threads", i + 1 < argc ? argv[++i] : nullptr);
     else if (a == "--reps") cfg.reps = positive_int("--reps", i + 1 < argc ? argv[++i] : nullptr);
     else if (a == "--cpu-time") cfg.cpu_time = true;
-    else if (a == "--only" && i + 1 < argc) only = "," + std::string(argv[++i]) + ",";
+    else if (a == "--only" && i + 1 < argc) only = std::string(",") + argv[++i] + ",";  // GCC 12 -Wrestrict
     else if (a == "--list") {
       for (const Group& g : groups()) std::printf("%s\n", g.name.c_str());
       return 0;

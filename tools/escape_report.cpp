@@ -289,7 +289,8 @@ std::string render_report(const json& summary, const json& settings, bool comple
     std::string held, lost;
     for (const json& l : s.at("arm_order"))
       if (const json& v = s.at("min_train_accuracy").value(l.get<std::string>(), json()); v.is_number())
-        (v.get<double>() >= 1.0 ? held : lost) += " " + l.get<std::string>();
+        // append, not " " + a temporary string (GCC 12 reports a false -Wrestrict there)
+        (v.get<double>() >= 1.0 ? held : lost).append(" ").append(l.get<std::string>());
     md += (held.empty() ? "" : "held by" + held + ".") + (lost.empty() ? std::string() : " Not held (some evaluation below 100%) by" + lost + ".") + "\n\n";
     const std::string l = s.at("loss").get<std::string>();
     if (summary.value("plots", false))
