@@ -79,6 +79,7 @@ int run(int argc, char** argv) {
   app.add_option("--trace-samples", sched.trace_samples, "Hutchinson sample cap (PyHessian: 100)")->check(CLI::PositiveNumber);
   app.add_option("--metrics", sched.metrics, "metrics as JSON lines");
   app.add_option("--device", sched.device, "cpu | cuda | cuda:N");
+  app.add_option("--micro-shards", sched.micro_shards, "data parallelism: fixed parts per batch (>= processes under mpirun)")->check(CLI::PositiveNumber);
   app.add_option("--save-start", save_start, "write the bad global minimum's state dict here");
   app.add_option("--load-start", load_start, "start the methods from this state dict (skips making the bad minimum)");
   app.add_option("--seed", seed, "seed of labels, shuffling and perturbations");
@@ -167,7 +168,7 @@ int run(int argc, char** argv) {
                start.test.accuracy, start.trace_normalized, random_label_acc);
   log.write({{"phase", "start"}, {"step", 0}, {"train_accuracy", start.train.accuracy}, {"test_accuracy", start.test.accuracy},
              {"train_loss", start.train.loss}, {"test_loss", start.test.loss}, {"trace_normalized", start.trace_normalized}});
-  if (!save_start.empty()) nn::save_safetensors(*net, save_start);
+  if (!save_start.empty() && distributed::world().rank() == 0) nn::save_safetensors(*net, save_start);
   const nn::NamedTensors start_state = snapshot(*net);
 
   // 2. each method from the same point, same batches
