@@ -25,19 +25,21 @@ void validate(const DataParallel& p, int64_t batch_size, const Device& d);
 
 // Loss and gradient of the mean cross-entropy over images/labels, shared out as above;
 // classifier_closure itself when p is not active (one process, one shard).
-Closure data_parallel_closure(nn::Module& net, const Tensor& images, const Tensor& labels, const DataParallel& p);
+Closure data_parallel_closure(nn::Module& net, const Tensor& images, const Tensor& labels, const DataParallel& p,
+                              ClassifierLoss loss = ClassifierLoss::cross_entropy);
 // SA's ∇f_i: the mini-batch i split into min(micro_shards, |i|) shards the same way (b = 1:
 // one shard, computed by rank 0 and sent to the others).
-BatchClosure data_parallel_batch_closure(nn::Module& net, const data::Dataset& train, DType dtype, const DataParallel& p);
+BatchClosure data_parallel_batch_closure(nn::Module& net, const data::Dataset& train, DType dtype, const DataParallel& p,
+                                         ClassifierLoss loss = ClassifierLoss::cross_entropy);
 // evaluate_classifier with its batches dealt out in contiguous ranges; the per-batch sums
 // are gathered and added in batch order, so the metrics equal the one-process ones.
 ClassifierMetrics evaluate_classifier(nn::Module& net, const data::Dataset& ds, int64_t batch_size, DType dtype,
-                                      const DataParallel& p);
+                                      const DataParallel& p, ClassifierLoss loss = ClassifierLoss::cross_entropy);
 // classifier_trace with Hutchinson's samples dealt out: rounds of `size` samples, sample j
 // of a round computed by rank j; the stopping rule then runs over the samples in order, so
 // the estimate equals the one-process estimate (a round may compute up to size−1 samples
 // past the stopping point).
 TraceEstimate classifier_trace(nn::Module& net, const data::Dataset& subset, DType dtype, const HutchinsonOptions& o,
-                               const DataParallel& p);
+                               const DataParallel& p, ClassifierLoss loss = ClassifierLoss::cross_entropy);
 
 }  // namespace flatmin::optim
