@@ -1,6 +1,7 @@
 // The optim layer in one include: optimizers (SGD, SAM/ASAM, RS and SA), sharpness
-// measures and flatness certificates, training with checkpoints.
+// measures and flatness certificates, training with checkpoints, data-parallel closures.
 #pragma once
+#include "optim/data_parallel.hpp"
 #include "optim/optimizer.hpp"
 #include "optim/perturbation.hpp"
 #include "optim/sam.hpp"
