@@ -29,7 +29,7 @@ Params leaves(const Params& x);  // detached copies that require grad
 Tensor flatten(const Params& x);  // 1-d concatenation
 Params unflatten(const Tensor& flat, const Params& like);
 int64_t numel(const Params& x);
-// Proj⊥_u(w) = w − (⟨u,w⟩/‖u‖²) u; returns w when u = 0 (ALGORITHMS.md, Definition 4).
+// Proj⊥_u(w) = w − (⟨u,w⟩/‖u‖²) u; returns w when u = 0 (docs/algorithms.md §1, Definition 4).
 Params project_out(const Params& u, const Params& w);
 
 // ---- derivatives of a scalar function ----

@@ -35,7 +35,7 @@ std::vector<int64_t> label_histogram(const Dataset& ds);
 // with the true label, as in Zhang et al. 2017). Seeded: same seed, same labels.
 Dataset corrupt_labels(const Dataset& ds, double fraction, uint64_t seed);
 
-// The "bad global minimum" data (ALGORITHMS.md §7, after Liu et al. 2020): `copies` noisy
+// The "bad global minimum" data (docs/algorithms.md §7, after Liu et al. 2020): `copies` noisy
 // copies of every image, each with round(zero_fraction * H*W) pixel positions (all channels)
 // set to 0, and a label drawn uniformly at random for each copy. Example j*N + i is copy j
 // of image i. Materialized: copies*N*C*H*W*4 bytes (CIFAR-10, 10 copies: 6.1 GB).

@@ -7,7 +7,7 @@
 
 namespace flatmin::data {
 
-// ---- Example 1 (ALGORITHMS.md §6): a loss, not a data set ----
+// ---- Example 1 (docs/algorithms.md §6): a loss, not a data set ----
 // f(x1, x2) = (x1*x2 - 1)^2 for x of shape (2), differentiable at every order.
 Tensor example1_loss(const Tensor& x);
 double example1_loss(double x1, double x2);

@@ -1,4 +1,4 @@
-// The two perturbed gradient methods of ALGORITHMS.md §3-4 (Ahn, Jadbabaie, Sra 2024):
+// The two perturbed gradient methods of docs/algorithms.md §3-4 (Ahn, Jadbabaie, Sra 2024):
 //   g = ∇f(x);  if ‖g‖ ≤ ε0:  x ← x − η g − η' Proj⊥_g w,  else  x ← x − η g,
 // where w is the gradient at a perturbed point:
 //   RS (Algorithm 1): w = ∇f(x + ρu), u uniform on the unit sphere of all parameters together;

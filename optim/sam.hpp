@@ -1,4 +1,4 @@
-// Sharpness-aware minimization (Foret et al. 2021; ALGORITHMS.md §5), wrapping a base
+// Sharpness-aware minimization (Foret et al. 2021; docs/algorithms.md §5), wrapping a base
 // optimizer:  g = ∇f_B(x);  e = ρ g / (‖g‖ + eps)   (adaptive: e = ρ x⊙x⊙g / (‖x⊙g‖ + eps));
 // the base optimizer then takes its step at x with the gradient ∇f_B(x + e).
 // The evaluation at x + e is made with update_stats = false (BatchNorm statistics are

@@ -1,4 +1,4 @@
-// Flatness measurements (ALGORITHMS.md §1-2, §7): Hutchinson's trace of the Hessian with
+// Flatness measurements (docs/algorithms.md §1-2, §7): Hutchinson's trace of the Hessian with
 // PyHessian's stopping rule, the largest eigenvalue by power iteration, the gradient of the
 // normalized trace from third-order contractions, and (ε, ε')-flatness certificates.
 // Everything works through a Hessian-vector product (or a third-order contraction), so the

@@ -1,5 +1,5 @@
 // `flatmin ddep`: how the advantage of SA (Algorithm 2) over RS (Algorithm 1) grows with the
-// dimension d (ALGORITHMS.md §2, last item; §4's per-step decreases).
+// dimension d (docs/algorithms.md §2, last item; §4's per-step decreases).
 //
 // Problem: a diagonal linear network with scalar outputs, parameters u, v ∈ R^m (d = 2m),
 //   f(u, v) = (1/n) Σ_i (⟨a_i, u⊙v⟩ − y_i)²,   a_i ~ N(0, I/m),  y_i = ⟨a_i, β*⟩.

@@ -1,9 +1,9 @@
-// `flatmin example1`: ALGORITHMS.md §6 — f(x1, x2) = (x1 x2 − 1)², started on the minima
+// `flatmin example1`: docs/algorithms.md §6 — f(x1, x2) = (x1 x2 − 1)², started on the minima
 // hyperbola at a sharp point. GD stays; RS and SA drift along x1 x2 = 1 to the flat minimum
 // (1, 1) where tr̄ = x1² + x2² = 2. For SA the training loss is f as a single example
 // (n = 1: f = ℓ(p(x), y) with p = x1 x2, y = 1, ℓ squared), so i is always that example and
 // ∇f_i = ∇f; at an exact minimum s = 0 and Remark 2's fallback gives the direction.
-// After the main steps, `--refine` plain GD steps (ALGORITHMS.md §4) bring the iterate back
+// After the main steps, `--refine` plain GD steps (docs/algorithms.md §4) bring the iterate back
 // onto the minima set. Prints progress; the last line is a JSON summary.
 #include <CLI/CLI.hpp>
 #include <cmath>
@@ -54,11 +54,11 @@ std::unique_ptr<Optimizer> make(const Settings& s, const Params& x) {
 }
 
 int run(int argc, char** argv) {
-  CLI::App app{"Example 1 of ALGORITHMS.md: (x1 x2 - 1)^2 from a sharp minimum"};
+  CLI::App app{"Example 1 of docs/algorithms.md: (x1 x2 - 1)^2 from a sharp minimum"};
   Settings s;
   app.add_option("--method", s.method, "gd | rs | sa | sam")->check(CLI::IsMember({"gd", "rs", "sa", "sam"}));
   app.add_option("--steps", s.steps, "steps of the method")->check(CLI::NonNegativeNumber);
-  app.add_option("--refine", s.refine, "plain GD steps afterwards (ALGORITHMS.md §4)")->check(CLI::NonNegativeNumber);
+  app.add_option("--refine", s.refine, "plain GD steps afterwards (docs/algorithms.md §4)")->check(CLI::NonNegativeNumber);
   app.add_option("--lr", s.lr, "step size η (GD part; SGD/SAM learning rate)");
   app.add_option("--lr-perturb", s.lr_perturb, "η' for RS/SA (default η)");
   app.add_option("--rho", s.rho, "perturbation radius ρ (RS, SA, SAM)");

@@ -1,4 +1,4 @@
-// Taylor remainders shrink like ρ^(k+1) (ALGORITHMS.md §2), and the trace identity
+// Taylor remainders shrink like ρ^(k+1) (docs/algorithms.md §2), and the trace identity
 // Σ_i ∇³f[e_i, e_i] = ∇ tr ∇²f.
 #include <doctest/doctest.h>
 

@@ -1,4 +1,4 @@
-// Dataset helpers: subset, validation, label corruption, the noisy copies of ALGORITHMS.md §7,
+// Dataset helpers: subset, validation, label corruption, the noisy copies of docs/algorithms.md §7,
 // channel statistics.
 #include <doctest/doctest.h>
 

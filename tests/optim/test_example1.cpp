@@ -1,4 +1,4 @@
-// Example 1 (ALGORITHMS.md §6), a short version of `flatmin example1`: from the sharp
+// Example 1 (docs/algorithms.md §6), a short version of `flatmin example1`: from the sharp
 // minimum (4, 1/4) of (x1 x2 − 1)², GD stays, RS and SA reach (1, 1) (tr̄ = 2) after a
 // plain-GD refinement, and SA gets there in fewer steps than RS.
 #include <doctest/doctest.h>
@@ -14,7 +14,7 @@ using namespace flatmin::optim;
 namespace {
 Tensor ex1(const Params& p) { return sum(square(add_scalar(mul(slice(p[0], 0, 0, 1), slice(p[0], 0, 1, 2)), -1.0))); }
 Params start() { return {from_vector(std::vector<double>{4.0, 0.25}, {2}, {DType::f64})}; }
-double tr_bar(const Params& x) {  // x1² + x2², written by hand (ALGORITHMS.md §6)
+double tr_bar(const Params& x) {  // x1² + x2², written by hand (docs/algorithms.md §6)
   std::vector<double> v = x[0].to_vector();
   return v[0] * v[0] + v[1] * v[1];
 }

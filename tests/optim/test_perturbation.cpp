@@ -1,6 +1,6 @@
 // RS (Algorithm 1) and SA (Algorithm 2): single steps against hand computation, the ε0
 // switch, Remark 2, the random iterate, state restore, and the expected directions of
-// ALGORITHMS.md §2 measured with a confidence bound from the sample standard error.
+// docs/algorithms.md §2 measured with a confidence bound from the sample standard error.
 #include <doctest/doctest.h>
 
 #include <cmath>

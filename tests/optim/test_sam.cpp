@@ -1,4 +1,4 @@
-// SAM (ALGORITHMS.md §5) against a step computed by hand on f(x) = x0² + 3x1² + x0x1.
+// SAM (docs/algorithms.md §5) against a step computed by hand on f(x) = x0² + 3x1² + x0x1.
 #include <doctest/doctest.h>
 
 #include <cmath>
