@@ -65,6 +65,7 @@ static int run_command(const flatmin::tools::Command& c, int argc, char** argv) 
     }
     std::fprintf(errors, "flatmin %s: error on rank %d of %d: %s\n", argv[1], w.rank(), w.size(), e.what());
     w.abort(1);
+    return 1;  // not reached: abort ends every process of the job
   }
 }
 
