@@ -3,7 +3,6 @@
 // examples. The model and data flags must match the run that wrote the file.
 #include <CLI/CLI.hpp>
 
-#include "nn/safetensors.hpp"
 #include "tools/command.hpp"
 #include "tools/train_setup.hpp"
 
@@ -37,14 +36,7 @@ int run(int argc, char** argv) {
   flatten_for(model, train);
   if (subset < train.size()) train = train.head(subset);
   auto net = build_model(model, train);
-  nn::SafeTensors st = nn::load_safetensors(file);
-  nn::NamedTensors state;
-  const bool is_ckpt = st.metadata.count("format") && st.metadata.at("format") == "flatmin-checkpoint";
-  for (auto& [name, t] : st.tensors) {
-    if (!is_ckpt) state.emplace_back(name, t);
-    else if (name.rfind("model.", 0) == 0) state.emplace_back(name.substr(6), t);
-  }
-  nn::load_state_dict(*net, state, file);
+  load_weights(*net, file);
   net->to(dt);
   net->to(Device::parse(device));
   net->train();

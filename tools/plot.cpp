@@ -41,10 +41,16 @@ except ImportError as e:
 def lines(p):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s in p["series"]:
-        ax.plot(s["x"], s["y"], marker="." if len(s["x"]) <= 60 else None, ms=4, lw=1.2, label=s["label"],
-                color="C%d" % (s["color"] % 10))
+        c = "C%d" % (s["color"] % 10)
+        if "lo" in s:
+            err = [[y - l for y, l in zip(s["y"], s["lo"])], [h - y for y, h in zip(s["y"], s["hi"])]]
+            ax.errorbar(s["x"], s["y"], yerr=err, marker="o", ms=4, lw=1.2, capsize=3, label=s["label"], color=c)
+        else:
+            ax.plot(s["x"], s["y"], marker="." if len(s["x"]) <= 60 else None, ms=4, lw=1.2, label=s["label"], color=c)
     if p["logy"]:
         ax.set_yscale("log")
+    if p.get("logx"):
+        ax.set_xscale("log")
     ax.set_xlabel(p["xlabel"])
     ax.set_ylabel(p["ylabel"])
     ax.grid(True, alpha=0.3)
@@ -130,6 +136,7 @@ struct Series {
   std::string label;
   std::vector<double> x, y;
   size_t split = 0;  // example1: points from here on are the refine phase
+  std::vector<double> lo, hi;  // error-bar ends (when asked)
 };
 
 // One line per (file, group value), in first-seen order; rows lacking y are left out.
@@ -153,6 +160,12 @@ std::vector<Series> collect(const std::vector<std::vector<Row>>& files, const Pl
       Series& s = out[it->second];
       s.x.push_back(*x);
       s.y.push_back(*y);
+      if (!o.y_low.empty()) {
+        std::optional<double> lo = number(r, o.y_low), hi = number(r, o.y_high);
+        if (!lo || !hi) throw Error("plot: " + r.where() + ": has '" + yk + "' but no numeric '" + o.y_low + "' and '" + o.y_high + "'");
+        s.lo.push_back(*lo);
+        s.hi.push_back(*hi);
+      }
       const std::string phase = group_of(r, "phase");
       if (phase != "refine" && phase != "chosen-iterate") s.split = s.x.size();
     }
@@ -164,8 +177,9 @@ std::vector<Series> collect(const std::vector<std::vector<Row>>& files, const Pl
 void drop_non_positive(Series& s, const std::string& key) {
   size_t kept = 0;
   for (size_t i = 0; i < s.y.size(); ++i)
-    if (s.y[i] > 0) {
+    if (s.y[i] > 0 && (s.lo.empty() || s.lo[i] > 0)) {
       s.x[kept] = s.x[i];
+      if (!s.lo.empty()) s.lo[kept] = s.lo[i], s.hi[kept] = s.hi[i];
       s.y[kept++] = s.y[i];
     }
   if (kept < s.y.size())
@@ -173,6 +187,7 @@ void drop_non_positive(Series& s, const std::string& key) {
                  key.c_str());
   s.x.resize(kept);
   s.y.resize(kept);
+  if (!s.lo.empty()) s.lo.resize(kept), s.hi.resize(kept);
 }
 
 std::vector<std::string> numeric_keys(const std::vector<std::vector<Row>>& files, const PlotOptions& o) {
@@ -263,6 +278,7 @@ bool plot_renderer_available(const std::string& python, std::string* why) {
 std::vector<std::string> plot_metrics(const PlotOptions& o) {
   if (o.inputs.empty()) throw Error("plot: give at least one metrics file");
   if (o.out_dir.empty()) throw Error("plot: give an output folder (--out)");
+  if (o.y_low.empty() != o.y_high.empty()) throw Error("plot: error bars need both a low and a high key");
   std::vector<std::vector<Row>> files;
   for (const auto& path : o.inputs) files.push_back(read_rows(path));
 
@@ -291,7 +307,14 @@ std::vector<std::string> plot_metrics(const PlotOptions& o) {
       json series = json::array();
       for (size_t i = 0; i < s.size(); ++i) {  // a line keeps its colour when another is left out
         if (logy) drop_non_positive(s[i], k);
-        if (!s[i].x.empty()) series.push_back({{"label", s[i].label}, {"x", s[i].x}, {"y", s[i].y}, {"color", i}});
+        if (o.log_x) {
+          for (double v : s[i].x)
+            if (!(v > 0)) throw Error("plot: log_x: '" + o.x + "' has the value " + std::to_string(v) + " <= 0");
+        }
+        if (s[i].x.empty()) continue;
+        json one = {{"label", s[i].label}, {"x", s[i].x}, {"y", s[i].y}, {"color", i}};
+        if (!s[i].lo.empty()) one["lo"] = s[i].lo, one["hi"] = s[i].hi;
+        series.push_back(one);
       }
       if (series.empty()) throw Error("plot: --log-y '" + k + "': no values > 0 to draw on a log scale");
       for (const auto& p : planned)
@@ -299,7 +322,7 @@ std::vector<std::string> plot_metrics(const PlotOptions& o) {
           throw Error("plot: the keys '" + k + "' and another one would both be written to " + file_name(k));
       planned.push_back({fs::path(o.out_dir) / file_name(k),
                          {{"kind", "lines"}, {"title", prefix + k + " vs " + o.x}, {"xlabel", o.x}, {"ylabel", k},
-                          {"logy", logy}, {"series", series}}});
+                          {"logy", logy}, {"logx", o.log_x}, {"series", series}}});
     }
   }
 

@@ -62,6 +62,9 @@ struct ScheduleSpec {
 void flatten_for(const ModelSpec& m, data::Dataset& ds);
 std::unique_ptr<nn::Module> build_model(const ModelSpec& m, const data::Dataset& like);
 DType parse_dtype(const std::string& s);
+// Loads the model weights of a checkpoint (flatmin train --checkpoint: the "model." tensors)
+// or of a state dict (--save-model) into net; the model flags must match the file's run.
+void load_weights(nn::Module& net, const std::string& file);
 
 // Appends JSON lines to a file (flushed per line) and echoes nothing; a no-op without a path.
 class MetricsLog {
