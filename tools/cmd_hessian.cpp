@@ -80,14 +80,7 @@ int run(int argc, char** argv) {
   const DType dt = parse_dtype(dtype_name);
   const Device dev = Device::parse(device);
 
-  data::Dataset train = data_spec.train();
-  flatten_for(model, train);
-  if (subset < train.size()) train = train.head(subset);
-  auto net = build_model(model, train);
-  load_weights(*net, file);
-  net->to(dt);
-  net->to(dev);
-  net->train();
+  auto [net, train] = load_checkpoint_model(model, data_spec, file, subset, dt, device);
   net->update_running_stats(false);  // the loss of the training-mode forward, statistics untouched
   Params p = net->parameters();
   const int64_t d = numel(p);

@@ -32,14 +32,7 @@ int run(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   const DType dt = parse_dtype(dtype_name);
 
-  data::Dataset train = data_spec.train();
-  flatten_for(model, train);
-  if (subset < train.size()) train = train.head(subset);
-  auto net = build_model(model, train);
-  load_weights(*net, file);
-  net->to(dt);
-  net->to(Device::parse(device));
-  net->train();
+  auto [net, train] = load_checkpoint_model(model, data_spec, file, subset, dt, device);
   optim::TraceEstimate t = optim::classifier_trace(*net, train, dt, ho);
   nlohmann::json out = {{"file", file}, {"examples", train.size()}, {"dim", t.dim}, {"trace", t.trace},
                         {"trace_normalized", t.trace_normalized}, {"stderr", t.stderr_trace},

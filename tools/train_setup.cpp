@@ -107,6 +107,20 @@ void load_weights(nn::Module& net, const std::string& file) {
   nn::load_state_dict(net, state, file);
 }
 
+CheckpointModel load_checkpoint_model(const ModelSpec& m, const DataSpec& d, const std::string& file, int64_t subset,
+                                      DType dtype, const std::string& device) {
+  CheckpointModel r;
+  r.train = d.train();
+  flatten_for(m, r.train);
+  if (subset < r.train.size()) r.train = r.train.head(subset);
+  r.net = build_model(m, r.train);
+  load_weights(*r.net, file);
+  r.net->to(dtype);
+  r.net->to(Device::parse(device));
+  r.net->train();
+  return r;
+}
+
 std::unique_ptr<nn::Module> build_model(const ModelSpec& m, const data::Dataset& like) {
   if (!like.is_classification()) throw Error("build_model: the data set '" + like.name + "' is not a classification set");
   if (m.model == "mlp") {
