@@ -80,7 +80,7 @@ int run(int argc, char** argv) {
   const DType dt = parse_dtype(dtype_name);
   const Device dev = Device::parse(device);
 
-  auto [net, train] = load_checkpoint_model(model, data_spec, file, subset, dt, device);
+  auto [net, train] = load_checkpoint_model(model, data_spec, file, subset, dt, dev);
   net->update_running_stats(false);  // the loss of the training-mode forward, statistics untouched
   Params p = net->parameters();
   const int64_t d = numel(p);

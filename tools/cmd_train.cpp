@@ -25,6 +25,7 @@ int run(int argc, char** argv) {
   app.add_option("--save-model", save_model, "write the final model's state dict (safetensors)");
   CLI11_PARSE(app, argc, argv);
   optim_spec.config();  // bad hyperparameters are refused before any data is read
+  optim_spec.check_batch(sched.batch_size);
   if (sched.steps == 0 && sched.epochs == 0) throw Error("give --steps or --epochs");
   if (sched.steps > 0 && sched.epochs > 0) throw Error("give --steps or --epochs, not both");
 
@@ -33,12 +34,13 @@ int run(int argc, char** argv) {
   flatten_for(model, test);
   auto net = build_model(model, train);
   nlohmann::json config = {{"model", model.json()}, {"data", data_spec.json()}, {"optimizer", optim_spec.json()},
-                           {"batch_size", sched.batch_size}, {"loader_seed", sched.loader_seed}, {"dtype", sched.dtype}};
+                           {"batch_size", sched.batch_size}, {"loader_seed", sched.loader_seed}, {"dtype", sched.dtype},
+                           {"loss", sched.loss}};
   std::fprintf(stderr, "%s: %lld parameters, %lld training / %lld test examples\n", model.model.c_str(),
                (long long)net->num_parameters(), (long long)train.size(), (long long)test.size());
   MetricsLog log(sched.metrics, /*append=*/sched.resume);
   PhaseResult r = run_phase("train", *net, train, test, optim_spec, sched, config, log);
-  if (!save_model.empty() && r.outcome.finished) nn::save_safetensors(*net, save_model);
+  if (!save_model.empty() && r.outcome.finished && distributed::world().rank() == 0) nn::save_safetensors(*net, save_model);
   nlohmann::json summary = {{"finished", r.outcome.finished}, {"steps", r.outcome.steps},
                             {"train_loss", r.train.loss}, {"train_accuracy", r.train.accuracy},
                             {"test_loss", r.test.loss}, {"test_accuracy", r.test.accuracy}};

@@ -42,11 +42,13 @@ def lines(p):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s in p["series"]:
         c = "C%d" % (s["color"] % 10)
-        if "lo" in s:
+        if "lo" in s and s.get("bars"):
             err = [[y - l for y, l in zip(s["y"], s["lo"])], [h - y for y, h in zip(s["y"], s["hi"])]]
             ax.errorbar(s["x"], s["y"], yerr=err, marker="o", ms=4, lw=1.2, capsize=3, label=s["label"], color=c)
         else:
             ax.plot(s["x"], s["y"], marker="." if len(s["x"]) <= 60 else None, ms=4, lw=1.2, label=s["label"], color=c)
+            if "lo" in s:
+                ax.fill_between(s["x"], s["lo"], s["hi"], color=c, alpha=0.2, lw=0)
     if p["logy"]:
         ax.set_yscale("log")
     if p.get("logx"):
@@ -135,8 +137,8 @@ std::string group_of(const Row& r, const std::string& key) {
 struct Series {
   std::string label;
   std::vector<double> x, y;
+  std::vector<double> lo, hi;  // bands: y ∓ its standard error; error bars: the y_low, y_high keys
   size_t split = 0;  // example1: points from here on are the refine phase
-  std::vector<double> lo, hi;  // error-bar ends (when asked)
 };
 
 // One line per (file, group value), in first-seen order; rows lacking y are left out.
@@ -155,12 +157,16 @@ std::vector<Series> collect(const std::vector<std::vector<Row>>& files, const Pl
       auto [it, fresh] = index.try_emplace(g, out.size());
       if (fresh) {
         std::string label = o.group.empty() ? stem : (o.inputs.size() > 1 ? stem + ": " + g : g);
-        out.push_back({label, {}, {}, 0});
+        out.push_back({label, {}, {}, {}, {}, 0});
       }
       Series& s = out[it->second];
       s.x.push_back(*x);
       s.y.push_back(*y);
-      if (!o.y_low.empty()) {
+      if (o.bands) {
+        const double se = number(r, yk + "_se").value_or(0.0);
+        s.lo.push_back(*y - se);
+        s.hi.push_back(*y + se);
+      } else if (!o.y_low.empty()) {
         std::optional<double> lo = number(r, o.y_low), hi = number(r, o.y_high);
         if (!lo || !hi) throw Error("plot: " + r.where() + ": has '" + yk + "' but no numeric '" + o.y_low + "' and '" + o.y_high + "'");
         s.lo.push_back(*lo);
@@ -174,10 +180,11 @@ std::vector<Series> collect(const std::vector<std::vector<Row>>& files, const Pl
 }
 
 // A log axis cannot show values <= 0 (a loss of exactly 0 at a minimum): they are left out, and said so.
-void drop_non_positive(Series& s, const std::string& key) {
+// With error bars (bars = true) a point whose lower end is <= 0 goes too.
+void drop_non_positive(Series& s, const std::string& key, bool bars) {
   size_t kept = 0;
   for (size_t i = 0; i < s.y.size(); ++i)
-    if (s.y[i] > 0 && (s.lo.empty() || s.lo[i] > 0)) {
+    if (s.y[i] > 0 && (!bars || s.lo[i] > 0)) {
       s.x[kept] = s.x[i];
       if (!s.lo.empty()) s.lo[kept] = s.lo[i], s.hi[kept] = s.hi[i];
       s.y[kept++] = s.y[i];
@@ -306,21 +313,22 @@ std::vector<std::string> plot_metrics(const PlotOptions& o) {
       const bool logy = std::find(o.log_y.begin(), o.log_y.end(), k) != o.log_y.end();
       json series = json::array();
       for (size_t i = 0; i < s.size(); ++i) {  // a line keeps its colour when another is left out
-        if (logy) drop_non_positive(s[i], k);
+        if (logy) drop_non_positive(s[i], k, !o.y_low.empty());
         if (o.log_x) {
           for (double v : s[i].x)
             if (!(v > 0)) throw Error("plot: log_x: '" + o.x + "' has the value " + std::to_string(v) + " <= 0");
         }
         if (s[i].x.empty()) continue;
-        json one = {{"label", s[i].label}, {"x", s[i].x}, {"y", s[i].y}, {"color", i}};
-        if (!s[i].lo.empty()) one["lo"] = s[i].lo, one["hi"] = s[i].hi;
-        series.push_back(one);
+        json line = {{"label", s[i].label}, {"x", s[i].x}, {"y", s[i].y}, {"color", i}};
+        if (o.bands && !logy) line["lo"] = s[i].lo, line["hi"] = s[i].hi;
+        if (!o.y_low.empty()) line["lo"] = s[i].lo, line["hi"] = s[i].hi, line["bars"] = true;
+        series.push_back(line);
       }
       if (series.empty()) throw Error("plot: --log-y '" + k + "': no values > 0 to draw on a log scale");
       for (const auto& p : planned)
-        if (p.final_path.filename() == file_name(k))
+        if (p.final_path.filename() == o.file_prefix + file_name(k))
           throw Error("plot: the keys '" + k + "' and another one would both be written to " + file_name(k));
-      planned.push_back({fs::path(o.out_dir) / file_name(k),
+      planned.push_back({fs::path(o.out_dir) / (o.file_prefix + file_name(k)),
                          {{"kind", "lines"}, {"title", prefix + k + " vs " + o.x}, {"xlabel", o.x}, {"ylabel", k},
                           {"logy", logy}, {"logx", o.log_x}, {"series", series}}});
     }

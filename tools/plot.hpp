@@ -17,6 +17,8 @@ struct PlotOptions {
   bool log_x = false;               // x on a log scale (values must be > 0)
   std::string y_low, y_high;        // keys of error-bar ends (both or neither), drawn around y
   std::string title;                // prefix of every title
+  std::string file_prefix;          // prefix of every PNG's name (<prefix><key>.png)
+  bool bands = false;               // shade y ± "<y>_se" around each line where the rows have it (means over seeds)
   bool example1 = false;            // Example 1 trajectories (x1, x2) over the contours of (x1 x2 - 1)^2
   std::string python = "/usr/bin/python3";
 };
