@@ -1,5 +1,6 @@
 // The optim layer in one include: optimizers (SGD, SAM/ASAM, RS and SA), sharpness
-// measures and flatness certificates, training with checkpoints, data-parallel closures.
+// measures, flatness certificates and the Hessian spectrum, training with checkpoints,
+// data-parallel closures.
 #pragma once
 #include "optim/data_parallel.hpp"
 #include "optim/optimizer.hpp"
@@ -7,4 +8,5 @@
 #include "optim/sam.hpp"
 #include "optim/sgd.hpp"
 #include "optim/sharpness.hpp"
+#include "optim/spectrum.hpp"
 #include "optim/training.hpp"

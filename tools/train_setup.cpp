@@ -6,6 +6,8 @@
 #include <cmath>
 #include <unistd.h>
 
+#include "nn/safetensors.hpp"
+
 namespace flatmin::tools {
 
 void ModelSpec::add_to(CLI::App& app) {
@@ -131,6 +133,31 @@ DType parse_dtype(const std::string& s) {
   throw Error("unknown dtype '" + s + "' (f32, f64)");
 }
 
+void load_weights(nn::Module& net, const std::string& file) {
+  nn::SafeTensors st = nn::load_safetensors(file);
+  nn::NamedTensors state;
+  const bool is_ckpt = st.metadata.count("format") && st.metadata.at("format") == "flatmin-checkpoint";
+  for (auto& [name, t] : st.tensors) {
+    if (!is_ckpt) state.emplace_back(name, t);
+    else if (name.rfind("model.", 0) == 0) state.emplace_back(name.substr(6), t);
+  }
+  nn::load_state_dict(net, state, file);
+}
+
+CheckpointModel load_checkpoint_model(const ModelSpec& m, const DataSpec& d, const std::string& file, int64_t subset,
+                                      DType dtype, const Device& device) {
+  CheckpointModel r;
+  r.train = d.train();
+  flatten_for(m, r.train);
+  if (subset < r.train.size()) r.train = r.train.head(subset);
+  r.net = build_model(m, r.train);
+  load_weights(*r.net, file);
+  r.net->to(dtype);
+  r.net->to(device);
+  r.net->train();
+  return r;
+}
+
 std::unique_ptr<nn::Module> build_model(const ModelSpec& m, const data::Dataset& like) {
   if (!like.is_classification()) throw Error("build_model: the data set '" + like.name + "' is not a classification set");
   if (m.model == "mlp") {
@@ -208,6 +235,12 @@ PhaseResult evaluate_all(nn::Module& net, const data::Dataset& train, const data
 
 static nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
+// What this rank has sent to the others so far (host world and, for CUDA models, NCCL's).
+static uint64_t bytes_sent_by(const nn::Module& net) {
+  const distributed::World &w = distributed::world(), &dw = distributed::world_for(net.parameters().at(0).device());
+  return w.bytes_sent() + (&dw != &w ? dw.bytes_sent() : 0);
+}
+
 PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dataset& train, const data::Dataset& test,
                       const OptimSpec& optim_spec, const ScheduleSpec& sched, const nlohmann::json& config, MetricsLog& log,
                       const std::function<bool(int64_t step, const PhaseResult&)>& stop_early) {
@@ -242,6 +275,7 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
     start = info.step;
     std::fprintf(stderr, "resuming %s from step %lld\n", sched.checkpoint.c_str(), (long long)start);
   }
+  const uint64_t sent_before = bytes_sent_by(net);
   Progress progress(phase, start, total);
   PhaseResult last;
   bool stopped_early = false;
@@ -282,10 +316,9 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
   }
   progress.done();
   if (distributed::world().size() > 1 && out.steps > start) {  // the cost measurements of docs/distributed.md
-    const distributed::World &w = distributed::world(), &dw = distributed::world_for(net.parameters().at(0).device());
-    const double sent = double(w.bytes_sent() + (&dw != &w ? dw.bytes_sent() : 0));
+    const double sent = double(bytes_sent_by(net) - sent_before);
     std::fprintf(stderr, "%s: %d processes, %lld micro-shards: rank 0 sent %.3f MB (%.3f MB per step, evaluations included)\n",
-                 phase.c_str(), w.size(), (long long)sched.micro_shards, sent / 1e6, sent / 1e6 / double(out.steps - start));
+                 phase.c_str(), distributed::world().size(), (long long)sched.micro_shards, sent / 1e6, sent / 1e6 / double(out.steps - start));
   }
   last.outcome = out;
   if (out.stopped_non_finite) std::fprintf(stderr, "%s: stopped: %s\n", phase.c_str(), out.message.c_str());
