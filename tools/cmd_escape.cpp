@@ -155,7 +155,9 @@ ArmSpec make_arm(const std::string& label, const Settings& s) {
   }
   if (a.arm.kind == "rs" || a.arm.kind == "sa") a.optim.lr_perturb = a.arm.lr_perturb;
   a.optim.config();  // refuses bad hyperparameters now
-  a.optim.check_batch(s.batch_size);
+  if (a.arm.b > s.batch_size)
+    throw Error("--methods " + label + ": b = " + std::to_string(a.arm.b) + " exceeds --batch-size " + std::to_string(s.batch_size) +
+                " (SA draws its b examples within the step's batch)");
   return a;
 }
 
