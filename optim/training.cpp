@@ -5,6 +5,7 @@
 
 #include "autodiff/nn_ops.hpp"
 #include "nn/safetensors.hpp"
+#include "optim/data_parallel.hpp"
 
 namespace flatmin::optim {
 
@@ -40,11 +41,12 @@ Tensor classifier_loss(const Tensor& logits, const Tensor& labels, ClassifierLos
 }
 
 Evaluation classifier_evaluation(nn::Module& net, const Tensor& images, const Tensor& labels, const EvalOptions& o,
-                                 ClassifierLoss which) {
+                                 ClassifierLoss which, double weight) {
   StatsSwitch sw(net, o.update_stats);
   EnableGrad on;
   Params p = net.parameters();
   Tensor loss = classifier_loss(net(images), labels, which);
+  if (weight != 1.0) loss = mul_scalar(loss, weight);
   Evaluation e;
   e.loss = loss.item();
   e.grad = grad({loss}, p, {.allow_unused = true});
@@ -54,10 +56,10 @@ Evaluation classifier_evaluation(nn::Module& net, const Tensor& images, const Te
 }
 
 // Data lives on the host; each batch moves to the parameters' dtype and device.
-static Tensor images_for(const nn::Module& net, const Tensor& images, DType dtype) {
+Tensor images_for(const nn::Module& net, const Tensor& images, DType dtype) {
   return images.to(dtype).to(net.parameters().at(0).device());
 }
-static Tensor labels_for(const nn::Module& net, const Tensor& labels) {
+Tensor labels_for(const nn::Module& net, const Tensor& labels) {
   return labels.to(net.parameters().at(0).device());
 }
 
@@ -75,28 +77,45 @@ BatchClosure classifier_batch_closure(nn::Module& net, const data::Dataset& trai
 ClassifierMetrics evaluate_classifier(nn::Module& net, const data::Dataset& ds, int64_t batch_size, DType dtype,
                                       ClassifierLoss loss) {
   if (batch_size < 1) throw Error("evaluate_classifier: batch size must be >= 1");
+  return metrics_of(evaluate_batches(net, ds, batch_size, dtype, 0, (ds.size() + batch_size - 1) / batch_size, loss), ds.size());
+}
+
+std::vector<BatchSums> evaluate_batches(nn::Module& net, const data::Dataset& ds, int64_t batch_size, DType dtype,
+                                        int64_t first, int64_t last, ClassifierLoss loss) {
+  if (batch_size < 1) throw Error("evaluate_classifier: batch size must be >= 1");
   const bool was_training = net.is_training();
   net.eval();
   NoGrad ng;
-  ClassifierMetrics m;
-  double loss_sum = 0;
-  int64_t correct = 0;
+  std::vector<BatchSums> sums;
   try {
-    for (int64_t at = 0; at < ds.size(); at += batch_size) {
+    for (int64_t at = first * batch_size; at < std::min(ds.size(), last * batch_size); at += batch_size) {
       std::vector<int64_t> idx;
       for (int64_t i = at; i < std::min(ds.size(), at + batch_size); ++i) idx.push_back(i);
       data::Dataset b = ds.subset(idx);
       Tensor logits = net(images_for(net, b.images, dtype));
-      loss_sum += classifier_loss(logits, labels_for(net, b.labels), loss, Reduction::sum).item();
+      BatchSums s;
+      s.loss_sum = classifier_loss(logits, labels_for(net, b.labels), loss, Reduction::sum).item();
       std::vector<int64_t> pred = argmax(logits, 1).to_int_vector(), truth = b.labels.to_int_vector();
-      for (size_t k = 0; k < pred.size(); ++k) correct += pred[k] == truth[k];
+      for (size_t k = 0; k < pred.size(); ++k) s.correct += pred[k] == truth[k];
+      sums.push_back(s);
     }
   } catch (...) {
     net.train(was_training);
     throw;
   }
   net.train(was_training);
-  m.examples = ds.size();
+  return sums;
+}
+
+ClassifierMetrics metrics_of(const std::vector<BatchSums>& batches, int64_t examples) {
+  ClassifierMetrics m;
+  double loss_sum = 0;
+  int64_t correct = 0;
+  for (const BatchSums& b : batches) {
+    loss_sum += b.loss_sum;
+    correct += b.correct;
+  }
+  m.examples = examples;
   m.loss = m.examples ? loss_sum / double(m.examples) : 0;
   m.accuracy = m.examples ? double(correct) / double(m.examples) : 0;
   return m;
@@ -189,7 +208,8 @@ TrainOutcome train_loop(nn::Module& net, data::Loader& loader, Optimizer& opt, i
   auto save = [&](int64_t step) {
     if (o.checkpoint.empty()) return true;
     if (!std::isfinite(norm(detach(net.parameters())).item())) return false;  // never save a broken model
-    save_checkpoint(o.checkpoint, net, opt, {.step = step, .loader = loader.state(), .config = o.config});
+    if (o.parallel.comm(net.parameters().at(0).device()).rank() == 0)
+      save_checkpoint(o.checkpoint, net, opt, {.step = step, .loader = loader.state(), .config = o.config});
     r.last_checkpoint = step;
     return true;
   };
@@ -210,14 +230,14 @@ TrainOutcome train_loop(nn::Module& net, data::Loader& loader, Optimizer& opt, i
   Closure full_batch;
   if (sa && !sa_step_batch) {
     const data::Dataset& all = loader.dataset();
-    full_batch = classifier_closure(net, images_for(net, all.images, dtype), labels_for(net, all.labels), o.loss);
+    full_batch = data_parallel_closure(net, images_for(net, all.images, dtype), labels_for(net, all.labels), o.parallel, o.loss);
   }
   net.train();
   for (int64_t step = start_step + 1; step <= o.total_steps; ++step) {
     data::Batch b = loader.next_batch();
     if (sa_step_batch) sa->set_step_examples(b.indices);
-    const double loss = opt.step(full_batch ? full_batch
-                                            : classifier_closure(net, images_for(net, b.images, dtype), labels_for(net, b.labels), o.loss));
+    const double loss = opt.step(
+        full_batch ? full_batch : data_parallel_closure(net, images_for(net, b.images, dtype), labels_for(net, b.labels), o.parallel, o.loss));
     r.last_loss = loss;
     if (!std::isfinite(loss)) return stop(step, "the training loss became " + std::to_string(loss));
     r.steps = step;

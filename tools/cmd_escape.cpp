@@ -50,6 +50,7 @@ struct Settings {
   std::string device = "cpu", out, save_start, load_start;
   bool force = false;
   std::string command;  // the command line, for report.md
+  int64_t micro_shards = 1;  // data parallelism under mpirun (optim/data_parallel.hpp)
 
   Settings() {
     model.model = "resnet18";
@@ -195,6 +196,7 @@ std::string default_out() {
 
 // Refuses a file, a non-empty folder without --force, or a folder that cannot be written.
 void prepare_out(const Settings& s) {
+  if (distributed::world().rank() != 0) return;  // rank 0 alone writes files
   const fs::path out = s.out;
   std::error_code ec;
   if (fs::exists(out, ec)) {
@@ -235,6 +237,7 @@ struct Context {
     sched.trace_subset = s.trace_subset;
     sched.trace_samples = s.trace_samples;
     sched.device = s.device;
+    sched.micro_shards = s.micro_shards;
     sched.loss = loss;
     sched.loader_seed = s.seed;
     return sched;
@@ -291,13 +294,15 @@ nn::NamedTensors make_start(Context& c, nn::Module& net, const std::string& loss
   }
   c.announce(loss + ": measuring the starting point (tr̄ on the first " + std::to_string(s.trace_subset) + " training examples)");
   net.to(parse_dtype(sched.dtype));
-  net.to(Device::parse(s.device));
+  net.to(device_for_rank(s.device));
   start = point_of(0, evaluate_all(net, c.train, c.test, sched, true));
   std::fprintf(stderr, "start (%s): train acc %.4f, train loss %.4g, test acc %.4f, tr̄ %.4g ± %.2g\n", loss.c_str(),
                start.train_accuracy, start.train_loss, start.test_accuracy, start.trace, start.trace_se);
   const std::string saved = (fs::path(s.out) / ("start-" + loss + ".safetensors")).string();
-  nn::save_safetensors(net, saved);
-  if (!s.save_start.empty()) nn::save_safetensors(net, s.save_start);
+  if (distributed::world().rank() == 0) {  // rank 0 alone writes files
+    nn::save_safetensors(net, saved);
+    if (!s.save_start.empty()) nn::save_safetensors(net, s.save_start);
+  }
   log.write({{"phase", "start"}, {"loss", loss}, {"step", 0}, {"clean_steps", clean_done}, {"train_accuracy", start.train_accuracy},
              {"train_loss", start.train_loss}, {"test_accuracy", start.test_accuracy}, {"test_loss", start.test_loss},
              {"trace_normalized", start.trace}, {"trace_normalized_stderr", start.trace_se}});
@@ -357,6 +362,7 @@ struct Results {
 };
 
 void write_results(const Settings& s, const Results& r, bool complete) {
+  if (distributed::world().rank() != 0) return;  // rank 0 alone writes files
   json losses = json::array();
   for (const auto& e : r.experiments) losses.push_back(escape::summarize(e));
   json summary = {{"settings", r.settings}, {"complete", complete}, {"progress", {{"arm_runs_done", r.done}, {"arm_runs", r.total}}},
@@ -372,6 +378,7 @@ void write_results(const Settings& s, const Results& r, bool complete) {
 }
 
 void draw_plots(const Settings& s, Results& r) {
+  if (distributed::world().rank() != 0) return;  // rank 0 alone writes files
   std::string why;
   if (!plot_renderer_available("/usr/bin/python3", &why)) {
     r.plots_note = "not drawn: " + why;
@@ -434,6 +441,8 @@ int run(int argc, char** argv) {
   app.add_option("--trace-subset", s.trace_subset, "training examples for tr̄")->check(CLI::PositiveNumber);
   app.add_option("--trace-samples", s.trace_samples, "Hutchinson samples (PyHessian's cap: 100)")->check(CLI::PositiveNumber);
   app.add_option("--device", s.device, "cpu | cuda | cuda:N");
+  app.add_option("--micro-shards", s.micro_shards, "data parallelism: fixed parts per batch (>= processes under mpirun)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--save-start", s.save_start, "also write the start's state dict here (it is always in --out)");
   app.add_option("--load-start", s.load_start, "start the arms from this state dict (skips making the bad minimum)");
   CLI11_PARSE(app, argc, argv);

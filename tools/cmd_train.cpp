@@ -40,7 +40,7 @@ int run(int argc, char** argv) {
                (long long)net->num_parameters(), (long long)train.size(), (long long)test.size());
   MetricsLog log(sched.metrics, /*append=*/sched.resume);
   PhaseResult r = run_phase("train", *net, train, test, optim_spec, sched, config, log);
-  if (!save_model.empty() && r.outcome.finished) nn::save_safetensors(*net, save_model);
+  if (!save_model.empty() && r.outcome.finished && distributed::world().rank() == 0) nn::save_safetensors(*net, save_model);
   nlohmann::json summary = {{"finished", r.outcome.finished}, {"steps", r.outcome.steps},
                             {"train_loss", r.train.loss}, {"train_accuracy", r.train.accuracy},
                             {"test_loss", r.test.loss}, {"test_accuracy", r.test.accuracy}};

@@ -1,5 +1,7 @@
 #include "tools/train_setup.hpp"
 
+#include "optim/data_parallel.hpp"
+
 #include <chrono>
 #include <cmath>
 #include <unistd.h>
@@ -106,6 +108,21 @@ void ScheduleSpec::add_to(CLI::App& app) {
   app.add_option("--loss", loss, "ce (cross-entropy) | mse (squared error to one-hot labels, the paper's Setting 1)")
       ->check(CLI::IsMember({"ce", "mse"}));
   app.add_option("--device", device, "cpu | cuda | cuda:N (the data stays on the host; batches move)");
+  app.add_option("--micro-shards", micro_shards,
+                 "split each batch into N fixed parts (>= the number of processes under mpirun); results depend on N, "
+                 "not on the number of processes")
+      ->check(CLI::PositiveNumber);
+}
+
+Device device_for_rank(const std::string& device) {
+  const distributed::World& w = distributed::world();
+  if (device == "cuda" && w.size() > 1) return Device::cuda(w.local_rank());
+  return Device::parse(device);
+}
+
+nlohmann::json with_parallel(nlohmann::json config, const ScheduleSpec& sched) {
+  if (sched.micro_shards != 1) config["micro_shards"] = sched.micro_shards;
+  return config;
 }
 
 DType parse_dtype(const std::string& s) {
@@ -135,7 +152,7 @@ std::unique_ptr<nn::Module> build_model(const ModelSpec& m, const data::Dataset&
 }
 
 MetricsLog::MetricsLog(const std::string& path, bool append) {
-  if (path.empty()) return;
+  if (path.empty() || distributed::world().rank() != 0) return;  // rank 0 alone writes
   f_ = std::fopen(path.c_str(), append ? "a" : "w");
   if (!f_) throw Error("cannot open metrics file " + path);
 }
@@ -154,6 +171,7 @@ static double now_s() {
 Progress::Progress(std::string label, int64_t first_step, int64_t total_steps)
     : label_(std::move(label)), first_(first_step), total_(total_steps), tty_(::isatty(2)), start_(now_s()) {}
 void Progress::update(int64_t step, const std::string& extra) {
+  if (distributed::world().rank() != 0) return;  // rank 0 alone prints
   const double t = now_s();
   if (tty_ && t - last_print_ < 0.25 && step != total_ && extra.empty()) return;
   // Off a terminal (a log): evaluation lines, and a plain progress line every 10 s between them.
@@ -168,7 +186,7 @@ void Progress::update(int64_t step, const std::string& extra) {
   last_print_ = t;
 }
 void Progress::done() {
-  if (tty_) std::fprintf(stderr, "\n");
+  if (tty_ && distributed::world().rank() == 0) std::fprintf(stderr, "\n");
 }
 
 PhaseResult evaluate_all(nn::Module& net, const data::Dataset& train, const data::Dataset& test, const ScheduleSpec& sched,
@@ -176,12 +194,12 @@ PhaseResult evaluate_all(nn::Module& net, const data::Dataset& train, const data
   const DType dt = parse_dtype(sched.dtype);
   const optim::ClassifierLoss loss = optim::parse_classifier_loss(sched.loss);
   PhaseResult r;
-  r.train = optim::evaluate_classifier(net, train, 512, dt, loss);
-  if (test.size() > 0) r.test = optim::evaluate_classifier(net, test, 512, dt, loss);
+  r.train = optim::evaluate_classifier(net, train, 512, dt, sched.parallel(), loss);
+  if (test.size() > 0) r.test = optim::evaluate_classifier(net, test, 512, dt, sched.parallel(), loss);
   if (with_trace) {
     data::Dataset sub = first(train, sched.trace_subset);
-    optim::TraceEstimate t =
-        optim::classifier_trace(net, sub, dt, {.max_samples = sched.trace_samples, .tol = sched.trace_tol, .seed = 7}, loss);
+    optim::TraceEstimate t = optim::classifier_trace(
+        net, sub, dt, {.max_samples = sched.trace_samples, .tol = sched.trace_tol, .seed = 7}, sched.parallel(), loss);
     r.trace_normalized = t.trace_normalized;
     r.trace_normalized_stderr = t.stderr_normalized;
   }
@@ -202,13 +220,19 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
   if (sched.batch_size > train.size())
     throw Error("--batch-size " + std::to_string(sched.batch_size) + " exceeds the " + std::to_string(train.size()) + " training examples");
   net.to(dt);
-  net.to(Device::parse(sched.device));  // a clear error here if the device is not usable
+  net.to(device_for_rank(sched.device));  // a clear error here if the device is not usable
+  optim::validate(sched.parallel(), sched.batch_size, net.parameters().at(0).device());
   data::Loader loader(train, lo);
   const int64_t total = sched.steps > 0 ? sched.steps : sched.epochs * loader.batches_per_epoch();
   if (total <= 0) throw Error("nothing to do: give --steps or --epochs");
-  auto opt = optim::make_optimizer(oc, net.parameters(), optim::classifier_batch_closure(net, train, dt, loss), train.size());
+  auto opt = optim::make_optimizer(oc, net.parameters(), optim::data_parallel_batch_closure(net, train, dt, sched.parallel(), loss),
+                                   train.size());
   int64_t start = 0;
-  const std::string config_str = config.dump();
+  const std::string config_str = with_parallel(config, sched).dump();
+  distributed::require_same(distributed::world(), "the configuration or the data",
+                            config_str + std::to_string(distributed::hash_tensor(train.images, distributed::hash_tensor(train.labels))) +
+                                std::to_string(distributed::hash_tensor(test.images, distributed::hash_tensor(test.labels))) +
+                                phase + std::to_string(distributed::hash_tensor(flatten(detach(net.parameters())))));
   if (sched.resume) {
     if (sched.checkpoint.empty()) throw Error("--resume needs --checkpoint");
     optim::CheckpointInfo info = optim::load_checkpoint(sched.checkpoint, net, *opt);
@@ -248,7 +272,7 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
     out = optim::train_loop(net, loader, *opt, at,
                             {.total_steps = chunk_end, .checkpoint_every = sched.checkpoint_every,
                              .checkpoint = sched.checkpoint, .config = config_str, .save_at_end = chunk_end == total,
-                             .known_checkpoint = known_checkpoint, .loss = loss},
+                             .known_checkpoint = known_checkpoint, .loss = loss, .parallel = sched.parallel()},
                             [&](int64_t step, double) { progress.update(step, ""); });
     known_checkpoint = out.last_checkpoint;
     if (!out.finished) break;
@@ -257,6 +281,12 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
     if (stop_early && stop_early(at, last)) stopped_early = true;
   }
   progress.done();
+  if (distributed::world().size() > 1 && out.steps > start) {  // the cost measurements of docs/distributed.md
+    const distributed::World &w = distributed::world(), &dw = distributed::world_for(net.parameters().at(0).device());
+    const double sent = double(w.bytes_sent() + (&dw != &w ? dw.bytes_sent() : 0));
+    std::fprintf(stderr, "%s: %d processes, %lld micro-shards: rank 0 sent %.3f MB (%.3f MB per step, evaluations included)\n",
+                 phase.c_str(), w.size(), (long long)sched.micro_shards, sent / 1e6, sent / 1e6 / double(out.steps - start));
+  }
   last.outcome = out;
   if (out.stopped_non_finite) std::fprintf(stderr, "%s: stopped: %s\n", phase.c_str(), out.message.c_str());
   return last;

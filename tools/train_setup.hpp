@@ -59,8 +59,15 @@ struct ScheduleSpec {
   std::string dtype = "f32";
   std::string device = "cpu";  // cpu | cuda | cuda:N
   std::string loss = "ce";     // ce | mse (optim::ClassifierLoss)
+  int64_t micro_shards = 1;    // data parallelism (optim/data_parallel.hpp)
   void add_to(CLI::App& app);
+  optim::DataParallel parallel() const { return {.micro_shards = micro_shards}; }
 };
+// Under mpirun: "cuda" means cuda:<local rank>; anything else as given.
+Device device_for_rank(const std::string& device);
+// The run's configuration for checkpoints: micro_shards enters it only when it is not 1, so
+// that checkpoints written before data parallelism existed still resume.
+nlohmann::json with_parallel(nlohmann::json config, const ScheduleSpec& sched);
 
 // An MLP reads flat feature vectors: images (N,C,H,W) become (N,C·H·W).
 void flatten_for(const ModelSpec& m, data::Dataset& ds);
