@@ -73,6 +73,17 @@ nlohmann::json with_parallel(nlohmann::json config, const ScheduleSpec& sched);
 void flatten_for(const ModelSpec& m, data::Dataset& ds);
 std::unique_ptr<nn::Module> build_model(const ModelSpec& m, const data::Dataset& like);
 DType parse_dtype(const std::string& s);
+// Loads the model weights of a checkpoint (flatmin train --checkpoint: the "model." tensors)
+// or of a state dict (--save-model) into net; the model flags must match the file's run.
+void load_weights(nn::Module& net, const std::string& file);
+// For the analysis commands (trace, hessian): the model of a checkpoint (load_weights) on
+// dtype/device in training mode, and the first `subset` training examples.
+struct CheckpointModel {
+  std::unique_ptr<nn::Module> net;
+  data::Dataset train;
+};
+CheckpointModel load_checkpoint_model(const ModelSpec& m, const DataSpec& d, const std::string& file, int64_t subset,
+                                      DType dtype, const Device& device);
 
 // Appends JSON lines to a file (flushed per line) and echoes nothing; a no-op without a path.
 class MetricsLog {
