@@ -20,7 +20,6 @@ const std::vector<std::pair<const char*, double Point::*>> kQuantities = {
     {"trace_normalized", &Point::trace},      {"trace_normalized_stderr", &Point::trace_se}};
 
 json stat(const MeanSe& m) { return {{"mean", num(m.mean)}, {"se", num(m.se)}, {"n", m.n}}; }
-MeanSe unstat(const json& j) { return {get(j, "mean"), get(j, "se"), j.value("n", 0)}; }
 
 const Run* find_run(const Experiment& e, const std::string& arm, uint64_t seed) {
   for (const Run& r : e.runs)
