@@ -81,8 +81,10 @@ int run(int argc, char** argv) {
   app.add_option("--device", sched.device, "cpu | cuda | cuda:N");
   app.add_option("--save-start", save_start, "write the bad global minimum's state dict here");
   app.add_option("--load-start", load_start, "start the methods from this state dict (skips making the bad minimum)");
-  app.add_option("--seed", seed, "seed of labels, shuffling and perturbations");
+  app.add_option("--seed", seed, "seed of labels, shuffling and perturbations")->check(NotNegative);
   CLI11_PARSE(app, argc, argv);
+  sched.check_outputs();
+  nn::check_output_path("--save-start", save_start);
 
   // Every method's hyperparameters are checked before any training.
   std::vector<OptimSpec> specs;
@@ -105,6 +107,7 @@ int run(int argc, char** argv) {
     specs.push_back(o);
   }
   if (!(zero_fraction >= 0 && zero_fraction <= 1)) throw Error("--zero-fraction must be in [0, 1]");
+  if (!(memorize_acc > 0 && memorize_acc <= 1)) throw Error("--memorize-acc must be in (0, 1]");
 
   data::Dataset train = data_spec.train(), test = data_spec.test();
   for (const OptimSpec& o : specs)
@@ -118,7 +121,7 @@ int run(int argc, char** argv) {
   std::fprintf(stderr, "escape: %s (width %lld, %s norm) with %lld parameters; %lld clean / %lld noisy training examples, %lld test\n",
                model.model.c_str(), (long long)model.width, model.norm.c_str(), (long long)net->num_parameters(),
                (long long)train.size(), (long long)noisy.size(), (long long)test.size());
-  MetricsLog log(sched.metrics, false);
+  MetricsLog log(sched.metrics);
   nlohmann::json config = {{"model", model.json()}, {"data", data_spec.json()}};
   sched.loader_seed = seed;
 

@@ -11,6 +11,7 @@
 #include "datasets/datasets.hpp"
 #include "nn/nn.hpp"
 #include "optim/training.hpp"
+#include "tools/model_flags.hpp"
 
 namespace flatmin::tools {
 
@@ -56,6 +57,8 @@ struct ScheduleSpec {
   std::string dtype = "f32";
   std::string device = "cpu";  // cpu | cuda | cuda:N
   void add_to(CLI::App& app);
+  // Before any work: --metrics and --checkpoint can be written (nn::check_output_path).
+  void check_outputs() const;
 };
 
 // An MLP reads flat feature vectors: images (N,C,H,W) become (N,C·H·W).
@@ -63,14 +66,27 @@ void flatten_for(const ModelSpec& m, data::Dataset& ds);
 std::unique_ptr<nn::Module> build_model(const ModelSpec& m, const data::Dataset& like);
 DType parse_dtype(const std::string& s);
 
-// Appends JSON lines to a file (flushed per line) and echoes nothing; a no-op without a path.
+// Metrics as JSON lines, one row per evaluation, flushed per row (a kill loses no written
+// row); a no-op without a path. A fresh log replaces the file; a resumed one keeps it, and
+// run_phase rewinds it to the checkpoint's step, so that an interrupted and resumed run
+// leaves the same file as an uninterrupted one.
+struct MetricsLogOptions {
+  bool resume = false;  // keep the existing rows (for rewind_to)
+};
 class MetricsLog {
  public:
-  explicit MetricsLog(const std::string& path, bool append);
+  explicit MetricsLog(const std::string& path, MetricsLogOptions o = {});
   ~MetricsLog();
+  MetricsLog(const MetricsLog&) = delete;
+  MetricsLog& operator=(const MetricsLog&) = delete;
   void write(const nlohmann::json& row);
+  // Cuts the file before the first row of `phase` past `step` (rows written after the
+  // checkpoint the run resumes from) and drops a torn last line; returns whether a row of
+  // (phase, step) is kept.
+  bool rewind_to(const std::string& phase, int64_t step);
 
  private:
+  std::string path_;
   std::FILE* f_ = nullptr;
 };
 
@@ -93,7 +109,11 @@ struct PhaseResult {
   optim::TrainOutcome outcome;
   optim::ClassifierMetrics train, test;
   double trace_normalized = NAN;
+  int64_t evaluated_step = -1;  // the step train/test/trace were measured at (-1: never)
 };
+// train/test loss and accuracy (and tr̄ when with_trace) as JSON, null for what was not
+// measured: no evaluation at the last step reached, no test set, no tr̄ — never a 0.
+nlohmann::json measured_json(const PhaseResult& r, bool with_trace);
 // One training phase: net on train (evaluated on test) with the optimizer and schedule;
 // metrics rows carry {"phase": phase}. Resumes from schedule.checkpoint when asked.
 PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dataset& train,
