@@ -116,34 +116,56 @@ SharpnessAwarePerturbation::SharpnessAwarePerturbation(Params params, Perturbati
                 std::to_string(n_) + " examples");
 }
 
-// b distinct indices, uniform over subsets (rejection of repeats; b ≤ n).
-std::vector<int64_t> SharpnessAwarePerturbation::draw_batch() {
+void SharpnessAwarePerturbation::set_step_examples(std::vector<int64_t> examples) {
+  for (int64_t i : examples)
+    if (i < 0 || i >= n_) throw Error("SA: step example " + std::to_string(i) + " is outside [0, " + std::to_string(n_) + ")");
+  if (examples.empty()) throw Error("SA: the step's mini-batch is empty");
+  step_examples_ = std::move(examples);
+}
+
+// b distinct positions, uniform over subsets (rejection of repeats; b ≤ m).
+std::vector<int64_t> SharpnessAwarePerturbation::draw_distinct(int64_t m) {
   std::vector<int64_t> idx;
-  if (options_.batch * 2 > n_) {
-    idx = gen_.permutation(n_);
+  if (options_.batch * 2 > m) {
+    idx = gen_.permutation(m);
     idx.resize(size_t(options_.batch));
     return idx;
   }
   std::unordered_set<int64_t> seen;
   while (int64_t(idx.size()) < options_.batch) {
-    int64_t i = gen_.randint(n_);
+    int64_t i = gen_.randint(m);
     if (seen.insert(i).second) idx.push_back(i);
   }
   return idx;
 }
 
-Params SharpnessAwarePerturbation::perturbed_gradient(const Closure&, const Params& g) {
-  (void)g;
+Params SharpnessAwarePerturbation::perturbed_gradient(const Closure& closure, const Params& g) {
   const EvalOptions no_stats{.update_stats = false};
-  std::vector<int64_t> i = draw_batch();
+  // i, and whether it is the step's whole mini-batch (then the step's closure is ∇f_i and s = g).
+  std::vector<int64_t> i;
+  bool whole_step_batch = false;
+  if (options_.sampling == SaSampling::step_batch) {
+    if (step_examples_.empty())
+      throw Error("SA: step_batch sampling needs the step's examples (set_step_examples) before each step");
+    const int64_t m = int64_t(step_examples_.size());
+    if (options_.batch >= m) {
+      i = step_examples_;
+      whole_step_batch = true;
+    } else {
+      for (int64_t k : draw_distinct(m)) i.push_back(step_examples_[size_t(k)]);
+    }
+    step_examples_.clear();  // each step names its own batch
+  } else {
+    i = draw_distinct(n_);
+  }
   const double sigma = gen_.randint(2) == 0 ? -1.0 : 1.0;
   last_.examples = i;
   last_.sigma = sigma;
+  const Closure ci = whole_step_batch ? closure : Closure([&](const EvalOptions& o) { return batch_loss_(i, o); });
   auto at = [&](const Params& offset) {
-    Closure ci = [&](const EvalOptions& o) { return batch_loss_(i, o); };
     return offset.empty() ? ci(no_stats).grad : evaluate_at_offset(ci, offset, no_stats).grad;
   };
-  Params s = at({});
+  Params s = whole_step_batch ? g : at({});
   check_grad_list("SA per-example gradient", params_, s);
   double s_norm = norm(s).item();
   if (!(s_norm > options_.vanish_threshold)) {  // Remark 2

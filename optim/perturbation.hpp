@@ -4,6 +4,10 @@
 //   RS (Algorithm 1): w = ∇f(x + ρu), u uniform on the unit sphere of all parameters together;
 //   SA (Algorithm 2): w = ∇f_i(x + ρσ s/‖s‖), s = ∇f_i(x), i a random mini-batch of b
 //     examples (b = 1: the per-example algorithm), σ = ±1; the same i for s and w.
+//     Where i comes from (SaSampling): `all_examples` is Algorithm 2 as written (i uniform
+//     over all n; g should then be the full gradient); `step_batch` draws i within the
+//     step's own mini-batch (the paper's experiments: one batch for both), so that with
+//     b = batch size s is g itself and SA at ρ = 0 is SGD(η) (docs/algorithms.md §4).
 //     Remark 2: when ‖s‖ is below `vanish_threshold`, s = ∇f_i(x + ξ) with ξ uniform on the
 //     sphere of radius `xi_radius`; if that vanishes too, the direction is ξ/‖ξ‖.
 #pragma once
@@ -14,6 +18,8 @@
 
 namespace flatmin::optim {
 
+enum class SaSampling { all_examples, step_batch };
+
 struct PerturbationOptions {
   double lr = 0.01;                 // η
   std::optional<double> lr_perturb{};// η' (default: η)
@@ -23,6 +29,7 @@ struct PerturbationOptions {
   bool random_iterate = false;      // keep a uniformly random iterate among x_0..x_{T-1}
   // SA only
   int64_t batch = 1;                // b, the perturbation mini-batch size
+  SaSampling sampling = SaSampling::all_examples;
   double vanish_threshold = 1e-12;  // ‖s‖ below this counts as 0 (Remark 2)
   double xi_radius = 1e-6;          // ‖ξ‖ of the Remark 2 fallback
   double eta_prime() const { return lr_perturb.value_or(lr); }
@@ -80,6 +87,10 @@ class SharpnessAwarePerturbation : public PerturbationOptimizer {
  public:
   // n examples; batch_loss gives ∇f_i for a mini-batch i of them.
   SharpnessAwarePerturbation(Params params, PerturbationOptions options, BatchClosure batch_loss, int64_t n);
+  // step_batch sampling: the examples (indices in [0, n)) of the mini-batch the next step's
+  // closure evaluates; required before each step. When b ≥ their number, i is all of them
+  // and s is the step's gradient g (no extra evaluation).
+  void set_step_examples(std::vector<int64_t> examples);
 
  protected:
   Params perturbed_gradient(const Closure& closure, const Params& g) override;
@@ -87,7 +98,8 @@ class SharpnessAwarePerturbation : public PerturbationOptimizer {
  private:
   BatchClosure batch_loss_;
   int64_t n_;
-  std::vector<int64_t> draw_batch();
+  std::vector<int64_t> step_examples_;
+  std::vector<int64_t> draw_distinct(int64_t m);  // b distinct positions in [0, m), b ≤ m
 };
 
 }  // namespace flatmin::optim

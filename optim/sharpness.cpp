@@ -37,26 +37,39 @@ static void check_like(const char* who, const Params& like) {
 }
 
 TraceEstimate hutchinson_trace(const HvpFn& hvp_of, const Params& like, const HutchinsonOptions& o) {
+  return hutchinson_trace([&](const std::vector<Params>& zs) { return std::vector<double>{dot(zs[0], hvp_of(zs[0])).item()}; },
+                          1, like, o);
+}
+
+TraceEstimate hutchinson_trace(const QuadRoundFn& quads, int round, const Params& like, const HutchinsonOptions& o) {
   check_like("hutchinson_trace", like);
   if (o.max_samples < 1) throw Error("hutchinson_trace: max_samples must be >= 1, got " + std::to_string(o.max_samples));
   if (!(o.tol >= 0)) throw Error("hutchinson_trace: tol must be >= 0");
+  if (round < 1) throw Error("hutchinson_trace: round must be >= 1, got " + std::to_string(round));
   Generator gen(o.seed);
   Params shapes = detach(like);
   TraceEstimate r;
   r.dim = numel(like);
   double sum = 0, sum_sq = 0, previous = 0;
-  for (int k = 1; k <= o.max_samples; ++k) {
-    Params z = gen.rademacher_like(shapes);
-    double q = dot(z, hvp_of(z)).item();
-    sum += q;
-    sum_sq += q * q;
-    r.samples = k;
-    const double mean = sum / k;
-    if (std::fabs(mean - previous) / (std::fabs(previous) + 1e-6) < o.tol) {  // PyHessian's rule
-      r.converged = true;
-      break;
+  for (int first = 1; first <= o.max_samples && !r.converged; first += round) {
+    std::vector<Params> zs;
+    for (int k = first; k < first + round && k <= o.max_samples; ++k) zs.push_back(gen.rademacher_like(shapes));
+    const std::vector<double> qs = quads(zs);
+    if (qs.size() != zs.size())
+      throw Error("hutchinson_trace: " + std::to_string(qs.size()) + " products for " + std::to_string(zs.size()) + " vectors");
+    for (size_t j = 0; j < qs.size(); ++j) {
+      const int k = first + int(j);
+      const double q = qs[j];
+      sum += q;
+      sum_sq += q * q;
+      r.samples = k;
+      const double mean = sum / k;
+      if (std::fabs(mean - previous) / (std::fabs(previous) + 1e-6) < o.tol) {  // PyHessian's rule
+        r.converged = true;
+        break;
+      }
+      previous = mean;
     }
-    previous = mean;
   }
   const int n = r.samples;
   r.trace = sum / n;

@@ -8,6 +8,7 @@
 
 #include "autodiff/nn_ops.hpp"
 #include "nn/safetensors.hpp"
+#include "optim/data_parallel.hpp"
 
 namespace flatmin::optim {
 
@@ -21,11 +22,34 @@ struct StatsSwitch {
 };
 }  // namespace
 
-Evaluation classifier_evaluation(nn::Module& net, const Tensor& images, const Tensor& labels, const EvalOptions& o) {
+ClassifierLoss parse_classifier_loss(const std::string& name) {
+  if (name == "ce") return ClassifierLoss::cross_entropy;
+  if (name == "mse") return ClassifierLoss::mse;
+  throw Error("unknown loss '" + name + "' (ce, mse)");
+}
+const char* classifier_loss_name(ClassifierLoss l) { return l == ClassifierLoss::mse ? "mse" : "ce"; }
+
+Tensor classifier_loss(const Tensor& logits, const Tensor& labels, ClassifierLoss loss, Reduction r) {
+  if (loss == ClassifierLoss::cross_entropy) return cross_entropy(logits, labels, r);
+  if (logits.dim() != 2 || labels.dim() != 1 || labels.shape()[0] != logits.shape()[0])
+    throw Error("classifier_loss: mse needs logits (N, K) and labels (N), got " + to_string(logits.shape()) + " and " +
+                to_string(labels.shape()));
+  const int64_t n = logits.shape()[0];
+  // e_y: ones scattered at the labels (a constant: no derivative flows into the targets)
+  Tensor onehot = scatter_add(ones({n, 1}, {.dtype = logits.dtype(), .device = logits.device()}), logits.shape(), 1,
+                              reshape(labels, {n, 1}));
+  Tensor per_example = sum(square(logits - onehot), {1});
+  if (r == Reduction::none) return per_example;
+  return r == Reduction::sum ? sum(per_example) : mean(per_example);
+}
+
+Evaluation classifier_evaluation(nn::Module& net, const Tensor& images, const Tensor& labels, const EvalOptions& o,
+                                 ClassifierLoss which, double weight) {
   StatsSwitch sw(net, o.update_stats);
   EnableGrad on;
   Params p = net.parameters();
-  Tensor loss = cross_entropy(net(images), labels);
+  Tensor loss = classifier_loss(net(images), labels, which);
+  if (weight != 1.0) loss = mul_scalar(loss, weight);
   Evaluation e;
   e.loss = loss.item();
   e.grad = grad({loss}, p, {.allow_unused = true});
@@ -35,58 +59,77 @@ Evaluation classifier_evaluation(nn::Module& net, const Tensor& images, const Te
 }
 
 // Data lives on the host; each batch moves to the parameters' dtype and device.
-static Tensor images_for(const nn::Module& net, const Tensor& images, DType dtype) {
+Tensor images_for(const nn::Module& net, const Tensor& images, DType dtype) {
   return images.to(dtype).to(net.parameters().at(0).device());
 }
-static Tensor labels_for(const nn::Module& net, const Tensor& labels) {
+Tensor labels_for(const nn::Module& net, const Tensor& labels) {
   return labels.to(net.parameters().at(0).device());
 }
 
-Closure classifier_closure(nn::Module& net, const Tensor& images, const Tensor& labels) {
-  return [&net, images, labels](const EvalOptions& o) { return classifier_evaluation(net, images, labels, o); };
+Closure classifier_closure(nn::Module& net, const Tensor& images, const Tensor& labels, ClassifierLoss loss) {
+  return [&net, images, labels, loss](const EvalOptions& o) { return classifier_evaluation(net, images, labels, o, loss); };
 }
 
-BatchClosure classifier_batch_closure(nn::Module& net, const data::Dataset& train, DType dtype) {
-  return [&net, &train, dtype](const std::vector<int64_t>& idx, const EvalOptions& o) {
+BatchClosure classifier_batch_closure(nn::Module& net, const data::Dataset& train, DType dtype, ClassifierLoss loss) {
+  return [&net, &train, dtype, loss](const std::vector<int64_t>& idx, const EvalOptions& o) {
     data::Dataset b = train.subset(idx);
-    return classifier_evaluation(net, images_for(net, b.images, dtype), labels_for(net, b.labels), o);
+    return classifier_evaluation(net, images_for(net, b.images, dtype), labels_for(net, b.labels), o, loss);
   };
 }
 
-ClassifierMetrics evaluate_classifier(nn::Module& net, const data::Dataset& ds, int64_t batch_size, DType dtype) {
+ClassifierMetrics evaluate_classifier(nn::Module& net, const data::Dataset& ds, int64_t batch_size, DType dtype,
+                                      ClassifierLoss loss) {
+  if (batch_size < 1) throw Error("evaluate_classifier: batch size must be >= 1");
+  return metrics_of(evaluate_batches(net, ds, batch_size, dtype, 0, (ds.size() + batch_size - 1) / batch_size, loss), ds.size());
+}
+
+std::vector<BatchSums> evaluate_batches(nn::Module& net, const data::Dataset& ds, int64_t batch_size, DType dtype,
+                                        int64_t first, int64_t last, ClassifierLoss loss) {
   if (batch_size < 1) throw Error("evaluate_classifier: batch size must be >= 1");
   const bool was_training = net.is_training();
   net.eval();
   NoGrad ng;
-  ClassifierMetrics m;
-  double loss_sum = 0;
-  int64_t correct = 0;
+  std::vector<BatchSums> sums;
   try {
-    for (int64_t at = 0; at < ds.size(); at += batch_size) {
+    for (int64_t at = first * batch_size; at < std::min(ds.size(), last * batch_size); at += batch_size) {
       std::vector<int64_t> idx;
       for (int64_t i = at; i < std::min(ds.size(), at + batch_size); ++i) idx.push_back(i);
       data::Dataset b = ds.subset(idx);
       Tensor logits = net(images_for(net, b.images, dtype));
-      loss_sum += cross_entropy(logits, labels_for(net, b.labels), Reduction::sum).item();
+      BatchSums s;
+      s.loss_sum = classifier_loss(logits, labels_for(net, b.labels), loss, Reduction::sum).item();
       std::vector<int64_t> pred = argmax(logits, 1).to_int_vector(), truth = b.labels.to_int_vector();
-      for (size_t k = 0; k < pred.size(); ++k) correct += pred[k] == truth[k];
+      for (size_t k = 0; k < pred.size(); ++k) s.correct += pred[k] == truth[k];
+      sums.push_back(s);
     }
   } catch (...) {
     net.train(was_training);
     throw;
   }
   net.train(was_training);
-  m.examples = ds.size();
+  return sums;
+}
+
+ClassifierMetrics metrics_of(const std::vector<BatchSums>& batches, int64_t examples) {
+  ClassifierMetrics m;
+  double loss_sum = 0;
+  int64_t correct = 0;
+  for (const BatchSums& b : batches) {
+    loss_sum += b.loss_sum;
+    correct += b.correct;
+  }
+  m.examples = examples;
   m.loss = m.examples ? loss_sum / double(m.examples) : 0;
   m.accuracy = m.examples ? double(correct) / double(m.examples) : 0;
   return m;
 }
 
-TraceEstimate classifier_trace(nn::Module& net, const data::Dataset& subset, DType dtype, const HutchinsonOptions& o) {
+TraceEstimate classifier_trace(nn::Module& net, const data::Dataset& subset, DType dtype, const HutchinsonOptions& o,
+                               ClassifierLoss loss) {
   StatsSwitch sw(net, false);
   Tensor x = images_for(net, subset.images, dtype), y = labels_for(net, subset.labels);
   Params p = net.parameters();
-  return hutchinson_trace(hvp_fn_of_leaves([&] { return cross_entropy(net(x), y); }, p), p, o);
+  return hutchinson_trace(hvp_fn_of_leaves([&] { return classifier_loss(net(x), y, loss); }, p), p, o);
 }
 
 void validate(const OptimizerConfig& c) {
@@ -256,8 +299,9 @@ TrainOutcome train_loop(nn::Module& net, data::Loader& loader, Optimizer& opt, i
   auto save = [&](int64_t step) {  // false: the state is not finite, nothing is written
     if (!state_finite()) return false;
     if (o.checkpoint.empty()) return true;
-    save_checkpoint(o.checkpoint, net, opt,
-                    {.step = step, .loader = loader.state(), .config = o.config, .batch_loss = r.last_loss});
+    if (o.parallel.comm(net.parameters().at(0).device()).rank() == 0)
+      save_checkpoint(o.checkpoint, net, opt,
+                      {.step = step, .loader = loader.state(), .config = o.config, .batch_loss = r.last_loss});
     r.last_checkpoint = step;
     return true;
   };
@@ -270,10 +314,23 @@ TrainOutcome train_loop(nn::Module& net, data::Loader& loader, Optimizer& opt, i
     else r.message += "; the last good checkpoint (step " + std::to_string(r.last_checkpoint) + ") is kept in " + o.checkpoint;
     return r;
   };
+  // SA's sampling (the header says why): checked and prepared before the first step.
+  auto* sa = dynamic_cast<SharpnessAwarePerturbation*>(&opt);
+  const bool sa_step_batch = sa && sa->options().sampling == SaSampling::step_batch;
+  if (sa_step_batch && sa->options().batch > loader.options().batch_size)
+    throw Error("SA: the perturbation batch b = " + std::to_string(sa->options().batch) + " exceeds the batch size " +
+                std::to_string(loader.options().batch_size) + " (i is drawn within the step's batch)");
+  Closure full_batch;
+  if (sa && !sa_step_batch) {
+    const data::Dataset& all = loader.dataset();
+    full_batch = data_parallel_closure(net, images_for(net, all.images, dtype), labels_for(net, all.labels), o.parallel, o.loss);
+  }
   net.train();
   for (int64_t step = start_step + 1; step <= o.total_steps; ++step) {
     data::Batch b = loader.next_batch();
-    const double loss = opt.step(classifier_closure(net, images_for(net, b.images, dtype), labels_for(net, b.labels)));
+    if (sa_step_batch) sa->set_step_examples(b.indices);
+    const double loss = opt.step(
+        full_batch ? full_batch : data_parallel_closure(net, images_for(net, b.images, dtype), labels_for(net, b.labels), o.parallel, o.loss));
     r.last_loss = loss;
     if (!std::isfinite(loss)) return stop(step, "the training loss became " + std::to_string(loss));
     r.steps = step;

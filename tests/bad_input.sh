@@ -38,7 +38,6 @@ expect "--checkpoint $tmp/no/c: the folder $tmp/no does not exist" train "${blob
 expect "--save-model $tmp/no/m: the folder" train "${blobs[@]}" --save-model "$tmp/no/m"
 expect "--metrics $tmp: is a folder" train "${blobs[@]}" --metrics "$tmp"
 expect "--save-start $tmp/no/s: the folder" escape --save-start "$tmp/no/s"
-expect "--metrics $tmp/no/m: the folder" escape --metrics "$tmp/no/m"
 expect "--out $tmp/no/o: the folder" probe --weights w --batch b --out "$tmp/no/o"
 expect "--out $tmp/no/o: the folder" example1 --out "$tmp/no/o"
 expect "--out $tmp/no/o: the folder" ddep --out "$tmp/no/o"

@@ -21,6 +21,8 @@ int run(int argc, char** argv) {
   app.add_option("--group", o.group, "one line per value of this key, e.g. phase (escape: the method)");
   app.add_option("--log-y", o.log_y, "keys drawn on a log scale, comma-separated (e.g. train_loss)")->delimiter(',');
   app.add_option("--title", o.title, "prefix of every plot title");
+  app.add_flag("--bands", o.bands, "shade y ± <y>_se around each line where the rows have it");
+  app.add_option("--file-prefix", o.file_prefix, "prefix of every PNG's name");
   app.add_flag("--example1", o.example1, "Example 1 trajectories x1, x2 over the contours of (x1 x2 - 1)^2");
   app.add_option("--python", o.python, "python interpreter with matplotlib")->capture_default_str();
   CLI11_PARSE(app, argc, argv);

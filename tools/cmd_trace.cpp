@@ -5,6 +5,7 @@
 
 #include "nn/safetensors.hpp"
 #include "tools/command.hpp"
+#include "optim/data_parallel.hpp"
 #include "tools/train_setup.hpp"
 
 namespace flatmin::tools {
@@ -48,14 +49,21 @@ int run(int argc, char** argv) {
   const std::string bad = optim::first_non_finite(net->state_dict());
   if (!bad.empty()) throw Error(file + ": tensor '" + bad + "' holds a non-finite value: no flatness to measure");
   net->to(dt);
-  net->to(Device::parse(device));
+  net->to(device_for_rank(device));
   net->train();
-  optim::TraceEstimate t = optim::classifier_trace(*net, train, dt, ho);
+  // Under mpirun the Hutchinson samples are shared out; λmax's power iteration is
+  // sequential and runs on every process (the same numbers everywhere).
+  distributed::require_same(distributed::world(), "the flags or the data",
+                            std::to_string(distributed::hash_tensor(flatten(detach(net->parameters())),
+                                                                    distributed::hash_tensor(train.images))) +
+                                std::to_string(ho.max_samples) + std::to_string(ho.tol) + std::to_string(ho.seed) +
+                                std::to_string(lambda) + std::to_string(po.max_iter) + dtype_name);
+  optim::TraceEstimate t = optim::classifier_trace(*net, train, dt, ho, optim::DataParallel{});
   nlohmann::json out = {{"file", file}, {"examples", train.size()}, {"dim", t.dim}, {"trace", t.trace},
                         {"trace_normalized", t.trace_normalized}, {"stderr", t.stderr_trace},
                         {"stderr_normalized", t.stderr_normalized}, {"samples", t.samples}, {"converged", t.converged}};
   if (lambda) {
-    const Device dev = Device::parse(device);
+    const Device dev = device_for_rank(device);
     Tensor x = train.images.to(dt).to(dev), y = train.labels.to(dev);
     Params p = net->parameters();
     net->update_running_stats(false);

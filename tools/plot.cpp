@@ -43,6 +43,8 @@ def lines(p):
     for s in p["series"]:
         ax.plot(s["x"], s["y"], marker="." if len(s["x"]) <= 60 else None, ms=4, lw=1.2, label=s["label"],
                 color="C%d" % (s["color"] % 10))
+        if "lo" in s:
+            ax.fill_between(s["x"], s["lo"], s["hi"], color="C%d" % (s["color"] % 10), alpha=0.2, lw=0)
     if p["logy"]:
         ax.set_yscale("log")
     ax.set_xlabel(p["xlabel"])
@@ -129,6 +131,7 @@ std::string group_of(const Row& r, const std::string& key) {
 struct Series {
   std::string label;
   std::vector<double> x, y;
+  std::vector<double> lo, hi;  // bands: y ∓ its standard error
   size_t split = 0;  // example1: points from here on are the refine phase
 };
 
@@ -148,11 +151,16 @@ std::vector<Series> collect(const std::vector<std::vector<Row>>& files, const Pl
       auto [it, fresh] = index.try_emplace(g, out.size());
       if (fresh) {
         std::string label = o.group.empty() ? stem : (o.inputs.size() > 1 ? stem + ": " + g : g);
-        out.push_back({label, {}, {}, 0});
+        out.push_back({label, {}, {}, {}, {}, 0});
       }
       Series& s = out[it->second];
       s.x.push_back(*x);
       s.y.push_back(*y);
+      if (o.bands) {
+        const double se = number(r, yk + "_se").value_or(0.0);
+        s.lo.push_back(*y - se);
+        s.hi.push_back(*y + se);
+      }
       const std::string phase = group_of(r, "phase");
       if (phase != "refine" && phase != "chosen-iterate") s.split = s.x.size();
     }
@@ -291,13 +299,16 @@ std::vector<std::string> plot_metrics(const PlotOptions& o) {
       json series = json::array();
       for (size_t i = 0; i < s.size(); ++i) {  // a line keeps its colour when another is left out
         if (logy) drop_non_positive(s[i], k);
-        if (!s[i].x.empty()) series.push_back({{"label", s[i].label}, {"x", s[i].x}, {"y", s[i].y}, {"color", i}});
+        if (s[i].x.empty()) continue;
+        json line = {{"label", s[i].label}, {"x", s[i].x}, {"y", s[i].y}, {"color", i}};
+        if (o.bands && !logy) line["lo"] = s[i].lo, line["hi"] = s[i].hi;
+        series.push_back(line);
       }
       if (series.empty()) throw Error("plot: --log-y '" + k + "': no values > 0 to draw on a log scale");
       for (const auto& p : planned)
-        if (p.final_path.filename() == file_name(k))
+        if (p.final_path.filename() == o.file_prefix + file_name(k))
           throw Error("plot: the keys '" + k + "' and another one would both be written to " + file_name(k));
-      planned.push_back({fs::path(o.out_dir) / file_name(k),
+      planned.push_back({fs::path(o.out_dir) / (o.file_prefix + file_name(k)),
                          {{"kind", "lines"}, {"title", prefix + k + " vs " + o.x}, {"xlabel", o.x}, {"ylabel", k},
                           {"logy", logy}, {"series", series}}});
     }

@@ -1,5 +1,6 @@
 #include "tools/train_setup.hpp"
 
+#include "optim/data_parallel.hpp"
 #include "tools/command.hpp"
 
 #include <signal.h>
@@ -28,8 +29,9 @@ nlohmann::json ModelSpec::json() const {
 }
 
 void DataSpec::add_to(CLI::App& app) {
-  app.add_option("--dataset", dataset, "fashion-mnist | blobs")->check(CLI::IsMember({"fashion-mnist", "blobs"}));
-  app.add_option("--data-dir", dir, "folder of the IDX files");
+  app.add_option("--dataset", dataset, "fashion-mnist | cifar10 | blobs")
+      ->check(CLI::IsMember({"fashion-mnist", "cifar10", "blobs"}));
+  app.add_option("--data-dir", dir, "folder of the IDX files (cifar10: of cifar-10-batches-bin's .bin files)");
   app.add_option("--train-subset", train_subset, "use the first N training examples (0: all)")->check(CLI::NonNegativeNumber);
   app.add_option("--test-subset", test_subset, "use the first N test examples (0: all)")->check(CLI::NonNegativeNumber);
 }
@@ -40,12 +42,19 @@ void flatten_for(const ModelSpec& m, data::Dataset& ds) {
   if (m.model == "mlp" && ds.images.dim() > 2) ds.images = reshape(ds.images, {ds.size(), -1});
 }
 static data::Dataset first(data::Dataset ds, int64_t n) { return n > 0 && n < ds.size() ? ds.head(n) : ds; }
+// CIFAR-10 is not packaged: its folder must be named (the default folder is Fashion-MNIST's).
+static const std::string& cifar_dir(const std::string& dir) {
+  if (dir == data::kFashionMnistDir) throw Error("--dataset cifar10 needs --data-dir (the folder of data_batch_1.bin ... test_batch.bin)");
+  return dir;
+}
 data::Dataset DataSpec::train() const {
   if (dataset == "blobs") return first(data::two_blobs({.n = 512, .d = 2, .seed = 1}), train_subset);
+  if (dataset == "cifar10") return first(data::load_cifar10(cifar_dir(dir), true), train_subset);
   return first(data::load_mnist_layout(dir, true, "fashion-mnist"), train_subset);
 }
 data::Dataset DataSpec::test() const {
   if (dataset == "blobs") return first(data::two_blobs({.n = 512, .d = 2, .seed = 2}), test_subset);
+  if (dataset == "cifar10") return first(data::load_cifar10(cifar_dir(dir), false), test_subset);
   return first(data::load_mnist_layout(dir, false, "fashion-mnist"), test_subset);
 }
 
@@ -60,22 +69,32 @@ void OptimSpec::add_to(CLI::App& app) {
   app.add_flag("--adaptive", adaptive, "adaptive SAM");
   app.add_option("--lr-perturb", lr_perturb, "η' for rs/sa (default η)");
   app.add_option("--eps0", eps0, "rs/sa perturb only when ‖g‖ ≤ ε0 (default +inf)");
-  app.add_option("--sa-batch", sa_batch, "sa perturbation batch size b (1: per example)");
+  app.add_option("--sa-batch", sa_batch, "sa perturbation batch size b (1: per example; at most --batch-size with step sampling)");
+  app.add_option("--sa-sampling", sa_sampling,
+                 "sa: step (i drawn within the step's batch) | all (Algorithm 2 as written: g the full-batch gradient, i over all n)")
+      ->check(CLI::IsMember({"step", "all"}));
   app.add_option("--seed", seed, "seed of the optimizer's random draws")->check(NotNegative);
 }
 nlohmann::json OptimSpec::json() const {
   return {{"optimizer", name}, {"lr", lr}, {"momentum", momentum}, {"dampening", dampening}, {"nesterov", nesterov},
           {"weight_decay", weight_decay}, {"rho", rho}, {"adaptive", adaptive}, {"lr_perturb", lr_perturb.value_or(lr)},
-          {"eps0", std::isfinite(eps0) ? nlohmann::json(eps0) : nlohmann::json("inf")}, {"sa_batch", sa_batch}, {"seed", seed}};
+          {"eps0", std::isfinite(eps0) ? nlohmann::json(eps0) : nlohmann::json("inf")}, {"sa_batch", sa_batch}, {"sa_sampling", sa_sampling}, {"seed", seed}};
 }
 optim::OptimizerConfig OptimSpec::config() const {
   optim::OptimizerConfig c;
   c.name = name;
   c.sgd = {.lr = lr, .momentum = momentum, .dampening = dampening, .nesterov = nesterov, .weight_decay = weight_decay};
   c.sam = {.rho = rho, .adaptive = adaptive};
-  c.perturb = {.lr = lr, .lr_perturb = lr_perturb, .rho = rho, .eps0 = eps0, .seed = seed, .batch = sa_batch};
+  c.perturb = {.lr = lr, .lr_perturb = lr_perturb, .rho = rho, .eps0 = eps0, .seed = seed, .batch = sa_batch,
+               .sampling = sa_sampling == "all" ? optim::SaSampling::all_examples : optim::SaSampling::step_batch};
+  if (sa_sampling != "step" && sa_sampling != "all") throw Error("--sa-sampling: '" + sa_sampling + "' (step, all)");
   optim::validate(c);
   return c;
+}
+void OptimSpec::check_batch(int64_t batch_size) const {
+  if (name == "sa" && sa_sampling == "step" && sa_batch > batch_size)
+    throw Error("--sa-batch " + std::to_string(sa_batch) + " exceeds --batch-size " + std::to_string(batch_size) +
+                " (SA draws its b examples within the step's batch; --sa-sampling all draws from all n)");
 }
 
 void ScheduleSpec::add_to(CLI::App& app) {
@@ -93,7 +112,24 @@ void ScheduleSpec::add_to(CLI::App& app) {
   app.add_option("--checkpoint-every", checkpoint_every, "checkpoint every N steps (and at the end)")->check(CLI::NonNegativeNumber);
   app.add_flag("--resume", resume, "continue from --checkpoint bit for bit");
   app.add_option("--dtype", dtype, "f32 | f64")->check(CLI::IsMember({"f32", "f64"}));
+  app.add_option("--loss", loss, "ce (cross-entropy) | mse (squared error to one-hot labels, the paper's Setting 1)")
+      ->check(CLI::IsMember({"ce", "mse"}));
   app.add_option("--device", device, "cpu | cuda | cuda:N (the data stays on the host; batches move)");
+  app.add_option("--micro-shards", micro_shards,
+                 "split each batch into N fixed parts (>= the number of processes under mpirun); results depend on N, "
+                 "not on the number of processes")
+      ->check(CLI::PositiveNumber);
+}
+
+Device device_for_rank(const std::string& device) {
+  const distributed::World& w = distributed::world();
+  if (device == "cuda" && w.size() > 1) return Device::cuda(w.local_rank());
+  return Device::parse(device);
+}
+
+nlohmann::json with_parallel(nlohmann::json config, const ScheduleSpec& sched) {
+  if (sched.micro_shards != 1) config["micro_shards"] = sched.micro_shards;
+  return config;
 }
 
 void ScheduleSpec::check_outputs() const {
@@ -131,7 +167,7 @@ std::unique_ptr<nn::Module> build_model(const ModelSpec& m, const data::Dataset&
 }
 
 MetricsLog::MetricsLog(const std::string& path, MetricsLogOptions o) : path_(path) {
-  if (path.empty()) return;
+  if (path.empty() || distributed::world().rank() != 0) return;  // rank 0 alone writes
   f_ = std::fopen(path.c_str(), o.resume ? "a+" : "w");
   if (!f_) throw Error("cannot open the metrics file " + path + ": " + std::strerror(errno));
 }
@@ -176,6 +212,7 @@ static double now_s() {
 Progress::Progress(std::string label, int64_t first_step, int64_t total_steps)
     : label_(std::move(label)), first_(first_step), total_(total_steps), tty_(::isatty(2)), start_(now_s()) {}
 void Progress::update(int64_t step, const std::string& extra) {
+  if (distributed::world().rank() != 0) return;  // rank 0 alone prints
   const double t = now_s();
   if (tty_ && t - last_print_ < 0.25 && step != total_ && extra.empty()) return;
   // Off a terminal (a log): evaluation lines, and a plain progress line every 10 s between them.
@@ -190,20 +227,23 @@ void Progress::update(int64_t step, const std::string& extra) {
   last_print_ = t;
 }
 void Progress::done() {
-  if (tty_) std::fprintf(stderr, "\n");
+  if (tty_ && distributed::world().rank() == 0) std::fprintf(stderr, "\n");
 }
 
 PhaseResult evaluate_all(nn::Module& net, const data::Dataset& train, const data::Dataset& test, const ScheduleSpec& sched,
                          bool with_trace) {
   const DType dt = parse_dtype(sched.dtype);
+  const optim::ClassifierLoss loss = optim::parse_classifier_loss(sched.loss);
   PhaseResult r;
   r.evaluated_step = r.outcome.steps;  // measured now; run_phase sets the step
-  r.train = optim::evaluate_classifier(net, train, 512, dt);
-  if (test.size() > 0) r.test = optim::evaluate_classifier(net, test, 512, dt);
+  r.train = optim::evaluate_classifier(net, train, 512, dt, sched.parallel(), loss);
+  if (test.size() > 0) r.test = optim::evaluate_classifier(net, test, 512, dt, sched.parallel(), loss);
   if (with_trace) {
     data::Dataset sub = first(train, sched.trace_subset);
-    r.trace_normalized = optim::classifier_trace(net, sub, dt, {.max_samples = sched.trace_samples, .tol = sched.trace_tol, .seed = 7})
-                             .trace_normalized;
+    optim::TraceEstimate t = optim::classifier_trace(
+        net, sub, dt, {.max_samples = sched.trace_samples, .tol = sched.trace_tol, .seed = 7}, sched.parallel(), loss);
+    r.trace_normalized = t.trace_normalized;
+    r.trace_normalized_stderr = t.stderr_normalized;
   }
   return r;
 }
@@ -223,31 +263,42 @@ nlohmann::json measured_json(const PhaseResult& r, bool with_trace) {
   auto of = [&](const optim::ClassifierMetrics& m, double v) { return now && m.examples > 0 ? num(v) : nullptr; };
   nlohmann::json j = {{"train_loss", of(r.train, r.train.loss)}, {"train_accuracy", of(r.train, r.train.accuracy)},
                       {"test_loss", of(r.test, r.test.loss)}, {"test_accuracy", of(r.test, r.test.accuracy)}};
-  if (with_trace) j["trace_normalized"] = now ? num(r.trace_normalized) : nullptr;
+  if (with_trace) {
+    j["trace_normalized"] = now ? num(r.trace_normalized) : nullptr;
+    j["trace_normalized_stderr"] = now ? num(r.trace_normalized_stderr) : nullptr;
+  }
   return j;
 }
 
 PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dataset& train, const data::Dataset& test,
                       const OptimSpec& optim_spec, const ScheduleSpec& sched, const nlohmann::json& config, MetricsLog& log,
-                      const std::function<bool(const PhaseResult&)>& stop_early) {
+                      const std::function<bool(int64_t step, const PhaseResult&)>& stop_early) {
   const DType dt = parse_dtype(sched.dtype);
+  const optim::ClassifierLoss loss = optim::parse_classifier_loss(sched.loss);
   optim::OptimizerConfig oc = optim_spec.config();  // refuses bad hyperparameters first
+  optim_spec.check_batch(sched.batch_size);
   if (sched.steps > 0 && sched.epochs > 0) throw Error("give --steps or --epochs, not both");
   data::LoaderOptions lo{.batch_size = sched.batch_size, .shuffle = true, .seed = sched.loader_seed, .dtype = dt};
   if (sched.batch_size > train.size())
     throw Error("--batch-size " + std::to_string(sched.batch_size) + " exceeds the " + std::to_string(train.size()) + " training examples");
   net.to(dt);
-  net.to(Device::parse(sched.device));  // a clear error here if the device is not usable
+  net.to(device_for_rank(sched.device));  // a clear error here if the device is not usable
+  optim::validate(sched.parallel(), sched.batch_size, net.parameters().at(0).device());
   data::Loader loader(train, lo);
   int64_t total = sched.steps;
   if (sched.epochs > 0 && __builtin_mul_overflow(sched.epochs, loader.batches_per_epoch(), &total))
     throw Error("--epochs " + std::to_string(sched.epochs) + ": " + std::to_string(loader.batches_per_epoch()) +
                 " steps per epoch overflow the step count");
   if (total <= 0) throw Error("nothing to do: give --steps or --epochs");
-  auto opt = optim::make_optimizer(oc, net.parameters(), optim::classifier_batch_closure(net, train, dt), train.size());
+  auto opt = optim::make_optimizer(oc, net.parameters(), optim::data_parallel_batch_closure(net, train, dt, sched.parallel(), loss),
+                                   train.size());
   int64_t start = 0;
   double resumed_loss = NAN;  // the batch loss of the checkpoint's step
-  const std::string config_str = config.dump();
+  const std::string config_str = with_parallel(config, sched).dump();
+  distributed::require_same(distributed::world(), "the configuration or the data",
+                            config_str + std::to_string(distributed::hash_tensor(train.images, distributed::hash_tensor(train.labels))) +
+                                std::to_string(distributed::hash_tensor(test.images, distributed::hash_tensor(test.labels))) +
+                                phase + std::to_string(distributed::hash_tensor(flatten(detach(net.parameters())))));
   if (sched.resume) {
     if (sched.checkpoint.empty()) throw Error("--resume needs --checkpoint");
     optim::CheckpointInfo info = optim::load_checkpoint(sched.checkpoint, net, *opt);
@@ -298,7 +349,7 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
     const bool have_row = log.rewind_to(phase, start);
     if (start > 0 && ((sched.eval_every > 0 && start % sched.eval_every == 0) || start == total)) {
       evaluate(start, resumed_loss, !have_row);
-      if (stop_early && stop_early(last)) stopped_early = true;
+      if (stop_early && stop_early(start, last)) stopped_early = true;
     }
   }
   while (at < total && !stopped_early) {
@@ -306,16 +357,22 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
     out = optim::train_loop(net, loader, *opt, at,
                             {.total_steps = chunk_end, .checkpoint_every = sched.checkpoint_every,
                              .checkpoint = sched.checkpoint, .config = config_str, .save_at_end = chunk_end == total,
-                             .known_checkpoint = known_checkpoint},
+                             .known_checkpoint = known_checkpoint, .loss = loss, .parallel = sched.parallel()},
                             [&](int64_t step, double) { progress.update(step, ""); });
     known_checkpoint = out.last_checkpoint;
     if (!out.finished) break;
     at = out.steps;
     kill_here_for_tests(at);
     evaluate(at, out.last_loss);
-    if (stop_early && stop_early(last)) stopped_early = true;
+    if (stop_early && stop_early(at, last)) stopped_early = true;
   }
   progress.done();
+  if (distributed::world().size() > 1 && out.steps > start) {  // the cost measurements of docs/distributed.md
+    const distributed::World &w = distributed::world(), &dw = distributed::world_for(net.parameters().at(0).device());
+    const double sent = double(w.bytes_sent() + (&dw != &w ? dw.bytes_sent() : 0));
+    std::fprintf(stderr, "%s: %d processes, %lld micro-shards: rank 0 sent %.3f MB (%.3f MB per step, evaluations included)\n",
+                 phase.c_str(), w.size(), (long long)sched.micro_shards, sent / 1e6, sent / 1e6 / double(out.steps - start));
+  }
   const int64_t evaluated = last.evaluated_step;
   last.outcome = out;
   last.evaluated_step = evaluated;

@@ -26,7 +26,7 @@ struct ModelSpec {
   nlohmann::json json() const;
 };
 struct DataSpec {
-  std::string dataset = "fashion-mnist";  // fashion-mnist | blobs
+  std::string dataset = "fashion-mnist";  // fashion-mnist | cifar10 (needs --data-dir) | blobs
   std::string dir = data::kFashionMnistDir;
   int64_t train_subset = 0, test_subset = 0;  // first N examples (0: all)
   void add_to(CLI::App& app);
@@ -40,10 +40,13 @@ struct OptimSpec {
   bool nesterov = false, adaptive = false;
   std::optional<double> lr_perturb;
   int64_t sa_batch = 1;
+  std::string sa_sampling = "step";  // step: i within the step's batch | all: Algorithm 2 as written
   uint64_t seed = 0;
   void add_to(CLI::App& app);
   nlohmann::json json() const;
   optim::OptimizerConfig config() const;  // validated
+  // SA with step sampling draws b of the step's examples: refuses b > batch_size.
+  void check_batch(int64_t batch_size) const;
 };
 struct ScheduleSpec {
   int64_t steps = 0, epochs = 0, batch_size = 128, eval_every = 0, checkpoint_every = 0;
@@ -56,10 +59,18 @@ struct ScheduleSpec {
   bool resume = false;
   std::string dtype = "f32";
   std::string device = "cpu";  // cpu | cuda | cuda:N
+  std::string loss = "ce";     // ce | mse (optim::ClassifierLoss)
+  int64_t micro_shards = 1;    // data parallelism (optim/data_parallel.hpp)
   void add_to(CLI::App& app);
   // Before any work: --metrics and --checkpoint can be written (nn::check_output_path).
   void check_outputs() const;
+  optim::DataParallel parallel() const { return {.micro_shards = micro_shards}; }
 };
+// Under mpirun: "cuda" means cuda:<local rank>; anything else as given.
+Device device_for_rank(const std::string& device);
+// The run's configuration for checkpoints: micro_shards enters it only when it is not 1, so
+// that checkpoints written before data parallelism existed still resume.
+nlohmann::json with_parallel(nlohmann::json config, const ScheduleSpec& sched);
 
 // An MLP reads flat feature vectors: images (N,C,H,W) become (N,C·H·W).
 void flatten_for(const ModelSpec& m, data::Dataset& ds);
@@ -108,7 +119,7 @@ class Progress {
 struct PhaseResult {
   optim::TrainOutcome outcome;
   optim::ClassifierMetrics train, test;
-  double trace_normalized = NAN;
+  double trace_normalized = NAN, trace_normalized_stderr = NAN;  // Hutchinson's standard error
   int64_t evaluated_step = -1;  // the step train/test/trace were measured at (-1: never)
 };
 // train/test loss and accuracy (and tr̄ when with_trace) as JSON, null for what was not
@@ -116,10 +127,11 @@ struct PhaseResult {
 nlohmann::json measured_json(const PhaseResult& r, bool with_trace);
 // One training phase: net on train (evaluated on test) with the optimizer and schedule;
 // metrics rows carry {"phase": phase}. Resumes from schedule.checkpoint when asked.
+// stop_early(step, result) runs after each evaluation; true ends the phase there.
 PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dataset& train,
                       const data::Dataset& test, const OptimSpec& optim_spec, const ScheduleSpec& sched,
                       const nlohmann::json& config, MetricsLog& log,
-                      const std::function<bool(const PhaseResult&)>& stop_early = {});
+                      const std::function<bool(int64_t step, const PhaseResult&)>& stop_early = {});
 // Train/test evaluation and (when asked) tr̄ on the first trace_subset training examples.
 PhaseResult evaluate_all(nn::Module& net, const data::Dataset& train, const data::Dataset& test,
                          const ScheduleSpec& sched, bool with_trace);

@@ -1,0 +1,111 @@
+// Run under `mpirun -np N` (tests/meson.build): the collectives of distributed/world.hpp on
+// N processes, and fixed_order_sum against a plain recursive pairwise sum written here
+// (the reference), bit for bit, for item counts from 1 to 13 (below, at and above N).
+// Prints one line per failure and exits 1 on any; exits 77 (skip) when not under MPI.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "autodiff/autodiff.hpp"
+#include "distributed/world.hpp"
+
+using namespace flatmin;
+namespace dist = flatmin::distributed;
+
+static int failures = 0;
+static void expect(bool ok, const std::string& what) {
+  if (!ok) {
+    std::fprintf(stderr, "[rank %d] FAILED: %s\n", dist::world().rank(), what.c_str());
+    ++failures;
+  }
+}
+
+// Leaf k's vector: values whose float sums depend on the order of the additions.
+static std::vector<float> leaf_values(int64_t k, int64_t len) {
+  std::vector<float> v(static_cast<size_t>(len));
+  for (int64_t i = 0; i < len; ++i) v[size_t(i)] = float(std::ldexp(1.0 + 0.1 * double(i % 7), int((k * 7 + i) % 29) - 14) * ((k + i) % 3 ? 1 : -1));
+  return v;
+}
+// The reference: the same tree, written independently with plain floats.
+static std::vector<float> tree_sum(int64_t lo, int64_t hi, int64_t len) {
+  if (hi - lo == 1) return leaf_values(lo, len);
+  const int64_t mid = lo + (hi - lo) / 2;
+  std::vector<float> a = tree_sum(lo, mid, len), b = tree_sum(mid, hi, len);
+  for (size_t i = 0; i < a.size(); ++i) a[i] += b[i];
+  return a;
+}
+
+int main(int argc, char** argv) {
+  const dist::World& w = dist::init_from_environment(&argc, &argv);
+  if (w.size() == 1) {
+    std::printf("not under mpirun (world size 1): skipped\n");
+    return 77;
+  }
+  const int r = w.rank(), n = w.size();
+
+  // broadcast / all_reduce / all_gather of tensors
+  Tensor b = full({3}, r == 1 ? 5.0 : -1.0);
+  dist::broadcast(w, b, 1);
+  expect(b.to_vector() == std::vector<double>{5, 5, 5}, "broadcast from rank 1");
+  Tensor s = full({2}, double(r + 1), {.dtype = DType::f64});
+  dist::all_reduce_sum(w, s);
+  expect(s.to_vector() == std::vector<double>(2, n * (n + 1) / 2.0), "all_reduce_sum");
+  Tensor g = dist::all_gather(w, full({2}, double(r)));
+  expect(g.shape() == Shape{n, 2}, "all_gather shape");
+  for (int k = 0; k < n; ++k) expect(g.to_vector()[size_t(2 * k)] == k, "all_gather value of rank " + std::to_string(k));
+  Params ps = {full({2}, double(r)), full({1}, 10.0 + r)};
+  dist::broadcast(w, ps, n - 1);
+  expect(ps[1].item() == 10.0 + n - 1, "broadcast of a parameter list");
+  std::vector<std::string> names = dist::all_gather(w, std::string(size_t(r + 1), 'x'));
+  for (int k = 0; k < n; ++k) expect(names[size_t(k)] == std::string(size_t(k + 1), 'x'), "all_gather of strings");
+
+  // fixed_order_sum: bit-identical to the reference tree, on every rank, for every count
+  for (int64_t items = 1; items <= 13; ++items) {
+    for (int64_t len : {1, 5, 37}) {
+      const std::vector<float> want = tree_sum(0, items, len);
+      int64_t calls = 0;
+      const dist::Range mine = dist::owned(items, r, n);
+      Tensor got = dist::fixed_order_sum(w, items, Device::cpu(), [&](int64_t k) {
+        expect(mine.begin <= k && k < mine.end, "leaf " + std::to_string(k) + " computed by a rank that does not own it");
+        ++calls;
+        return from_vector(leaf_values(k, len), {len});
+      });
+      expect(calls == mine.size(), "each owned leaf computed once");
+      const std::vector<double> v = got.to_vector();
+      bool same = int64_t(v.size()) == len;
+      for (int64_t i = 0; same && i < len; ++i) same = float(v[size_t(i)]) == want[size_t(i)];
+      expect(same, "fixed_order_sum of " + std::to_string(items) + " leaves of length " + std::to_string(len));
+      // the scalar version of the same tree
+      std::vector<double> mine_values;
+      for (int64_t k = mine.begin; k < mine.end; ++k) mine_values.push_back(double(leaf_values(k, 1)[0]));
+      double want_scalar = 0;
+      {
+        std::function<double(int64_t, int64_t)> t = [&](int64_t lo, int64_t hi) -> double {
+          if (hi - lo == 1) return double(leaf_values(lo, 1)[0]);
+          const int64_t mid = lo + (hi - lo) / 2;
+          return t(lo, mid) + t(mid, hi);
+        };
+        want_scalar = t(0, items);
+      }
+      expect(dist::fixed_order_sum(w, items, mine_values) == want_scalar, "scalar fixed_order_sum of " + std::to_string(items));
+    }
+  }
+  // start-up agreement: equal values pass; a value that differs on the last rank is refused
+  dist::require_same(w, "a test value", "same");
+  bool refused = false;
+  try {
+    dist::require_same(w, "a test value", r == n - 1 ? "other" : "same");
+  } catch (const Error& e) {
+    refused = std::strstr(e.what(), ("rank(s) " + std::to_string(n - 1)).c_str()) != nullptr;
+  }
+  expect(refused, "require_same refuses a differing rank and names it");
+
+  std::vector<double> all_failures = dist::all_gather_v(w, {double(failures)});
+  double total = 0;
+  for (double f : all_failures) total += f;
+  if (r == 0) std::printf("mpi_check on %d processes: %s\n", n, total == 0 ? "all passed" : "FAILED");
+  dist::finalize();
+  return total == 0 ? 0 : 1;
+}
