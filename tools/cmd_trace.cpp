@@ -3,7 +3,6 @@
 // examples. The model and data flags must match the run that wrote the file.
 #include <CLI/CLI.hpp>
 
-#include "nn/safetensors.hpp"
 #include "tools/command.hpp"
 #include "optim/data_parallel.hpp"
 #include "tools/train_setup.hpp"
@@ -34,23 +33,7 @@ int run(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   const DType dt = parse_dtype(dtype_name);
 
-  data::Dataset train = data_spec.train();
-  flatten_for(model, train);
-  if (subset < train.size()) train = train.head(subset);
-  auto net = build_model(model, train);
-  nn::SafeTensors st = nn::load_safetensors(file);
-  nn::NamedTensors state;
-  const bool is_ckpt = st.metadata.count("format") && st.metadata.at("format") == "flatmin-checkpoint";
-  for (auto& [name, t] : st.tensors) {
-    if (!is_ckpt) state.emplace_back(name, t);
-    else if (name.rfind("model.", 0) == 0) state.emplace_back(name.substr(6), t);
-  }
-  nn::load_state_dict(*net, state, file);
-  const std::string bad = optim::first_non_finite(net->state_dict());
-  if (!bad.empty()) throw Error(file + ": tensor '" + bad + "' holds a non-finite value: no flatness to measure");
-  net->to(dt);
-  net->to(device_for_rank(device));
-  net->train();
+  auto [net, train] = load_checkpoint_model(model, data_spec, file, subset, dt, device_for_rank(device));
   // Under mpirun the Hutchinson samples are shared out; λmax's power iteration is
   // sequential and runs on every process (the same numbers everywhere).
   distributed::require_same(distributed::world(), "the flags or the data",

@@ -41,12 +41,18 @@ except ImportError as e:
 def lines(p):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s in p["series"]:
-        ax.plot(s["x"], s["y"], marker="." if len(s["x"]) <= 60 else None, ms=4, lw=1.2, label=s["label"],
-                color="C%d" % (s["color"] % 10))
-        if "lo" in s:
-            ax.fill_between(s["x"], s["lo"], s["hi"], color="C%d" % (s["color"] % 10), alpha=0.2, lw=0)
+        c = "C%d" % (s["color"] % 10)
+        if "lo" in s and s.get("bars"):
+            err = [[y - l for y, l in zip(s["y"], s["lo"])], [h - y for y, h in zip(s["y"], s["hi"])]]
+            ax.errorbar(s["x"], s["y"], yerr=err, marker="o", ms=4, lw=1.2, capsize=3, label=s["label"], color=c)
+        else:
+            ax.plot(s["x"], s["y"], marker="." if len(s["x"]) <= 60 else None, ms=4, lw=1.2, label=s["label"], color=c)
+            if "lo" in s:
+                ax.fill_between(s["x"], s["lo"], s["hi"], color=c, alpha=0.2, lw=0)
     if p["logy"]:
         ax.set_yscale("log")
+    if p.get("logx"):
+        ax.set_xscale("log")
     ax.set_xlabel(p["xlabel"])
     ax.set_ylabel(p["ylabel"])
     ax.grid(True, alpha=0.3)
@@ -131,7 +137,7 @@ std::string group_of(const Row& r, const std::string& key) {
 struct Series {
   std::string label;
   std::vector<double> x, y;
-  std::vector<double> lo, hi;  // bands: y ∓ its standard error
+  std::vector<double> lo, hi;  // bands: y ∓ its standard error; error bars: the y_low, y_high keys
   size_t split = 0;  // example1: points from here on are the refine phase
 };
 
@@ -160,6 +166,11 @@ std::vector<Series> collect(const std::vector<std::vector<Row>>& files, const Pl
         const double se = number(r, yk + "_se").value_or(0.0);
         s.lo.push_back(*y - se);
         s.hi.push_back(*y + se);
+      } else if (!o.y_low.empty()) {
+        std::optional<double> lo = number(r, o.y_low), hi = number(r, o.y_high);
+        if (!lo || !hi) throw Error("plot: " + r.where() + ": has '" + yk + "' but no numeric '" + o.y_low + "' and '" + o.y_high + "'");
+        s.lo.push_back(*lo);
+        s.hi.push_back(*hi);
       }
       const std::string phase = group_of(r, "phase");
       if (phase != "refine" && phase != "chosen-iterate") s.split = s.x.size();
@@ -169,11 +180,13 @@ std::vector<Series> collect(const std::vector<std::vector<Row>>& files, const Pl
 }
 
 // A log axis cannot show values <= 0 (a loss of exactly 0 at a minimum): they are left out, and said so.
-void drop_non_positive(Series& s, const std::string& key) {
+// With error bars (bars = true) a point whose lower end is <= 0 goes too.
+void drop_non_positive(Series& s, const std::string& key, bool bars) {
   size_t kept = 0;
   for (size_t i = 0; i < s.y.size(); ++i)
-    if (s.y[i] > 0) {
+    if (s.y[i] > 0 && (!bars || s.lo[i] > 0)) {
       s.x[kept] = s.x[i];
+      if (!s.lo.empty()) s.lo[kept] = s.lo[i], s.hi[kept] = s.hi[i];
       s.y[kept++] = s.y[i];
     }
   if (kept < s.y.size())
@@ -181,6 +194,7 @@ void drop_non_positive(Series& s, const std::string& key) {
                  key.c_str());
   s.x.resize(kept);
   s.y.resize(kept);
+  if (!s.lo.empty()) s.lo.resize(kept), s.hi.resize(kept);
 }
 
 std::vector<std::string> numeric_keys(const std::vector<std::vector<Row>>& files, const PlotOptions& o) {
@@ -271,6 +285,7 @@ bool plot_renderer_available(const std::string& python, std::string* why) {
 std::vector<std::string> plot_metrics(const PlotOptions& o) {
   if (o.inputs.empty()) throw Error("plot: give at least one metrics file");
   if (o.out_dir.empty()) throw Error("plot: give an output folder (--out)");
+  if (o.y_low.empty() != o.y_high.empty()) throw Error("plot: error bars need both a low and a high key");
   std::vector<std::vector<Row>> files;
   for (const auto& path : o.inputs) files.push_back(read_rows(path));
 
@@ -298,10 +313,15 @@ std::vector<std::string> plot_metrics(const PlotOptions& o) {
       const bool logy = std::find(o.log_y.begin(), o.log_y.end(), k) != o.log_y.end();
       json series = json::array();
       for (size_t i = 0; i < s.size(); ++i) {  // a line keeps its colour when another is left out
-        if (logy) drop_non_positive(s[i], k);
+        if (logy) drop_non_positive(s[i], k, !o.y_low.empty());
+        if (o.log_x) {
+          for (double v : s[i].x)
+            if (!(v > 0)) throw Error("plot: log_x: '" + o.x + "' has the value " + std::to_string(v) + " <= 0");
+        }
         if (s[i].x.empty()) continue;
         json line = {{"label", s[i].label}, {"x", s[i].x}, {"y", s[i].y}, {"color", i}};
         if (o.bands && !logy) line["lo"] = s[i].lo, line["hi"] = s[i].hi;
+        if (!o.y_low.empty()) line["lo"] = s[i].lo, line["hi"] = s[i].hi, line["bars"] = true;
         series.push_back(line);
       }
       if (series.empty()) throw Error("plot: --log-y '" + k + "': no values > 0 to draw on a log scale");
@@ -310,7 +330,7 @@ std::vector<std::string> plot_metrics(const PlotOptions& o) {
           throw Error("plot: the keys '" + k + "' and another one would both be written to " + file_name(k));
       planned.push_back({fs::path(o.out_dir) / (o.file_prefix + file_name(k)),
                          {{"kind", "lines"}, {"title", prefix + k + " vs " + o.x}, {"xlabel", o.x}, {"ylabel", k},
-                          {"logy", logy}, {"series", series}}});
+                          {"logy", logy}, {"logx", o.log_x}, {"series", series}}});
     }
   }
 

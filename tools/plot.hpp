@@ -14,6 +14,8 @@ struct PlotOptions {
   std::vector<std::string> y;       // one PNG per key; empty: every numeric key except x
   std::string group;                // one line per value of this key (per file); empty: one line per file
   std::vector<std::string> log_y;   // keys drawn on a log scale (their values must be > 0)
+  bool log_x = false;               // x on a log scale (values must be > 0)
+  std::string y_low, y_high;        // keys of error-bar ends (both or neither), drawn around y
   std::string title;                // prefix of every title
   std::string file_prefix;          // prefix of every PNG's name (<prefix><key>.png)
   bool bands = false;               // shade y ± "<y>_se" around each line where the rows have it (means over seeds)

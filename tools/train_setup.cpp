@@ -13,6 +13,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "nn/safetensors.hpp"
+
 namespace flatmin::tools {
 
 void ModelSpec::add_to(CLI::App& app) {
@@ -141,6 +143,33 @@ DType parse_dtype(const std::string& s) {
   if (s == "f32") return DType::f32;
   if (s == "f64") return DType::f64;
   throw Error("unknown dtype '" + s + "' (f32, f64)");
+}
+
+void load_weights(nn::Module& net, const std::string& file) {
+  nn::SafeTensors st = nn::load_safetensors(file);
+  nn::NamedTensors state;
+  const bool is_ckpt = st.metadata.count("format") && st.metadata.at("format") == "flatmin-checkpoint";
+  for (auto& [name, t] : st.tensors) {
+    if (!is_ckpt) state.emplace_back(name, t);
+    else if (name.rfind("model.", 0) == 0) state.emplace_back(name.substr(6), t);
+  }
+  nn::load_state_dict(net, state, file);
+}
+
+CheckpointModel load_checkpoint_model(const ModelSpec& m, const DataSpec& d, const std::string& file, int64_t subset,
+                                      DType dtype, const Device& device) {
+  CheckpointModel r;
+  r.train = d.train();
+  flatten_for(m, r.train);
+  if (subset < r.train.size()) r.train = r.train.head(subset);
+  r.net = build_model(m, r.train);
+  load_weights(*r.net, file);
+  const std::string bad = optim::first_non_finite(r.net->state_dict());
+  if (!bad.empty()) throw Error(file + ": tensor '" + bad + "' holds a non-finite value: nothing to measure");
+  r.net->to(dtype);
+  r.net->to(device);
+  r.net->train();
+  return r;
 }
 
 std::unique_ptr<nn::Module> build_model(const ModelSpec& m, const data::Dataset& like) {

@@ -76,6 +76,17 @@ nlohmann::json with_parallel(nlohmann::json config, const ScheduleSpec& sched);
 void flatten_for(const ModelSpec& m, data::Dataset& ds);
 std::unique_ptr<nn::Module> build_model(const ModelSpec& m, const data::Dataset& like);
 DType parse_dtype(const std::string& s);
+// Loads the model weights of a checkpoint (flatmin train --checkpoint: the "model." tensors)
+// or of a state dict (--save-model) into net; the model flags must match the file's run.
+void load_weights(nn::Module& net, const std::string& file);
+// For the analysis commands (trace, hessian): the model of a checkpoint (load_weights) on
+// dtype/device in training mode, and the first `subset` training examples.
+struct CheckpointModel {
+  std::unique_ptr<nn::Module> net;
+  data::Dataset train;
+};
+CheckpointModel load_checkpoint_model(const ModelSpec& m, const DataSpec& d, const std::string& file, int64_t subset,
+                                      DType dtype, const Device& device);
 
 // Metrics as JSON lines, one row per evaluation, flushed per row (a kill loses no written
 // row); a no-op without a path. A fresh log replaces the file; a resumed one keeps it, and

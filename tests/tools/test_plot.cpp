@@ -150,3 +150,40 @@ TEST_CASE("plot: bad input is refused with the file, line and key named") {
   CHECK(e.find("Debian package python3") != std::string::npos);
   CHECK((!fs::exists(out) || fs::is_empty(out)));
 }
+
+TEST_CASE("plot: error bars and a log x axis; bad error-bar and log-x input refused") {
+  Scratch s;
+  const std::string pts = s.write("pts.jsonl",
+                                  R"({"series":"a","inv_eps":10,"q":100,"lo":80,"hi":130})" "\n"
+                                  R"({"series":"a","inv_eps":100,"q":1000,"lo":900,"hi":1500})" "\n"
+                                  R"({"series":"b","inv_eps":10,"q":50,"lo":40,"hi":60})" "\n");
+  auto base = [&] {
+    PlotOptions o = options({pts}, (s.dir / "plots").string());
+    o.x = "inv_eps";
+    o.y = {"q"};
+    o.group = "series";
+    o.log_y = {"q"};
+    o.log_x = true;
+    o.y_low = "lo";
+    o.y_high = "hi";
+    return o;
+  };
+  PlotOptions half = base();
+  half.y_high.clear();
+  CHECK(error_of(half).find("error bars need both") != std::string::npos);
+  PlotOptions missing = base();
+  missing.y_high = "upper";
+  CHECK(error_of(missing).find("pts.jsonl:1: has 'q' but no numeric 'lo' and 'upper'") != std::string::npos);
+  const std::string zero = s.write("zero.jsonl", R"({"series":"a","inv_eps":0,"q":1,"lo":1,"hi":1})" "\n");
+  PlotOptions zx = base();
+  zx.inputs = {zero};
+  CHECK(error_of(zx).find("log_x: 'inv_eps' has the value 0") != std::string::npos);
+  std::string why;
+  if (!flatmin::tools::plot_renderer_available("/usr/bin/python3", &why)) {
+    MESSAGE("skipped the drawing: " << why);
+    return;
+  }
+  auto written = plot_metrics(base());
+  REQUIRE(written.size() == 1);
+  check_png(written[0], 770, 495);
+}

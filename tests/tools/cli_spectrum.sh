@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# `flatmin hessian` end to end on a small MLP trained on two blobs: bad input refused with
+# one line before any work, then the JSON, density curve, PNG and eigenvectors written, and
+# the Lanczos λmax beside `flatmin trace`'s power iteration and Hutchinson trace.
+set -euo pipefail
+flatmin=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+# refused: exit status 1 and exactly one line on stderr that contains the phrase
+refused() {
+  local phrase=$1; shift
+  local rc=0
+  "$flatmin" "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?
+  [ "$rc" -ne 0 ] || fail "accepted: $*"
+  [ "$(wc -l <"$tmp/err")" -eq 1 ] || { cat "$tmp/err"; fail "not one line: $*"; }
+  grep -qF -- "$phrase" "$tmp/err" || { cat "$tmp/err"; fail "no '$phrase' in the error of: $*"; }
+}
+model=(--model mlp --hidden 8 --dataset blobs)
+refused "--top-k must be >= 1" hessian nothing.safetensors "${model[@]}" --top-k 0 --out "$tmp"
+refused "--top-k must be >= 1" hessian nothing.safetensors "${model[@]}" --top-k -3 --out "$tmp"
+refused "need at least as many Lanczos --iterations" hessian nothing.safetensors "${model[@]}" --top-k 6 --iterations 5 --out "$tmp"
+refused "is not an existing folder" hessian nothing.safetensors "${model[@]}" --top-k 2 --out "$tmp/missing"
+refused "nothing to compute" hessian nothing.safetensors "${model[@]}" --out "$tmp"
+refused "does not exist" hessian "$tmp/nothing.safetensors" "${model[@]}" --top-k 2 --out "$tmp"
+if [ "$(id -u)" -ne 0 ]; then
+  mkdir "$tmp/ro" && chmod 555 "$tmp/ro"
+  refused "is not writable" hessian nothing.safetensors "${model[@]}" --top-k 2 --out "$tmp/ro"
+fi
+
+"$flatmin" train "${model[@]}" --lr 0.5 --steps 60 --batch-size 64 --save-model "$tmp/m.safetensors" >/dev/null 2>&1
+# d = 2·8 + 8 + 8·2 + 2 = 42 parameters
+refused "exceeds the 42 parameters" hessian "$tmp/m.safetensors" "${model[@]}" --top-k 43 --out "$tmp"
+mkdir "$tmp/h"
+"$flatmin" hessian "$tmp/m.safetensors" "${model[@]}" --dtype f64 --top-k 3 --density --bins 2000 --by-layer \
+  --out "$tmp/h" >/dev/null 2>"$tmp/progress"
+for f in hessian.json density.jsonl density.png eigenvectors.safetensors; do [ -s "$tmp/h/$f" ] || fail "no $f"; done
+"$flatmin" trace "$tmp/m.safetensors" "${model[@]}" --dtype f64 --lambda-max --power-iters 1000 --samples 2000 --tol 0 >"$tmp/trace.json"
+/usr/bin/python3 - "$tmp/h/hessian.json" "$tmp/trace.json" "$tmp/h/density.jsonl" <<'PY'
+import json, math, sys
+h, t = json.load(open(sys.argv[1])), json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
+rows = [json.loads(l) for l in open(sys.argv[3])]
+ev = h["top_k"]["eigenvalues"]
+assert h["dim"] == 42 and len(ev) == 3 and ev[0] >= ev[1] >= ev[2], ev
+# Lanczos λ1 vs power iteration (tolerance 1e-3 on the Rayleigh quotient's change)
+assert abs(ev[0] - t["lambda_max"]) <= 1e-2 * abs(ev[0]), (ev[0], t["lambda_max"])
+# density: 2000 grid points, unit mass; the SLQ estimate d·Σ w θ of the trace vs Hutchinson
+assert len(rows) == 2000
+step = rows[1]["eigenvalue"] - rows[0]["eigenvalue"]
+assert abs(sum(r["density"] for r in rows) * step - 1) < 1e-9
+d = h["density"]
+slq = h["dim"] * sum(w * x for w, x in zip(d["weights"][0], d["nodes"][0]))
+# one SLQ run with m = d is one Hutchinson sample z^T H z: within 4 single-sample deviations
+assert abs(slq - t["trace"]) <= 4 * t["stderr"] * math.sqrt(t["samples"]), (slq, t["trace"], t["stderr"])
+# layers: "layers.0", "layers.1"-like groups covering all 42 parameters
+assert sum(l["dim"] for l in h["by_layer"]) == 42, h["by_layer"]
+for l in h["by_layer"]:
+    assert l["top_eigenvalue"] <= ev[0] * (1 + 1e-9)  # a diagonal block's λmax never exceeds H's
+print("ok", ev, t["lambda_max"], slq, t["trace"])
+PY
