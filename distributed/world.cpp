@@ -60,26 +60,26 @@ const World& world_for(const Device& d) {
 
 // ---- tensors ----
 namespace {
-void require_contiguous_same(const char* who, const World& w, const Tensor& t) {
+void require_defined(const char* who, const Tensor& t) {
   if (!t.defined()) throw Error(std::string(who) + ": undefined tensor");
-  (void)w;
 }
-// Runs op on a tensor the world can address: t itself, or a host copy written back after.
+// Runs op on a tensor the world can address: t itself, or a host copy written back after
+// (byte copies only: integer buffers such as BatchNorm's step count travel too).
 template <class Op> void on_handled(const World& w, Tensor& t, Op op) {
   if (w.handles(t.device())) {
     op(t);
     return;
   }
-  Tensor h = t.detach().to(Device::cpu()).clone();
+  Tensor h = t.detach().to(Device::cpu());  // a copy: t is not in host memory
   op(h);
-  t.copy_(h.to(t.device()));
+  t.copy_(h);
 }
 size_t bytes_of(const Tensor& t) { return size_t(t.numel()) * dtype_size(t.dtype()); }
 void touched(Tensor& t) { ++t.impl()->storage->version; }
 }  // namespace
 
 void broadcast(const World& w, Tensor& t, int root) {
-  require_contiguous_same("broadcast", w, t);
+  require_defined("broadcast", t);
   if (w.size() == 1) return;
   NoGrad ng;
   on_handled(w, t, [&](Tensor& x) {
@@ -92,7 +92,7 @@ void broadcast(const World& w, Params& ts, int root) {
 }
 
 void all_reduce_sum(const World& w, Tensor& t) {
-  require_contiguous_same("all_reduce_sum", w, t);
+  require_defined("all_reduce_sum", t);
   if (w.size() == 1) return;
   NoGrad ng;
   on_handled(w, t, [&](Tensor& x) {
@@ -105,23 +105,20 @@ void all_reduce_sum(const World& w, Params& ts) {
 }
 
 Tensor all_gather(const World& w, const Tensor& t) {
-  require_contiguous_same("all_gather", w, t);
+  require_defined("all_gather", t);
   NoGrad ng;
   Shape s = t.shape();
   s.insert(s.begin(), int64_t(w.size()));
   Tensor src = w.handles(t.device()) ? t.detach() : t.detach().to(Device::cpu());
   Tensor out = empty(s, {.dtype = t.dtype(), .device = src.device()});
-  std::vector<size_t> counts(size_t(w.size()), bytes_of(t));
-  if (w.size() == 1) out = reshape(src.clone(), s);
-  else w.all_gather_v(data_ptr<char>(src), data_ptr<char>(out), counts);
+  w.all_gather_v(data_ptr<char>(src), data_ptr<char>(out), std::vector<size_t>(size_t(w.size()), bytes_of(t)));
   return out.to(t.device());
 }
 std::vector<Params> all_gather(const World& w, const Params& ts) {
   std::vector<Params> r(size_t(w.size()));
   for (const Tensor& t : ts) {
     Tensor all = all_gather(w, t);
-    for (int k = 0; k < w.size(); ++k) r[size_t(k)].push_back(slice(all, 0, k, k + 1).detach().clone().to(t.device()));
-    for (int k = 0; k < w.size(); ++k) r[size_t(k)].back() = reshape(r[size_t(k)].back(), t.shape());
+    for (int k = 0; k < w.size(); ++k) r[size_t(k)].push_back(reshape(slice(all, 0, k, k + 1), t.shape()));
   }
   return r;
 }
