@@ -5,6 +5,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "autodiff/backend.hpp"
 #include "autodiff/ops.hpp"
 #include "distributed/backends.hpp"
 
@@ -256,16 +257,24 @@ Tensor fixed_order_sum(const World& w, int64_t n, const Device& device, const st
     all_blocks.insert(all_blocks.end(), b.begin(), b.end());
   }
   auto slice_range = [&](int j) { return owned(len, j, N); };
-  std::vector<Tensor> parts;
   std::vector<size_t> send_counts(static_cast<size_t>(N)), recv_counts(static_cast<size_t>(N));
-  for (int j = 0; j < N; ++j) {
-    const Range s = slice_range(j);
-    for (const Tensor& b : sums) parts.push_back(slice(b.to(dev), 0, s.begin, s.end));
-    send_counts[size_t(j)] = sums.size() * size_t(s.size()) * es;
-  }
+  for (int j = 0; j < N; ++j) send_counts[size_t(j)] = sums.size() * size_t(slice_range(j).size()) * es;
   const Range my_slice = slice_range(me);
   for (int i = 0; i < N; ++i) recv_counts[size_t(i)] = nblocks[size_t(i)] * size_t(my_slice.size()) * es;
-  Tensor send = parts.empty() ? empty({0}, {.dtype = dt, .device = buf_dev}) : concat(parts, 0).to(buf_dev);
+  // The send buffer, slice-major: slice j of every block, for j = 0..N−1 (one copy each).
+  Tensor send = empty({int64_t(sums.size()) * len}, {.dtype = dt, .device = dev});
+  {
+    Backend& be = backend(dev);
+    char* at = send.numel() ? data_ptr<char>(send) : nullptr;
+    for (int j = 0; j < N; ++j)
+      for (const Tensor& b : sums) {
+        const Range sr = slice_range(j);
+        const Tensor bd = b.to(dev);
+        if (sr.size() > 0) be.copy(at, data_ptr<char>(bd) + size_t(sr.begin) * es, size_t(sr.size()) * es);
+        at += size_t(sr.size()) * es;
+      }
+  }
+  if (stage) send = send.to(buf_dev);
   Tensor recv = empty({int64_t(all_blocks.size()), my_slice.size()}, {.dtype = dt, .device = buf_dev});
   w.all_to_all_v(send.numel() ? data_ptr<char>(send) : nullptr, send_counts, recv.numel() ? data_ptr<char>(recv) : nullptr,
                   recv_counts);
@@ -281,7 +290,7 @@ Tensor fixed_order_sum(const World& w, int64_t n, const Device& device, const st
   // 4. All-gather the reduced slices.
   std::vector<size_t> counts(static_cast<size_t>(N));
   for (int j = 0; j < N; ++j) counts[size_t(j)] = size_t(slice_range(j).size()) * es;
-  Tensor mine_buf = mine_reduced.detach().to(buf_dev).clone();
+  const Tensor mine_buf = mine_reduced.detach().to(buf_dev);  // a fresh tensor (a sum), or the staged copy
   Tensor out = empty({len}, {.dtype = dt, .device = buf_dev});
   w.all_gather_v(len ? data_ptr<char>(mine_buf) : nullptr, len ? data_ptr<char>(out) : nullptr, counts);
   return out.to(dev);
