@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "autodiff/autodiff.hpp"
+#include "nn/safetensors.hpp"
 #include "optim/perturbation.hpp"
 #include "optim/sam.hpp"
 #include "optim/sgd.hpp"
@@ -63,14 +64,16 @@ int run(int argc, char** argv) {
   app.add_option("--lr-perturb", s.lr_perturb, "η' for RS/SA (default η)");
   app.add_option("--rho", s.rho, "perturbation radius ρ (RS, SA, SAM)");
   app.add_option("--eps0", s.eps0, "perturb only when ‖∇f‖ ≤ ε0 (default +inf)");
-  app.add_option("--seed", s.seed, "random seed");
+  app.add_option("--seed", s.seed, "random seed")->check(NotNegative);
   app.add_option("--start", s.start, "starting point x1 x2")->expected(2);
   app.add_option("--log-every", s.log_every, "progress and metrics every N steps")->check(CLI::PositiveNumber);
   app.add_flag("--random-iterate", s.random_iterate,
                "RS/SA: continue (refine) from a uniformly random iterate x_t, t < steps, as the analysis does");
   app.add_option("--out", s.out, "metrics as JSON lines (written atomically at the end)");
   CLI11_PARSE(app, argc, argv);
+  nn::check_output_path("--out", s.out);
   if (!(s.lr > 0) || !std::isfinite(s.lr)) throw Error("example1: --lr must be a positive number");
+  if (!std::isfinite(s.start[0]) || !std::isfinite(s.start[1])) throw Error("example1: --start must be two finite numbers");
 
   Params x = {from_vector(std::vector<double>{s.start[0], s.start[1]}, {2}, {DType::f64})};
   std::unique_ptr<Optimizer> opt = make(s, x);
