@@ -16,7 +16,10 @@
 #include <cmath>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <regex>
+#include <tuple>
 
 #include "nn/safetensors.hpp"
 #include "tools/command.hpp"
@@ -156,7 +159,9 @@ ArmSpec make_arm(const std::string& label, const Settings& s) {
   }
   if (a.arm.kind == "rs" || a.arm.kind == "sa") a.optim.lr_perturb = a.arm.lr_perturb;
   a.optim.config();  // refuses bad hyperparameters now
-  a.optim.check_batch(s.batch_size);
+  if (a.arm.b > s.batch_size)
+    throw Error("--methods " + label + ": b = " + std::to_string(a.arm.b) + " exceeds --batch-size " + std::to_string(s.batch_size) +
+                " (SA draws its b examples within the step's batch)");
   return a;
 }
 
@@ -245,7 +250,7 @@ struct Context {
 escape::Point point_of(int64_t step, const PhaseResult& r) {
   return {step, r.train.loss, r.train.accuracy, r.test.loss, r.test.accuracy, r.trace_normalized, r.trace_normalized_stderr};
 }
-json row_of(const std::string& loss, const std::string& arm, int seed, const escape::Point& p) {
+json row_of(const std::string& loss, const std::string& arm, uint64_t seed, const escape::Point& p) {
   return {{"phase", "escape"}, {"loss", loss}, {"arm", arm}, {"seed", seed}, {"step", p.step},
           {"train_loss", p.train_loss}, {"train_accuracy", p.train_accuracy}, {"test_loss", p.test_loss},
           {"test_accuracy", p.test_accuracy}, {"trace_normalized", p.trace}, {"trace_normalized_stderr", p.trace_se}};
@@ -320,18 +325,18 @@ nn::NamedTensors make_start(Context& c, nn::Module& net, const std::string& loss
 
 // Step 2 for one arm and seed: from the start, --escape-steps steps with evaluations.
 escape::Run run_arm(Context& c, nn::Module& net, const nn::NamedTensors& start_state, const escape::Point& start,
-                    const ArmSpec& a, const std::string& loss, int seed) {
+                    const ArmSpec& a, const std::string& loss, uint64_t seed) {
   const Settings& s = c.s;
   nn::load_state_dict(net, start_state);
   ScheduleSpec sched = c.schedule(loss);
   sched.steps = s.escape_steps;
   sched.eval_every = s.escape_eval;
   sched.eval_trace = true;
-  sched.loader_seed = s.seed + uint64_t(seed);
+  sched.loader_seed = seed;
   OptimSpec o = a.optim;
-  o.seed += uint64_t(seed);
+  o.seed = seed + 17;
   char what[300];
-  std::snprintf(what, sizeof what, "%s: %s seed %d, %lld steps, lr %g%s", loss.c_str(), a.arm.label.c_str(), seed,
+  std::snprintf(what, sizeof what, "%s: %s seed %llu, %lld steps, lr %g%s", loss.c_str(), a.arm.label.c_str(), (unsigned long long)seed,
                 (long long)s.escape_steps, a.arm.lr,
                 a.arm.kind == "sgd" ? "" : (", rho " + json(a.arm.rho).dump() + (a.arm.kind == "sam" ? "" : ", lr' " + json(a.arm.lr_perturb).dump())).c_str());
   c.announce(what);
@@ -400,6 +405,84 @@ void draw_plots(const Settings& s, Results& r) {
   r.plots_note = "";
 }
 
+// ---- --merge: one report from several folders ----
+json read_json_file(const fs::path& p) {
+  std::ifstream in(p);
+  if (!in) throw Error("--merge: cannot read " + p.string());
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    throw Error("--merge: " + p.string() + ": " + e.what());
+  }
+}
+
+// Folders of the same settings and start whose seeds differ (seeds run as separate processes
+// or machines): their finished arm runs, read back from summary.json and metrics.jsonl.
+Results merge_folders(const std::vector<std::string>& dirs, std::string& metrics_text) {
+  Results res;
+  json same;  // the settings that must agree
+  for (const std::string& d : dirs) {
+    const json sum = read_json_file(fs::path(d) / "summary.json");
+    json key = sum.at("settings");
+    for (const char* k : {"seed", "seeds", "out", "command", "load_start"}) key.erase(k);
+    if (same.is_null()) res.settings = sum.at("settings"), same = key;
+    else if (key != same) throw Error("--merge: " + d + " was run with other settings than " + dirs[0]);
+    const int64_t steps = key.at("escape_steps").get<int64_t>();
+    for (const json& l : sum.at("losses")) {
+      const std::string loss = l.at("loss").get<std::string>();
+      const json& st = l.at("start");
+      auto num = [](const json& j, const char* k) { return j.at(k).is_number() ? j.at(k).get<double>() : NAN; };
+      const escape::Point start{0, num(st, "train_loss"), num(st, "train_accuracy"), num(st, "test_loss"), num(st, "test_accuracy"),
+                                num(st, "trace_normalized"), num(st, "trace_normalized_stderr")};
+      auto e = std::find_if(res.experiments.begin(), res.experiments.end(), [&](auto& x) { return x.loss == loss; });
+      if (e == res.experiments.end()) {
+        escape::Experiment x{.loss = loss, .start = start, .batch_size = l.at("batch_size").get<int64_t>(),
+                             .reference = l.at("reference").get<std::string>()};
+        for (const json& label : l.at("arm_order")) {
+          const json& a = l.at("arms").at(label.get<std::string>()).at("arm");
+          x.arms.push_back({a.at("label").get<std::string>(), a.at("kind").get<std::string>(), a.at("b").get<int64_t>(),
+                            a.at("lr").get<double>(), a.at("lr_perturb").get<double>(), a.at("rho").get<double>(),
+                            a.at("role").get<std::string>()});
+        }
+        res.experiments.push_back(x);
+        e = res.experiments.end() - 1;
+      } else if (std::abs(e->start.trace - start.trace) > 1e-5 * std::abs(start.trace) ||
+                 std::abs(e->start.train_loss - start.train_loss) > 1e-5 * std::abs(start.train_loss)) {
+        throw Error("--merge: " + d + " starts from another point than " + dirs[0] + " (give both the same --load-start)");
+      }
+    }
+    // finished runs only: those with an evaluation at the last step
+    std::ifstream in(fs::path(d) / "metrics.jsonl");
+    if (!in) throw Error("--merge: cannot read " + d + "/metrics.jsonl");
+    std::map<std::tuple<std::string, std::string, uint64_t>, escape::Run> runs;
+    for (std::string text; std::getline(in, text);) {
+      if (text.empty()) continue;
+      metrics_text += text + "\n";
+      const json r = json::parse(text);
+      if (r.value("phase", "") != "escape") continue;
+      auto num = [&](const char* k) { return r.at(k).is_number() ? r.at(k).get<double>() : NAN; };
+      auto& run = runs[{r.at("loss").get<std::string>(), r.at("arm").get<std::string>(), r.at("seed").get<uint64_t>()}];
+      run.arm = r.at("arm").get<std::string>();
+      run.seed = r.at("seed").get<uint64_t>();
+      run.points.push_back({r.at("step").get<int64_t>(), num("train_loss"), num("train_accuracy"), num("test_loss"),
+                            num("test_accuracy"), num("trace_normalized"), num("trace_normalized_stderr")});
+    }
+    for (auto& [k, run] : runs) {
+      if (run.points.back().step != steps) continue;
+      auto& e = *std::find_if(res.experiments.begin(), res.experiments.end(), [&](auto& x) { return x.loss == std::get<0>(k); });
+      for (const escape::Run& other : e.runs)
+        if (other.arm == run.arm && other.seed == run.seed)
+          throw Error("--merge: seed " + std::to_string(run.seed) + " of " + run.arm + " is in two folders");
+      run.points.insert(run.points.begin(), e.start);
+      e.runs.push_back(run);
+      ++res.done;
+    }
+    res.total += sum.at("progress").at("arm_runs").get<int>();
+  }
+  res.settings["merged_from"] = dirs;
+  return res;
+}
+
 // ---- the command ----
 int run(int argc, char** argv) {
   Settings s;
@@ -414,7 +497,7 @@ int run(int argc, char** argv) {
   app.add_flag("--force", s.force, "write into an existing, non-empty --out");
   app.add_option("--losses", s.losses, "ce, mse or both (each makes its own start)")->delimiter(',');
   app.add_option("--seeds", s.seeds, "seeds per arm (batch order and perturbation draws; one shared start)");
-  app.add_option("--seed", s.seed, "base seed (start: labels and shuffling; seed k of the arms: base + k)");
+  app.add_option("--seed", s.seed, "base seed (start: labels and shuffling; the arms' seeds: base, base + 1, ...)");
   app.add_option("--batch-size", s.batch_size, "mini-batch size of every phase")->check(CLI::PositiveNumber);
   app.add_option("--copies", s.copies, "noisy copies per image in the random-label phase")->check(CLI::PositiveNumber);
   app.add_option("--zero-fraction", s.zero_fraction, "pixels zeroed in each noisy copy");
@@ -443,7 +526,21 @@ int run(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--save-start", s.save_start, "also write the start's state dict here (it is always in --out)");
   app.add_option("--load-start", s.load_start, "start the arms from this state dict (skips making the bad minimum)");
+  std::vector<std::string> merge;
+  app.add_option("--merge", merge, "write one report into --out from these results folders (same settings and start, other seeds)")
+      ->delimiter(',');
   CLI11_PARSE(app, argc, argv);
+  if (!merge.empty()) {
+    if (s.out.empty()) throw Error("--merge needs --out");
+    prepare_out(s);
+    std::string metrics;
+    Results res = merge_folders(merge, metrics);
+    nn::write_file_atomic((fs::path(s.out) / "metrics.jsonl").string(), metrics);
+    draw_plots(s, res);
+    write_results(s, res, res.done == res.total);
+    std::fprintf(stderr, "escape: %d of %d arm runs from %zu folders; results in %s/\n", res.done, res.total, merge.size(), s.out.c_str());
+    return 0;
+  }
   for (int i = 0; i < argc; ++i) s.command += (i ? " " : "flatmin ") + std::string(argv[i]);
 
   const std::vector<ArmSpec> arms = check_settings(s);
@@ -465,6 +562,7 @@ int run(int argc, char** argv) {
   flatten_for(s.model, c.test);
   if (s.load_start.empty()) flatten_for(s.model, c.noisy);
   c.phases = int(s.losses.size()) * ((s.load_start.empty() ? 2 : 0) + 1) + res.total;
+  write_results(s, res, false);  // from the first minute, the folder says how far the run got
 
   try {
     for (const std::string& loss : s.losses) {
@@ -475,13 +573,13 @@ int run(int argc, char** argv) {
       std::fprintf(stderr, "escape (%s): %s with %lld parameters; %lld clean / %lld noisy training examples, %lld test\n",
                    loss.c_str(), shape.c_str(), (long long)net->num_parameters(),
                    (long long)c.train.size(), (long long)c.noisy.size(), (long long)c.test.size());
-      escape::Experiment e{.loss = loss, .batch_size = s.batch_size, .seeds = s.seeds, .reference = s.reference};
+      escape::Experiment e{.loss = loss, .batch_size = s.batch_size, .reference = s.reference};
       for (const ArmSpec& a : arms) e.arms.push_back(a.arm);
       const nn::NamedTensors start_state = make_start(c, *net, loss, e.start);
       res.experiments.push_back(e);
-      for (int seed = 0; seed < s.seeds; ++seed)
+      for (int k = 0; k < s.seeds; ++k)
         for (const ArmSpec& a : arms) {
-          res.experiments.back().runs.push_back(run_arm(c, *net, start_state, e.start, a, loss, seed));
+          res.experiments.back().runs.push_back(run_arm(c, *net, start_state, e.start, a, loss, s.seed + uint64_t(k)));
           ++res.done;
           res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - c.t0).count();
           write_results(s, res, false);  // the folder always holds what is finished

@@ -22,7 +22,7 @@ const std::vector<std::pair<const char*, double Point::*>> kQuantities = {
 json stat(const MeanSe& m) { return {{"mean", num(m.mean)}, {"se", num(m.se)}, {"n", m.n}}; }
 MeanSe unstat(const json& j) { return {get(j, "mean"), get(j, "se"), j.value("n", 0)}; }
 
-const Run* find_run(const Experiment& e, const std::string& arm, int seed) {
+const Run* find_run(const Experiment& e, const std::string& arm, uint64_t seed) {
   for (const Run& r : e.runs)
     if (r.arm == arm && r.seed == seed) return &r;
   return nullptr;
@@ -48,7 +48,7 @@ struct Diff {
 };
 Diff final_difference(const Experiment& e, const std::string& a, const std::string& b) {
   std::vector<double> dt, dm, da;
-  for (int s = 0; s < e.seeds; ++s) {
+  for (uint64_t s : e.seeds()) {
     const Run *ra = find_run(e, a, s), *rb = find_run(e, b, s);
     if (!ra || !rb || ra->points.empty() || rb->points.empty()) continue;
     dt.push_back(ra->points.back().trace - rb->points.back().trace);
@@ -76,6 +76,12 @@ std::string pm(const json& s, double scale = 1, int digits = 4) {
   return buf;
 }
 }  // namespace
+
+std::vector<uint64_t> Experiment::seeds() const {
+  std::set<uint64_t> s;
+  for (const Run& r : runs) s.insert(r.seed);
+  return {s.begin(), s.end()};
+}
 
 json Arm::json() const {
   return {{"label", label}, {"kind", kind}, {"b", b}, {"lr", lr}, {"lr_perturb", lr_perturb}, {"rho", rho}, {"role", role}};
@@ -194,7 +200,7 @@ json summarize(const Experiment& e) {
   // SGD at the small η stays put: its change from the start.
   if (have("sgd")) {
     std::vector<double> dt, da;
-    for (int s = 0; s < e.seeds; ++s)
+    for (uint64_t s : e.seeds())
       if (const Run* r = find_run(e, "sgd", s); r && !r->points.empty()) {
         dt.push_back(r->points.back().trace - e.start.trace);
         da.push_back(r->points.back().test_accuracy - e.start.test_accuracy);
@@ -213,7 +219,7 @@ json summarize(const Experiment& e) {
           {"start", {{"train_loss", e.start.train_loss}, {"train_accuracy", e.start.train_accuracy},
                      {"test_loss", e.start.test_loss}, {"test_accuracy", e.start.test_accuracy},
                      {"trace_normalized", e.start.trace}, {"trace_normalized_stderr", e.start.trace_se}}},
-          {"reference", e.reference}, {"seeds", e.seeds}, {"batch_size", e.batch_size},
+          {"reference", e.reference}, {"seeds", e.seeds()}, {"batch_size", e.batch_size},
           {"arms", arms}, {"arm_order", order}, {"final", final_rows}, {"claims", claims}, {"min_train_accuracy", kept}};
 }
 
@@ -254,7 +260,7 @@ std::string render_report(const json& summary, const json& settings, bool comple
                   "Start (the bad global minimum): train accuracy %.4f, train loss %.4g, test accuracy %.4f, tr̄ %.4g ± %.2g. "
                   "Reference arm for matched loss: `%s`. Seeds: %d.\n\n",
                   get(st, "train_accuracy"), get(st, "train_loss"), get(st, "test_accuracy"), get(st, "trace_normalized"),
-                  get(st, "trace_normalized_stderr"), s.at("reference").get<std::string>().c_str(), s.at("seeds").get<int>());
+                  get(st, "trace_normalized_stderr"), s.at("reference").get<std::string>().c_str(), int(s.at("seeds").size()));
     md += buf;
     md += "| arm | method | b | ρ | η | η' | role |\n|---|---|---:|---:|---:|---:|---|\n";
     for (const json& l : s.at("arm_order")) {

@@ -30,7 +30,7 @@ struct Arm {
 
 struct Run {
   std::string arm;
-  int seed = 0;                 // index of the seed (0, 1, ...)
+  uint64_t seed = 0;            // the seed of its batch order and perturbation draws
   std::vector<Point> points;    // in step order, points[0] the start
 };
 
@@ -52,7 +52,7 @@ struct Experiment {
   int64_t batch_size = 0;
   std::vector<Arm> arms;
   std::vector<Run> runs;          // finished (arm, seed) pairs
-  int seeds = 0;                  // seeds asked for
+  std::vector<uint64_t> seeds() const;  // the distinct seeds of `runs`, ascending
   std::string reference;          // arm label
 };
 

@@ -235,6 +235,12 @@ PhaseResult evaluate_all(nn::Module& net, const data::Dataset& train, const data
 
 static nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
+// What this rank has sent to the others so far (host world and, for CUDA models, NCCL's).
+static uint64_t bytes_sent_by(const nn::Module& net) {
+  const distributed::World &w = distributed::world(), &dw = distributed::world_for(net.parameters().at(0).device());
+  return w.bytes_sent() + (&dw != &w ? dw.bytes_sent() : 0);
+}
+
 PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dataset& train, const data::Dataset& test,
                       const OptimSpec& optim_spec, const ScheduleSpec& sched, const nlohmann::json& config, MetricsLog& log,
                       const std::function<bool(int64_t step, const PhaseResult&)>& stop_early) {
@@ -269,6 +275,7 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
     start = info.step;
     std::fprintf(stderr, "resuming %s from step %lld\n", sched.checkpoint.c_str(), (long long)start);
   }
+  const uint64_t sent_before = bytes_sent_by(net);
   Progress progress(phase, start, total);
   PhaseResult last;
   bool stopped_early = false;
@@ -309,10 +316,9 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
   }
   progress.done();
   if (distributed::world().size() > 1 && out.steps > start) {  // the cost measurements of docs/distributed.md
-    const distributed::World &w = distributed::world(), &dw = distributed::world_for(net.parameters().at(0).device());
-    const double sent = double(w.bytes_sent() + (&dw != &w ? dw.bytes_sent() : 0));
+    const double sent = double(bytes_sent_by(net) - sent_before);
     std::fprintf(stderr, "%s: %d processes, %lld micro-shards: rank 0 sent %.3f MB (%.3f MB per step, evaluations included)\n",
-                 phase.c_str(), w.size(), (long long)sched.micro_shards, sent / 1e6, sent / 1e6 / double(out.steps - start));
+                 phase.c_str(), distributed::world().size(), (long long)sched.micro_shards, sent / 1e6, sent / 1e6 / double(out.steps - start));
   }
   last.outcome = out;
   if (out.stopped_non_finite) std::fprintf(stderr, "%s: stopped: %s\n", phase.c_str(), out.message.c_str());

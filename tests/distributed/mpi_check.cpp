@@ -2,8 +2,13 @@
 // N processes, and fixed_order_sum against a plain recursive pairwise sum written here
 // (the reference), bit for bit, for item counts from 1 to 13 (below, at and above N).
 // Prints one line per failure and exits 1 on any; exits 77 (skip) when not under MPI.
+// `mpi_check --bench N` instead times fixed_order_sum and MPI's all-reduce on a vector of N
+// floats (docs/distributed.md: the exchange of a ResNet-18 gradient, N = 11173962).
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -37,6 +42,36 @@ static std::vector<float> tree_sum(int64_t lo, int64_t hi, int64_t len) {
   return a;
 }
 
+// Median of 7 timings (after one warm-up) of each exchange, on rank 0's clock.
+static int bench(const dist::World& w, int64_t len) {
+  auto median_ms = [&](const std::function<void()>& f) {
+    std::vector<double> t;
+    for (int k = 0; k < 8; ++k) {
+      w.barrier();
+      const auto t0 = std::chrono::steady_clock::now();
+      f();
+      w.barrier();
+      if (k > 0) t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+  };
+  Tensor v = full({len}, 1.0);
+  const int64_t shards = w.size();
+  const uint64_t sent0 = w.bytes_sent();
+  const double fixed = median_ms([&] { dist::fixed_order_sum(w, shards, Device::cpu(), [&](int64_t) { return v; }); });
+  const double fixed_mb = double(w.bytes_sent() - sent0) / 8 / 1e6;
+  const uint64_t sent1 = w.bytes_sent();
+  const double ring = median_ms([&] { dist::all_reduce_sum(w, v); });
+  const double ring_mb = double(w.bytes_sent() - sent1) / 8 / 1e6;
+  if (w.rank() == 0)
+    std::printf("%d processes, %lld floats (%.1f MB): fixed_order_sum %.1f ms (rank 0 sent %.1f MB), MPI_Allreduce %.1f ms "
+                "(%.1f MB by the ring formula)\n",
+                w.size(), (long long)len, double(len) * 4 / 1e6, fixed, fixed_mb, ring, ring_mb);
+  dist::finalize();
+  return 0;
+}
+
 int main(int argc, char** argv) {
   const dist::World& w = dist::init_from_environment(&argc, &argv);
   if (w.size() == 1) {
@@ -44,6 +79,7 @@ int main(int argc, char** argv) {
     return 77;
   }
   const int r = w.rank(), n = w.size();
+  if (argc == 3 && std::string(argv[1]) == "--bench") return bench(w, std::atoll(argv[2]));
 
   // broadcast / all_reduce / all_gather of tensors
   Tensor b = full({3}, r == 1 ? 5.0 : -1.0);
@@ -58,6 +94,11 @@ int main(int argc, char** argv) {
   Params ps = {full({2}, double(r)), full({1}, 10.0 + r)};
   dist::broadcast(w, ps, n - 1);
   expect(ps[1].item() == 10.0 + n - 1, "broadcast of a parameter list");
+  Tensor ints = from_ints({r, 10 + r}, {2});  // integer buffers (BatchNorm's step count) travel as bytes
+  dist::broadcast(w, ints, 1);
+  expect(ints.to_int_vector() == std::vector<int64_t>{1, 11}, "broadcast of an int64 tensor");
+  std::vector<Params> gathered = dist::all_gather(w, Params{from_ints({r}, {1})});
+  for (int k = 0; k < n; ++k) expect(gathered[size_t(k)][0].to_int_vector() == std::vector<int64_t>{k}, "all_gather of int64 tensors");
   std::vector<std::string> names = dist::all_gather(w, std::string(size_t(r + 1), 'x'));
   for (int k = 0; k < n; ++k) expect(names[size_t(k)] == std::string(size_t(k + 1), 'x'), "all_gather of strings");
 

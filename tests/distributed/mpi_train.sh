@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Data-parallel `flatmin train` under mpirun on this machine (loopback), against the
 # single-process run with the same flags (docs/distributed.md):
-#   same   OPTIMIZER...  final model, checkpoint and metrics byte-identical on 1, 2 and 3 processes
+#   same                 final model, checkpoint, metrics and summary byte-identical on 1, 2 and 3
+#                        processes (SGD, SAM, RS, SA, a ResNet-18 with BatchNorm); `flatmin trace` on 1 and 3
 #   kill                 rank 1 killed mid-run: the job ends within seconds naming the rank, the
 #                        last checkpoint resumes on 3 processes to the single-process result
 #   mismatch             different flags on one rank, and too few micro-shards: refused at start
@@ -52,6 +53,12 @@ case "$what" in
       --save-model "$tmp/sgd3" > /dev/null 2>&1 || fail "sgd with 3 micro-shards"
     cmp -s "$tmp/sgd3" "$tmp/sgd.1/model" && fail "3 and 6 micro-shards gave the same bits: the test cannot see the order"
     echo "sgd: 3 micro-shards instead of 6 change the bits (the comparison is sensitive to the order of additions)"
+    # flatmin trace: Hutchinson's samples dealt out (5 samples over 3 processes: rounds of 3 and 2).
+    tr=(trace --dataset blobs --model mlp --hidden 16,16 --subset 64 --samples 5 --tol 0 --lambda-max --power-iters 3 "$tmp/sgd.1/ckpt")
+    "$flatmin" "${tr[@]}" > "$tmp/trace.1" 2> /dev/null || fail "trace on one process"
+    mpi 3 "$flatmin" "${tr[@]}" > "$tmp/trace.3" 2> "$tmp/trace.err" || { cat "$tmp/trace.err"; fail "trace on 3 processes"; }
+    cmp -s "$tmp/trace.1" "$tmp/trace.3" || fail "trace: 1 and 3 processes differ"
+    echo "trace: tr̄ and λmax identical on 1 and 3 processes"
     same sam --optimizer sam --lr 0.1 --rho 0.05 --steps 15
     same rs --optimizer rs --lr 0.1 --rho 0.5 --lr-perturb 0.2 --steps 15 --eval-trace --trace-subset 64 --trace-samples 5
     same sa --optimizer sa --lr 0.1 --rho 0.2 --sa-batch 5 --steps 15

@@ -52,11 +52,10 @@ TEST_CASE("escape report: summary of two seeds, matched loss and the claims draw
   e.loss = "ce";
   e.start = at(0, 0.04, 4.0, 0.40);
   e.batch_size = 128;
-  e.seeds = 2;
   e.reference = "sgd+";
   e.arms = {{.label = "sgd", .kind = "sgd"}, {.label = "sgd+", .kind = "sgd"}, {.label = "rs", .kind = "rs", .rho = 2},
             {.label = "sa128", .kind = "sa", .b = 128, .rho = 0.1}};
-  for (int s = 0; s < 2; ++s) {
+  for (uint64_t s = 0; s < 2; ++s) {
     const double d = 0.01 * s;  // the second seed is a little different
     e.runs.push_back({"sgd", s, {e.start, at(100, 0.039, 3.9 + d, 0.40)}});
     e.runs.push_back({"sgd+", s, {e.start, at(100, 0.02, 2.0 + d, 0.41)}});

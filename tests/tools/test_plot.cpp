@@ -151,6 +151,29 @@ TEST_CASE("plot: bad input is refused with the file, line and key named") {
   CHECK((!fs::exists(out) || fs::is_empty(out)));
 }
 
+TEST_CASE("plot: bands of ± standard error, and a prefix on the file names") {
+  std::string why;
+  if (!flatmin::tools::plot_renderer_available("/usr/bin/python3", &why)) {
+    MESSAGE("skipped: " << why);
+    return;
+  }
+  Scratch s;
+  const std::string curves = s.write("curves.jsonl",
+                                     R"({"arm":"sgd","step":0,"trace":2.0,"trace_se":0.1})" "\n"
+                                     R"({"arm":"sgd","step":10,"trace":1.8,"trace_se":null})" "\n"
+                                     R"({"arm":"sa","step":0,"trace":2.0,"trace_se":0.2})" "\n"
+                                     R"({"arm":"sa","step":10,"trace":1.1,"trace_se":0.3})" "\n");
+  PlotOptions o = options({curves}, (s.dir / "plots").string());
+  o.y = {"trace"};
+  o.group = "arm";
+  o.bands = true;
+  o.file_prefix = "ce-";
+  auto written = plot_metrics(o);
+  REQUIRE(written.size() == 1);
+  CHECK(fs::path(written[0]).filename() == "ce-trace.png");
+  check_png(written[0], 770, 495);
+}
+
 TEST_CASE("plot: error bars and a log x axis; bad error-bar and log-x input refused") {
   Scratch s;
   const std::string pts = s.write("pts.jsonl",
