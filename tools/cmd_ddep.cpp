@@ -81,8 +81,9 @@ MeanSe mean_se(const std::vector<double>& v) {
 int run(int argc, char** argv) {
   CLI::App app{"d-dependence of SA's advantage over RS on a diagonal linear network (scalar outputs)"};
   Settings s;
-  app.add_option("--dims", s.dims, "dimensions d = 2m (even)")->delimiter(',');
-  app.add_option("--examples", s.examples, "n, the number of examples (rank of the Hessian)")->check(CLI::PositiveNumber);
+  // Bounded so that the dense Hessian check (d² doubles) and A (n × d/2) stay small.
+  app.add_option("--dims", s.dims, "dimensions d = 2m (even, at most 4096)")->delimiter(',')->check(CLI::Range(int64_t(2), int64_t(4096)));
+  app.add_option("--examples", s.examples, "n, the number of examples (rank of the Hessian)")->check(CLI::Range(int64_t(1), int64_t(10000)));
   app.add_option("--steps", s.steps, "T, steps of RS/SA per run")->check(CLI::PositiveNumber);
   app.add_option("--refine", s.refine, "plain GD steps after each run")->check(CLI::NonNegativeNumber);
   app.add_option("--seeds", s.seeds, "runs per method and d")->check(CLI::PositiveNumber);
@@ -91,9 +92,10 @@ int run(int argc, char** argv) {
   app.add_option("--lr-perturb", s.lr_perturb, "η' (default 0.01 here)");
   app.add_option("--rho", s.rho, "ρ");
   app.add_option("--alpha", s.alpha, "sharpness of the start: u = α·1, v = β*/α");
-  app.add_option("--problem-seed", s.problem_seed, "seed of a_i and β*");
+  app.add_option("--problem-seed", s.problem_seed, "seed of a_i and β*")->check(NotNegative);
   app.add_option("--out", s.out, "write the JSON result here too (atomically)");
   CLI11_PARSE(app, argc, argv);
+  nn::check_output_path("--out", s.out);
   for (int64_t d : s.dims)
     if (d < 2 || d % 2) throw Error("ddep: every dimension must be even and >= 2, got " + std::to_string(d));
   if (!(s.alpha > 0)) throw Error("ddep: --alpha must be > 0");

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "autodiff/autodiff.hpp"
+#include "nn/safetensors.hpp"
 #include "optim/perturbation.hpp"
 #include "optim/sam.hpp"
 #include "optim/sgd.hpp"
@@ -64,7 +65,7 @@ int run(int argc, char** argv) {
   app.add_option("--lr-perturb", s.lr_perturb, "η' for RS/SA (default η)");
   app.add_option("--rho", s.rho, "perturbation radius ρ (RS, SA, SAM)");
   app.add_option("--eps0", s.eps0, "perturb only when ‖∇f‖ ≤ ε0 (default +inf)");
-  app.add_option("--seed", s.seed, "random seed");
+  app.add_option("--seed", s.seed, "random seed")->check(NotNegative);
   app.add_option("--start", s.start, "starting point x1 x2")->expected(2);
   app.add_option("--log-every", s.log_every, "progress and metrics every N steps")->check(CLI::PositiveNumber);
   app.add_flag("--random-iterate", s.random_iterate,
@@ -77,6 +78,7 @@ int run(int argc, char** argv) {
   app.add_option("--smoothness", smoothness, "L for --theorem-eps (default: λmax at the start, power method)");
   app.add_option("--delta", delta, "δ for --theorem-eps, in (0, 1]");
   CLI11_PARSE(app, argc, argv);
+  nn::check_output_path("--out", s.out);
   if (theorem_eps) {
     if (s.method != "rs" && s.method != "sa") throw Error("example1: --theorem-eps is for --method rs or sa");
     if (smoothness && (!(*smoothness > 0) || !std::isfinite(*smoothness))) throw Error("example1: --smoothness (L) must be a positive finite number");
@@ -95,6 +97,7 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "example1: theorem settings: lr %.6g, lr_perturb %.6g, rho %.6g, eps0 %.6g\n", t.lr, t.lr_perturb, t.rho, t.eps0);
   }
   if (!(s.lr > 0) || !std::isfinite(s.lr)) throw Error("example1: --lr must be a positive number");
+  if (!std::isfinite(s.start[0]) || !std::isfinite(s.start[1])) throw Error("example1: --start must be two finite numbers");
 
   Params x = {from_vector(std::vector<double>{s.start[0], s.start[1]}, {2}, {DType::f64})};
   std::unique_ptr<Optimizer> opt = make(s, x);
