@@ -80,4 +80,50 @@ Certificate certify(const ScalarFn& f, const Params& x, double eps, const Projec
   return c;
 }
 
+static Tensor contract(const Params& g, const Params& v) {  // Σ_i ⟨g_i, v_i⟩ over the defined, differentiable g_i
+  Tensor s;
+  for (size_t i = 0; i < g.size(); ++i)
+    if (g[i].defined() && g[i].requires_grad()) s = s.defined() ? add(s, dot(g[i], v[i].detach())) : dot(g[i], v[i].detach());
+  return s;
+}
+
+ThirdFn third_fn_of_leaves(const std::function<Tensor()>& loss, const Params& leaves) {
+  for (size_t i = 0; i < leaves.size(); ++i)
+    if (!leaves[i].requires_grad()) throw Error("third_fn_of_leaves: tensor " + std::to_string(i) + " does not require grad");
+  return [loss, leaves](const Params& u, const Params& v) {
+    EnableGrad on;
+    Tensor y = loss();
+    Params out;
+    Tensor s = contract(grad({y}, leaves, {.create_graph = true, .allow_unused = true}), v);
+    if (s.defined()) {
+      Tensor t = contract(grad({s}, leaves, {.create_graph = true, .allow_unused = true}), u);
+      if (t.defined()) out = grad({t}, leaves, {.allow_unused = true});
+    }
+    out.resize(leaves.size());
+    for (size_t i = 0; i < out.size(); ++i)
+      if (!out[i].defined()) out[i] = zeros_like(leaves[i].detach());
+    return out;
+  };
+}
+
+Certificate certify_leaves(const std::function<Tensor()>& loss, const Params& leaves, double eps, const NullSpaceOptions& ns,
+                           const CertifyOptions& o, NullSpaceCut* cut) {
+  if (!(eps > 0) || !std::isfinite(eps)) throw Error("certify: ε must be a positive finite number, got " + std::to_string(eps));
+  if (o.trace_samples < 1) throw Error("certify: a network needs trace_samples >= 1 (Hutchinson samples of ∇tr̄)");
+  ProjectorFn tangent = hessian_null_projector(hvp_fn_of_leaves(loss, leaves), leaves, ns, cut);  // may refuse: first
+  Params g;
+  {
+    EnableGrad on;
+    g = grad({loss()}, leaves, {.allow_unused = true});
+  }
+  g.resize(leaves.size());
+  for (size_t i = 0; i < g.size(); ++i)
+    if (!g[i].defined()) g[i] = zeros_like(leaves[i].detach());
+  TraceGradientEstimate t = trace_gradient(third_fn_of_leaves(loss, leaves), leaves, o.trace_samples, o.seed);
+  Certificate c;
+  c.trace_grad_stderr = t.stderr_norm;
+  c.flat = certify_flatness(g, tangent(t.mean), eps, o.eps_prime < 0 ? std::sqrt(eps) : o.eps_prime);
+  return c;
+}
+
 }  // namespace flatmin::optim

@@ -52,4 +52,12 @@ struct Certificate {
 // Refuses ε ≤ 0 or non-finite before any derivative.
 Certificate certify(const ScalarFn& f, const Params& x, double eps, const ProjectorFn& tangent, const CertifyOptions& o = {});
 
+// For a loss recorded from leaves (a model's parameters, which require grad), as
+// hvp_fn_of_leaves: (u, v) ↦ ∇³f[u, v], three nested reverse sweeps.
+ThirdFn third_fn_of_leaves(const std::function<Tensor()>& loss, const Params& leaves);
+// A network's certificate: ∂Φ from the Hessian's near-null space (refused where the cut
+// cannot be determined), ∇tr̄ from o.trace_samples ≥ 1 Hutchinson samples of ∇³f[z, z]/d.
+Certificate certify_leaves(const std::function<Tensor()>& loss, const Params& leaves, double eps, const NullSpaceOptions& ns,
+                           const CertifyOptions& o, NullSpaceCut* cut = nullptr);
+
 }  // namespace flatmin::optim
