@@ -38,9 +38,24 @@ std::string Device::str() const {
 }
 
 int64_t numel(const Shape& s) {
+  bool zero = false;
+  for (int64_t d : s) {
+    if (d < 0) throw Error("shape " + to_string(s) + ": negative extent " + std::to_string(d));
+    zero |= d == 0;
+  }
+  if (zero) return 0;  // [2^62, 2^62, 0] is empty, not an overflow
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
+  for (int64_t d : s)
+    if (__builtin_mul_overflow(n, d, &n)) throw Error("shape " + to_string(s) + ": the element count overflows int64");
   return n;
+}
+
+size_t storage_bytes_of(const Shape& s, DType dtype) {
+  // Storage::live_bytes() is an int64_t sum, so a storage stays below 2^63 bytes.
+  int64_t bytes = 0;
+  if (__builtin_mul_overflow(numel(s), int64_t(dtype_size(dtype)), &bytes))
+    throw Error("shape " + to_string(s) + ": " + dtype_name(dtype) + " storage overflows int64 bytes");
+  return size_t(bytes);
 }
 
 std::string to_string(const Shape& s) {
@@ -228,11 +243,9 @@ std::string Tensor::str() const {
 
 // ---- creation ----
 Tensor empty(Shape shape, TensorOptions opt) {
-  for (int64_t d : shape)
-    if (d < 0) throw Error("empty: negative extent in shape " + to_string(shape));
   auto t = new_impl();
   t->storage = std::allocate_shared<Storage>(detail::SmallAllocator<Storage>(),
-                                            size_t(numel(shape)) * dtype_size(opt.dtype), opt.device);
+                                            storage_bytes_of(shape, opt.dtype), opt.device);
   t->shape = std::move(shape);
   t->dtype = opt.dtype;
   Tensor r(std::move(t));

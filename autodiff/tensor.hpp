@@ -33,7 +33,10 @@ struct Device {
 };
 
 using Shape = std::vector<int64_t>;
+// Element count; Error naming the shape for a negative extent or a product past int64.
 int64_t numel(const Shape& s);
+// numel(s) · dtype_size(dtype), checked the same way.
+size_t storage_bytes_of(const Shape& s, DType dtype);
 std::string to_string(const Shape& s);
 
 // Raw memory owned by one device's allocator. `version` counts in-place writes so that a

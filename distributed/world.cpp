@@ -5,6 +5,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "autodiff/backend.hpp"
 #include "autodiff/ops.hpp"
 #include "distributed/backends.hpp"
 
@@ -60,26 +61,26 @@ const World& world_for(const Device& d) {
 
 // ---- tensors ----
 namespace {
-void require_contiguous_same(const char* who, const World& w, const Tensor& t) {
+void require_defined(const char* who, const Tensor& t) {
   if (!t.defined()) throw Error(std::string(who) + ": undefined tensor");
-  (void)w;
 }
-// Runs op on a tensor the world can address: t itself, or a host copy written back after.
+// Runs op on a tensor the world can address: t itself, or a host copy written back after
+// (byte copies only: integer buffers such as BatchNorm's step count travel too).
 template <class Op> void on_handled(const World& w, Tensor& t, Op op) {
   if (w.handles(t.device())) {
     op(t);
     return;
   }
-  Tensor h = t.detach().to(Device::cpu()).clone();
+  Tensor h = t.detach().to(Device::cpu());  // a copy: t is not in host memory
   op(h);
-  t.copy_(h.to(t.device()));
+  t.copy_(h);
 }
 size_t bytes_of(const Tensor& t) { return size_t(t.numel()) * dtype_size(t.dtype()); }
 void touched(Tensor& t) { ++t.impl()->storage->version; }
 }  // namespace
 
 void broadcast(const World& w, Tensor& t, int root) {
-  require_contiguous_same("broadcast", w, t);
+  require_defined("broadcast", t);
   if (w.size() == 1) return;
   NoGrad ng;
   on_handled(w, t, [&](Tensor& x) {
@@ -92,7 +93,7 @@ void broadcast(const World& w, Params& ts, int root) {
 }
 
 void all_reduce_sum(const World& w, Tensor& t) {
-  require_contiguous_same("all_reduce_sum", w, t);
+  require_defined("all_reduce_sum", t);
   if (w.size() == 1) return;
   NoGrad ng;
   on_handled(w, t, [&](Tensor& x) {
@@ -105,23 +106,20 @@ void all_reduce_sum(const World& w, Params& ts) {
 }
 
 Tensor all_gather(const World& w, const Tensor& t) {
-  require_contiguous_same("all_gather", w, t);
+  require_defined("all_gather", t);
   NoGrad ng;
   Shape s = t.shape();
   s.insert(s.begin(), int64_t(w.size()));
   Tensor src = w.handles(t.device()) ? t.detach() : t.detach().to(Device::cpu());
   Tensor out = empty(s, {.dtype = t.dtype(), .device = src.device()});
-  std::vector<size_t> counts(size_t(w.size()), bytes_of(t));
-  if (w.size() == 1) out = reshape(src.clone(), s);
-  else w.all_gather_v(data_ptr<char>(src), data_ptr<char>(out), counts);
+  w.all_gather_v(data_ptr<char>(src), data_ptr<char>(out), std::vector<size_t>(size_t(w.size()), bytes_of(t)));
   return out.to(t.device());
 }
 std::vector<Params> all_gather(const World& w, const Params& ts) {
   std::vector<Params> r(size_t(w.size()));
   for (const Tensor& t : ts) {
     Tensor all = all_gather(w, t);
-    for (int k = 0; k < w.size(); ++k) r[size_t(k)].push_back(slice(all, 0, k, k + 1).detach().clone().to(t.device()));
-    for (int k = 0; k < w.size(); ++k) r[size_t(k)].back() = reshape(r[size_t(k)].back(), t.shape());
+    for (int k = 0; k < w.size(); ++k) r[size_t(k)].push_back(reshape(slice(all, 0, k, k + 1), t.shape()));
   }
   return r;
 }
@@ -259,16 +257,24 @@ Tensor fixed_order_sum(const World& w, int64_t n, const Device& device, const st
     all_blocks.insert(all_blocks.end(), b.begin(), b.end());
   }
   auto slice_range = [&](int j) { return owned(len, j, N); };
-  std::vector<Tensor> parts;
   std::vector<size_t> send_counts(static_cast<size_t>(N)), recv_counts(static_cast<size_t>(N));
-  for (int j = 0; j < N; ++j) {
-    const Range s = slice_range(j);
-    for (const Tensor& b : sums) parts.push_back(slice(b.to(dev), 0, s.begin, s.end));
-    send_counts[size_t(j)] = sums.size() * size_t(s.size()) * es;
-  }
+  for (int j = 0; j < N; ++j) send_counts[size_t(j)] = sums.size() * size_t(slice_range(j).size()) * es;
   const Range my_slice = slice_range(me);
   for (int i = 0; i < N; ++i) recv_counts[size_t(i)] = nblocks[size_t(i)] * size_t(my_slice.size()) * es;
-  Tensor send = parts.empty() ? empty({0}, {.dtype = dt, .device = buf_dev}) : concat(parts, 0).to(buf_dev);
+  // The send buffer, slice-major: slice j of every block, for j = 0..N−1 (one copy each).
+  Tensor send = empty({int64_t(sums.size()) * len}, {.dtype = dt, .device = dev});
+  {
+    Backend& be = backend(dev);
+    char* at = send.numel() ? data_ptr<char>(send) : nullptr;
+    for (int j = 0; j < N; ++j)
+      for (const Tensor& b : sums) {
+        const Range sr = slice_range(j);
+        const Tensor bd = b.to(dev);
+        if (sr.size() > 0) be.copy(at, data_ptr<char>(bd) + size_t(sr.begin) * es, size_t(sr.size()) * es);
+        at += size_t(sr.size()) * es;
+      }
+  }
+  if (stage) send = send.to(buf_dev);
   Tensor recv = empty({int64_t(all_blocks.size()), my_slice.size()}, {.dtype = dt, .device = buf_dev});
   w.all_to_all_v(send.numel() ? data_ptr<char>(send) : nullptr, send_counts, recv.numel() ? data_ptr<char>(recv) : nullptr,
                   recv_counts);
@@ -284,7 +290,7 @@ Tensor fixed_order_sum(const World& w, int64_t n, const Device& device, const st
   // 4. All-gather the reduced slices.
   std::vector<size_t> counts(static_cast<size_t>(N));
   for (int j = 0; j < N; ++j) counts[size_t(j)] = size_t(slice_range(j).size()) * es;
-  Tensor mine_buf = mine_reduced.detach().to(buf_dev).clone();
+  const Tensor mine_buf = mine_reduced.detach().to(buf_dev);  // a fresh tensor (a sum), or the staged copy
   Tensor out = empty({len}, {.dtype = dt, .device = buf_dev});
   w.all_gather_v(len ? data_ptr<char>(mine_buf) : nullptr, len ? data_ptr<char>(out) : nullptr, counts);
   return out.to(dev);

@@ -9,19 +9,22 @@ Generator& init_generator() {
   return g;
 }
 
-int64_t fan(const Tensor& w, FanMode mode) {
-  if (w.dim() < 2) throw Error("fan: weight of shape " + to_string(w.shape()) + " (need at least 2 dims)");
-  const int64_t receptive = w.numel() / (w.size(0) * w.size(1));
-  return (mode == FanMode::fan_in ? w.size(1) : w.size(0)) * receptive;
+int64_t fan(const Shape& shape, FanMode mode) {
+  if (shape.size() < 2) throw Error("fan: weight of shape " + to_string(shape) + " (need at least 2 dims)");
+  numel(shape);  // refuses a shape whose element count overflows
+  const int64_t receptive = numel(Shape(shape.begin() + 2, shape.end()));
+  const int64_t f = (mode == FanMode::fan_in ? shape[1] : shape[0]) * receptive;  // <= numel: no overflow
+  if (f <= 0) throw Error("fan: weight of shape " + to_string(shape) + " has a fan of 0 (no initial scale)");
+  return f;
 }
-static int64_t fan_of(const Shape& shape, FanMode mode) { return fan(empty(shape), mode); }
+int64_t fan(const Tensor& w, FanMode mode) { return fan(w.shape(), mode); }
 
 Tensor kaiming_uniform(Generator& g, const Shape& shape, double a, FanMode mode, TensorOptions opt) {
-  const double bound = std::sqrt(6.0 / ((1.0 + a * a) * double(fan_of(shape, mode))));
+  const double bound = std::sqrt(6.0 / ((1.0 + a * a) * double(fan(shape, mode))));
   return g.uniform(shape, opt, -bound, bound);
 }
 Tensor kaiming_normal_relu(Generator& g, const Shape& shape, FanMode mode, TensorOptions opt) {
-  return g.normal(shape, opt, 0.0, std::sqrt(2.0 / double(fan_of(shape, mode))));
+  return g.normal(shape, opt, 0.0, std::sqrt(2.0 / double(fan(shape, mode))));
 }
 
 Act parse_act(const std::string& s) {
@@ -51,7 +54,7 @@ Tensor activate(const Tensor& x, Act a) {
 static void default_weight_and_bias(Module& m, Generator& g, const Shape& wshape, int64_t out, bool bias) {
   m.register_parameter("weight", kaiming_uniform(g, wshape, std::sqrt(5.0), FanMode::fan_in));
   if (bias) {
-    const double bound = 1.0 / std::sqrt(double(fan_of(wshape, FanMode::fan_in)));
+    const double bound = 1.0 / std::sqrt(double(fan(wshape, FanMode::fan_in)));
     m.register_parameter("bias", g.uniform({out}, {}, -bound, bound));
   }
 }

@@ -15,6 +15,8 @@ Generator& init_generator();
 // ---- initialisation (torch.nn.init), in place on a parameter's values ----
 enum class FanMode { fan_in, fan_out };
 // Conv weight (O, I, kh, kw) or linear weight (O, I): fan_in = I·kh·kw, fan_out = O·kh·kw.
+// From the shape alone (no allocation); Error for an overflowing shape or a fan of 0.
+int64_t fan(const Shape& shape, FanMode mode);
 int64_t fan(const Tensor& w, FanMode mode);
 // kaiming_uniform_(a): U(−b, b), b = sqrt(6 / ((1 + a²) fan)); kaiming_normal_ for ReLU:
 // N(0, 2 / fan).

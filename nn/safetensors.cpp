@@ -1,6 +1,7 @@
 #include "nn/safetensors.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -256,6 +257,25 @@ void write_file_atomic(const std::string& path, std::string_view bytes) {
     ::unlink(tmp.c_str());
     throw Error("cannot rename " + tmp + " to " + path + ": " + why);
   }
+}
+
+void check_output_path(const std::string& flag, const std::string& path) {
+  if (path.empty()) return;
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode)) throw Error(flag + " " + path + ": is a folder, not a file");
+    if (::access(path.c_str(), W_OK) != 0) throw Error(flag + " " + path + ": not writable: " + std::strerror(errno));
+  }
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    throw Error(flag + " " + path + ": the folder " + dir + " does not exist");
+  // The writers create a temp file next to `path` and rename it: try exactly that.
+  std::string probe = path + ".probe.XXXXXX";
+  const int fd = ::mkstemp(probe.data());
+  if (fd < 0) throw Error(flag + " " + path + ": cannot create a file in " + dir + ": " + std::strerror(errno));
+  ::close(fd);
+  ::unlink(probe.c_str());
 }
 
 void save_safetensors(const std::string& path, const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {

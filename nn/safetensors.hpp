@@ -35,5 +35,9 @@ void load_safetensors(Module& m, const std::string& path);
 
 // Writes bytes to path atomically (temp file in the same folder, fsync, rename).
 void write_file_atomic(const std::string& path, std::string_view bytes);
+// Called before any work for every output flag of a command: Error naming `flag` and the
+// reason unless a file can be created next to `path` (its folder exists and is writable),
+// `path` is not a folder, and an existing `path` is writable. An empty path passes.
+void check_output_path(const std::string& flag, const std::string& path);
 
 }  // namespace flatmin::nn

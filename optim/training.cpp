@@ -1,6 +1,9 @@
 #include "optim/training.hpp"
 
+#include <zlib.h>
+
 #include <cmath>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "autodiff/nn_ops.hpp"
@@ -154,16 +157,60 @@ void set_learning_rate(Optimizer& opt, double lr) {
   throw Error("set_learning_rate: unsupported optimizer");
 }
 
-void save_checkpoint(const std::string& path, const nn::Module& net, const Optimizer& opt, const CheckpointInfo& info) {
+bool all_finite(const Tensor& t) {
+  if (!is_floating(t.dtype()) || t.numel() == 0) return true;
+  NoGrad ng;
+  return std::isfinite(sum(mul_scalar(t.detach(), 0.0)).item());  // NaN·0 and ±inf·0 are NaN
+}
+
+std::string first_non_finite(const nn::NamedTensors& tensors) {
+  for (const auto& [name, t] : tensors)
+    if (!all_finite(t)) return name;
+  return "";
+}
+
+namespace {
+// The training state as the checkpoint stores it: "model.<name>" (parameters and buffers),
+// then "optim.<key>".
+nn::NamedTensors checkpoint_tensors(const nn::Module& net, const OptimizerState& s) {
   nn::NamedTensors tensors;
   for (auto& [name, t] : net.state_dict()) tensors.emplace_back("model." + name, t.detach());
-  OptimizerState s = opt.state();
   for (auto& [key, t] : s.tensors) tensors.emplace_back("optim." + key, t.detach());
+  return tensors;
+}
+
+// CRC-32 (zlib) of a tensor's bytes as stored (little-endian, its own dtype).
+uint64_t crc32_of(const Tensor& t) {
+  const Tensor h = t.to(Device::cpu());
+  const size_t bytes = size_t(h.numel()) * dtype_size(h.dtype());
+  return bytes ? crc32_z(0, static_cast<const Bytef*>(h.raw()), bytes) : 0;
+}
+uint64_t crc32_of(const std::string& s) { return crc32_z(0, reinterpret_cast<const Bytef*>(s.data()), s.size()); }
+
+// Every stored field in its range: Error naming the field and the value.
+void check_range(const std::string& path, const char* field, int64_t value, int64_t lo, int64_t hi) {
+  if (value < lo || value > hi)
+    throw Error(path + ": checkpoint field '" + field + "' is " + std::to_string(value) + ", outside [" +
+                std::to_string(lo) + ", " + std::to_string(hi) + "]");
+}
+constexpr int64_t kMaxStep = int64_t(1) << 53;  // exact in a double and in JSON readers
+}  // namespace
+
+void save_checkpoint(const std::string& path, const nn::Module& net, const Optimizer& opt, const CheckpointInfo& info) {
+  OptimizerState s = opt.state();
+  const nn::NamedTensors tensors = checkpoint_tensors(net, s);
+  const std::string bad = first_non_finite(tensors);
+  if (!bad.empty()) throw Error(path + ": not saved: tensor '" + bad + "' holds a non-finite value");
   nlohmann::json meta = {{"step", info.step},
                          {"loader", {{"seed", info.loader.seed}, {"epoch", info.loader.epoch}, {"position", info.loader.position}}},
                          {"optim_integers", s.integers},
                          {"optim_reals", s.reals}};
-  nn::save_safetensors(path, tensors, {{"format", "flatmin-checkpoint"}, {"state", meta.dump()}, {"config", info.config}});
+  if (std::isfinite(info.batch_loss)) meta["batch_loss"] = info.batch_loss;
+  const std::string state = meta.dump();
+  nlohmann::json sums = {{"state", crc32_of(state)}, {"config", crc32_of(info.config)}};
+  for (const auto& [name, t] : tensors) sums["tensors"][name] = crc32_of(t);
+  nn::save_safetensors(path, tensors,
+                       {{"format", "flatmin-checkpoint"}, {"state", state}, {"config", info.config}, {"crc32", sums.dump()}});
 }
 
 CheckpointInfo load_checkpoint(const std::string& path, nn::Module& net, Optimizer& opt) {
@@ -171,6 +218,34 @@ CheckpointInfo load_checkpoint(const std::string& path, nn::Module& net, Optimiz
   auto fmt = st.metadata.find("format");
   if (fmt == st.metadata.end() || fmt->second != "flatmin-checkpoint" || !st.metadata.count("state"))
     throw Error(path + ": not a flatmin training checkpoint");
+  // Checksums first: a damaged file is refused before any of it is interpreted.
+  if (!st.metadata.count("crc32")) {
+    std::fprintf(stderr, "warning: %s: a checkpoint without checksums (older format): its contents are not verified\n",
+                 path.c_str());
+  } else {
+    nlohmann::json sums;
+    try {
+      sums = nlohmann::json::parse(st.metadata.at("crc32"));
+      auto expect = [&](const std::string& what, uint64_t stored, uint64_t actual) {
+        if (stored != actual) throw Error(path + ": damaged checkpoint: the checksum of " + what + " does not match");
+      };
+      expect("the state metadata", sums.at("state").get<uint64_t>(), crc32_of(st.metadata.at("state")));
+      expect("the configuration", sums.at("config").get<uint64_t>(),
+             crc32_of(st.metadata.count("config") ? st.metadata.at("config") : std::string()));
+      const auto& per_tensor = sums.at("tensors");
+      if (per_tensor.size() != st.tensors.size())
+        throw Error(path + ": damaged checkpoint: " + std::to_string(st.tensors.size()) + " tensors, " +
+                    std::to_string(per_tensor.size()) + " checksums");
+      for (const auto& [name, t] : st.tensors) {
+        if (!per_tensor.contains(name)) throw Error(path + ": damaged checkpoint: no checksum for tensor '" + name + "'");
+        expect("tensor '" + name + "'", per_tensor.at(name).get<uint64_t>(), crc32_of(t));
+      }
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(path + ": bad checkpoint checksums: " + e.what());
+    }
+  }
+  const std::string bad = first_non_finite(st.tensors);
+  if (!bad.empty()) throw Error(path + ": refused: tensor '" + bad + "' holds a non-finite value");
   nn::NamedTensors model;
   OptimizerState s;
   for (auto& [name, t] : st.tensors) {
@@ -187,9 +262,18 @@ CheckpointInfo load_checkpoint(const std::string& path, nn::Module& net, Optimiz
     info.loader.position = meta.at("loader").at("position").get<int64_t>();
     s.integers = meta.at("optim_integers").get<std::map<std::string, uint64_t>>();
     s.reals = meta.at("optim_reals").get<std::map<std::string, double>>();
+    if (meta.contains("batch_loss")) info.batch_loss = meta.at("batch_loss").get<double>();
   } catch (const nlohmann::json::exception& e) {
     throw Error(path + ": bad checkpoint metadata: " + e.what());
   }
+  check_range(path, "step", info.step, 0, kMaxStep);
+  check_range(path, "loader.epoch", info.loader.epoch, 0, kMaxStep);
+  check_range(path, "loader.position", info.loader.position, 0, kMaxStep);
+  for (const auto& [key, v] : s.integers)
+    if (key == "steps" || key.ends_with(".steps") || key == "iterates_seen")  // counters: at most one per step
+      check_range(path, ("optim_integers." + key).c_str(), v > uint64_t(kMaxStep) ? -1 : int64_t(v), 0, kMaxStep);
+  for (const auto& [key, v] : s.reals)
+    if (!std::isfinite(v)) throw Error(path + ": checkpoint field 'optim_reals." + key + "' is not finite");
   if (st.metadata.count("config")) info.config = st.metadata.at("config");
   nn::load_state_dict(net, model, path);
   // The optimizer's tensors must live on the parameters' dtype and device.
@@ -205,14 +289,23 @@ TrainOutcome train_loop(nn::Module& net, data::Loader& loader, Optimizer& opt, i
   r.steps = start_step;
   const DType dtype = net.parameters().at(0).dtype();
   r.last_checkpoint = o.known_checkpoint;
-  auto save = [&](int64_t step) {
+  // Every tensor of the state, buffers included (a diverging BatchNorm can keep a finite
+  // loss in training mode while its running variance is already infinite).
+  std::string broken;
+  auto state_finite = [&] {
+    broken = first_non_finite(checkpoint_tensors(net, opt.state()));
+    return broken.empty();
+  };
+  auto save = [&](int64_t step) {  // false: the state is not finite, nothing is written
+    if (!state_finite()) return false;
     if (o.checkpoint.empty()) return true;
-    if (!std::isfinite(norm(detach(net.parameters())).item())) return false;  // never save a broken model
     if (o.parallel.comm(net.parameters().at(0).device()).rank() == 0)
-      save_checkpoint(o.checkpoint, net, opt, {.step = step, .loader = loader.state(), .config = o.config});
+      save_checkpoint(o.checkpoint, net, opt,
+                      {.step = step, .loader = loader.state(), .config = o.config, .batch_loss = r.last_loss});
     r.last_checkpoint = step;
     return true;
   };
+  auto not_finite = [&] { return "tensor '" + broken + "' of the training state became non-finite"; };
   auto stop = [&](int64_t step, const std::string& what) {
     r.stopped_non_finite = true;
     r.message = what + " at step " + std::to_string(step);
@@ -242,10 +335,11 @@ TrainOutcome train_loop(nn::Module& net, data::Loader& loader, Optimizer& opt, i
     if (!std::isfinite(loss)) return stop(step, "the training loss became " + std::to_string(loss));
     r.steps = step;
     if (after_step) after_step(step, loss);
-    if (o.checkpoint_every > 0 && step % o.checkpoint_every == 0 && !save(step))
-      return stop(step, "the parameters became non-finite");
+    if (o.checkpoint_every > 0 && step % o.checkpoint_every == 0 && !save(step)) return stop(step, not_finite());
   }
-  if (o.save_at_end && r.last_checkpoint != r.steps && !save(r.steps)) return stop(r.steps, "the parameters became non-finite");
+  // The end of every call (an evaluation point) checks the state, saved or not.
+  const bool just_saved = !o.checkpoint.empty() && r.last_checkpoint == r.steps;
+  if (!just_saved && !(o.save_at_end ? save(r.steps) : state_finite())) return stop(r.steps, not_finite());
   r.finished = true;
   return r;
 }

@@ -3,6 +3,7 @@
 // from a validated configuration, atomic checkpoints that resume bit for bit, and a loop
 // that stops cleanly (keeping the last good checkpoint) when the loss stops being finite.
 #pragma once
+#include <cmath>
 #include <functional>
 #include <memory>
 #include <string>
@@ -79,16 +80,27 @@ std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& c, const Params
                                           int64_t n = 0);
 void set_learning_rate(Optimizer& opt, double lr);
 
+// ---- the guard against non-finite state ----
+// True when a floating tensor holds no NaN or ±inf (integer tensors always pass).
+bool all_finite(const Tensor& t);
+// The name of the first tensor holding a non-finite value; "" when all are finite.
+std::string first_non_finite(const nn::NamedTensors& tensors);
+
 // ---- checkpoints: model state dict + optimizer state + loader state + step ----
 struct CheckpointInfo {
   int64_t step = 0;
   data::LoaderState loader;
   std::string config;  // the run's configuration (JSON), checked on resume
+  double batch_loss = NAN;  // the loss of step `step`'s batch (metrics rows of a resumed run); NaN: unknown
 };
-// Atomic (temp file, fsync, rename). One safetensors file: "model.<name>" tensors,
-// "optim.<key>" tensors, and the rest as metadata.
+// Atomic (temp file, fsync, rename). One safetensors file: "model.<name>" tensors (parameters
+// and buffers), "optim.<key>" tensors, and the rest as metadata, with the CRC-32 of every
+// tensor and of the metadata strings ("crc32"). Refuses (Error) a state holding a non-finite value.
 void save_checkpoint(const std::string& path, const nn::Module& net, const Optimizer& opt, const CheckpointInfo& info);
 // Loads into net and opt (shapes checked); returns the step, loader state and config.
+// Refuses, naming what is wrong, a file whose checksums do not match, whose metadata fields
+// are out of range, or whose tensors hold a non-finite value; a file without checksums
+// (written before they existed) loads with a warning on stderr.
 CheckpointInfo load_checkpoint(const std::string& path, nn::Module& net, Optimizer& opt);
 
 // ---- data parallelism (closures in optim/data_parallel.hpp; docs/distributed.md) ----
@@ -117,7 +129,7 @@ struct TrainOutcome {
   bool finished = false;
   bool stopped_non_finite = false;
   std::string message;
-  double last_loss = 0;
+  double last_loss = NAN;  // NaN until a step ran
   int64_t last_checkpoint = -1;  // step of the newest good checkpoint (-1: none)
 };
 // SA with step_batch sampling is told each step's examples (b larger than the loader's

@@ -36,7 +36,7 @@ std::vector<Named> functions(uint64_t seed) {
 int run(int argc, char** argv) {
   CLI::App app{"Check derivatives of orders 1-3 against finite differences and the Taylor remainder slopes"};
   uint64_t seed = 0;
-  app.add_option("--seed", seed, "seed for the functions and directions");
+  app.add_option("--seed", seed, "seed for the functions and directions")->check(NotNegative);
   CLI11_PARSE(app, argc, argv);
   bool all_ok = true;
   for (auto& fn : functions(seed)) {

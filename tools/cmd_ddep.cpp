@@ -22,44 +22,12 @@
 #include "optim/perturbation.hpp"
 #include "optim/sgd.hpp"
 #include "tools/command.hpp"
+#include "tools/flat_problems.hpp"
 
 namespace flatmin::tools {
 namespace {
 using namespace flatmin::optim;
-const TensorOptions f64{DType::f64};
-
-struct Problem {
-  int64_t m, n;
-  Tensor A, Y;            // n×m, n×1
-  Params start;           // (u, v)
-  std::vector<double> a2;  // column sums Σ_i a_ij² / n
-
-  Problem(int64_t m_, int64_t n_, double alpha, uint64_t seed) : m(m_), n(n_) {
-    Generator g(seed);
-    A = g.normal({n, m}, f64, 0.0, 1.0 / std::sqrt(double(m)));
-    Tensor beta = g.normal({m}, f64);
-    Y = matmul(A, reshape(beta, {m, 1}));
-    start = {full({m}, alpha, f64), mul_scalar(beta, 1.0 / alpha)};
-    std::vector<double> av = A.to_vector();
-    a2.assign(size_t(m), 0.0);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < m; ++j) a2[size_t(j)] += av[size_t(i * m + j)] * av[size_t(i * m + j)] / double(n);
-  }
-  Tensor loss(const Tensor& rows_A, const Tensor& rows_Y, const Params& p) const {
-    return mean(square(sub(matmul(rows_A, reshape(mul(p[0], p[1]), {m, 1})), rows_Y)));
-  }
-  Tensor full_loss(const Params& p) const { return loss(A, Y, p); }
-  Tensor examples_loss(const std::vector<int64_t>& idx, const Params& p) const {
-    Tensor i = from_ints(idx, {int64_t(idx.size())});
-    return loss(index_select(A, 0, i), index_select(Y, 0, i), p);
-  }
-  double trace_normalized(const Params& p) const {
-    std::vector<double> u = p[0].to_vector(), v = p[1].to_vector();
-    double t = 0;
-    for (int64_t j = 0; j < m; ++j) t += 2 * a2[size_t(j)] * (u[size_t(j)] * u[size_t(j)] + v[size_t(j)] * v[size_t(j)]);
-    return t / double(2 * m);
-  }
-};
+using Problem = DiagonalNetwork;  // tools/flat_problems.hpp
 
 struct Settings {
   std::vector<int64_t> dims = {16, 32, 64, 160};
@@ -113,8 +81,9 @@ MeanSe mean_se(const std::vector<double>& v) {
 int run(int argc, char** argv) {
   CLI::App app{"d-dependence of SA's advantage over RS on a diagonal linear network (scalar outputs)"};
   Settings s;
-  app.add_option("--dims", s.dims, "dimensions d = 2m (even)")->delimiter(',');
-  app.add_option("--examples", s.examples, "n, the number of examples (rank of the Hessian)")->check(CLI::PositiveNumber);
+  // Bounded so that the dense Hessian check (d² doubles) and A (n × d/2) stay small.
+  app.add_option("--dims", s.dims, "dimensions d = 2m (even, at most 4096)")->delimiter(',')->check(CLI::Range(int64_t(2), int64_t(4096)));
+  app.add_option("--examples", s.examples, "n, the number of examples (rank of the Hessian)")->check(CLI::Range(int64_t(1), int64_t(10000)));
   app.add_option("--steps", s.steps, "T, steps of RS/SA per run")->check(CLI::PositiveNumber);
   app.add_option("--refine", s.refine, "plain GD steps after each run")->check(CLI::NonNegativeNumber);
   app.add_option("--seeds", s.seeds, "runs per method and d")->check(CLI::PositiveNumber);
@@ -123,9 +92,10 @@ int run(int argc, char** argv) {
   app.add_option("--lr-perturb", s.lr_perturb, "η' (default 0.01 here)");
   app.add_option("--rho", s.rho, "ρ");
   app.add_option("--alpha", s.alpha, "sharpness of the start: u = α·1, v = β*/α");
-  app.add_option("--problem-seed", s.problem_seed, "seed of a_i and β*");
+  app.add_option("--problem-seed", s.problem_seed, "seed of a_i and β*")->check(NotNegative);
   app.add_option("--out", s.out, "write the JSON result here too (atomically)");
   CLI11_PARSE(app, argc, argv);
+  nn::check_output_path("--out", s.out);
   for (int64_t d : s.dims)
     if (d < 2 || d % 2) throw Error("ddep: every dimension must be even and >= 2, got " + std::to_string(d));
   if (!(s.alpha > 0)) throw Error("ddep: --alpha must be > 0");

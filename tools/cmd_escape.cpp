@@ -341,7 +341,7 @@ escape::Run run_arm(Context& c, nn::Module& net, const nn::NamedTensors& start_s
                 a.arm.kind == "sgd" ? "" : (", rho " + json(a.arm.rho).dump() + (a.arm.kind == "sam" ? "" : ", lr' " + json(a.arm.lr_perturb).dump())).c_str());
   c.announce(what);
   escape::Run run{a.arm.label, seed, {start}};
-  MetricsLog quiet("", false);  // escape rows carry the arm and seed: written here
+  MetricsLog quiet("");  // escape rows carry the arm and seed: written here
   const json config = {{"arm", a.arm.json()}, {"loss", loss}, {"seed", seed}};
   PhaseResult r = run_phase(loss + ":" + a.arm.label, net, c.train, c.test, o, sched, config, quiet,
                             [&](int64_t step, const PhaseResult& res) {
@@ -497,7 +497,7 @@ int run(int argc, char** argv) {
   app.add_flag("--force", s.force, "write into an existing, non-empty --out");
   app.add_option("--losses", s.losses, "ce, mse or both (each makes its own start)")->delimiter(',');
   app.add_option("--seeds", s.seeds, "seeds per arm (batch order and perturbation draws; one shared start)");
-  app.add_option("--seed", s.seed, "base seed (start: labels and shuffling; the arms' seeds: base, base + 1, ...)");
+  app.add_option("--seed", s.seed, "base seed (start: labels and shuffling; the arms' seeds: base, base + 1, ...)")->check(NotNegative);
   app.add_option("--batch-size", s.batch_size, "mini-batch size of every phase")->check(CLI::PositiveNumber);
   app.add_option("--copies", s.copies, "noisy copies per image in the random-label phase")->check(CLI::PositiveNumber);
   app.add_option("--zero-fraction", s.zero_fraction, "pixels zeroed in each noisy copy");
@@ -530,6 +530,7 @@ int run(int argc, char** argv) {
   app.add_option("--merge", merge, "write one report into --out from these results folders (same settings and start, other seeds)")
       ->delimiter(',');
   CLI11_PARSE(app, argc, argv);
+  nn::check_output_path("--save-start", s.save_start);
   if (!merge.empty()) {
     if (s.out.empty()) throw Error("--merge needs --out");
     prepare_out(s);
@@ -554,7 +555,7 @@ int run(int argc, char** argv) {
   res.settings = s.json_value();
   res.settings["out"] = s.out;
   res.total = int(s.losses.size() * arms.size()) * s.seeds;
-  MetricsLog log((fs::path(s.out) / "metrics.jsonl").string(), false);
+  MetricsLog log((fs::path(s.out) / "metrics.jsonl").string());
   Context c{s, arms, s.data.train(), s.data.test(), {}, log};
   if (s.data.train_subset == 0 && s.batch_size > c.train.size()) throw Error("--batch-size exceeds the training set");
   if (s.load_start.empty()) c.noisy = data::noisy_copies(c.train, {.copies = s.copies, .zero_fraction = s.zero_fraction, .seed = s.seed});

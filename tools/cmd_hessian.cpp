@@ -52,7 +52,7 @@ int run(int argc, char** argv) {
   app.add_option("--layer-samples", ho.max_samples, "Hutchinson sample cap per layer (PyHessian: 100)");
   app.add_option("--layer-tol", ho.tol, "Hutchinson relative tolerance per layer (PyHessian: 1e-3)");
   app.add_option("--layer-iterations", layer_iterations, "Lanczos steps for each layer's top eigenvalue");
-  app.add_option("--seed", seed, "seed of the random start vectors");
+  app.add_option("--seed", seed, "seed of the random start vectors")->check(NotNegative);
   app.add_option("--dtype", dtype_name, "f32 | f64")->check(CLI::IsMember({"f32", "f64"}));
   app.add_option("--device", device, "cpu | cuda | cuda:N");
   CLI11_PARSE(app, argc, argv);
@@ -66,7 +66,7 @@ int run(int argc, char** argv) {
                 std::to_string(iterations));
   if (dens.iterations < 1) throw Error("hessian: --density-iterations must be >= 1");
   if (dens.runs < 1) throw Error("hessian: --runs must be >= 1");
-  if (dens.bins < 2) throw Error("hessian: --bins must be >= 2");
+  if (dens.bins < 2 || dens.bins > 10'000'000) throw Error("hessian: --bins must be in [2, 10000000]");
   if (!(dens.sigma_squared > 0) || !std::isfinite(dens.sigma_squared)) throw Error("hessian: --sigma-squared must be a positive number");
   if (ho.max_samples < 1) throw Error("hessian: --layer-samples must be >= 1");
   if (!(ho.tol >= 0)) throw Error("hessian: --layer-tol must be >= 0");

@@ -27,6 +27,7 @@ int run(int argc, char** argv) {
   app.add_option("--u", u_path, "direction u (needs --v): adds third/<name> = ∇³f[v, u]");
   app.add_option("--out", out_path, "output .safetensors")->required();
   CLI11_PARSE(app, argc, argv);
+  nn::check_output_path("--out", out_path);
   if (!u_path.empty() && v_path.empty()) throw Error("--u needs --v");
 
   Problem p = load_problem(flags);

@@ -49,13 +49,14 @@ int run(int argc, char** argv) {
   int max_order = 3;
   bool json = false;
   app.add_option("--v", v_path, "direction (.safetensors, one tensor per parameter; normalised to unit length)");
-  app.add_option("--seed", seed, "seed of a random unit direction (when no --v)");
+  app.add_option("--seed", seed, "seed of a random unit direction (when no --v)")->check(NotNegative);
   app.add_option("--radii", radii, "radii ρ, comma-separated (default 0.1/2^i, i = 0..7)")->delimiter(',');
   app.add_option("--max-order", max_order, "highest expansion order k")->check(CLI::Range(0, 3));
   app.add_flag("--json", json, "print one JSON object instead of tables");
   CLI11_PARSE(app, argc, argv);
   for (double r : radii)
-    if (!(r > 0)) throw Error("--radii: every radius must be positive");
+    if (!(r > 0) || !std::isfinite(r)) throw Error("--radii: every radius must be a positive finite number");
+  if (radii.size() == 1) throw Error("--radii: a slope needs at least two radii");
 
   Problem p = load_problem(flags);
   Params u = v_path.empty() ? Generator(seed).sphere_like(p.x) : load_direction(v_path, p);
@@ -70,6 +71,15 @@ int run(int argc, char** argv) {
     print_table("remainder |f(x+ρu) − Σ_{j≤k} ρ^j/j! D^j f[u^j]|", of_loss);
     print_table("remainder ‖∇f(x+ρu) − Σ_{j≤k} ρ^j/j! ∇D^j f[u^j]‖", of_grad);
   }
+  // A slope left null because every remainder sits below the rounding floor is a result; a
+  // non-finite remainder (the loss overflowed at some radius) is not: the command fails.
+  for (const TaylorReport* r : {&of_loss, &of_grad})
+    for (const auto& rem : r->remainder)
+      for (double v : rem)
+        if (!std::isfinite(v)) {
+          std::fprintf(stderr, "flatmin taylor: a non-finite remainder (printed as null): lower the radii\n");
+          return 3;
+        }
   return 0;
 }
 

@@ -25,7 +25,7 @@ int run(int argc, char** argv) {
   app.add_option("--subset", subset, "first N training examples")->check(CLI::PositiveNumber);
   app.add_option("--samples", ho.max_samples, "Hutchinson sample cap (PyHessian: 100)")->check(CLI::PositiveNumber);
   app.add_option("--tol", ho.tol, "Hutchinson relative tolerance (PyHessian: 1e-3)")->check(CLI::NonNegativeNumber);
-  app.add_option("--seed", ho.seed, "seed of the Rademacher vectors");
+  app.add_option("--seed", ho.seed, "seed of the Rademacher vectors")->check(NotNegative);
   app.add_flag("--lambda-max", lambda, "also λmax by power iteration");
   app.add_option("--power-iters", po.max_iter, "power iteration cap")->check(CLI::PositiveNumber);
   app.add_option("--dtype", dtype_name, "f32 | f64")->check(CLI::IsMember({"f32", "f64"}));
@@ -57,7 +57,9 @@ int run(int argc, char** argv) {
     out["power_converged"] = e.converged;
   }
   std::printf("%s\n", out.dump().c_str());
-  return 0;
+  const bool measured = std::isfinite(t.trace) && (!lambda || std::isfinite(out["lambda_max"].get<double>()));
+  if (!measured) std::fprintf(stderr, "flatmin trace: a non-finite estimate (printed as null)\n");
+  return measured ? 0 : 3;
 }
 
 Register reg{{"trace", "flatness of a checkpoint: Hutchinson tr/tr̄ (PyHessian convention) and λmax", run}};

@@ -24,6 +24,8 @@ int run(int argc, char** argv) {
   sched.add_to(app);
   app.add_option("--save-model", save_model, "write the final model's state dict (safetensors)");
   CLI11_PARSE(app, argc, argv);
+  sched.check_outputs();
+  nn::check_output_path("--save-model", save_model);
   optim_spec.config();  // bad hyperparameters are refused before any data is read
   optim_spec.check_batch(sched.batch_size);
   if (sched.steps == 0 && sched.epochs == 0) throw Error("give --steps or --epochs");
@@ -38,13 +40,11 @@ int run(int argc, char** argv) {
                            {"loss", sched.loss}};
   std::fprintf(stderr, "%s: %lld parameters, %lld training / %lld test examples\n", model.model.c_str(),
                (long long)net->num_parameters(), (long long)train.size(), (long long)test.size());
-  MetricsLog log(sched.metrics, /*append=*/sched.resume);
+  MetricsLog log(sched.metrics, {.resume = sched.resume});
   PhaseResult r = run_phase("train", *net, train, test, optim_spec, sched, config, log);
   if (!save_model.empty() && r.outcome.finished && distributed::world().rank() == 0) nn::save_safetensors(*net, save_model);
-  nlohmann::json summary = {{"finished", r.outcome.finished}, {"steps", r.outcome.steps},
-                            {"train_loss", r.train.loss}, {"train_accuracy", r.train.accuracy},
-                            {"test_loss", r.test.loss}, {"test_accuracy", r.test.accuracy}};
-  if (sched.eval_trace) summary["trace_normalized"] = r.trace_normalized;
+  nlohmann::json summary = measured_json(r, sched.eval_trace);
+  summary.update({{"finished", r.outcome.finished}, {"steps", r.outcome.steps}});
   if (r.outcome.stopped_non_finite) summary["stopped"] = r.outcome.message;
   std::printf("%s\n", summary.dump().c_str());
   return r.outcome.finished ? 0 : 3;

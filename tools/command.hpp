@@ -1,5 +1,6 @@
 // Subcommands of the `flatmin` executable register themselves here (one file each).
 #pragma once
+#include <CLI/CLI.hpp>
 #include <functional>
 #include <string>
 #include <vector>
@@ -18,5 +19,13 @@ std::vector<Command>& commands();
 struct Register {
   explicit Register(Command c) { commands().push_back(std::move(c)); }
 };
+
+// For unsigned flags (seeds): CLI11 would read "-1" as 2^64 - 1.
+inline const CLI::Validator NotNegative(
+    [](std::string& s) {
+      const size_t at = s.find_first_not_of(" \t");
+      return at != std::string::npos && s[at] == '-' ? std::string("must not be negative, got " + s) : std::string();
+    },
+    "NOT NEGATIVE", "NotNegative");
 
 }  // namespace flatmin::tools

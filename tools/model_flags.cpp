@@ -5,12 +5,54 @@
 
 namespace flatmin::tools {
 
+namespace {
+int64_t mul(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r)) throw Error("model size: the parameter count overflows int64");
+  return r;
+}
+int64_t add(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r)) throw Error("model size: the parameter count overflows int64");
+  return r;
+}
+}  // namespace
+
+int64_t resnet18_parameter_count(const nn::ResNetOptions& o) {
+  if (o.in_channels <= 0 || o.classes <= 0 || o.width <= 0) throw Error("resnet18: sizes must be positive");
+  auto norm = [&](int64_t ch) { return o.norm == nn::Norm::none ? 0 : mul(2, ch); };  // weight + bias
+  const int64_t w = o.width, k = o.stem == nn::Stem::cifar ? 3 : 7;
+  int64_t n = add(mul(mul(o.in_channels, w), k * k), norm(w));
+  int64_t in = w;
+  for (int s = 0; s < 4; ++s) {
+    const int64_t out = mul(w, int64_t(1) << s);
+    const int64_t block = add(mul(9, mul(out, out)), norm(out));  // conv 3x3 + norm
+    n = add(n, add(mul(9, mul(in, out)), norm(out)));             // block 0, conv1
+    n = add(n, mul(3, block));                                     // block 0 conv2, block 1 conv1 + conv2
+    if (s > 0 || in != out) n = add(n, add(mul(in, out), norm(out)));  // 1x1 downsample
+    in = out;
+  }
+  return add(n, mul(add(in, 1), o.classes));  // fc
+}
+
+int64_t mlp_parameter_count(const std::vector<int64_t>& sizes) {
+  int64_t n = 0;
+  for (size_t i = 0; i + 1 < sizes.size(); ++i) n = add(n, mul(add(sizes[i], 1), sizes[i + 1]));
+  return n;
+}
+
+void check_parameter_count(int64_t count, const std::string& model) {
+  if (count > kMaxParameters)
+    throw Error(model + ": " + std::to_string(count) + " parameters exceed the limit of " + std::to_string(kMaxParameters) +
+                " (lower the width or the hidden sizes)");
+}
+
 void ModelFlags::add_to(CLI::App& app) {
   app.add_option("--model", model, "model (resnet18)")->check(CLI::IsMember({"resnet18"}));
   app.add_option("--stem", stem, "cifar | imagenet")->check(CLI::IsMember({"cifar", "imagenet"}));
-  app.add_option("--in-channels", in_channels, "input channels");
-  app.add_option("--classes", classes, "number of classes");
-  app.add_option("--width", width, "first-stage width (stages w, 2w, 4w, 8w)");
+  app.add_option("--in-channels", in_channels, "input channels")->check(CLI::Range(int64_t(1), kMaxChannels));
+  app.add_option("--classes", classes, "number of classes")->check(CLI::Range(int64_t(1), kMaxClasses));
+  app.add_option("--width", width, "first-stage width (stages w, 2w, 4w, 8w)")->check(CLI::Range(int64_t(1), kMaxWidth));
   app.add_option("--norm", norm, "batch | group | none")->check(CLI::IsMember({"batch", "group", "none"}));
   app.add_option("--activation", activation, "relu | tanh | softplus")->check(CLI::IsMember({"relu", "tanh", "softplus"}));
   app.add_option("--weights", weights, "state dict (.safetensors) with the model's names")->required();
@@ -25,12 +67,14 @@ Problem load_problem(const ModelFlags& flags) {
   const DType dtype = flags.dtype == "f32" ? DType::f32 : DType::f64;
   const Device device = Device::parse(flags.device);
   Problem p;
-  p.net = std::make_unique<nn::ResNet>(nn::ResNetOptions{.in_channels = flags.in_channels,
-                                                         .classes = flags.classes,
-                                                         .stem = nn::parse_stem(flags.stem),
-                                                         .width = flags.width,
-                                                         .norm = nn::parse_norm(flags.norm),
-                                                         .activation = nn::parse_act(flags.activation)});
+  const nn::ResNetOptions options{.in_channels = flags.in_channels,
+                                  .classes = flags.classes,
+                                  .stem = nn::parse_stem(flags.stem),
+                                  .width = flags.width,
+                                  .norm = nn::parse_norm(flags.norm),
+                                  .activation = nn::parse_act(flags.activation)};
+  check_parameter_count(resnet18_parameter_count(options), "resnet18");
+  p.net = std::make_unique<nn::ResNet>(options);
   p.net->to(dtype);
   nn::load_safetensors(*p.net, flags.weights);
   p.net->to(device);

@@ -1,10 +1,17 @@
 #include "tools/train_setup.hpp"
 
 #include "optim/data_parallel.hpp"
+#include "tools/command.hpp"
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
-#include <unistd.h>
+#include <cstdlib>
+#include <cstring>
 
 #include "nn/safetensors.hpp"
 
@@ -14,10 +21,10 @@ void ModelSpec::add_to(CLI::App& app) {
   app.add_option("--model", model, "mlp | resnet18")->check(CLI::IsMember({"mlp", "resnet18"}));
   app.add_option("--norm", norm, "resnet18 normalization: group | batch | none (batch couples the examples of a batch)")
       ->check(CLI::IsMember({"group", "batch", "none"}));
-  app.add_option("--width", width, "resnet18 stage width (64 = torchvision)")->check(CLI::PositiveNumber);
-  app.add_option("--hidden", hidden, "mlp hidden layer sizes")->delimiter(',');
-  app.add_option("--activation", activation, "relu | tanh | softplus");
-  app.add_option("--model-seed", seed, "seed of the initial weights");
+  app.add_option("--width", width, "resnet18 stage width (64 = torchvision)")->check(CLI::Range(int64_t(1), kMaxWidth));
+  app.add_option("--hidden", hidden, "mlp hidden layer sizes")->delimiter(',')->check(CLI::Range(int64_t(1), kMaxHidden));
+  app.add_option("--activation", activation, "relu | tanh | softplus")->check(CLI::IsMember({"relu", "tanh", "softplus"}));
+  app.add_option("--model-seed", seed, "seed of the initial weights")->check(NotNegative);
 }
 nlohmann::json ModelSpec::json() const {
   return {{"model", model}, {"norm", norm}, {"width", width}, {"hidden", hidden}, {"activation", activation}, {"seed", seed}};
@@ -68,7 +75,7 @@ void OptimSpec::add_to(CLI::App& app) {
   app.add_option("--sa-sampling", sa_sampling,
                  "sa: step (i drawn within the step's batch) | all (Algorithm 2 as written: g the full-batch gradient, i over all n)")
       ->check(CLI::IsMember({"step", "all"}));
-  app.add_option("--seed", seed, "seed of the optimizer's random draws");
+  app.add_option("--seed", seed, "seed of the optimizer's random draws")->check(NotNegative);
 }
 nlohmann::json OptimSpec::json() const {
   return {{"optimizer", name}, {"lr", lr}, {"momentum", momentum}, {"dampening", dampening}, {"nesterov", nesterov},
@@ -101,7 +108,7 @@ void ScheduleSpec::add_to(CLI::App& app) {
   app.add_option("--trace-subset", trace_subset, "training examples for tr̄")->check(CLI::PositiveNumber);
   app.add_option("--trace-samples", trace_samples, "Hutchinson sample cap (PyHessian: 100)")->check(CLI::PositiveNumber);
   app.add_option("--trace-tol", trace_tol, "Hutchinson relative tolerance (PyHessian: 1e-3)")->check(CLI::NonNegativeNumber);
-  app.add_option("--loader-seed", loader_seed, "seed of the shuffling");
+  app.add_option("--loader-seed", loader_seed, "seed of the shuffling")->check(NotNegative);
   app.add_option("--metrics", metrics, "append metrics as JSON lines to this file");
   app.add_option("--checkpoint", checkpoint, "checkpoint file (written atomically)");
   app.add_option("--checkpoint-every", checkpoint_every, "checkpoint every N steps (and at the end)")->check(CLI::NonNegativeNumber);
@@ -125,6 +132,11 @@ Device device_for_rank(const std::string& device) {
 nlohmann::json with_parallel(nlohmann::json config, const ScheduleSpec& sched) {
   if (sched.micro_shards != 1) config["micro_shards"] = sched.micro_shards;
   return config;
+}
+
+void ScheduleSpec::check_outputs() const {
+  nn::check_output_path("--metrics", metrics);
+  nn::check_output_path("--checkpoint", checkpoint);
 }
 
 DType parse_dtype(const std::string& s) {
@@ -152,6 +164,8 @@ CheckpointModel load_checkpoint_model(const ModelSpec& m, const DataSpec& d, con
   if (subset < r.train.size()) r.train = r.train.head(subset);
   r.net = build_model(m, r.train);
   load_weights(*r.net, file);
+  const std::string bad = optim::first_non_finite(r.net->state_dict());
+  if (!bad.empty()) throw Error(file + ": tensor '" + bad + "' holds a non-finite value: nothing to measure");
   r.net->to(dtype);
   r.net->to(device);
   r.net->train();
@@ -164,32 +178,61 @@ std::unique_ptr<nn::Module> build_model(const ModelSpec& m, const data::Dataset&
     if (m.hidden.empty()) throw Error("--hidden: at least one hidden layer");
     std::vector<int64_t> sizes = {numel(like.example_shape())};
     for (int64_t h : m.hidden) {
-      if (h < 1) throw Error("--hidden: sizes must be positive");
+      if (h < 1 || h > kMaxHidden) throw Error("--hidden: sizes must be in [1, " + std::to_string(kMaxHidden) + "]");
       sizes.push_back(h);
     }
     sizes.push_back(like.classes);
+    check_parameter_count(mlp_parameter_count(sizes), "mlp");
     Generator g(m.seed);
     return std::make_unique<nn::MLP>(sizes, nn::parse_act(m.activation), g);
   }
   Shape s = like.example_shape();
   if (s.size() != 3) throw Error("resnet18 needs images (C,H,W), the data set has examples of shape " + to_string(s));
-  return std::make_unique<nn::ResNet>(nn::resnet18({.in_channels = s[0], .classes = like.classes, .stem = nn::Stem::cifar,
-                                                    .width = m.width, .norm = nn::parse_norm(m.norm),
-                                                    .activation = nn::parse_act(m.activation), .seed = m.seed}));
+  if (m.width < 1 || m.width > kMaxWidth) throw Error("--width: must be in [1, " + std::to_string(kMaxWidth) + "]");
+  const nn::ResNetOptions options{.in_channels = s[0], .classes = like.classes, .stem = nn::Stem::cifar, .width = m.width,
+                                  .norm = nn::parse_norm(m.norm), .activation = nn::parse_act(m.activation), .seed = m.seed};
+  check_parameter_count(resnet18_parameter_count(options), "resnet18");
+  return std::make_unique<nn::ResNet>(options);
 }
 
-MetricsLog::MetricsLog(const std::string& path, bool append) {
+MetricsLog::MetricsLog(const std::string& path, MetricsLogOptions o) : path_(path) {
   if (path.empty() || distributed::world().rank() != 0) return;  // rank 0 alone writes
-  f_ = std::fopen(path.c_str(), append ? "a" : "w");
-  if (!f_) throw Error("cannot open metrics file " + path);
+  f_ = std::fopen(path.c_str(), o.resume ? "a+" : "w");
+  if (!f_) throw Error("cannot open the metrics file " + path + ": " + std::strerror(errno));
 }
 MetricsLog::~MetricsLog() {
   if (f_) std::fclose(f_);
 }
 void MetricsLog::write(const nlohmann::json& row) {
   if (!f_) return;
-  std::string s = row.dump() + "\n";
-  if (std::fwrite(s.data(), 1, s.size(), f_) != s.size() || std::fflush(f_) != 0) throw Error("cannot write the metrics file");
+  const std::string s = row.dump() + "\n";
+  if (std::fwrite(s.data(), 1, s.size(), f_) != s.size() || std::fflush(f_) != 0)
+    throw Error("cannot write the metrics file " + path_ + ": " + std::strerror(errno));
+}
+bool MetricsLog::rewind_to(const std::string& phase, int64_t step) {
+  if (!f_) return false;
+  std::rewind(f_);
+  std::string text;
+  char buf[1 << 16];
+  for (size_t k; (k = std::fread(buf, 1, sizeof buf, f_)) > 0;) text.append(buf, k);
+  if (std::ferror(f_)) throw Error("cannot read the metrics file " + path_ + ": " + std::strerror(errno));
+  size_t keep = 0;
+  bool found = false;
+  for (size_t at = 0, end; (end = text.find('\n', at)) != std::string::npos; at = end + 1) {
+    const nlohmann::json row = nlohmann::json::parse(text.begin() + at, text.begin() + end, nullptr, false);
+    if (row.is_discarded() || !row.is_object())
+      throw Error("the metrics file " + path_ + " holds a line that is not a JSON object: line " +
+                  std::to_string(std::count(text.begin(), text.begin() + at, '\n') + 1));
+    if (row.value("phase", "") == phase && row.contains("step") && row["step"].is_number_integer()) {
+      const int64_t s = row["step"].get<int64_t>();
+      if (s > step) break;
+      found |= s == step;
+    }
+    keep = end + 1;
+  }
+  if (std::fflush(f_) != 0 || ::ftruncate(::fileno(f_), off_t(keep)) != 0)
+    throw Error("cannot cut the metrics file " + path_ + " back to step " + std::to_string(step) + ": " + std::strerror(errno));
+  return found;
 }
 
 static double now_s() {
@@ -221,6 +264,7 @@ PhaseResult evaluate_all(nn::Module& net, const data::Dataset& train, const data
   const DType dt = parse_dtype(sched.dtype);
   const optim::ClassifierLoss loss = optim::parse_classifier_loss(sched.loss);
   PhaseResult r;
+  r.evaluated_step = r.outcome.steps;  // measured now; run_phase sets the step
   r.train = optim::evaluate_classifier(net, train, 512, dt, sched.parallel(), loss);
   if (test.size() > 0) r.test = optim::evaluate_classifier(net, test, 512, dt, sched.parallel(), loss);
   if (with_trace) {
@@ -233,7 +277,27 @@ PhaseResult evaluate_all(nn::Module& net, const data::Dataset& train, const data
   return r;
 }
 
+// tests/faults.sh: FLATMIN_TEST_KILL_AT_STEP=S kills the process (SIGKILL) once step S is
+// done and its checkpoint written, before the evaluation row of S: the narrowest window of
+// a crash between a checkpoint and the metrics log.
+static void kill_here_for_tests(int64_t step) {
+  static const char* at = std::getenv("FLATMIN_TEST_KILL_AT_STEP");
+  if (at && std::to_string(step) == at) ::kill(::getpid(), SIGKILL);
+}
+
 static nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
+
+nlohmann::json measured_json(const PhaseResult& r, bool with_trace) {
+  const bool now = r.evaluated_step >= 0 && r.evaluated_step == r.outcome.steps;
+  auto of = [&](const optim::ClassifierMetrics& m, double v) { return now && m.examples > 0 ? num(v) : nullptr; };
+  nlohmann::json j = {{"train_loss", of(r.train, r.train.loss)}, {"train_accuracy", of(r.train, r.train.accuracy)},
+                      {"test_loss", of(r.test, r.test.loss)}, {"test_accuracy", of(r.test, r.test.accuracy)}};
+  if (with_trace) {
+    j["trace_normalized"] = now ? num(r.trace_normalized) : nullptr;
+    j["trace_normalized_stderr"] = now ? num(r.trace_normalized_stderr) : nullptr;
+  }
+  return j;
+}
 
 // What this rank has sent to the others so far (host world and, for CUDA models, NCCL's).
 static uint64_t bytes_sent_by(const nn::Module& net) {
@@ -256,11 +320,15 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
   net.to(device_for_rank(sched.device));  // a clear error here if the device is not usable
   optim::validate(sched.parallel(), sched.batch_size, net.parameters().at(0).device());
   data::Loader loader(train, lo);
-  const int64_t total = sched.steps > 0 ? sched.steps : sched.epochs * loader.batches_per_epoch();
+  int64_t total = sched.steps;
+  if (sched.epochs > 0 && __builtin_mul_overflow(sched.epochs, loader.batches_per_epoch(), &total))
+    throw Error("--epochs " + std::to_string(sched.epochs) + ": " + std::to_string(loader.batches_per_epoch()) +
+                " steps per epoch overflow the step count");
   if (total <= 0) throw Error("nothing to do: give --steps or --epochs");
   auto opt = optim::make_optimizer(oc, net.parameters(), optim::data_parallel_batch_closure(net, train, dt, sched.parallel(), loss),
                                    train.size());
   int64_t start = 0;
+  double resumed_loss = NAN;  // the batch loss of the checkpoint's step
   const std::string config_str = with_parallel(config, sched).dump();
   distributed::require_same(distributed::world(), "the configuration or the data",
                             config_str + std::to_string(distributed::hash_tensor(train.images, distributed::hash_tensor(train.labels))) +
@@ -271,24 +339,33 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
     optim::CheckpointInfo info = optim::load_checkpoint(sched.checkpoint, net, *opt);
     if (info.config != config_str)
       throw Error(sched.checkpoint + ": the checkpoint was made with another configuration:\n  " + info.config + "\nnow:\n  " + config_str);
+    if (info.step > total)
+      throw Error(sched.checkpoint + ": the checkpoint is at step " + std::to_string(info.step) + ", past the " +
+                  std::to_string(total) + " steps asked for: nothing to do");
+    // After step s > 0 the loader stands at batch p ∈ [1, B] of epoch e, s = e·B + p.
+    const int64_t per_epoch = loader.batches_per_epoch();
+    const int64_t epoch = info.step > 0 ? (info.step - 1) / per_epoch : 0, position = info.step - epoch * per_epoch;
+    if (info.loader.seed != sched.loader_seed || info.loader.epoch != epoch || info.loader.position != position)
+      throw Error(sched.checkpoint + ": damaged checkpoint: step " + std::to_string(info.step) +
+                  " disagrees with its loader state (epoch " + std::to_string(info.loader.epoch) + ", batch " +
+                  std::to_string(info.loader.position) + " of " + std::to_string(per_epoch) + ", seed " +
+                  std::to_string(info.loader.seed) + ")");
     loader.restore(info.loader);
     start = info.step;
-    std::fprintf(stderr, "resuming %s from step %lld\n", sched.checkpoint.c_str(), (long long)start);
+    resumed_loss = info.batch_loss;
+    std::fprintf(stderr, "resuming %s from step %lld%s\n", sched.checkpoint.c_str(), (long long)start,
+                 start == total ? " (the last step: evaluation only)" : "");
   }
   const uint64_t sent_before = bytes_sent_by(net);
   Progress progress(phase, start, total);
   PhaseResult last;
   bool stopped_early = false;
-  auto evaluate = [&](int64_t step, double loss) {
+  auto evaluate = [&](int64_t step, double loss, bool write_row = true) {
     last = evaluate_all(net, train, test, sched, sched.eval_trace);
-    nlohmann::json row = {{"phase", phase}, {"step", step}, {"batch_loss", num(loss)}, {"train_loss", num(last.train.loss)},
-                          {"train_accuracy", last.train.accuracy}, {"test_loss", num(last.test.loss)},
-                          {"test_accuracy", last.test.accuracy}};
-    if (sched.eval_trace) {
-      row["trace_normalized"] = num(last.trace_normalized);
-      row["trace_normalized_stderr"] = num(last.trace_normalized_stderr);
-    }
-    log.write(row);
+    last.evaluated_step = last.outcome.steps = step;
+    nlohmann::json row = measured_json(last, sched.eval_trace);
+    row.update({{"phase", phase}, {"step", step}, {"batch_loss", num(loss)}});
+    if (write_row) log.write(row);
     char extra[200];
     std::snprintf(extra, sizeof extra, "train acc %.4f  test acc %.4f%s", last.train.accuracy, last.test.accuracy,
                   sched.eval_trace ? ("  tr̄ " + std::to_string(last.trace_normalized)).c_str() : "");
@@ -301,6 +378,16 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
   out.finished = start >= total;
   int64_t at = start;
   int64_t known_checkpoint = sched.resume ? start : -1;
+  if (sched.resume) {
+    // The log continues from the checkpoint: rows written after it go (the steps run
+    // again), and an evaluation due at the checkpoint's step that a kill left unwritten (or
+    // that an early stop depends on) is made again. The state is the same, so is the row.
+    const bool have_row = log.rewind_to(phase, start);
+    if (start > 0 && ((sched.eval_every > 0 && start % sched.eval_every == 0) || start == total)) {
+      evaluate(start, resumed_loss, !have_row);
+      if (stop_early && stop_early(start, last)) stopped_early = true;
+    }
+  }
   while (at < total && !stopped_early) {
     const int64_t chunk_end = sched.eval_every > 0 ? std::min(total, (at / sched.eval_every + 1) * sched.eval_every) : total;
     out = optim::train_loop(net, loader, *opt, at,
@@ -311,6 +398,7 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
     known_checkpoint = out.last_checkpoint;
     if (!out.finished) break;
     at = out.steps;
+    kill_here_for_tests(at);
     evaluate(at, out.last_loss);
     if (stop_early && stop_early(at, last)) stopped_early = true;
   }
@@ -320,7 +408,9 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
     std::fprintf(stderr, "%s: %d processes, %lld micro-shards: rank 0 sent %.3f MB (%.3f MB per step, evaluations included)\n",
                  phase.c_str(), distributed::world().size(), (long long)sched.micro_shards, sent / 1e6, sent / 1e6 / double(out.steps - start));
   }
+  const int64_t evaluated = last.evaluated_step;
   last.outcome = out;
+  last.evaluated_step = evaluated;
   if (out.stopped_non_finite) std::fprintf(stderr, "%s: stopped: %s\n", phase.c_str(), out.message.c_str());
   return last;
 }

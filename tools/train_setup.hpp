@@ -11,6 +11,7 @@
 #include "datasets/datasets.hpp"
 #include "nn/nn.hpp"
 #include "optim/training.hpp"
+#include "tools/model_flags.hpp"
 
 namespace flatmin::tools {
 
@@ -61,6 +62,8 @@ struct ScheduleSpec {
   std::string loss = "ce";     // ce | mse (optim::ClassifierLoss)
   int64_t micro_shards = 1;    // data parallelism (optim/data_parallel.hpp)
   void add_to(CLI::App& app);
+  // Before any work: --metrics and --checkpoint can be written (nn::check_output_path).
+  void check_outputs() const;
   optim::DataParallel parallel() const { return {.micro_shards = micro_shards}; }
 };
 // Under mpirun: "cuda" means cuda:<local rank>; anything else as given.
@@ -85,14 +88,27 @@ struct CheckpointModel {
 CheckpointModel load_checkpoint_model(const ModelSpec& m, const DataSpec& d, const std::string& file, int64_t subset,
                                       DType dtype, const Device& device);
 
-// Appends JSON lines to a file (flushed per line) and echoes nothing; a no-op without a path.
+// Metrics as JSON lines, one row per evaluation, flushed per row (a kill loses no written
+// row); a no-op without a path. A fresh log replaces the file; a resumed one keeps it, and
+// run_phase rewinds it to the checkpoint's step, so that an interrupted and resumed run
+// leaves the same file as an uninterrupted one.
+struct MetricsLogOptions {
+  bool resume = false;  // keep the existing rows (for rewind_to)
+};
 class MetricsLog {
  public:
-  explicit MetricsLog(const std::string& path, bool append);
+  explicit MetricsLog(const std::string& path, MetricsLogOptions o = {});
   ~MetricsLog();
+  MetricsLog(const MetricsLog&) = delete;
+  MetricsLog& operator=(const MetricsLog&) = delete;
   void write(const nlohmann::json& row);
+  // Cuts the file before the first row of `phase` past `step` (rows written after the
+  // checkpoint the run resumes from) and drops a torn last line; returns whether a row of
+  // (phase, step) is kept.
+  bool rewind_to(const std::string& phase, int64_t step);
 
  private:
+  std::string path_;
   std::FILE* f_ = nullptr;
 };
 
@@ -115,7 +131,11 @@ struct PhaseResult {
   optim::TrainOutcome outcome;
   optim::ClassifierMetrics train, test;
   double trace_normalized = NAN, trace_normalized_stderr = NAN;  // Hutchinson's standard error
+  int64_t evaluated_step = -1;  // the step train/test/trace were measured at (-1: never)
 };
+// train/test loss and accuracy (and tr̄ when with_trace) as JSON, null for what was not
+// measured: no evaluation at the last step reached, no test set, no tr̄ — never a 0.
+nlohmann::json measured_json(const PhaseResult& r, bool with_trace);
 // One training phase: net on train (evaluated on test) with the optimizer and schedule;
 // metrics rows carry {"phase": phase}. Resumes from schedule.checkpoint when asked.
 // stop_early(step, result) runs after each evaluation; true ends the phase there.

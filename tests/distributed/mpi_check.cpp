@@ -94,6 +94,11 @@ int main(int argc, char** argv) {
   Params ps = {full({2}, double(r)), full({1}, 10.0 + r)};
   dist::broadcast(w, ps, n - 1);
   expect(ps[1].item() == 10.0 + n - 1, "broadcast of a parameter list");
+  Tensor ints = from_ints({r, 10 + r}, {2});  // integer buffers (BatchNorm's step count) travel as bytes
+  dist::broadcast(w, ints, 1);
+  expect(ints.to_int_vector() == std::vector<int64_t>{1, 11}, "broadcast of an int64 tensor");
+  std::vector<Params> gathered = dist::all_gather(w, Params{from_ints({r}, {1})});
+  for (int k = 0; k < n; ++k) expect(gathered[size_t(k)][0].to_int_vector() == std::vector<int64_t>{k}, "all_gather of int64 tensors");
   std::vector<std::string> names = dist::all_gather(w, std::string(size_t(r + 1), 'x'));
   for (int k = 0; k < n; ++k) expect(names[size_t(k)] == std::string(size_t(k + 1), 'x'), "all_gather of strings");
 

@@ -2,7 +2,7 @@
 # Data-parallel `flatmin train` under mpirun on this machine (loopback), against the
 # single-process run with the same flags (docs/distributed.md):
 #   same                 final model, checkpoint, metrics and summary byte-identical on 1, 2 and 3
-#                        processes (SGD, SAM, RS, SA, a ResNet-18 with BatchNorm); `flatmin trace` on 1 and 3
+#                        processes (SGD, SAM, RS, SA with step and all-examples sampling, a ResNet-18 with BatchNorm); `flatmin trace` on 1 and 3
 #   kill                 rank 1 killed mid-run: the job ends within seconds naming the rank, the
 #                        last checkpoint resumes on 3 processes to the single-process result
 #   mismatch             different flags on one rank, and too few micro-shards: refused at start
@@ -63,6 +63,7 @@ case "$what" in
     same rs --optimizer rs --lr 0.1 --rho 0.5 --lr-perturb 0.2 --steps 15 --eval-trace --trace-subset 64 --trace-samples 5
     same sa --optimizer sa --lr 0.1 --rho 0.2 --sa-batch 5 --steps 15
     same sa1 --optimizer sa --lr 0.1 --rho 0.2 --sa-batch 1 --steps 10
+    same sa_all --optimizer sa --sa-sampling all --lr 0.1 --rho 0.2 --sa-batch 5 --steps 6  # g on all 512 examples
     # A small ResNet-18 with BatchNorm (ghost batch norm per micro-shard, running statistics
     # from shard 0 broadcast): Fashion-MNIST's first 48 images when the data set is installed.
     if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte ]; then

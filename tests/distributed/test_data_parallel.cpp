@@ -43,6 +43,21 @@ TEST_SUITE("distributed") {
     CHECK_THROWS_AS(dist::owner(6, 6, 3), Error);
   }
 
+  TEST_CASE("the single-process world: collectives are copies, integer tensors included") {
+    const dist::World& w = dist::world();
+    Tensor t = from_ints({4, 5}, {2});
+    dist::broadcast(w, t, 0);
+    CHECK(t.to_int_vector() == std::vector<int64_t>{4, 5});
+    Tensor g = dist::all_gather(w, t);
+    CHECK(g.shape() == Shape{1, 2});
+    CHECK(g.to_int_vector() == std::vector<int64_t>{4, 5});
+    std::vector<Params> ps = dist::all_gather(w, Params{full({3}, 2.0)});
+    REQUIRE(ps.size() == 1);
+    CHECK(ps[0][0].to_vector() == std::vector<double>{2, 2, 2});
+    CHECK(dist::all_gather(w, std::string("abc")) == std::vector<std::string>{"abc"});
+    CHECK_NOTHROW(dist::require_same(w, "x", "y"));
+  }
+
   TEST_CASE("fixed_order_sum adds in the fixed tree (not left to right), on one process too") {
     const dist::World& w = dist::world();
     REQUIRE(w.size() == 1);

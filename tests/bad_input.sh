@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Bad command lines (issue 11): each is refused with a one-line error naming the flag and
+# the problem, before any work (no allocation, no training, nothing written).
+#   tests/bad_input.sh FLATMIN_BINARY
+set -uo pipefail
+flatmin=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+failed=0
+# expect "message substring" flatmin args...
+expect() {
+  local want=$1; shift
+  local out rc
+  out=$(timeout 20 "$flatmin" "$@" 2>&1 < /dev/null); rc=$?
+  if [ $rc -eq 0 ] || [ $rc -ge 124 ] || ! grep -qF -- "$want" <<< "$out"; then
+    echo "FAIL (exit $rc): flatmin $*"; echo "  wanted: $want"; echo "  got: $(head -n 3 <<< "$out")"; failed=1
+  fi
+}
+blobs=(--dataset blobs --steps 1)
+# 1. sizes: bounded flags, parameter counts checked before anything is built
+expect "--hidden: Value 4611686018427387904 not in range" train "${blobs[@]}" --hidden 4611686018427387904
+expect "parameters exceed the limit" train "${blobs[@]}" --hidden 1048576,1048576
+expect "--width: Value 100000000 not in range" train "${blobs[@]}" --model resnet18 --width 100000000
+expect "--width: Value 100000000 not in range" probe --width 100000000 --weights w --batch b --out "$tmp/o"
+expect "--in-channels: Value -1 not in range" taylor --in-channels -1 --weights w --batch b
+expect "--classes: Value 0 not in range" probe --classes 0 --weights w --batch b --out "$tmp/o"
+expect "--dims: Value 100000 not in range" ddep --dims 100000
+expect "--epochs 4611686018427387904: 4 steps per epoch overflow" train --dataset blobs --epochs 4611686018427387904
+# 8. unsigned flags refuse negatives; non-finite values where a number is measured against
+expect "--model-seed: must not be negative" train "${blobs[@]}" --model-seed -1
+expect "--seed: must not be negative" trace --seed -3 x
+expect "--radii: every radius must be a positive finite number" taylor --radii 0.1,inf --weights w --batch b
+expect "--radii: a slope needs at least two radii" taylor --radii 0.1 --weights w --batch b
+expect "--memorize-acc must be in (0, 1]" escape --memorize-acc nan
+expect "--start must be two finite numbers" example1 --start nan 1
+# 4. every output path checked before any work
+expect "--checkpoint $tmp/no/c: the folder $tmp/no does not exist" train "${blobs[@]}" --checkpoint "$tmp/no/c"
+expect "--save-model $tmp/no/m: the folder" train "${blobs[@]}" --save-model "$tmp/no/m"
+expect "--metrics $tmp: is a folder" train "${blobs[@]}" --metrics "$tmp"
+expect "--save-start $tmp/no/s: the folder" escape --save-start "$tmp/no/s"
+expect "--out $tmp/no/o: the folder" probe --weights w --batch b --out "$tmp/no/o"
+expect "--out $tmp/no/o: the folder" example1 --out "$tmp/no/o"
+expect "--out $tmp/no/o: the folder" ddep --out "$tmp/no/o"
+[ -z "$(ls -A "$tmp")" ] || { echo "FAIL: files left behind: $(ls -A "$tmp")"; failed=1; }
+# 3. a stop on a non-finite loss: exit 3 and null for what was not measured
+out=$("$flatmin" train "${blobs[@]/1/5}" --lr 1e30 2> /dev/null); rc=$?
+if [ $rc -ne 3 ] || ! grep -q '"train_accuracy":null' <<< "$out"; then echo "FAIL: non-finite stop: exit $rc, $out"; failed=1; fi
+[ $failed -eq 0 ] && echo "bad_input: OK"
+exit $failed
