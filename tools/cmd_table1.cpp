@@ -407,7 +407,7 @@ int run(int argc, char** argv) {
     po.log_x = true;
     po.y_low = "q25";
     po.y_high = "q75";
-    po.title = (m == "rs" ? "RS (Algorithm 1)" : "SA (Algorithm 2)") + std::string(": gradient queries to an (ε, √ε)-flat minimum, median and quartiles over seeds; x = 1/ε");
+    po.title = m == "rs" ? "RS: queries to (ε, √ε)-flat (median, quartiles)" : "SA: queries to (ε, √ε)-flat (median, quartiles)";
     std::vector<std::string> png = plot_metrics(po);
     fs::rename(png.at(0), fs::path(s.out) / ("queries_vs_eps_" + m + ".png"));
   }

@@ -132,26 +132,26 @@ TEST_SUITE("certificate") {
     CHECK(refused({1, 0, 0, 0}, {.top_k = 2, .rel_cut = 0}).find("rel_cut") != std::string::npos);
     CHECK(refused({2, 1, 0, 0}, {.top_k = 3}) == "(accepted)");
   }
-}
 
-TEST_CASE("a network's certificate from its leaves equals the function's, with the exact projector") {
-  const int64_t m = 6, n = 2;
-  Generator g(5);
-  Tensor A = g.normal({n, m}, f64), beta = g.normal({m}, f64);
-  Tensor Y = matmul(A, reshape(beta, {m, 1}));
-  ScalarFn f = [=](const Params& p) { return mean(square(sub(matmul(A, reshape(mul(p[0], p[1]), {m, 1})), Y))); };
-  VectorFn r = [=](const Params& p) { return reshape(sub(matmul(A, reshape(mul(p[0], p[1]), {m, 1})), Y), {n}); };
-  Params x = {full({m}, 2.0, f64), mul_scalar(beta, 0.5)};
-  Params lv = leaves(x);
-  std::function<Tensor()> loss = [&] { return f(lv); };
-  Params u = Generator(1).normal_like(x), v = Generator(2).normal_like(x);
-  CHECK(norm(axpy(-1, third_fn_of_leaves(loss, lv)(u, v), third_fn(f, x)(u, v))).item() < 1e-12);
-  Certificate a = certify_leaves(loss, lv, 0.01, {.top_k = 4}, {.trace_samples = 5, .seed = 3});
-  Certificate b = certify(f, x, 0.01, residual_tangent_projector(r, x), {.trace_samples = 5, .seed = 3});
-  CHECK(a.flat.projected_trace_grad_norm == doctest::Approx(b.flat.projected_trace_grad_norm).epsilon(1e-8));
-  CHECK(a.flat.projected_trace_grad_norm > 0.01);  // a sharp minimum: not flat
-  CHECK(a.flat.grad_norm < 1e-12);
-  CHECK(a.trace_grad_stderr == doctest::Approx(b.trace_grad_stderr).epsilon(1e-8));
-  CHECK_THROWS_WITH_AS(certify_leaves(loss, lv, 0.01, {.top_k = 4}, {.trace_samples = 0}), doctest::Contains("trace_samples"), Error);
-  CHECK_THROWS_WITH_AS(certify_leaves(loss, lv, -1, {.top_k = 4}, {.trace_samples = 2}), doctest::Contains("ε must be"), Error);
+  TEST_CASE("a network's certificate from its leaves equals the function's, with the exact projector") {
+    const int64_t m = 6, n = 2;
+    Generator g(5);
+    Tensor A = g.normal({n, m}, f64), beta = g.normal({m}, f64);
+    Tensor Y = matmul(A, reshape(beta, {m, 1}));
+    ScalarFn f = [=](const Params& p) { return mean(square(sub(matmul(A, reshape(mul(p[0], p[1]), {m, 1})), Y))); };
+    VectorFn r = [=](const Params& p) { return reshape(sub(matmul(A, reshape(mul(p[0], p[1]), {m, 1})), Y), {n}); };
+    Params x = {full({m}, 2.0, f64), mul_scalar(beta, 0.5)};
+    Params lv = leaves(x);
+    std::function<Tensor()> loss = [&] { return f(lv); };
+    Params u = Generator(1).normal_like(x), v = Generator(2).normal_like(x);
+    CHECK(norm(axpy(-1, third_fn_of_leaves(loss, lv)(u, v), third_fn(f, x)(u, v))).item() < 1e-12);
+    Certificate a = certify_leaves(loss, lv, 0.01, {.top_k = 4}, {.trace_samples = 5, .seed = 3});
+    Certificate b = certify(f, x, 0.01, residual_tangent_projector(r, x), {.trace_samples = 5, .seed = 3});
+    CHECK(a.flat.projected_trace_grad_norm == doctest::Approx(b.flat.projected_trace_grad_norm).epsilon(1e-8));
+    CHECK(a.flat.projected_trace_grad_norm > 0.01);  // a sharp minimum: not flat
+    CHECK(a.flat.grad_norm < 1e-12);
+    CHECK(a.trace_grad_stderr == doctest::Approx(b.trace_grad_stderr).epsilon(1e-8));
+    CHECK_THROWS_WITH_AS(certify_leaves(loss, lv, 0.01, {.top_k = 4}, {.trace_samples = 0}), doctest::Contains("trace_samples"), Error);
+    CHECK_THROWS_WITH_AS(certify_leaves(loss, lv, -1, {.top_k = 4}, {.trace_samples = 2}), doctest::Contains("ε must be"), Error);
+  }
 }
