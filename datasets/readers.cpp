@@ -162,12 +162,23 @@ Bytes gunzip(ByteView in, const std::string& source, size_t max_bytes) {
 }
 
 // ---- IDX ----
-IdxArray parse_idx(ByteView bytes, const std::string& source, size_t max_bytes) {
-  PlainSource plain(bytes);
+namespace {
+// A plain or gzip byte source over `bytes`, chosen by the magic bytes.
+struct AnySource {
+  PlainSource plain;
   std::unique_ptr<GzipSource> gz;
-  if (is_gzip(bytes)) gz = std::make_unique<GzipSource>(bytes, source);
-  Source& src = gz ? static_cast<Source&>(*gz) : plain;
+  AnySource(ByteView bytes, const std::string& source) : plain(bytes) {
+    if (is_gzip(bytes)) gz = std::make_unique<GzipSource>(bytes, source);
+  }
+  Source& get() { return gz ? static_cast<Source&>(*gz) : plain; }
+};
 
+struct IdxHeader {
+  std::vector<int64_t> dims;
+  uint64_t total = 1;  // prod(dims) bytes of data follow
+};
+// Magic and dimensions; the data they imply is bounded by max_bytes before any is read.
+IdxHeader read_idx_header(Source& src, const std::string& source, size_t max_bytes) {
   Bytes head;
   read_exact(src, 4, head, source, "IDX header (magic number)");
   const uint32_t magic = be32(head.data());
@@ -179,17 +190,40 @@ IdxArray parse_idx(ByteView bytes, const std::string& source, size_t max_bytes) 
   }
   const size_t ndim = magic & 0xffu;
   read_exact(src, 4 * ndim, head, source, "IDX header (dimensions)");
-  IdxArray a;
-  uint64_t total = 1;
+  IdxHeader h;
   for (size_t k = 0; k < ndim; ++k) {
     const uint32_t d = be32(head.data() + 4 + 4 * k);
     if (d == 0) throw Error(source + ": IDX dimension " + num(k) + " is 0 (an empty array)");
-    if (total > uint64_t(max_bytes) / d)  // also rules out overflow
+    if (h.total > uint64_t(max_bytes) / d)  // also rules out overflow
       throw Error(source + ": IDX header claims more than the limit of " + num(max_bytes) + " bytes of data");
-    total *= d;
-    a.dims.push_back(int64_t(d));
+    h.total *= d;
+    h.dims.push_back(int64_t(d));
   }
-  read_exact(src, size_t(total), a.values, source, "IDX data (the header's dimensions need more)");
+  return h;
+}
+
+// Labels (N) as int64, each checked against `classes`.
+Tensor idx_labels(const Bytes& values, int64_t n, int64_t classes, const std::string& name) {
+  if (classes < 1 || classes > 256) throw Error(name + ": class count must be in [1, 256]");
+  Tensor lab = empty({n}, {DType::i64});
+  int64_t* l = lab.data<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    l[i] = values[size_t(i)];
+    if (l[i] >= classes)
+      throw Error(name + ": label " + num(uint64_t(l[i])) + " of example " + num(uint64_t(i)) +
+                  " is outside [0, " + num(uint64_t(classes)) + ")");
+  }
+  return lab;
+}
+}  // namespace
+
+IdxArray parse_idx(ByteView bytes, const std::string& source, size_t max_bytes) {
+  AnySource any(bytes, source);
+  Source& src = any.get();
+  const IdxHeader h = read_idx_header(src, source, max_bytes);
+  IdxArray a;
+  a.dims = h.dims;
+  read_exact(src, size_t(h.total), a.values, source, "IDX data (the header's dimensions need more)");
   expect_end(src, source, "IDX data the header describes");
   return a;
 }
@@ -207,24 +241,55 @@ Dataset idx_dataset(const IdxArray& images, const IdxArray& labels, int64_t clas
   const int64_t n = images.dims[0], h = images.dims[1], w = images.dims[2];
   if (labels.dims[0] != n)
     throw Error(name + ": " + num(uint64_t(n)) + " images but " + num(uint64_t(labels.dims[0])) + " labels");
-  if (classes < 1 || classes > 256) throw Error(name + ": class count must be in [1, 256]");
-  Tensor lab = empty({n}, {DType::i64});
-  int64_t* l = lab.data<int64_t>();
-  for (int64_t i = 0; i < n; ++i) {
-    l[i] = labels.values[size_t(i)];
-    if (l[i] >= classes)
-      throw Error(name + ": label " + num(uint64_t(l[i])) + " of example " + num(uint64_t(i)) +
-                  " is outside [0, " + num(uint64_t(classes)) + ")");
-  }
+  Tensor lab = idx_labels(labels.values, n, classes, name);
   Tensor img = empty({n, 1, h, w});
   float* p = img.data<float>();
   for (size_t i = 0; i < images.values.size(); ++i) p[i] = float(images.values[i]) / 255.0f;
   return {img, lab, classes, name};
 }
 
+// Memory bounded by what the headers allow before anything is inflated: the images' header
+// first (N, H, W within the limit), then the labels, which must be exactly N bytes, then
+// the image data streamed in 64 KiB chunks straight into the float tensor (no byte copy of
+// the images; the tensor's pages are touched only as data arrives).
+static Dataset load_idx_files(const std::string& images_path, const std::string& labels_path, int64_t classes,
+                              const std::string& name) {
+  const Bytes raw = read_file(images_path);
+  AnySource any(raw, images_path);
+  Source& src = any.get();
+  const IdxHeader h = read_idx_header(src, images_path, kDefaultMaxBytes);
+  if (h.dims.size() != 3)
+    throw Error(name + ": the images file must be a 3-d IDX array (N,H,W), got " + num(h.dims.size()) + " dims");
+  const int64_t n = h.dims[0];
+  IdxArray labels;
+  try {
+    labels = read_idx(labels_path, size_t(n));
+  } catch (const Error& e) {
+    throw Error(std::string(e.what()) + " (the images file holds " + num(uint64_t(n)) + " images)");
+  }
+  if (labels.dims.size() != 1)
+    throw Error(name + ": the labels file must be a 1-d IDX array (N), got " + num(labels.dims.size()) + " dims");
+  if (labels.dims[0] != n)
+    throw Error(name + ": " + num(uint64_t(n)) + " images but " + num(uint64_t(labels.dims[0])) + " labels");
+  Tensor lab = idx_labels(labels.values, n, classes, name);
+  Tensor img = empty({n, 1, h.dims[1], h.dims[2]});
+  float* p = img.data<float>();
+  uint8_t chunk[1 << 16];
+  for (uint64_t done = 0; done < h.total;) {
+    const size_t want = size_t(std::min<uint64_t>(sizeof chunk, h.total - done));
+    const size_t k = src.read(chunk, want);
+    for (size_t i = 0; i < k; ++i) p[done + i] = float(chunk[i]) / 255.0f;
+    done += k;
+    if (k < want)
+      throw Error(images_path + ": truncated IDX data (the header's dimensions need more): expected " + num(h.total) +
+                  " bytes, found " + num(done));
+  }
+  expect_end(src, images_path, "IDX data the header describes");
+  return {img, lab, classes, name};
+}
+
 Dataset load_idx(const std::string& images_path, const std::string& labels_path, int64_t classes) {
-  const IdxArray images = read_idx(images_path), labels = read_idx(labels_path);
-  return idx_dataset(images, labels, classes, images_path + " + " + labels_path);
+  return load_idx_files(images_path, labels_path, classes, images_path + " + " + labels_path);
 }
 
 // path, or path + ".gz" when only that exists; "" when neither does.
@@ -242,11 +307,12 @@ Dataset load_mnist_layout(const std::string& dir, bool train, const std::string&
   if (images.empty() || labels.empty())
     throw Error(name + ": " + dir + " has no " + prefix + (images.empty() ? "-images-idx3-ubyte" : "-labels-idx1-ubyte") +
                 "[.gz]");
-  const IdxArray image_array = read_idx(images), label_array = read_idx(labels);
   try {
-    return idx_dataset(image_array, label_array, 10, name + (train ? "-train" : "-test"));
+    return load_idx_files(images, labels, 10, name + (train ? "-train" : "-test"));
   } catch (const Error& e) {  // name the files, not only the set
-    throw Error(images + " + " + labels + ": " + e.what());
+    const std::string what = e.what();
+    throw Error(what.find(images) != std::string::npos || what.find(labels) != std::string::npos ? what
+                                                                                                  : images + " + " + labels + ": " + what);
   }
 }
 

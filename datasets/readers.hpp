@@ -2,7 +2,9 @@
 // and the CIFAR-10/100 binary batches. Each has an in-memory entry point (parse_*) that the
 // file readers call and the fuzz test drives. Every reader checks sizes, magic numbers,
 // dimensions, label ranges and image/label agreement and throws flatmin::Error naming the
-// file and the problem; nothing is allocated beyond what the input actually holds.
+// file and the problem; nothing is allocated beyond what the input actually holds, and the
+// MNIST-layout loaders bound the labels by the images' header and stream the images into
+// their float tensor (no intermediate byte copy).
 #pragma once
 #include <cstdint>
 #include <span>

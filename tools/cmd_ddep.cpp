@@ -22,44 +22,12 @@
 #include "optim/perturbation.hpp"
 #include "optim/sgd.hpp"
 #include "tools/command.hpp"
+#include "tools/flat_problems.hpp"
 
 namespace flatmin::tools {
 namespace {
 using namespace flatmin::optim;
-const TensorOptions f64{DType::f64};
-
-struct Problem {
-  int64_t m, n;
-  Tensor A, Y;            // n×m, n×1
-  Params start;           // (u, v)
-  std::vector<double> a2;  // column sums Σ_i a_ij² / n
-
-  Problem(int64_t m_, int64_t n_, double alpha, uint64_t seed) : m(m_), n(n_) {
-    Generator g(seed);
-    A = g.normal({n, m}, f64, 0.0, 1.0 / std::sqrt(double(m)));
-    Tensor beta = g.normal({m}, f64);
-    Y = matmul(A, reshape(beta, {m, 1}));
-    start = {full({m}, alpha, f64), mul_scalar(beta, 1.0 / alpha)};
-    std::vector<double> av = A.to_vector();
-    a2.assign(size_t(m), 0.0);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < m; ++j) a2[size_t(j)] += av[size_t(i * m + j)] * av[size_t(i * m + j)] / double(n);
-  }
-  Tensor loss(const Tensor& rows_A, const Tensor& rows_Y, const Params& p) const {
-    return mean(square(sub(matmul(rows_A, reshape(mul(p[0], p[1]), {m, 1})), rows_Y)));
-  }
-  Tensor full_loss(const Params& p) const { return loss(A, Y, p); }
-  Tensor examples_loss(const std::vector<int64_t>& idx, const Params& p) const {
-    Tensor i = from_ints(idx, {int64_t(idx.size())});
-    return loss(index_select(A, 0, i), index_select(Y, 0, i), p);
-  }
-  double trace_normalized(const Params& p) const {
-    std::vector<double> u = p[0].to_vector(), v = p[1].to_vector();
-    double t = 0;
-    for (int64_t j = 0; j < m; ++j) t += 2 * a2[size_t(j)] * (u[size_t(j)] * u[size_t(j)] + v[size_t(j)] * v[size_t(j)]);
-    return t / double(2 * m);
-  }
-};
+using Problem = DiagonalNetwork;  // tools/flat_problems.hpp
 
 struct Settings {
   std::vector<int64_t> dims = {16, 32, 64, 160};

@@ -17,6 +17,7 @@
 #include "optim/perturbation.hpp"
 #include "optim/sam.hpp"
 #include "optim/sgd.hpp"
+#include "optim/theorems.hpp"
 #include "tools/command.hpp"
 #include "tools/jsonl.hpp"
 
@@ -70,8 +71,31 @@ int run(int argc, char** argv) {
   app.add_flag("--random-iterate", s.random_iterate,
                "RS/SA: continue (refine) from a uniformly random iterate x_t, t < steps, as the analysis does");
   app.add_option("--out", s.out, "metrics as JSON lines (written atomically at the end)");
+  std::optional<double> theorem_eps, smoothness;
+  double delta = 0.5;
+  app.add_option("--theorem-eps", theorem_eps,
+                 "rs/sa: set η, η', ρ, ε0 as Theorems 1/2 prescribe for this ε (optim/theorems.hpp), with the random iterate");
+  app.add_option("--smoothness", smoothness, "L for --theorem-eps (default: λmax at the start, power method)");
+  app.add_option("--delta", delta, "δ for --theorem-eps, in (0, 1]");
   CLI11_PARSE(app, argc, argv);
   nn::check_output_path("--out", s.out);
+  if (theorem_eps) {
+    if (s.method != "rs" && s.method != "sa") throw Error("example1: --theorem-eps is for --method rs or sa");
+    if (smoothness && (!(*smoothness > 0) || !std::isfinite(*smoothness))) throw Error("example1: --smoothness (L) must be a positive finite number");
+    Params x0 = {from_vector(std::vector<double>{s.start[0], s.start[1]}, {2}, {DType::f64})};
+    const double L = smoothness ? *smoothness : 0;
+    auto settings = [&](double l) {
+      return s.method == "rs" ? rs_theorem_settings(*theorem_eps, l, delta) : sa_theorem_settings(*theorem_eps, l, delta, 2);
+    };
+    settings(L > 0 ? L : 1.0);  // refuses a bad ε or δ before the power method runs
+    const TheoremSettings t = settings(L > 0 ? L : smoothness_by_power(hvp_fn(example1_loss, x0), x0, {.max_iter = 500, .tol = 1e-10}));
+    s.lr = t.lr;
+    s.lr_perturb = t.lr_perturb;
+    s.rho = t.rho;
+    s.eps0 = t.eps0;
+    s.random_iterate = true;
+    std::fprintf(stderr, "example1: theorem settings: lr %.6g, lr_perturb %.6g, rho %.6g, eps0 %.6g\n", t.lr, t.lr_perturb, t.rho, t.eps0);
+  }
   if (!(s.lr > 0) || !std::isfinite(s.lr)) throw Error("example1: --lr must be a positive number");
   if (!std::isfinite(s.start[0]) || !std::isfinite(s.start[1])) throw Error("example1: --start must be two finite numbers");
 

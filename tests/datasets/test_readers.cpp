@@ -216,3 +216,35 @@ TEST_CASE("mnist layout: plain and gzip files, and the Fashion-MNIST hint") {
   CHECK(error_of([&] { load_mnist_layout(tmp.path.string(), false, "mini"); }).find("no t10k-labels-idx1-ubyte") !=
         std::string::npos);
 }
+
+TEST_CASE("mnist layout: the labels are bounded by the images' header before any image data is inflated") {
+  testdata::TempDir tmp("mnist_bomb");
+  // 16 MiB of zero images behind a consistent header: about 16 KiB of gzip.
+  const uint32_t n = 4096;
+  Bytes zeros = testdata::idx({n, 64, 64}, Bytes(size_t(n) * 64 * 64, 0));
+  testdata::write(tmp.path / "train-images-idx3-ubyte.gz", testdata::gzip(zeros));
+  // labels that claim one example more than the images: refused by the header, not after
+  // inflating and converting 16 MiB
+  testdata::write(tmp.path / "train-labels-idx1-ubyte.gz", testdata::gzip(testdata::idx({n + 1}, Bytes(n + 1, 1))));
+  const std::string msg = error_of([&] { load_mnist_layout(tmp.path.string(), true, "bomb"); });
+  CHECK(msg.find("claims more than the limit of 4096 bytes") != std::string::npos);
+  CHECK(msg.find("(the images file holds 4096 images)") != std::string::npos);
+  // a labels file with fewer entries than images
+  testdata::write(tmp.path / "train-labels-idx1-ubyte.gz", testdata::gzip(testdata::idx({n - 1}, Bytes(n - 1, 1))));
+  CHECK(error_of([&] { load_mnist_layout(tmp.path.string(), true, "bomb"); }).find("4096 images but 4095 labels") !=
+        std::string::npos);
+  // consistent files load, streamed into the float tensor
+  testdata::write(tmp.path / "train-labels-idx1-ubyte.gz", testdata::gzip(testdata::idx({n}, Bytes(n, 1))));
+  const Dataset d = load_mnist_layout(tmp.path.string(), true, "bomb");
+  CHECK(d.images.shape() == Shape{4096, 1, 64, 64});
+  CHECK(d.images.to_vector()[12345] == 0.0);
+  // the image data ends early, or goes on past what the header describes
+  Bytes short_file = zeros;
+  short_file.resize(short_file.size() - 1);
+  testdata::write(tmp.path / "train-images-idx3-ubyte.gz", testdata::gzip(short_file));
+  CHECK(error_of([&] { load_mnist_layout(tmp.path.string(), true, "bomb"); }).find("truncated IDX data") != std::string::npos);
+  Bytes long_file = zeros;
+  long_file.push_back(0);
+  testdata::write(tmp.path / "train-images-idx3-ubyte.gz", testdata::gzip(long_file));
+  CHECK(error_of([&] { load_mnist_layout(tmp.path.string(), true, "bomb"); }).find("unexpected bytes after") != std::string::npos);
+}

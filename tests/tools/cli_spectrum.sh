@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `flatmin hessian` end to end on a small MLP trained on two blobs: bad input refused with
 # one line before any work, then the JSON, density curve, PNG and eigenvectors written, and
-# the Lanczos λmax beside `flatmin trace`'s power iteration and Hutchinson trace.
+# the Lanczos λmax beside `flatmin trace`'s power iteration and Hutchinson trace. Then
+# `flatmin table1` and `flatmin certify`: refusals, a small run, exit statuses.
 set -euo pipefail
 flatmin=$1
 tmp=$(mktemp -d)
@@ -29,8 +30,34 @@ if [ "$(id -u)" -ne 0 ]; then
   refused "is not writable" hessian nothing.safetensors "${model[@]}" --top-k 2 --out "$tmp/ro"
 fi
 
+# table1 and certify (Table 1 as an experiment): bad input refused before any run
+refused "--eps: every ε must be a positive finite number" table1 --eps 0.1,0 --out "$tmp/t1"
+refused "--eps: every ε must be a positive finite number" table1 --eps=-0.1 --out "$tmp/t1"
+refused "--L must be a positive finite number" table1 --L=-2 --out "$tmp/t1"
+refused "--cap must be >= 1 step" table1 --cap 0 --out "$tmp/t1"
+refused "--delta must be in (0, 1]" table1 --delta 2 --out "$tmp/t1"
+refused "--eps must be a positive finite number" certify --eps 0
+[ ! -e "$tmp/t1" ] || fail "table1 wrote before refusing"
+# a small table1: JSON of every run, fits, the two PNGs
+"$flatmin" table1 --problems example1 --eps 0.3,0.2,0.15 --seeds 2 --out "$tmp/t1" >/dev/null 2>&1
+for f in table1.json table1_runs.jsonl queries_vs_eps_rs.png queries_vs_eps_sa.png; do [ -s "$tmp/t1/$f" ] || fail "no table1 $f"; done
+/usr/bin/python3 - "$tmp/t1/table1.json" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))
+assert len(t["runs"]) == 12 and all(r["queries"] > 0 for r in t["runs"]), t["runs"]
+for r in t["runs"]:
+    if not r["censored"]:  # the certificate held at the end of every uncensored run
+        assert r["grad_norm"] <= r["eps"] and r["projected_trace_grad_norm"] <= r["eps"] ** 0.5, r
+assert {f["method"] for f in t["fits"]} == {"rs", "sa"}
+PY
+"$flatmin" certify --eps 0.01 --point 1 1 >/dev/null || fail "(1, 1) is flat"
+rc=0; "$flatmin" certify --eps 0.01 --point 2 0.5 >/dev/null || rc=$?
+[ "$rc" -eq 4 ] || fail "(2, 0.5) is not flat: exit status 4 expected, got $rc"
+
 "$flatmin" train "${model[@]}" --lr 0.5 --steps 60 --batch-size 64 --save-model "$tmp/m.safetensors" >/dev/null 2>&1
 # d = 2·8 + 8 + 8·2 + 2 = 42 parameters
+# a cross-entropy classifier has no exact minima manifold: the Hessian cut is refused, no number printed
+refused "cannot be determined" certify "$tmp/m.safetensors" "${model[@]}" --eps 0.1 --top-k 20
 refused "exceeds the 42 parameters" hessian "$tmp/m.safetensors" "${model[@]}" --top-k 43 --out "$tmp"
 mkdir "$tmp/h"
 "$flatmin" hessian "$tmp/m.safetensors" "${model[@]}" --dtype f64 --top-k 3 --density --bins 2000 --by-layer \
