@@ -1,7 +1,8 @@
 // The optim layer in one include: optimizers (SGD, SAM/ASAM, RS and SA), sharpness
-// measures, flatness certificates and the Hessian spectrum, training with checkpoints,
-// data-parallel closures.
+// measures, flatness certificates, the Hessian spectrum and the theorems' settings,
+// training with checkpoints, data-parallel closures.
 #pragma once
+#include "optim/certificate.hpp"
 #include "optim/data_parallel.hpp"
 #include "optim/optimizer.hpp"
 #include "optim/perturbation.hpp"
@@ -9,4 +10,5 @@
 #include "optim/sgd.hpp"
 #include "optim/sharpness.hpp"
 #include "optim/spectrum.hpp"
+#include "optim/theorems.hpp"
 #include "optim/training.hpp"
