@@ -25,6 +25,8 @@ expect "--width: Value 100000000 not in range" probe --width 100000000 --weights
 expect "--in-channels: Value -1 not in range" taylor --in-channels -1 --weights w --batch b
 expect "--classes: Value 0 not in range" probe --classes 0 --weights w --batch b --out "$tmp/o"
 expect "--dims: Value 100000 not in range" ddep --dims 100000
+expect "--dims: Value 100000 not in range" table1 --dims 100000 --out "$tmp/t"
+expect "--dim: Value 100000 not in range" certify --eps 0.1 --problem dln --dim 100000
 expect "--epochs 4611686018427387904: 4 steps per epoch overflow" train --dataset blobs --epochs 4611686018427387904
 # 8. unsigned flags refuse negatives; non-finite values where a number is measured against
 expect "--model-seed: must not be negative" train "${blobs[@]}" --model-seed -1

@@ -46,10 +46,10 @@ int run(int argc, char** argv) {
   app.add_option("--problem", problem, "example1 | dln")->check(CLI::IsMember({"example1", "dln"}));
   app.add_option("--eps", eps, "ε: certify ‖∇f‖ ≤ ε and ‖∂Φ∇tr̄‖ ≤ √ε")->required();
   app.add_option("--point", point, "example1: the point x1 x2")->expected(2);
-  app.add_option("--dim", dim, "dln: d = 2m");
-  app.add_option("--examples", examples, "dln: n");
+  app.add_option("--dim", dim, "dln: d = 2m (at most 4096, as ddep)")->check(CLI::Range(int64_t(2), int64_t(4096)));
+  app.add_option("--examples", examples, "dln: n (at most 10000, as ddep)")->check(CLI::Range(int64_t(1), int64_t(10000)));
   app.add_option("--alpha", alpha, "dln: the point u = α·1, v = β*/α (a global minimum)");
-  app.add_option("--problem-seed", problem_seed, "dln: seed of the data (ddep and table1 use problem-seed + d)");
+  app.add_option("--problem-seed", problem_seed, "dln: seed of the data (ddep and table1 use problem-seed + d)")->check(NotNegative);
   app.add_option("--projector", projector, "exact | hessian")->check(CLI::IsMember({"exact", "hessian"}));
   app.add_option("--top-k", ns.top_k, "hessian: eigenpairs computed");
   app.add_option("--rel-cut", ns.rel_cut, "hessian: eigenvalues above rel-cut·λ1 span the normal space");

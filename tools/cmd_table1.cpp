@@ -262,8 +262,11 @@ int run(int argc, char** argv) {
   app.add_option("--methods", s.methods, "rs | sa")->delimiter(',');
   app.add_option("--eps", s.eps, "Example 1: target accuracies ε (log-spaced over at least a decade)")->delimiter(',');
   app.add_option("--dln-eps", s.dln_eps, "diagonal network: target accuracies ε")->delimiter(',');
-  app.add_option("--dims", s.dims, "dimensions d = 2m of the diagonal network")->delimiter(',');
-  app.add_option("--examples", s.examples, "n, examples of the diagonal network");
+  app.add_option("--dims", s.dims, "dimensions d = 2m of the diagonal network (at most 4096, as ddep)")
+      ->delimiter(',')
+      ->check(CLI::Range(int64_t(2), int64_t(4096)));
+  app.add_option("--examples", s.examples, "n, examples of the diagonal network (at most 10000, as ddep)")
+      ->check(CLI::Range(int64_t(1), int64_t(10000)));
   app.add_option("--seeds", s.seeds, "runs per (problem, d, method, ε)");
   app.add_option("--cap", s.cap, "step cap per run (runs that reach it are reported as censored)");
   app.add_option("--refine-cap", s.refine_cap, "GD refinement steps per checkpoint");
@@ -278,7 +281,7 @@ int run(int argc, char** argv) {
   app.add_option("--sa-c-eps0", s.sa_c.eps0, "SA: ε0 = c·(δε)^1.5");
   app.add_option("--alpha", s.alpha, "diagonal network start: u = α·1, v = β*/α");
   app.add_option("--start", s.start, "Example 1 start x1 x2 (on the minima set)")->expected(2);
-  app.add_option("--problem-seed", s.problem_seed, "seed of the diagonal network's data");
+  app.add_option("--problem-seed", s.problem_seed, "seed of the diagonal network's data")->check(NotNegative);
   app.add_option("--out", s.out, "output folder (created): table1.json, table1_runs.jsonl, PNGs")->required();
   CLI11_PARSE(app, argc, argv);
   if (app.count("--L")) s.L = L;
