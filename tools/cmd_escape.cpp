@@ -492,7 +492,7 @@ int run(int argc, char** argv) {
   app.option_defaults()->always_capture_default();  // --help shows the (preset's) defaults
   s.model.add_to(app);
   s.data.add_to(app);
-  app.add_option("--preset", s.preset, "default (about 15 min on 2 cores) | full (both losses, b in {1,16,64,128}, 3 seeds) | gpu");
+  app.add_option("--preset", s.preset, "default (CPU-sized; its time: docs/escape_results.md) | full (both losses, b in {1,16,64,128}, 3 seeds) | gpu (one large GPU, not measured)");
   app.add_option("--out", s.out, "results folder (default results/escape-<UTC date-time>/)");
   app.add_flag("--force", s.force, "write into an existing, non-empty --out");
   app.add_option("--losses", s.losses, "ce, mse or both (each makes its own start)")->delimiter(',');
