@@ -43,6 +43,15 @@ expect "--save-start $tmp/no/s: the folder" escape --save-start "$tmp/no/s"
 expect "--out $tmp/no/o: the folder" probe --weights w --batch b --out "$tmp/no/o"
 expect "--out $tmp/no/o: the folder" example1 --out "$tmp/no/o"
 expect "--out $tmp/no/o: the folder" ddep --out "$tmp/no/o"
+# escape (issue 10): inconsistent settings and output folders refused before any work
+mkdir -p "$tmp/escape-full" && touch "$tmp/escape-full/x" "$tmp/escape-file"
+expect "--out $tmp/escape-full exists and is not empty (give --force" escape --out "$tmp/escape-full"
+expect "--out $tmp/escape-file is a file, not a folder" escape --out "$tmp/escape-file"
+expect "--methods sa256: b = 256 exceeds --batch-size 128" escape --methods sa256 --out "$tmp/e1"
+expect "--start-loss must be > 0" escape --start-loss 0 --out "$tmp/e2"
+expect "--start-loss must be > 0" escape --start-loss nan --out "$tmp/e3"
+expect "--methods: unknown method 'bogus'" escape --methods bogus --out "$tmp/e4"
+rm -rf "$tmp/escape-full" "$tmp/escape-file"
 [ -z "$(ls -A "$tmp")" ] || { echo "FAIL: files left behind: $(ls -A "$tmp")"; failed=1; }
 # 3. a stop on a non-finite loss: exit 3 and null for what was not measured
 out=$("$flatmin" train "${blobs[@]/1/5}" --lr 1e30 2> /dev/null); rc=$?
