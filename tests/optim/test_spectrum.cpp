@@ -6,6 +6,7 @@
 #include <Eigen/Eigenvalues>
 #include <cmath>
 
+#include "nn/module.hpp"
 #include "optim/spectrum.hpp"
 
 using namespace flatmin;
