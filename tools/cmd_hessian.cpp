@@ -41,30 +41,37 @@ int run(int argc, char** argv) {
   app.add_option("checkpoint", file, "checkpoint (flatmin train --checkpoint) or model state dict (--save-model)")->required();
   app.add_option("--out", out_dir, "existing, writable output folder")->required();
   app.add_option("--subset", subset, "the loss is the mean over the first N training examples")->check(CLI::PositiveNumber);
-  app.add_option("--top-k", top_k, "the k largest eigenvalues and their eigenvectors (Lanczos)")->check(CLI::Range(1, 1000));
-  app.add_option("--iterations", iterations, "Lanczos steps for --top-k (0: min(d, max(2k+20, 40)))")->check(CLI::Range(0, 10000));
+  app.add_option("--top-k", top_k, "the k largest eigenvalues and their eigenvectors (Lanczos)");
+  app.add_option("--iterations", iterations, "Lanczos steps for --top-k (0: min(d, max(2k+20, 40)))");
   app.add_flag("--density", want_density, "spectral density by stochastic Lanczos quadrature");
-  app.add_option("--density-iterations", dens.iterations, "Lanczos steps per SLQ run (PyHessian: 100)")->check(CLI::Range(1, 10000));
-  app.add_option("--runs", dens.runs, "SLQ runs (PyHessian: 1)")->check(CLI::Range(1, 1000));
-  app.add_option("--bins", dens.bins, "density grid points (PyHessian: 10000)")->check(CLI::Range(2, 10'000'000));
+  app.add_option("--density-iterations", dens.iterations, "Lanczos steps per SLQ run (PyHessian: 100)");
+  app.add_option("--runs", dens.runs, "SLQ runs (PyHessian: 1)");
+  app.add_option("--bins", dens.bins, "density grid points (PyHessian: 10000)");
   app.add_option("--sigma-squared", dens.sigma_squared, "Gaussian variance per unit of grid width (PyHessian: 1e-5)");
   app.add_flag("--by-layer", by_layer, "trace and top eigenvalue of each layer's diagonal Hessian block");
-  app.add_option("--layer-samples", ho.max_samples, "Hutchinson sample cap per layer (PyHessian: 100)")->check(CLI::Range(1, 1'000'000));
+  app.add_option("--layer-samples", ho.max_samples, "Hutchinson sample cap per layer (PyHessian: 100)");
   app.add_option("--layer-tol", ho.tol, "Hutchinson relative tolerance per layer (PyHessian: 1e-3)");
-  app.add_option("--layer-iterations", layer_iterations, "Lanczos steps for each layer's top eigenvalue")->check(CLI::Range(1, 10000));
+  app.add_option("--layer-iterations", layer_iterations, "Lanczos steps for each layer's top eigenvalue");
   app.add_option("--seed", seed, "seed of the random start vectors")->check(NotNegative);
   app.add_option("--dtype", dtype_name, "f32 | f64")->check(CLI::IsMember({"f32", "f64"}));
   app.add_option("--device", device, "cpu | cuda | cuda:N");
   CLI11_PARSE(app, argc, argv);
 
-  // Everything that can be refused is refused here, before the data is read (the size flags
-  // are bounded by their ranges above).
+  // Everything that can be refused is refused here, before the data is read; every size flag
+  // is bounded.
   if (!top_k && !want_density && !by_layer) throw Error("hessian: nothing to compute: give --top-k K, --density or --by-layer");
+  if (top_k) check_range("hessian", "--top-k", *top_k, 1, 1000);
+  check_range("hessian", "--iterations", iterations, 0, 10000);
   if (top_k && iterations > 0 && *top_k > iterations)
     throw Error("hessian: --top-k " + std::to_string(*top_k) + " eigenvalues need at least as many Lanczos --iterations, got " +
                 std::to_string(iterations));
+  check_range("hessian", "--density-iterations", dens.iterations, 1, 10000);
+  check_range("hessian", "--runs", dens.runs, 1, 1000);
+  check_range("hessian", "--bins", dens.bins, 2, 10'000'000);
   if (!(dens.sigma_squared > 0) || !std::isfinite(dens.sigma_squared)) throw Error("hessian: --sigma-squared must be a positive number");
+  check_range("hessian", "--layer-samples", ho.max_samples, 1, 1'000'000);
   if (!(ho.tol >= 0)) throw Error("hessian: --layer-tol must be >= 0");
+  check_range("hessian", "--layer-iterations", layer_iterations, 1, 10000);
   std::error_code ec;
   if (!fs::is_directory(out_dir, ec)) throw Error("hessian: --out " + out_dir + " is not an existing folder");
   if (::access(out_dir.c_str(), W_OK | X_OK) != 0) throw Error("hessian: --out " + out_dir + " is not writable");

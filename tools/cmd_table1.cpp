@@ -230,18 +230,17 @@ double quantile(std::vector<double> v, double q) {  // linear interpolation
 void check_settings(const Settings& s) {
   if (s.eps.empty() || s.dln_eps.empty()) throw Error("table1: --eps, --dln-eps: give at least one ε");
   // Sizes: each bounds the work (runs = problems × dims × methods × ε × seeds, steps per run).
-  const std::pair<const char*, size_t> lists[] = {{"--eps", s.eps.size()}, {"--dln-eps", s.dln_eps.size()}, {"--dims", s.dims.size()}};
-  for (const auto& [flag, count] : lists)
-    if (count > 100) throw Error(std::string("table1: ") + flag + ": at most 100 values, got " + std::to_string(count));
+  check_range("table1", "the number of --eps values", int64_t(s.eps.size()), 1, 100);
+  check_range("table1", "the number of --dln-eps values", int64_t(s.dln_eps.size()), 1, 100);
+  check_range("table1", "the number of --dims values", int64_t(s.dims.size()), 1, 100);
   for (double e : s.eps)
     if (!(e > 0) || !std::isfinite(e)) throw Error("table1: --eps: every ε must be a positive finite number, got " + std::to_string(e));
   for (double e : s.dln_eps)
     if (!(e > 0) || !std::isfinite(e)) throw Error("table1: --dln-eps: every ε must be a positive finite number, got " + std::to_string(e));
   if (s.L && (!(*s.L > 0) || !std::isfinite(*s.L))) throw Error("table1: --L must be a positive finite number, got " + std::to_string(*s.L));
-  if (s.cap <= 0 || s.cap > 100'000'000) throw Error("table1: --cap must be in [1, 100000000] steps, got " + std::to_string(s.cap));
-  if (s.refine_cap <= 0 || s.refine_cap > 10'000'000)
-    throw Error("table1: --refine-cap must be in [1, 10000000] steps, got " + std::to_string(s.refine_cap));
-  if (s.seeds < 1 || s.seeds > 10000) throw Error("table1: --seeds must be in [1, 10000], got " + std::to_string(s.seeds));
+  check_range("table1", "--cap", s.cap, 1, 100'000'000);
+  check_range("table1", "--refine-cap", s.refine_cap, 1, 10'000'000);
+  check_range("table1", "--seeds", s.seeds, 1, 10000);
   if (!(s.delta > 0 && s.delta <= 1)) throw Error("table1: --delta must be in (0, 1]");
   if (!(s.check_growth > 0) || !std::isfinite(s.check_growth)) throw Error("table1: --check-growth must be > 0");
   for (const std::string& p : s.problems)
