@@ -41,6 +41,11 @@ expect "hessian: --runs must be in [1, 1000], got 5000" hessian ckpt --out "$tmp
 expect "hessian: --bins must be in [2, 10000000], got 1" hessian ckpt --out "$tmp" --density --bins 1
 expect "hessian: --layer-samples must be in [1, 1000000], got 0" hessian ckpt --out "$tmp" --by-layer --layer-samples 0
 expect "hessian: --layer-iterations must be in [1, 10000], got 100000" hessian ckpt --out "$tmp" --by-layer --layer-iterations 100000
+expect "--mf-shape: Value 100 not in range" table1 --mf-shape 4,100,2 --out "$tmp/t"
+expect "--mf-shape: give p,q,k with 1 <= k < min(p, q)" table1 --mf-shape 4,4,4 --out "$tmp/t"
+expect "table1: --mf-cap must be in [1, 100000000], got 0" table1 --mf-cap 0 --out "$tmp/t"
+expect "--mf-eps: every ε must be a positive finite number" table1 --mf-eps 0.1,nan --out "$tmp/t"
+expect "--at: only --problem mf" certify --eps 0.1 --problem dln --at flat
 expect "--epochs 4611686018427387904: 4 steps per epoch overflow" train --dataset blobs --epochs 4611686018427387904
 # 8. unsigned flags refuse negatives; non-finite values where a number is measured against
 expect "--model-seed: must not be negative" train "${blobs[@]}" --model-seed -1
