@@ -466,7 +466,8 @@ Results merge_folders(const std::vector<std::string>& dirs, std::string& metrics
       auto e = std::find_if(res.experiments.begin(), res.experiments.end(), [&](auto& x) { return x.loss == loss; });
       if (e == res.experiments.end()) {
         escape::Experiment x{.loss = loss, .start = start, .batch_size = l.at("batch_size").get<int64_t>(),
-                             .reference = l.at("reference").get<std::string>()};
+                             .reference = l.at("reference").get<std::string>(),
+                             .minimum_loss = res.settings.at("start_loss").get<double>()};
         for (const json& label : l.at("arm_order")) {
           const json& a = l.at("arms").at(label.get<std::string>()).at("arm");
           x.arms.push_back({a.at("label").get<std::string>(), a.at("kind").get<std::string>(), a.at("b").get<int64_t>(),
@@ -603,7 +604,7 @@ int run(int argc, char** argv) {
       std::fprintf(stderr, "escape (%s): %s with %lld parameters; %lld clean / %lld noisy training examples, %lld test\n",
                    loss.c_str(), shape.c_str(), (long long)net->num_parameters(),
                    (long long)c.train.size(), (long long)c.noisy.size(), (long long)c.test.size());
-      escape::Experiment e{.loss = loss, .batch_size = s.batch_size, .reference = s.reference};
+      escape::Experiment e{.loss = loss, .batch_size = s.batch_size, .reference = s.reference, .minimum_loss = s.start_loss};
       for (const ArmSpec& a : arms) e.arms.push_back(a.arm);
       const nn::NamedTensors start_state = make_start(c, *net, loss, e.start);
       res.experiments.push_back(e);
