@@ -27,6 +27,11 @@ expect "--classes: Value 0 not in range" probe --classes 0 --weights w --batch b
 expect "--dims: Value 100000 not in range" ddep --dims 100000
 expect "--dims: Value 100000 not in range" table1 --dims 100000 --out "$tmp/t"
 expect "--dim: Value 100000 not in range" certify --eps 0.1 --problem dln --dim 100000
+expect "--mf-shape: Value 100 not in range" table1 --mf-shape 4,100,2 --out "$tmp/t"
+expect "--mf-shape: give p,q,k with 1 <= k < min(p, q)" table1 --mf-shape 4,4,4 --out "$tmp/t"
+expect "--mf-cap must be >= 1 step" table1 --mf-cap 0 --out "$tmp/t"
+expect "--mf-eps: every ε must be a positive finite number" table1 --mf-eps 0.1,nan --out "$tmp/t"
+expect "--at: only --problem mf" certify --eps 0.1 --problem dln --at flat
 expect "--epochs 4611686018427387904: 4 steps per epoch overflow" train --dataset blobs --epochs 4611686018427387904
 # 8. unsigned flags refuse negatives; non-finite values where a number is measured against
 expect "--model-seed: must not be negative" train "${blobs[@]}" --model-seed -1
