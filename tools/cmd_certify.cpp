@@ -33,7 +33,7 @@ int run(int argc, char** argv) {
   double alpha = 2.0;
   uint64_t problem_seed = 1;
   NullSpaceOptions ns;
-  std::string checkpoint, dtype_name = "f64", device = "cpu";
+  std::string checkpoint, dtype_name = "f64", device = "cpu", loss_name = "ce";
   int64_t subset = 256;
   CertifyOptions co;
   ModelSpec model;
@@ -44,6 +44,8 @@ int run(int argc, char** argv) {
   app.add_option("--subset", subset, "checkpoint: the loss over the first N training examples")->check(CLI::PositiveNumber);
   app.add_option("--trace-samples", co.trace_samples, "checkpoint: Hutchinson samples of ∇tr̄ (default 10)");
   app.add_option("--dtype", dtype_name, "checkpoint: f32 | f64")->check(CLI::IsMember({"f32", "f64"}));
+  app.add_option("--loss", loss_name, "checkpoint: ce | mse (squared error to one-hot labels: minima at finite weights)")
+      ->check(CLI::IsMember({"ce", "mse"}));
   app.add_option("--device", device, "checkpoint: cpu | cuda | cuda:N");
   app.add_option("--problem", problem, "example1 | dln | mf")->check(CLI::IsMember({"example1", "dln", "mf"}));
   app.add_option("--eps", eps, "ε: certify ‖∇f‖ ≤ ε and ‖∂Φ∇tr̄‖ ≤ √ε")->required();
@@ -79,8 +81,9 @@ int run(int argc, char** argv) {
     const Device dev = Device::parse(device);
     Tensor x = train.images.to(parse_dtype(dtype_name)).to(dev), y = train.labels.to(dev);
     NullSpaceCut cut;
-    Certificate c = certify_leaves([&] { return cross_entropy((*net)(x), y); }, p, eps, ns, co, &cut);
-    json out = {{"checkpoint", checkpoint}, {"examples", train.size()}, {"d", numel(p)}, {"eps", eps}, {"projector", "hessian"},
+    const ClassifierLoss loss = parse_classifier_loss(loss_name);
+    Certificate c = certify_leaves([&] { return classifier_loss((*net)(x), y, loss); }, p, eps, ns, co, &cut);
+    json out = {{"checkpoint", checkpoint}, {"loss", loss_name}, {"examples", train.size()}, {"d", numel(p)}, {"eps", eps}, {"projector", "hessian"},
                 {"cut", {{"rank", cut.rank}, {"gap", cut.gap}, {"eigenvalues", cut.eigenvalues}, {"rel_cut", ns.rel_cut},
                          {"min_gap", ns.min_gap}, {"hessian_vector_products", cut.products}}},
                 {"trace_samples", co.trace_samples}, {"trace_grad_stderr", c.trace_grad_stderr},
