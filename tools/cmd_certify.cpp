@@ -7,8 +7,10 @@
 // (Lanczos), the construction used for networks (optim/certificate.hpp says how the cut is
 // chosen); on these problems both are available, so their agreement can be checked.
 // With a CHECKPOINT (and the model and data flags of `flatmin train`): a network's training
-// loss on the first --subset examples, ∂Φ from the Hessian's near-null space (refused where
-// the cut cannot be determined), ∇tr̄ from --trace-samples Hutchinson samples of ∇³f[z, z]/d.
+// loss (--loss ce|mse) on the first --subset examples, ∂Φ from the Hessian's near-null space
+// (refused where the cut cannot be determined: always so far for cross-entropy, which has no
+// minimum at finite weights; a squared-error fit of n examples has the gap at rank ≤ n·K),
+// ∇tr̄ from --trace-samples Hutchinson samples of ∇³f[z, z]/d.
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <nlohmann/json.hpp>
