@@ -1,7 +1,7 @@
 // Reductions (sum, mean, max, min) and what is composed of them (logsumexp, softmax,
 // argmax), with their derivative rules.
-// Each op: its checks, the forward kernel call and the one derivative rule, recorded under
-// its registry entry (op_registry.hpp). Rules use only differentiable ops from ops.hpp, so
+// Each op: its checks, the forward kernel call, the one derivative rule and the forward
+// rule (docs/taylor.md), recorded under its registry entry (op_registry.hpp). Rules use only differentiable ops from ops.hpp, so
 // with recording on they are themselves differentiated (Hessian-vector products,
 // third-order terms).
 #include "autodiff/ops.hpp"
@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "autodiff/graph.hpp"
+#include "autodiff/jet_rules.hpp"
 #include "autodiff/op_checks.hpp"
 
 namespace flatmin {
@@ -56,6 +57,8 @@ Tensor sum(const Tensor& x, Axes axes, bool keepdim) {
   if (any_requires_grad({&x}))
     record(out, Op::sum, {x}, {}, [sx = x.shape()](const Tensor& g, const RuleContext&) {
       return std::vector<Tensor>{expand(g, sx)};
+    }, [&axes](const std::vector<Jet>& in, const Tensor&) {
+      return jet::map(in[0], [&axes](const Tensor& t) { return sum(t, axes, true); });
     });
   return keepdim ? out : reshape(out, drop_axes(x.shape(), axes));
 }
@@ -84,6 +87,12 @@ static Tensor extreme_reduce(const Tensor& x, Axes axes, bool keepdim, bool is_m
         mask = div(mask, sum(mask, axes, true));
       }
       return std::vector<Tensor>{mul(g, mask)};
+    }, [&axes, op](const std::vector<Jet>& in, const Tensor& out) {
+      // the extremum's coefficients; at ties their mean, as the reverse rule (Taylor mode refuses ties)
+      Tensor hits = eq(in[0][0], out), count = sum(hits, axes, true);
+      if (jet::order(in) > 1) check_no_kink(op_name(op), gt(count, scalar_like(1.0, count)), jet::order(in), "a tie for the extremum");
+      Tensor mask = div(hits, count);
+      return jet::map(in[0], [&](const Tensor& t) { return sum(mul(t, mask), axes, true); });
     });
   return keepdim ? out : reshape(out, drop_axes(x.shape(), axes));
 }
