@@ -5,24 +5,32 @@
 
 namespace flatmin::optim {
 
-ProjectorFn residual_tangent_projector(const VectorFn& residual, const Params& x) {
+ProjectorFn residual_tangent_projector(const VectorFn& residual, const Params& x, int64_t normal_rank) {
   Params at = detach(x);
   Tensor r0 = residual(at);
   if (r0.dim() != 1) throw Error("residual_tangent_projector: the residual must have shape (n), got " + to_string(r0.shape()));
   const int64_t n = r0.size(0), d = numel(at);
-  if (n >= d) throw Error("residual_tangent_projector: " + std::to_string(n) + " residuals leave no tangent space in dimension " + std::to_string(d));
+  const int64_t rank = normal_rank < 0 ? n : normal_rank;
+  if (rank < 1) throw Error("residual_tangent_projector: the normal rank must be >= 1, got " + std::to_string(rank));
+  if (rank > n) throw Error("residual_tangent_projector: a normal rank of " + std::to_string(rank) + " exceeds the " + std::to_string(n) + " residuals");
+  if (rank >= d) throw Error("residual_tangent_projector: a normal space of dimension " + std::to_string(rank) + " leaves no tangent space in dimension " + std::to_string(d));
   Eigen::MatrixXd J(n, d);
   for (int64_t i = 0; i < n; ++i) {
     std::vector<double> row =
         flatten(gradient([&](const Params& p) { return sum(slice(residual(p), 0, i, i + 1)); }, at)).to_vector();
     for (int64_t k = 0; k < d; ++k) J(i, k) = row[size_t(k)];
   }
-  Eigen::MatrixXd JJt = J * J.transpose();
-  Eigen::LDLT<Eigen::MatrixXd> ldlt(JJt);
-  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(JJt, Eigen::EigenvaluesOnly);
-  if (!(es.eigenvalues()(0) > 1e-12 * es.eigenvalues()(n - 1)))
-    throw Error("residual_tangent_projector: the residual's Jacobian is rank-deficient at x: the minima set has no tangent space there");
-  Eigen::MatrixXd P = Eigen::MatrixXd::Identity(d, d) - J.transpose() * ldlt.solve(J);
+  Eigen::BDCSVD<Eigen::MatrixXd> svd(J, Eigen::ComputeThinV);
+  const Eigen::VectorXd& sv = svd.singularValues();  // descending, min(n, d) of them
+  const double s1 = sv.size() ? sv(0) : 0.0;
+  if (!(sv(rank - 1) > 1e-10 * s1))
+    throw Error("residual_tangent_projector: the residual's Jacobian is rank-deficient at x (rank below " + std::to_string(rank) +
+                "): the minima set has no tangent space there");
+  if (rank < sv.size() && sv(rank) > 1e-8 * s1)
+    throw Error("residual_tangent_projector: the residual's Jacobian has rank above " + std::to_string(rank) + " at x (σ_" +
+                std::to_string(rank + 1) + "/σ_1 = " + std::to_string(sv(rank) / s1) + "): its kernel is not the stated tangent space");
+  const Eigen::MatrixXd W = svd.matrixV().leftCols(rank);
+  Eigen::MatrixXd P = Eigen::MatrixXd::Identity(d, d) - W * W.transpose();
   const TensorOptions opt = at[0].options();
   return [P, at, opt](const Params& v) {
     std::vector<double> f = flatten(v).to(DType::f64).to_vector();

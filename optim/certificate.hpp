@@ -1,9 +1,10 @@
 // Is x an (ε, √ε)-flat minimum (Definition 3, docs/algorithms.md §1)? ‖∇f(x)‖ ≤ ε and
 // ‖∂Φ(x) ∇tr̄(x)‖ ≤ √ε, where ∂Φ(x) is the projection onto the tangent space of the minima
 // set. Two ways to get ∂Φ:
-//  - exact, where the minima set is {r = 0} for a known residual map r with a full-rank
-//    Jacobian J: P = I − Jᵀ(JJᵀ)⁻¹J at x (the tangent space of r's level set through x; on
-//    the minima set this is ∂Φ exactly, off it an O(distance) approximation);
+//  - exact, where the minima set is {r = 0} for a known residual map r whose Jacobian J has
+//    a known constant rank: P = the projection onto ker J at x (the tangent space of r's
+//    level set through x; on the minima set this is ∂Φ exactly, off it an O(distance)
+//    approximation);
 //  - for networks, from the Hessian: P = I − Σ_{i ≤ r} v_i v_iᵀ over the top eigenvectors
 //    (Lanczos, optim/spectrum.hpp) above a cut. At a minimum of a training loss H's range is
 //    the normal space of the minima set (docs/algorithms.md §2), so its near-null space is
@@ -22,8 +23,14 @@ namespace flatmin::optim {
 
 using ProjectorFn = std::function<Params(const Params&)>;
 
-// I − Jᵀ(JJᵀ)⁻¹J with J the Jacobian of r (shape (n)) at x; refuses a rank-deficient J.
-ProjectorFn residual_tangent_projector(const VectorFn& residual, const Params& x);
+// The projection onto ker J, J the Jacobian of r (shape (n)) at x, from a dense SVD of J:
+// I − Σ_{i ≤ rank} w_i w_iᵀ over its top right singular vectors (= I − Jᵀ(JJᵀ)⁻¹J when J has
+// full row rank). `normal_rank` is the rank J must have (the dimension of the normal space of
+// r's level set: n when r's components are independent, fewer for redundant residuals such
+// as the n = pq entries of a rank-k factorisation); < 0 means n. Refused when J is
+// numerically of lower rank (σ_rank ≤ 1e-10·σ_1) or of higher rank (σ_{rank+1} > 1e-8·σ_1):
+// the level set is then not the manifold the caller described and ker J is not its tangent.
+ProjectorFn residual_tangent_projector(const VectorFn& residual, const Params& x, int64_t normal_rank = -1);
 
 struct NullSpaceOptions {
   int top_k = 10;          // eigenpairs computed (Lanczos)

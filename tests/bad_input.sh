@@ -27,6 +27,11 @@ expect "--classes: Value 0 not in range" probe --classes 0 --weights w --batch b
 expect "--dims: Value 100000 not in range" ddep --dims 100000
 expect "--dims: Value 100000 not in range" table1 --dims 100000 --out "$tmp/t"
 expect "--dim: Value 100000 not in range" certify --eps 0.1 --problem dln --dim 100000
+expect "--mf-shape: Value 100 not in range" table1 --mf-shape 4,100,2 --out "$tmp/t"
+expect "--mf-shape: give p,q,k with 1 <= k < min(p, q)" table1 --mf-shape 4,4,4 --out "$tmp/t"
+expect "--mf-cap must be >= 1 step" table1 --mf-cap 0 --out "$tmp/t"
+expect "--mf-eps: every ε must be a positive finite number" table1 --mf-eps 0.1,nan --out "$tmp/t"
+expect "--at: only --problem mf" certify --eps 0.1 --problem dln --at flat
 expect "--epochs 4611686018427387904: 4 steps per epoch overflow" train --dataset blobs --epochs 4611686018427387904
 # 8. unsigned flags refuse negatives; non-finite values where a number is measured against
 expect "--model-seed: must not be negative" train "${blobs[@]}" --model-seed -1
@@ -50,9 +55,11 @@ expect "--out $tmp/no/o: the folder" ddep --out "$tmp/no/o"
 mkdir -p "$tmp/escape-full" && touch "$tmp/escape-full/x" "$tmp/escape-file"
 expect "--out $tmp/escape-full exists and is not empty (give --force" escape --out "$tmp/escape-full"
 expect "--out $tmp/escape-file is a file, not a folder" escape --out "$tmp/escape-file"
-expect "--methods sa256: b = 256 exceeds --batch-size 128" escape --methods sa256 --out "$tmp/e1"
+expect "--methods sa128: b = 128 exceeds --batch-size 64" escape --methods sa128 --out "$tmp/e1"
 expect "--start-loss must be > 0" escape --start-loss 0 --out "$tmp/e2"
 expect "--start-loss must be > 0" escape --start-loss nan --out "$tmp/e3"
+expect "--memorize-lr must be a finite number > 0, got nan" escape --memorize-lr nan --out "$tmp/e4"
+expect "--clean-lr must be a finite number > 0, got -1" escape --clean-lr -1 --out "$tmp/e5"
 expect "--methods: unknown method 'bogus'" escape --methods bogus --out "$tmp/e4"
 rm -rf "$tmp/escape-full" "$tmp/escape-file"
 [ -z "$(ls -A "$tmp")" ] || { echo "FAIL: files left behind: $(ls -A "$tmp")"; failed=1; }

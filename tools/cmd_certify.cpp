@@ -1,6 +1,7 @@
 // `flatmin certify`: is a point an (ε, √ε)-flat minimum (Definition 3)? Prints ‖∇f‖,
 // ‖∂Φ∇tr̄‖ (∇tr̄ exact from third-order contractions) and the verdict, on a problem whose
-// minima set is known in closed form (Example 1; the diagonal linear network of `ddep`).
+// minima set is known in closed form (Example 1; the diagonal linear network of `ddep`; the
+// matrix factorisation of `table1`, at its start or its closed-form flat minimum).
 // ∂Φ: `--projector exact` projects onto the tangent space of the minima set {r = 0};
 // `--projector hessian` onto the Hessian's near-null space from its top eigenvectors
 // (Lanczos), the construction used for networks (optim/certificate.hpp says how the cut is
@@ -23,8 +24,9 @@ using nlohmann::json;
 using namespace flatmin::optim;
 
 int run(int argc, char** argv) {
-  CLI::App app{"(ε, √ε)-flatness certificate: ‖∇f‖, ‖∂Φ ∇tr̄‖ on Example 1 or the diagonal linear network"};
-  std::string problem = "example1", projector = "exact";
+  CLI::App app{"(ε, √ε)-flatness certificate: ‖∇f‖, ‖∂Φ ∇tr̄‖ on Example 1, the diagonal linear network or a matrix factorisation"};
+  std::string problem = "example1", projector = "exact", at = "start";
+  std::vector<int64_t> mf_shape = {4, 4, 2};
   std::vector<double> point = {1.0, 1.0};
   double eps = 0;
   int64_t dim = 16, examples = 4;
@@ -43,13 +45,17 @@ int run(int argc, char** argv) {
   app.add_option("--trace-samples", co.trace_samples, "checkpoint: Hutchinson samples of ∇tr̄ (default 10)");
   app.add_option("--dtype", dtype_name, "checkpoint: f32 | f64")->check(CLI::IsMember({"f32", "f64"}));
   app.add_option("--device", device, "checkpoint: cpu | cuda | cuda:N");
-  app.add_option("--problem", problem, "example1 | dln")->check(CLI::IsMember({"example1", "dln"}));
+  app.add_option("--problem", problem, "example1 | dln | mf")->check(CLI::IsMember({"example1", "dln", "mf"}));
   app.add_option("--eps", eps, "ε: certify ‖∇f‖ ≤ ε and ‖∂Φ∇tr̄‖ ≤ √ε")->required();
   app.add_option("--point", point, "example1: the point x1 x2")->expected(2);
   app.add_option("--dim", dim, "dln: d = 2m (at most 4096, as ddep)")->check(CLI::Range(int64_t(2), int64_t(4096)));
   app.add_option("--examples", examples, "dln: n (at most 10000, as ddep)")->check(CLI::Range(int64_t(1), int64_t(10000)));
-  app.add_option("--alpha", alpha, "dln: the point u = α·1, v = β*/α (a global minimum)");
-  app.add_option("--problem-seed", problem_seed, "dln: seed of the data (ddep and table1 use problem-seed + d)")->check(NotNegative);
+  app.add_option("--alpha", alpha, "dln: the point u = α·1, v = β*/α; mf: U = α·U*, V = V*/α (global minima)");
+  app.add_option("--mf-shape", mf_shape, "mf: p,q,k (teacher p×q of rank k; each at most 64)")
+      ->delimiter(',')
+      ->check(CLI::Range(int64_t(1), int64_t(64)));
+  app.add_option("--at", at, "mf: start (U = α·U*, V = V*/α) | flat (the closed-form flat minimum)")->check(CLI::IsMember({"start", "flat"}));
+  app.add_option("--problem-seed", problem_seed, "dln: seed of the data (ddep and table1 use problem-seed + d); mf: of the teacher (as table1)")->check(NotNegative);
   app.add_option("--projector", projector, "exact | hessian")->check(CLI::IsMember({"exact", "hessian"}));
   app.add_option("--top-k", ns.top_k, "hessian: eigenpairs computed");
   app.add_option("--rel-cut", ns.rel_cut, "hessian: eigenvalues above rel-cut·λ1 span the normal space");
@@ -58,7 +64,10 @@ int run(int argc, char** argv) {
   if (!(eps > 0) || !std::isfinite(eps)) throw Error("certify: --eps must be a positive finite number");
   if (problem == "dln" && (dim < 2 || dim % 2 || dim <= examples || examples < 1))
     throw Error("certify: --dim must be even and above --examples >= 1");
-  if (problem == "dln" && !(alpha > 0)) throw Error("certify: --alpha must be > 0");
+  if ((problem == "dln" || problem == "mf") && !(alpha > 0)) throw Error("certify: --alpha must be > 0");
+  if (problem == "mf" && (mf_shape.size() != 3 || mf_shape[2] >= std::min(mf_shape[0], mf_shape[1])))
+    throw Error("certify: --mf-shape: give p,q,k with 1 <= k < min(p, q)");
+  if (app.count("--at") && problem != "mf") throw Error("certify: --at: only --problem mf has a closed-form flat minimum");
   if ((projector == "hessian" || !checkpoint.empty()) && ns.top_k < 1) throw Error("certify: --top-k must be >= 1");
   if (!checkpoint.empty()) {
     if (co.trace_samples == 0) co.trace_samples = 10;
@@ -87,15 +96,20 @@ int run(int argc, char** argv) {
   if (problem == "example1") {
     P = example1_problem(point[0], point[1]);
     x = P.start;
-  } else {
+  } else if (problem == "dln") {
     P = DiagonalNetwork(dim / 2, examples, alpha, problem_seed + uint64_t(dim)).problem();
     x = P.start;
+  } else {
+    MatrixFactorization mf(mf_shape[0], mf_shape[1], mf_shape[2], alpha, problem_seed);
+    P = mf.problem();
+    x = at == "flat" ? mf.flat_minimum() : P.start;
   }
   if (ns.top_k > P.dim) ns.top_k = int(P.dim);
   json out = {{"problem", P.name}, {"d", P.dim}, {"eps", eps}, {"projector", projector}};
+  if (problem == "mf") out["at"] = at;
   ProjectorFn tangent;
   if (projector == "exact") {
-    tangent = residual_tangent_projector(P.residual, x);
+    tangent = residual_tangent_projector(P.residual, x, P.normal_rank);
   } else {
     NullSpaceCut cut;
     tangent = hessian_null_projector(hvp_fn(P.loss, x), x, ns, &cut);
@@ -114,6 +128,6 @@ int run(int argc, char** argv) {
   return c.flat.flat() ? 0 : 4;
 }
 
-Register reg{{"certify", "is a point an (ε, √ε)-flat minimum? ‖∇f‖, ‖∂Φ∇tr̄‖ (Example 1, diagonal network)", run}};
+Register reg{{"certify", "is a point an (ε, √ε)-flat minimum? ‖∇f‖, ‖∂Φ∇tr̄‖ (Example 1, diagonal network, matrix factorisation)", run}};
 }  // namespace
 }  // namespace flatmin::tools

@@ -37,13 +37,17 @@ struct Settings {
   std::string preset = "default";
   ModelSpec model;
   DataSpec data;
-  int64_t batch_size = 128, copies = 4;
-  int64_t memorize_steps = 1000, memorize_eval = 50, clean_steps = 1500, clean_eval = 25;
-  int64_t escape_steps = 200, escape_eval = 50;
-  double zero_fraction = 0.1, memorize_acc = 0.95, memorize_lr = 0.05, clean_lr = 0.02, start_loss = 0.01;
+  // The default is sized to finish in about 15 minutes on 2 CPU cores (docs/escape_results.md
+  // has the measured time): 256 training examples, so tr̄ is over the whole training set,
+  // batch 64, 100 escape steps per arm; --preset full is the paper-shaped grid at batch 128.
+  int64_t batch_size = 64, copies = 4;
+  int64_t memorize_steps = 1500, memorize_eval = 50, clean_steps = 1500, clean_eval = 25;
+  int64_t escape_steps = 100, escape_eval = 50;
+  double zero_fraction = 0.1, memorize_acc = 0.95, start_loss = 0.01;
+  std::optional<double> memorize_lr, clean_lr;  // unset: start_lrs(loss)
   double escape_lr = 0.001, lr_perturb = 0.01, rho_rs = 2.0, rho_sa = 0.1, rho_sam = 0.05;
   std::optional<double> drift_lr_perturb;  // η' of the equal-ρ²η' arms (default η'/10)
-  std::vector<std::string> methods = {"sgd", "sgd+", "rs", "sa128", "sa16", "sa16-rho0"};
+  std::vector<std::string> methods = {"sgd", "sgd+", "rs", "sa64", "sa8", "sa8-rho0"};
   std::vector<std::string> losses = {"ce"};
   std::string reference = "sgd+";
   int seeds = 2;
@@ -59,15 +63,30 @@ struct Settings {
     model.model = "resnet18";
     model.width = 8;
     model.hidden = {512};  // --model mlp
-    data.train_subset = 500;
+    data.train_subset = 256;
     data.test_subset = 2000;
   }
   double drift_eta_prime() const { return drift_lr_perturb.value_or(lr_perturb / 10); }
+  // The start's learning rates per loss unless given: the squared error's gradients near a
+  // random initialization are larger (random labels at lr 0.05 with momentum became NaN within
+  // 10 steps), so it gets smaller steps; both reach the start criterion in a few hundred steps.
+  struct StartLrs {
+    double memorize, clean;
+  };
+  StartLrs start_lrs(const std::string& loss) const {
+    const StartLrs d = loss == "mse" ? StartLrs{0.01, 0.02} : StartLrs{0.05, 0.05};
+    return {memorize_lr.value_or(d.memorize), clean_lr.value_or(d.clean)};
+  }
+  json start_lrs_json() const {
+    json m, c;
+    for (const char* l : {"ce", "mse"}) m[l] = start_lrs(l).memorize, c[l] = start_lrs(l).clean;
+    return {m, c};
+  }
   json json_value() const {
     return {{"preset", preset}, {"model", model.json()}, {"data", data.json()}, {"batch_size", batch_size},
             {"copies", copies}, {"zero_fraction", zero_fraction}, {"memorize_steps", memorize_steps},
-            {"memorize_eval_every", memorize_eval}, {"memorize_acc", memorize_acc}, {"memorize_lr", memorize_lr},
-            {"clean_steps", clean_steps}, {"clean_eval_every", clean_eval}, {"clean_lr", clean_lr},
+            {"memorize_eval_every", memorize_eval}, {"memorize_acc", memorize_acc}, {"memorize_lr", start_lrs_json()[0]},
+            {"clean_steps", clean_steps}, {"clean_eval_every", clean_eval}, {"clean_lr", start_lrs_json()[1]},
             {"start_loss", start_loss}, {"escape_steps", escape_steps}, {"escape_eval_every", escape_eval},
             {"escape_lr", escape_lr}, {"lr_perturb", lr_perturb}, {"drift_lr_perturb", drift_eta_prime()},
             {"rho_rs", rho_rs}, {"rho_sa", rho_sa}, {"rho_sam", rho_sam}, {"methods", methods}, {"losses", losses},
@@ -79,15 +98,19 @@ struct Settings {
 // Presets change defaults; flags given on the command line still win.
 void apply_preset(Settings& s) {
   if (s.preset == "default") return;
-  if (s.preset == "full") {
+  if (s.preset == "full") {  // the paper's batch 128 on 500 examples, 200 steps, both losses
     s.losses = {"ce", "mse"};
     s.seeds = 3;
+    s.batch_size = 128;
+    s.data.train_subset = 500;
+    s.escape_steps = 200;
     s.methods = {"sgd", "sgd+", "rs", "sa128", "sa64", "sa16", "sa1", "sa64-rho0", "sa16-rho0", "sa1-rho0",
                  "sa128-drift", "sa64-drift", "sa16-drift", "sa1-drift"};
     return;
   }
   if (s.preset == "gpu") {  // one large GPU: a wider network, ten times the data, five times the steps
     s.device = "cuda";
+    s.batch_size = 128;
     s.model.width = 32;
     s.data.train_subset = 5000;
     s.data.test_subset = 10000;
@@ -177,6 +200,12 @@ std::vector<ArmSpec> check_settings(const Settings& s) {
   if (s.seeds < 1) throw Error("--seeds must be >= 1");
   if (!(s.zero_fraction >= 0 && s.zero_fraction <= 1)) throw Error("--zero-fraction must be in [0, 1]");
   if (!(s.memorize_acc > 0 && s.memorize_acc <= 1)) throw Error("--memorize-acc must be in (0, 1]");
+  for (auto [flag, lr] : {std::pair{"--memorize-lr", s.memorize_lr}, std::pair{"--clean-lr", s.clean_lr}})
+    if (lr && !(*lr > 0 && std::isfinite(*lr))) {
+      char got[32];
+      std::snprintf(got, sizeof got, "%g", *lr);
+      throw Error(std::string(flag) + " must be a finite number > 0, got " + got);
+    }
   // both losses are > 0 away from the labels and reach 0 only in the limit (ce) or exactly at them (mse)
   if (!(s.start_loss > 0) || !std::isfinite(s.start_loss))
     throw Error("--start-loss must be > 0 (a training loss of exactly 0 is never reached), got " + std::to_string(s.start_loss));
@@ -268,10 +297,10 @@ nn::NamedTensors make_start(Context& c, nn::Module& net, const std::string& loss
   int64_t clean_done = 0;
   if (s.load_start.empty()) {
     c.announce(loss + ": random labels on " + std::to_string(c.noisy.size()) + " noisy copies, SGD momentum 0.9, lr " +
-               json(s.memorize_lr).dump() + ", until train acc >= " + json(s.memorize_acc).dump() + " (at most " +
+               json(s.start_lrs(loss).memorize).dump() + ", until train acc >= " + json(s.memorize_acc).dump() + " (at most " +
                std::to_string(s.memorize_steps) + " steps)");
     OptimSpec mem;
-    mem.lr = s.memorize_lr;
+    mem.lr = s.start_lrs(loss).memorize;
     mem.momentum = 0.9;
     ScheduleSpec s1 = sched;
     s1.steps = s.memorize_steps;
@@ -279,10 +308,10 @@ nn::NamedTensors make_start(Context& c, nn::Module& net, const std::string& loss
     PhaseResult r1 = run_phase(loss + ":random-labels", net, c.noisy, c.test, mem, s1, config, log,
                                [&](int64_t, const PhaseResult& r) { return r.train.accuracy >= s.memorize_acc; });
     if (!r1.outcome.finished) throw Error("random-label phase stopped: " + r1.outcome.message);
-    c.announce(loss + ": clean labels, plain SGD lr " + json(s.clean_lr).dump() + ", until 100% train acc and train loss <= " +
+    c.announce(loss + ": clean labels, plain SGD lr " + json(s.start_lrs(loss).clean).dump() + ", until 100% train acc and train loss <= " +
                json(s.start_loss).dump() + " (at most " + std::to_string(s.clean_steps) + " steps)");
     OptimSpec clean;
-    clean.lr = s.clean_lr;
+    clean.lr = s.start_lrs(loss).clean;
     ScheduleSpec s2 = sched;
     s2.steps = s.clean_steps;
     s2.eval_every = s.clean_eval;
@@ -437,7 +466,8 @@ Results merge_folders(const std::vector<std::string>& dirs, std::string& metrics
       auto e = std::find_if(res.experiments.begin(), res.experiments.end(), [&](auto& x) { return x.loss == loss; });
       if (e == res.experiments.end()) {
         escape::Experiment x{.loss = loss, .start = start, .batch_size = l.at("batch_size").get<int64_t>(),
-                             .reference = l.at("reference").get<std::string>()};
+                             .reference = l.at("reference").get<std::string>(),
+                             .minimum_loss = res.settings.at("start_loss").get<double>()};
         for (const json& label : l.at("arm_order")) {
           const json& a = l.at("arms").at(label.get<std::string>()).at("arm");
           x.arms.push_back({a.at("label").get<std::string>(), a.at("kind").get<std::string>(), a.at("b").get<int64_t>(),
@@ -503,11 +533,11 @@ int run(int argc, char** argv) {
   app.add_option("--zero-fraction", s.zero_fraction, "pixels zeroed in each noisy copy");
   app.add_option("--memorize-steps", s.memorize_steps, "cap on random-label steps")->check(CLI::PositiveNumber);
   app.add_option("--memorize-acc", s.memorize_acc, "random-label train accuracy that counts as memorized");
-  app.add_option("--memorize-lr", s.memorize_lr, "SGD (momentum 0.9) learning rate on random labels");
+  app.add_option("--memorize-lr", s.memorize_lr, "SGD (momentum 0.9) learning rate on random labels (default: ce 0.05, mse 0.01)");
   app.add_option("--memorize-eval-every", s.memorize_eval, "evaluate every N random-label steps")->check(CLI::PositiveNumber);
   app.add_option("--clean-steps", s.clean_steps, "cap on clean-label steps")->check(CLI::PositiveNumber);
   app.add_option("--clean-eval-every", s.clean_eval, "evaluate every N clean-label steps")->check(CLI::PositiveNumber);
-  app.add_option("--clean-lr", s.clean_lr, "plain SGD learning rate on clean labels");
+  app.add_option("--clean-lr", s.clean_lr, "plain SGD learning rate on clean labels (default: ce 0.05, mse 0.02)");
   app.add_option("--start-loss", s.start_loss, "the start must reach 100% train accuracy and this training loss");
   app.add_option("--escape-steps", s.escape_steps, "steps of each arm from the start")->check(CLI::PositiveNumber);
   app.add_option("--escape-eval-every", s.escape_eval, "evaluation (with tr̄) every N escape steps")->check(CLI::PositiveNumber);
@@ -574,7 +604,7 @@ int run(int argc, char** argv) {
       std::fprintf(stderr, "escape (%s): %s with %lld parameters; %lld clean / %lld noisy training examples, %lld test\n",
                    loss.c_str(), shape.c_str(), (long long)net->num_parameters(),
                    (long long)c.train.size(), (long long)c.noisy.size(), (long long)c.test.size());
-      escape::Experiment e{.loss = loss, .batch_size = s.batch_size, .reference = s.reference};
+      escape::Experiment e{.loss = loss, .batch_size = s.batch_size, .reference = s.reference, .minimum_loss = s.start_loss};
       for (const ArmSpec& a : arms) e.arms.push_back(a.arm);
       const nn::NamedTensors start_state = make_start(c, *net, loss, e.start);
       res.experiments.push_back(e);

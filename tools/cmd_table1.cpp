@@ -1,6 +1,6 @@
 // `flatmin table1`: the paper's Table 1 as an experiment (docs/table1.md). On problems whose
 // minima set is known in closed form (Example 1; the diagonal linear network of `ddep` at
-// several d), RS and SA run with the theorems' settings (optim/theorems.hpp) for ε over a
+// several d; a linear teacher-student network, i.e. a matrix factorisation), RS and SA run with the theorems' settings (optim/theorems.hpp) for ε over a
 // decade and several seeds; at checkpoints (every step at first, then every `--check-growth`
 // fraction of the steps so far) the current iterate is refined by plain GD (η = 1/L) until
 // ‖∇f‖ ≤ ε, as Theorem 2's last phase does, and certified: ‖∂Φ∇tr̄‖ ≤ √ε with the exact
@@ -35,13 +35,20 @@ using nlohmann::json;
 using namespace flatmin::optim;
 
 struct Settings {
-  std::vector<std::string> problems = {"example1", "dln"};
+  std::vector<std::string> problems = {"example1", "dln", "mf"};
   std::vector<std::string> methods = {"rs", "sa"};
   std::vector<double> eps = {0.3, 0.17, 0.096, 0.055, 0.031, 0.018, 0.01};  // Example 1
   // Diagonal network: below ‖∂Φ∇tr̄‖² at every start (0.11 at d = 16, α = 2; it shrinks
   // like d^{-3} at fixed α, which is why the dimensions stay small).
   std::vector<double> dln_eps = {0.04, 0.025, 0.016, 0.01, 0.0063, 0.004};
   std::vector<int64_t> dims = {8, 12, 16};
+  // Matrix factorisation p×q, rank k (tools/flat_problems.hpp), started at U = αU*, V = V*/α:
+  // ‖∂Φ∇tr̄‖ = 0.63 at the start (α = 4), so ε up to 0.25 is a target above it. RS needs
+  // about 1.3M steps at ε = 0.025 (ε^{-2.9} from 6k at 0.16), hence its own step cap.
+  std::vector<int64_t> mf_shape = {4, 4, 2};
+  double mf_alpha = 4.0;
+  std::vector<double> mf_eps = {0.25, 0.16, 0.1, 0.063, 0.04, 0.025};
+  int64_t mf_cap = 2000000;
   int64_t examples = 4, cap = 100000, refine_cap = 5000;
   int seeds = 3;
   double delta = 0.5, alpha = 2.0, check_growth = 0.02;
@@ -73,6 +80,7 @@ Params clone_all(const Params& p) {
 // One run: steps of RS or SA until a refined checkpoint is (ε, √ε)-flat, or the cap.
 Run run_once(const FlatProblem& P, const std::string& method, double eps, double L, uint64_t seed, const Settings& s) {
   Run r{.problem = P.name, .method = method, .d = P.dim, .eps = eps, .L = L, .seed = seed};
+  const int64_t cap = P.name == "matrix-factorization" ? s.mf_cap : s.cap;
   r.settings = method == "rs" ? rs_theorem_settings(eps, L, s.delta, s.rs_c) : sa_theorem_settings(eps, L, s.delta, P.dim, s.sa_c);
   const auto t0 = std::chrono::steady_clock::now();
   Params x = clone_all(P.start);
@@ -88,12 +96,12 @@ Run run_once(const FlatProblem& P, const std::string& method, double eps, double
   const double sqrt_eps = std::sqrt(eps);
   int64_t next_check = 0;
   for (int64_t t = 0;; ++t) {
-    if (t == next_check || t == s.cap) {
+    if (t == next_check || t == cap) {
       Params y = clone_all(x);
       RefineResult rr = refine_until_stationary(y, function_closure(P.loss, y), r.settings.lr, eps, s.refine_cap);
       r.grad_norm = rr.grad_norm;
       if (rr.reached) {
-        r.projected_trace_grad = norm(residual_tangent_projector(P.residual, y)(P.trace_normalized_grad(y))).item();
+        r.projected_trace_grad = norm(residual_tangent_projector(P.residual, y, P.normal_rank)(P.trace_normalized_grad(y))).item();
         r.trace_normalized = P.trace_normalized(y);
         if (r.projected_trace_grad <= sqrt_eps) {
           r.steps = t;
@@ -101,7 +109,7 @@ Run run_once(const FlatProblem& P, const std::string& method, double eps, double
           break;
         }
       }
-      if (t == s.cap) {
+      if (t == cap) {
         r.steps = t;
         r.queries = queries;
         r.censored = true;
@@ -228,19 +236,25 @@ double quantile(std::vector<double> v, double q) {  // linear interpolation
 }
 
 void check_settings(const Settings& s) {
-  if (s.eps.empty() || s.dln_eps.empty()) throw Error("table1: --eps, --dln-eps: give at least one ε");
+  if (s.eps.empty() || s.dln_eps.empty() || s.mf_eps.empty()) throw Error("table1: --eps, --dln-eps, --mf-eps: give at least one ε");
   for (double e : s.eps)
     if (!(e > 0) || !std::isfinite(e)) throw Error("table1: --eps: every ε must be a positive finite number, got " + std::to_string(e));
   for (double e : s.dln_eps)
     if (!(e > 0) || !std::isfinite(e)) throw Error("table1: --dln-eps: every ε must be a positive finite number, got " + std::to_string(e));
+  for (double e : s.mf_eps)
+    if (!(e > 0) || !std::isfinite(e)) throw Error("table1: --mf-eps: every ε must be a positive finite number, got " + std::to_string(e));
+  if (s.mf_shape.size() != 3 || s.mf_shape[2] < 1 || s.mf_shape[2] >= std::min(s.mf_shape[0], s.mf_shape[1]))
+    throw Error("table1: --mf-shape: give p,q,k with 1 <= k < min(p, q) (a rank-k teacher with a k²-dimensional minima set)");
+  if (!(s.mf_alpha > 0) || !std::isfinite(s.mf_alpha)) throw Error("table1: --mf-alpha must be a positive finite number");
   if (s.L && (!(*s.L > 0) || !std::isfinite(*s.L))) throw Error("table1: --L must be a positive finite number, got " + std::to_string(*s.L));
   if (s.cap <= 0) throw Error("table1: --cap must be >= 1 step, got " + std::to_string(s.cap));
+  if (s.mf_cap <= 0) throw Error("table1: --mf-cap must be >= 1 step, got " + std::to_string(s.mf_cap));
   if (s.refine_cap <= 0) throw Error("table1: --refine-cap must be >= 1 step");
   if (s.seeds < 1) throw Error("table1: --seeds must be >= 1");
   if (!(s.delta > 0 && s.delta <= 1)) throw Error("table1: --delta must be in (0, 1]");
   if (!(s.check_growth > 0) || !std::isfinite(s.check_growth)) throw Error("table1: --check-growth must be > 0");
   for (const std::string& p : s.problems)
-    if (p != "example1" && p != "dln") throw Error("table1: --problems: unknown problem '" + p + "' (example1, dln)");
+    if (p != "example1" && p != "dln" && p != "mf") throw Error("table1: --problems: unknown problem '" + p + "' (example1, dln, mf)");
   for (const std::string& m : s.methods)
     if (m != "rs" && m != "sa") throw Error("table1: --methods: unknown method '" + m + "' (rs, sa)");
   if (s.examples < 1) throw Error("table1: --examples must be >= 1");
@@ -258,17 +272,23 @@ int run(int argc, char** argv) {
   CLI::App app{"Table 1 as an experiment: gradient queries to an (ε, √ε)-flat minimum against ε and d, RS vs SA"};
   Settings s;
   double L = 0;
-  app.add_option("--problems", s.problems, "example1 | dln (the diagonal linear network of ddep)")->delimiter(',');
+  app.add_option("--problems", s.problems, "example1 | dln (the diagonal linear network of ddep) | mf (matrix factorisation)")->delimiter(',');
   app.add_option("--methods", s.methods, "rs | sa")->delimiter(',');
   app.add_option("--eps", s.eps, "Example 1: target accuracies ε (log-spaced over at least a decade)")->delimiter(',');
   app.add_option("--dln-eps", s.dln_eps, "diagonal network: target accuracies ε")->delimiter(',');
+  app.add_option("--mf-eps", s.mf_eps, "matrix factorisation: target accuracies ε")->delimiter(',');
+  app.add_option("--mf-shape", s.mf_shape, "matrix factorisation: p,q,k (teacher p×q of rank k; each at most 64)")
+      ->delimiter(',')
+      ->check(CLI::Range(int64_t(1), int64_t(64)));
+  app.add_option("--mf-alpha", s.mf_alpha, "matrix factorisation start: U = α·U*, V = V*/α");
+  app.add_option("--mf-cap", s.mf_cap, "matrix factorisation: step cap per run (censored beyond)");
   app.add_option("--dims", s.dims, "dimensions d = 2m of the diagonal network (at most 4096, as ddep)")
       ->delimiter(',')
       ->check(CLI::Range(int64_t(2), int64_t(4096)));
   app.add_option("--examples", s.examples, "n, examples of the diagonal network (at most 10000, as ddep)")
       ->check(CLI::Range(int64_t(1), int64_t(10000)));
   app.add_option("--seeds", s.seeds, "runs per (problem, d, method, ε)");
-  app.add_option("--cap", s.cap, "step cap per run (runs that reach it are reported as censored)");
+  app.add_option("--cap", s.cap, "step cap per run of Example 1 and the diagonal network (runs that reach it are reported as censored)");
   app.add_option("--refine-cap", s.refine_cap, "GD refinement steps per checkpoint");
   app.add_option("--check-growth", s.check_growth, "checkpoints every step at first, then every this fraction of the steps so far");
   app.add_option("--delta", s.delta, "δ of the theorems, in (0, 1]");
@@ -296,19 +316,23 @@ int run(int argc, char** argv) {
   std::vector<FlatProblem> problems;
   for (const std::string& p : s.problems) {
     if (p == "example1") problems.push_back(example1_problem(s.start[0], s.start[1]));
+    else if (p == "mf")
+      problems.push_back(MatrixFactorization(s.mf_shape[0], s.mf_shape[1], s.mf_shape[2], s.mf_alpha, s.problem_seed).problem());
     else
       for (int64_t d : s.dims) problems.push_back(DiagonalNetwork(d / 2, s.examples, s.alpha, s.problem_seed + uint64_t(d)).problem());
   }
+  auto eps_of = [&](const FlatProblem& P) -> const std::vector<double>& {
+    return P.name == "example1" ? s.eps : P.name == "matrix-factorization" ? s.mf_eps : s.dln_eps;
+  };
   int64_t total = 0;
-  for (const FlatProblem& P : problems)
-    total += int64_t(s.methods.size() * (P.name == "example1" ? s.eps.size() : s.dln_eps.size())) * s.seeds;
+  for (const FlatProblem& P : problems) total += int64_t(s.methods.size() * eps_of(P).size()) * s.seeds;
   Progress progress("table1 runs", 0, total);
   std::vector<Run> runs;
   std::vector<json> rows;
   for (const FlatProblem& P : problems) {
     const double Lp = s.L ? *s.L : smoothness_by_power(hvp_fn(P.loss, P.start), P.start, {.max_iter = 500, .tol = 1e-10});
-    const std::vector<double>& eps = P.name == "example1" ? s.eps : s.dln_eps;
-    const double v0 = norm(residual_tangent_projector(P.residual, P.start)(P.trace_normalized_grad(P.start))).item();
+    const std::vector<double>& eps = eps_of(P);
+    const double v0 = norm(residual_tangent_projector(P.residual, P.start, P.normal_rank)(P.trace_normalized_grad(P.start))).item();
     std::fprintf(stderr, "table1: %s d=%lld: L = %.4g, ‖∂Φ∇tr̄‖ = %.4g at the start\n", P.name.c_str(), (long long)P.dim, Lp, v0);
     for (const std::string& m : s.methods)
       for (double e : eps)
@@ -353,14 +377,17 @@ int run(int argc, char** argv) {
     const double med = median(c.q), q25 = quantile(c.q, 0.25), q75 = quantile(c.q, 0.75);
     cell_json.push_back({{"problem", c.problem}, {"method", c.method}, {"d", c.d}, {"eps", c.eps}, {"median_queries", med},
                          {"q25", q25}, {"q75", q75}, {"runs", c.q.size()}, {"censored", c.censored}, {"in_fit", usable}});
-    const std::string series = c.problem == "example1" ? "example1 (d=2)" : "diagonal network d=" + std::to_string(c.d);
+    const std::string series = c.problem == "example1"               ? "example1 (d=2)"
+                               : c.problem == "matrix-factorization" ? "matrix factorisation d=" + std::to_string(c.d)
+                                                                     : "diagonal network d=" + std::to_string(c.d);
     plot_rows[c.method].push_back({{"series", series + (usable ? "" : " [censored]")}, {"inv_eps", 1 / c.eps},
                                    {"median_queries", med}, {"q25", q25}, {"q75", q75}});
   }
-  // Fits: Example 1 against log(1/ε); the diagonal network against log(1/ε) and log d.
+  // Fits: Example 1 and the matrix factorisation (one d) against log(1/ε); the diagonal
+  // network against log(1/ε) and log d.
   json fits = json::array();
   for (const std::string& m : s.methods)
-    for (const std::string& p : {std::string("example1"), std::string("diagonal-network")}) {
+    for (const std::string& p : {std::string("example1"), std::string("diagonal-network"), std::string("matrix-factorization")}) {
       std::vector<std::vector<double>> xs;
       std::vector<double> ys;
       bool varied_d = false;
@@ -382,7 +409,11 @@ int run(int argc, char** argv) {
       f["method"] = m;
       // The paper: RS O(ε⁻³); SA O(d⁻¹ε⁻²·max(1, 1/(d³ε))): at d = 2 the max is 1/(8ε) for
       // ε < 1/8 (exponent 3 there, 2 above); for d ≥ 8 and ε ≥ 1/512 it is 1.
-      if (m == "rs") f["paper"] = p == "example1" ? json{{"log_inv_eps", 3}} : json{{"log_inv_eps", 3}, {"log_d", 0}};
+      // The matrix factorisation at d = (p+q)k: 2 where d³ε ≥ 1 for every ε run.
+      const double mf_d = double((s.mf_shape[0] + s.mf_shape[1]) * s.mf_shape[2]);
+      const bool mf_large = mf_d * mf_d * mf_d * *std::min_element(s.mf_eps.begin(), s.mf_eps.end()) >= 1;
+      if (p == "matrix-factorization") f["paper"] = m == "rs" ? json{{"log_inv_eps", 3}} : mf_large ? json{{"log_inv_eps", 2}} : json{{"log_inv_eps", "2 while d³ε >= 1, 3 below"}};
+      else if (m == "rs") f["paper"] = p == "example1" ? json{{"log_inv_eps", 3}} : json{{"log_inv_eps", 3}, {"log_d", 0}};
       else if (p == "example1") f["paper"] = {{"log_inv_eps", "2 for ε >= 1/8, 3 below"}};
       else f["paper"] = {{"log_inv_eps", 2}, {"log_d", -1}};
       fits.push_back(f);
@@ -390,6 +421,7 @@ int run(int argc, char** argv) {
     }
   json result = {{"settings",
                   {{"problems", s.problems}, {"methods", s.methods}, {"eps", s.eps}, {"dln_eps", s.dln_eps}, {"dims", s.dims}, {"examples", s.examples},
+                   {"mf_eps", s.mf_eps}, {"mf_shape", s.mf_shape}, {"mf_alpha", s.mf_alpha}, {"mf_cap", s.mf_cap},
                    {"seeds", s.seeds}, {"cap", s.cap}, {"refine_cap", s.refine_cap}, {"check_growth", s.check_growth},
                    {"delta", s.delta}, {"alpha", s.alpha}, {"start", s.start}, {"problem_seed", s.problem_seed},
                    {"L", s.L ? json(*s.L) : json("power method at the start")},

@@ -57,12 +57,30 @@ Diff final_difference(const Experiment& e, const std::string& a, const std::stri
   return {mean_se(dt), mean_se(dm), mean_se(da)};
 }
 
+// Empty when every seed of the arm ended at a global minimum (Experiment::minimum_loss);
+// otherwise why not, for the verdict.
+std::string left_minima(const Experiment& e, const std::string& label) {
+  for (uint64_t s : e.seeds())
+    if (const Run* r = find_run(e, label, s); r && !r->points.empty()) {
+      const Point& p = r->points.back();
+      if (p.train_accuracy >= 1.0 && p.train_loss <= e.minimum_loss) continue;
+      char buf[160];
+      std::snprintf(buf, sizeof buf, "not comparable: %s left the minima set (seed %llu: train acc %.4g, loss %.3g)",
+                    label.c_str(), (unsigned long long)s, p.train_accuracy, p.train_loss);
+      return buf;
+    }
+  return "";
+}
+
 json comparison(const Experiment& e, const std::string& claim, const std::string& a, const std::string& b,
                 const std::string& how) {
   Diff d = final_difference(e, a, b);
+  std::string off = left_minima(e, a);
+  if (off.empty()) off = left_minima(e, b);
   return {{"claim", claim}, {"a", a}, {"b", b}, {"how", how},
-          {"trace", stat(d.trace)}, {"trace_verdict", verdict(d.trace, -1)},
-          {"matched_trace", stat(d.matched_trace)}, {"matched_trace_verdict", verdict(d.matched_trace, -1)},
+          {"trace", stat(d.trace)}, {"trace_verdict", off.empty() ? verdict(d.trace, -1) : off},
+          {"matched_trace", stat(d.matched_trace)},
+          {"matched_trace_verdict", off.empty() ? verdict(d.matched_trace, -1) : "not comparable"},
           {"test_accuracy", stat(d.test_accuracy)}, {"test_accuracy_verdict", verdict(d.test_accuracy, +1)}};
 }
 
@@ -250,7 +268,10 @@ std::string render_report(const json& summary, const json& settings, bool comple
         "arm's tr̄ interpolated at the same training loss (same seed); n/a outside the reference's loss range.\n\n";
   md += "A verdict compares final values paired by seed: *supports*/*contradicts* when the mean difference is more "
         "than 2 standard errors in/against the claimed direction (lower tr̄, higher test accuracy), *not resolved* "
-        "otherwise.\n\n";
+        "otherwise. tr̄ is compared only between minima: when an arm's final point is not a global minimum by the "
+        "start's criterion (100% train accuracy, train loss <= --start-loss), its tr̄ verdicts read *not comparable* "
+        "(a lower tr̄ away from the minima set is not a flatter minimum); test accuracy is still compared. No minimum "
+        "effect size: a resolved difference of a few test images still reads supports/contradicts.\n\n";
   for (const json& s : summary.at("losses")) {
     const json& st = s.at("start");
     char buf[512];

@@ -4,6 +4,7 @@
 // recorded evaluations, so the numbers in a results folder can be recomputed from its
 // metrics.jsonl and checked by tests.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -54,6 +55,10 @@ struct Experiment {
   std::vector<Run> runs;          // finished (arm, seed) pairs
   std::vector<uint64_t> seeds() const;  // the distinct seeds of `runs`, ascending
   std::string reference;          // arm label
+  // A final point is at a global minimum when it meets the start's criterion: 100% train
+  // accuracy and train loss <= this (--start-loss). tr̄ compares minima; an arm that ended
+  // elsewhere makes its tr̄ comparisons "not comparable" (test accuracy is still compared).
+  double minimum_loss = INFINITY;
 };
 
 // Per arm and evaluation step, mean ± s.e. over seeds of every quantity (and of tr̄ at

@@ -1,5 +1,6 @@
 #include "tools/flat_problems.hpp"
 
+#include <Eigen/Dense>
 #include <cmath>
 
 #include "datasets/synthetic.hpp"
@@ -14,6 +15,7 @@ FlatProblem example1_problem(double x1, double x2) {
   p.name = "example1";
   p.dim = 2;
   p.examples = 1;
+  p.normal_rank = 1;
   p.start = {from_vector(std::vector<double>{x1, x2}, {2}, f64)};
   p.loss = [](const Params& x) { return data::example1_loss(x[0]); };
   p.examples_loss = [](const std::vector<int64_t>&, const Params& x) { return data::example1_loss(x[0]); };
@@ -66,6 +68,7 @@ FlatProblem DiagonalNetwork::problem() const {
   p.name = "diagonal-network";
   p.dim = 2 * m;
   p.examples = n;
+  p.normal_rank = n;
   p.start = {start[0].clone(), start[1].clone()};
   p.loss = [self](const Params& x) { return self->full_loss(x); };
   p.examples_loss = [self](const std::vector<int64_t>& i, const Params& x) { return self->examples_loss(i, x); };
@@ -75,6 +78,74 @@ FlatProblem DiagonalNetwork::problem() const {
   p.trace_normalized = [self](const Params& x) { return self->trace_normalized(x); };
   p.trace_normalized_grad = [self](const Params& x) { return self->trace_normalized_grad(x); };
   return p;
+}
+
+MatrixFactorization::MatrixFactorization(int64_t p_, int64_t q_, int64_t k_, double alpha, uint64_t seed) : p(p_), q(q_), k(k_) {
+  if (p < 1 || q < 1 || k < 1 || k >= std::min(p, q))
+    throw Error("MatrixFactorization: need 1 <= k < min(p, q) (a rank-k teacher with a minima set of dimension k²), got p=" +
+                std::to_string(p) + " q=" + std::to_string(q) + " k=" + std::to_string(k));
+  if (!(alpha > 0) || !std::isfinite(alpha)) throw Error("MatrixFactorization: alpha must be a positive finite number");
+  Generator g(seed);
+  Tensor us = g.normal({p, k}, f64), vs = g.normal({q, k}, f64);
+  M = matmul(us, transpose(vs));
+  start = {mul_scalar(us, alpha), mul_scalar(vs, 1.0 / alpha)};
+}
+
+Tensor MatrixFactorization::residual(const Params& x) const { return reshape(sub(matmul(x[0], transpose(x[1])), M), {p * q}); }
+
+Tensor MatrixFactorization::examples_loss(const std::vector<int64_t>& entries, const Params& x) const {
+  return mean(square(index_select(residual(x), 0, from_ints(entries, {int64_t(entries.size())}))));
+}
+
+double MatrixFactorization::trace_normalized(const Params& x) const {
+  std::vector<double> u = x[0].to_vector(), v = x[1].to_vector();
+  double su = 0, sv = 0;
+  for (double a : u) su += a * a;
+  for (double a : v) sv += a * a;
+  return (2 * su / double(p) + 2 * sv / double(q)) / double((p + q) * k);
+}
+
+Params MatrixFactorization::trace_normalized_grad(const Params& x) const {
+  const double d = double((p + q) * k);  // ∇ of ((2/p)‖U‖² + (2/q)‖V‖²)/d
+  return {mul_scalar(x[0].detach(), 4 / (double(p) * d)), mul_scalar(x[1].detach(), 4 / (double(q) * d))};
+}
+
+Params MatrixFactorization::flat_minimum() const {
+  std::vector<double> mv = M.to_vector();
+  Eigen::MatrixXd m = Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(mv.data(), p, q);
+  Eigen::JacobiSVD<Eigen::MatrixXd> svd(m, Eigen::ComputeThinU | Eigen::ComputeThinV);
+  const Eigen::VectorXd root = svd.singularValues().head(k).cwiseSqrt();
+  const double su = std::pow(double(p) / double(q), 0.25);
+  const Eigen::MatrixXd u = su * svd.matrixU().leftCols(k) * root.asDiagonal();
+  const Eigen::MatrixXd v = (1 / su) * svd.matrixV().leftCols(k) * root.asDiagonal();
+  auto tensor = [](const Eigen::MatrixXd& a) {
+    Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> r = a;
+    return from_vector(std::vector<double>(r.data(), r.data() + r.size()), {r.rows(), r.cols()}, f64);
+  };
+  return {tensor(u), tensor(v)};
+}
+
+double MatrixFactorization::flat_trace_normalized() const {
+  std::vector<double> mv = M.to_vector();
+  Eigen::MatrixXd m = Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(mv.data(), p, q);
+  const double nuclear = Eigen::JacobiSVD<Eigen::MatrixXd>(m).singularValues().sum();
+  return 4 * nuclear / std::sqrt(double(p * q)) / double((p + q) * k);
+}
+
+FlatProblem MatrixFactorization::problem() const {
+  FlatProblem P;
+  auto self = std::make_shared<MatrixFactorization>(*this);
+  P.name = "matrix-factorization";
+  P.dim = (p + q) * k;
+  P.examples = p * q;
+  P.normal_rank = (p + q - k) * k;
+  P.start = {start[0].clone(), start[1].clone()};
+  P.loss = [self](const Params& x) { return mean(square(self->residual(x))); };
+  P.examples_loss = [self](const std::vector<int64_t>& i, const Params& x) { return self->examples_loss(i, x); };
+  P.residual = [self](const Params& x) { return self->residual(x); };
+  P.trace_normalized = [self](const Params& x) { return self->trace_normalized(x); };
+  P.trace_normalized_grad = [self](const Params& x) { return self->trace_normalized_grad(x); };
+  return P;
 }
 
 }  // namespace flatmin::tools

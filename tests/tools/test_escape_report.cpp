@@ -96,3 +96,36 @@ TEST_CASE("escape report: summary of two seeds, matched loss and the claims draw
   CHECK(md.find("SA escapes better than RS") != std::string::npos);
   CHECK(curve_rows(sum).size() == 8);  // 4 arms x 2 steps
 }
+
+TEST_CASE("escape report: tr̄ is compared only between minima (the start's criterion)") {
+  Experiment e;
+  e.loss = "mse";
+  e.start = at(0, 0.006, 4.0, 0.50);
+  e.batch_size = 64;
+  e.reference = "sgd+";
+  e.minimum_loss = 0.01;
+  e.arms = {{.label = "sgd", .kind = "sgd"}, {.label = "rs", .kind = "rs", .rho = 2},
+            {.label = "sa64", .kind = "sa", .b = 64, .rho = 0.1}};
+  for (uint64_t s = 0; s < 2; ++s) {
+    const double d = 0.01 * s;
+    e.runs.push_back({"sgd", s, {e.start, at(100, 0.005, 4.0 + d, 0.50)}});
+    e.runs.push_back({"rs", s, {e.start, at(100, 0.009, 3.0 + d, 0.50)}});  // still a minimum: comparable
+    Point off = at(100, 0.7, 1.0 + d, 0.30);                                 // loss 0.7 > 0.01: left the minima set
+    e.runs.push_back({"sa64", s, {e.start, off}});
+  }
+  nlohmann::json sum = summarize(e);
+  bool saw_perturbation = false, saw_rs = false;
+  for (const auto& c : sum["claims"]) {
+    if (c["claim"] == "the perturbation helps") {  // sa64 vs sgd: sa64 is off the minima set
+      saw_perturbation = true;
+      CHECK(c["trace_verdict"].get<std::string>().rfind("not comparable: sa64 left the minima set", 0) == 0);
+      CHECK(c["test_accuracy_verdict"] == "contradicts");  // 30% vs 50%: still compared
+    }
+    if (c["claim"] == "SA escapes better than RS") {
+      saw_rs = true;
+      CHECK(c["trace_verdict"].get<std::string>().rfind("not comparable: sa64", 0) == 0);
+    }
+  }
+  CHECK(saw_perturbation);
+  CHECK(saw_rs);
+}
