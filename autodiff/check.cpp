@@ -112,8 +112,10 @@ TaylorReport taylor_check(const ScalarFn& f, const Params& x, const Params& u, c
   const int K = opt.max_order;
   // D^j f[u..u] for j <= K+1 (the gradient expansion needs one more order)
   DirectionalDerivatives dd;
-  if (opt.taylor_mode) dd.values = taylor_coefficients(f, x, u, K).derivatives;
-  else dd = directional_derivatives(f, x, u, opt.gradient ? K + 1 : K);
+  if (opt.taylor_mode)
+    dd.values = taylor_coefficients(f, x, u, K).derivatives;
+  else
+    dd = directional_derivatives(f, x, u, opt.gradient ? K + 1 : K);
   rep.remainder.assign(size_t(K + 1), std::vector<double>(rep.radii.size()));
   std::vector<double> floor(size_t(K + 1));
   const double eps = std::numeric_limits<double>::epsilon();

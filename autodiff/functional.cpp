@@ -266,18 +266,21 @@ Params hvp_forward_over_reverse(const ScalarFn& f, const Params& x, const Params
   Params g;
   if (s.requires_grad()) g = grad({s}, xs, {.allow_unused = true});
   Params hv;
-  for (size_t i = 0; i < xs.size(); ++i) hv.push_back(i < g.size() && g[i].defined() ? series_term(g[i], 1) : zeros_like(x[i].detach()));
+  for (size_t i = 0; i < xs.size(); ++i)
+    hv.push_back(i < g.size() && g[i].defined() ? series_term(g[i], 1) : zeros_like(x[i].detach()));
   return hv;
 }
 
 TaylorCoefficients taylor_coefficients(const ScalarFn& f, const Params& x, const Params& u, int order) {
   if (order < 0 || order > max_taylor_order)
     throw Error("taylor_coefficients: order " + std::to_string(order) + " is outside 0.." +
-                std::to_string(max_taylor_order) + " (each intermediate is held order+1 times and smooth ops cost "
+                std::to_string(max_taylor_order) +
+                " (each intermediate is held order+1 times and smooth ops cost "
                 "O(order²) products)");
   check_direction("taylor_coefficients", "u", x, u);
   NoGrad ng;
-  const Tensor y = checked_scalar("taylor_coefficients", f(order == 0 ? detach(x) : seeded(detach(x), u, size_t(order))));
+  const Tensor y =
+      checked_scalar("taylor_coefficients", f(order == 0 ? detach(x) : seeded(detach(x), u, size_t(order))));
   TaylorCoefficients r;
   double factorial = 1;
   for (int k = 0; k <= order; ++k) {

@@ -130,8 +130,7 @@ void check_no_kink(const char* op, const Tensor& mask, size_t order, const char*
 
 namespace {
 // Runs op's forward rule when any input carries a series, and attaches the output's series.
-template <class List>
-void propagate(Tensor& out, Op op, const List& inputs, ForwardRule forward) {
+template <class List> void propagate(Tensor& out, Op op, const List& inputs, ForwardRule forward) {
   size_t order = 0;
   for (const Tensor& t : inputs) {
     if (!carries_series(t)) continue;
@@ -148,7 +147,8 @@ void propagate(Tensor& out, Op op, const List& inputs, ForwardRule forward) {
     Jet j(order + 1);
     if (t.defined()) {
       j[0] = t.detach();
-      if (carries_series(t)) std::copy(t.impl()->series->terms.begin() + 1, t.impl()->series->terms.end(), j.begin() + 1);
+      if (carries_series(t))
+        std::copy(t.impl()->series->terms.begin() + 1, t.impl()->series->terms.end(), j.begin() + 1);
     }
     in.push_back(std::move(j));
   }
@@ -182,9 +182,8 @@ bool any_requires_grad(std::initializer_list<const Tensor*> inputs) {
 }
 
 namespace {
-template <class List>
-void record_node(Tensor& out, Op op, const List& inputs, const List& saved, bool save_output, Rule&& rule,
-                 ForwardRule forward) {
+template <class List> void record_node(Tensor& out, Op op, const List& inputs, const List& saved, bool save_output,
+                                       Rule&& rule, ForwardRule forward) {
   if (live_series.load(std::memory_order_relaxed) != 0) propagate(out, op, inputs, forward);
   if (!grad_mode) return;
   bool any = false;

@@ -15,9 +15,7 @@ inline size_t order(const std::vector<Jet>& in) { return in[0].size() - 1; }
 
 // Arithmetic where an undefined tensor is zero.
 inline Tensor plus(const Tensor& a, const Tensor& b) { return !a.defined() ? b : !b.defined() ? a : add(a, b); }
-inline Tensor minus(const Tensor& a, const Tensor& b) {
-  return !b.defined() ? a : !a.defined() ? neg(b) : sub(a, b);
-}
+inline Tensor minus(const Tensor& a, const Tensor& b) { return !b.defined() ? a : !a.defined() ? neg(b) : sub(a, b); }
 inline Tensor times(const Tensor& a, const Tensor& b) { return a.defined() && b.defined() ? mul(a, b) : Tensor(); }
 inline Tensor scaled(const Tensor& a, double c) { return a.defined() ? mul_scalar(a, c) : Tensor(); }
 inline Tensor over(const Tensor& a, const Tensor& b) { return a.defined() ? div(a, b) : Tensor(); }

@@ -81,13 +81,16 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dOption
   Tensor out = empty(conv_out_shape(op, x.shape(), w.shape(), opt), x.options());
   be(x).conv2d(x, w, out, p);
   if (any_requires_grad({&x, &w}))
-    record(out, Op::conv2d, {x, w}, {x, w}, [opt](const Tensor& g, const RuleContext& c) {
-      Tensor x = c.saved(0), w = c.saved(1);
-      return std::vector<Tensor>{c.needs(0) ? conv2d_input_grad(g, w, x.shape(), opt) : Tensor(),
-                                 c.needs(1) ? conv2d_weight_grad(x, g, w.shape(), opt) : Tensor()};
-    }, [opt](const std::vector<Jet>& in, const Tensor&) {
-      return jet::bilinear(in[0], in[1], [opt](const Tensor& a, const Tensor& b) { return conv2d(a, b, {}, opt); });
-    });
+    record(
+        out, Op::conv2d, {x, w}, {x, w},
+        [opt](const Tensor& g, const RuleContext& c) {
+          Tensor x = c.saved(0), w = c.saved(1);
+          return std::vector<Tensor>{c.needs(0) ? conv2d_input_grad(g, w, x.shape(), opt) : Tensor(),
+                                     c.needs(1) ? conv2d_weight_grad(x, g, w.shape(), opt) : Tensor()};
+        },
+        [opt](const std::vector<Jet>& in, const Tensor&) {
+          return jet::bilinear(in[0], in[1], [opt](const Tensor& a, const Tensor& b) { return conv2d(a, b, {}, opt); });
+        });
   if (!bias.defined()) return out;
   check_floating(op, bias, "bias");
   check_same(op, x, "input", bias, "bias");
@@ -108,14 +111,17 @@ Tensor conv2d_input_grad(const Tensor& gy, const Tensor& w, const Shape& x_shape
   Tensor out = empty(x_shape, gy.options());
   be(gy).conv2d_input_grad(gy, w, out, p);
   if (any_requires_grad({&gy, &w}))
-    record(out, Op::conv2d_input_grad, {gy, w}, {gy, w}, [opt](const Tensor& gg, const RuleContext& c) {
-      Tensor gy = c.saved(0), w = c.saved(1);
-      return std::vector<Tensor>{c.needs(0) ? conv2d(gg, w, {}, opt) : Tensor(),
-                                 c.needs(1) ? conv2d_weight_grad(gg, gy, w.shape(), opt) : Tensor()};
-    }, [&](const std::vector<Jet>& in, const Tensor&) {
-      return jet::bilinear(in[0], in[1],
-                           [&](const Tensor& a, const Tensor& b) { return conv2d_input_grad(a, b, x_shape, opt); });
-    });
+    record(
+        out, Op::conv2d_input_grad, {gy, w}, {gy, w},
+        [opt](const Tensor& gg, const RuleContext& c) {
+          Tensor gy = c.saved(0), w = c.saved(1);
+          return std::vector<Tensor>{c.needs(0) ? conv2d(gg, w, {}, opt) : Tensor(),
+                                     c.needs(1) ? conv2d_weight_grad(gg, gy, w.shape(), opt) : Tensor()};
+        },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::bilinear(in[0], in[1],
+                               [&](const Tensor& a, const Tensor& b) { return conv2d_input_grad(a, b, x_shape, opt); });
+        });
   return out;
 }
 
@@ -131,14 +137,17 @@ Tensor conv2d_weight_grad(const Tensor& x, const Tensor& gy, const Shape& w_shap
   Tensor out = empty(w_shape, x.options());
   be(x).conv2d_weight_grad(x, gy, out, p);
   if (any_requires_grad({&x, &gy}))
-    record(out, Op::conv2d_weight_grad, {x, gy}, {x, gy}, [opt](const Tensor& gg, const RuleContext& c) {
-      Tensor x = c.saved(0), gy = c.saved(1);
-      return std::vector<Tensor>{c.needs(0) ? conv2d_input_grad(gy, gg, x.shape(), opt) : Tensor(),
-                                 c.needs(1) ? conv2d(x, gg, {}, opt) : Tensor()};
-    }, [&](const std::vector<Jet>& in, const Tensor&) {
-      return jet::bilinear(in[0], in[1],
-                           [&](const Tensor& a, const Tensor& b) { return conv2d_weight_grad(a, b, w_shape, opt); });
-    });
+    record(
+        out, Op::conv2d_weight_grad, {x, gy}, {x, gy},
+        [opt](const Tensor& gg, const RuleContext& c) {
+          Tensor x = c.saved(0), gy = c.saved(1);
+          return std::vector<Tensor>{c.needs(0) ? conv2d_input_grad(gy, gg, x.shape(), opt) : Tensor(),
+                                     c.needs(1) ? conv2d(x, gg, {}, opt) : Tensor()};
+        },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::bilinear(
+              in[0], in[1], [&](const Tensor& a, const Tensor& b) { return conv2d_weight_grad(a, b, w_shape, opt); });
+        });
   return out;
 }
 
@@ -160,8 +169,10 @@ static void check_no_window_ties(const Tensor& x, const Pool2dParams& p, size_t 
             const int64_t h = oh * p.stride_h - p.pad_h + i, w = ow * p.stride_w - p.pad_w + j;
             if (h < 0 || h >= s[2] || w < 0 || w >= s[3]) continue;
             const double e = v[size_t((plane * s[2] + h) * s[3] + w)];
-            if (e > best) best = e, count = 1;
-            else if (e == best) ++count;
+            if (e > best)
+              best = e, count = 1;
+            else if (e == best)
+              ++count;
           }
         tie = count > 1;
       }
@@ -179,17 +190,20 @@ Tensor max_pool2d(const Tensor& x, Pool2dOptions opt) {
   Tensor idx = empty(os, {DType::i64, x.device()});
   be(x).max_pool2d(x, out, idx, p);
   if (any_requires_grad({&x}))
-    record(out, Op::max_pool2d, {x}, {idx}, [sx = x.shape()](const Tensor& g, const RuleContext& c) {
-      Tensor idx = c.saved(0);
-      const Shape planes{sx[0], sx[1], -1};
-      Tensor gx = scatter_add(reshape(g, planes), {sx[0], sx[1], sx[2] * sx[3]}, 2, reshape(idx, planes));
-      return std::vector<Tensor>{reshape(gx, sx)};
-    }, [&](const std::vector<Jet>& in, const Tensor&) {  // the coefficients at the window maxima
-      if (jet::order(in) > 1) check_no_window_ties(in[0][0], p, jet::order(in));
-      const Shape planes{x.shape()[0], x.shape()[1], -1};
-      const Tensor at = reshape(idx, planes);
-      return jet::map(in[0], [&](const Tensor& t) { return reshape(gather(reshape(t, planes), 2, at), os); });
-    });
+    record(
+        out, Op::max_pool2d, {x}, {idx},
+        [sx = x.shape()](const Tensor& g, const RuleContext& c) {
+          Tensor idx = c.saved(0);
+          const Shape planes{sx[0], sx[1], -1};
+          Tensor gx = scatter_add(reshape(g, planes), {sx[0], sx[1], sx[2] * sx[3]}, 2, reshape(idx, planes));
+          return std::vector<Tensor>{reshape(gx, sx)};
+        },
+        [&](const std::vector<Jet>& in, const Tensor&) {  // the coefficients at the window maxima
+          if (jet::order(in) > 1) check_no_window_ties(in[0][0], p, jet::order(in));
+          const Shape planes{x.shape()[0], x.shape()[1], -1};
+          const Tensor at = reshape(idx, planes);
+          return jet::map(in[0], [&](const Tensor& t) { return reshape(gather(reshape(t, planes), 2, at), os); });
+        });
   return out;
 }
 
@@ -200,11 +214,14 @@ Tensor avg_pool2d(const Tensor& x, Pool2dOptions opt) {
   Tensor out = empty(pool_out_shape(x.shape(), p), x.options());
   be(x).avg_pool2d(x, out, p);
   if (any_requires_grad({&x}))
-    record(out, Op::avg_pool2d, {x}, {}, [sx = x.shape(), opt](const Tensor& g, const RuleContext&) {
-      return std::vector<Tensor>{avg_pool2d_adjoint(g, sx, opt)};
-    }, [opt](const std::vector<Jet>& in, const Tensor&) {
-      return jet::map(in[0], [opt](const Tensor& t) { return avg_pool2d(t, opt); });
-    });
+    record(
+        out, Op::avg_pool2d, {x}, {},
+        [sx = x.shape(), opt](const Tensor& g, const RuleContext&) {
+          return std::vector<Tensor>{avg_pool2d_adjoint(g, sx, opt)};
+        },
+        [opt](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [opt](const Tensor& t) { return avg_pool2d(t, opt); });
+        });
   return out;
 }
 
@@ -216,11 +233,12 @@ Tensor avg_pool2d_adjoint(const Tensor& gy, const Shape& x_shape, Pool2dOptions 
   Tensor out = empty(x_shape, gy.options());
   be(gy).avg_pool2d_adjoint(gy, out, p);
   if (any_requires_grad({&gy}))
-    record(out, Op::avg_pool2d_adjoint, {gy}, {}, [opt](const Tensor& g, const RuleContext&) {
-      return std::vector<Tensor>{avg_pool2d(g, opt)};
-    }, [&](const std::vector<Jet>& in, const Tensor&) {
-      return jet::map(in[0], [&](const Tensor& t) { return avg_pool2d_adjoint(t, x_shape, opt); });
-    });
+    record(
+        out, Op::avg_pool2d_adjoint, {gy}, {},
+        [opt](const Tensor& g, const RuleContext&) { return std::vector<Tensor>{avg_pool2d(g, opt)}; },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [&](const Tensor& t) { return avg_pool2d_adjoint(t, x_shape, opt); });
+        });
   return out;
 }
 
@@ -431,15 +449,15 @@ static Tensor batch_norm_train(const Tensor& x, const Tensor& w, const Tensor& b
     bvar = reshape(var, {C});
   }
   if (any_requires_grad({&x, &w, &b}))
-    record(y, Op::batch_norm, {x, w, b}, {x, w, bmean, bvar},
-           [eps, axes](const Tensor& g, const RuleContext& c) {
-             return batch_norm_backward(g, c.saved(0), c.saved(1), c.saved(2), c.saved(3), eps, axes, c);
-           },
-           [&](const std::vector<Jet>& in, const Tensor&) {
-             return jet::through(in, [&](const std::vector<Tensor>& t) {
-               return batch_norm_composite(t[0], t[1], t[2], eps, axes);
-             });
-           });
+    record(
+        y, Op::batch_norm, {x, w, b}, {x, w, bmean, bvar},
+        [eps, axes](const Tensor& g, const RuleContext& c) {
+          return batch_norm_backward(g, c.saved(0), c.saved(1), c.saved(2), c.saved(3), eps, axes, c);
+        },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::through(
+              in, [&](const std::vector<Tensor>& t) { return batch_norm_composite(t[0], t[1], t[2], eps, axes); });
+        });
   return y;
 }
 

@@ -39,11 +39,14 @@ Tensor index_select(const Tensor& x, int64_t axis, const Tensor& idx) {
   Tensor out = empty(s, x.options());
   be(x).index_select(x, axis, idx, out);
   if (any_requires_grad({&x}))
-    record(out, Op::index_select, {x}, {idx}, [sx = x.shape(), axis](const Tensor& g, const RuleContext& c) {
-      return std::vector<Tensor>{index_add(g, sx, axis, c.saved(0))};
-    }, [&](const std::vector<Jet>& in, const Tensor&) {
-      return jet::map(in[0], [&](const Tensor& t) { return index_select(t, axis, idx); });
-    });
+    record(
+        out, Op::index_select, {x}, {idx},
+        [sx = x.shape(), axis](const Tensor& g, const RuleContext& c) {
+          return std::vector<Tensor>{index_add(g, sx, axis, c.saved(0))};
+        },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [&](const Tensor& t) { return index_select(t, axis, idx); });
+        });
   return out;
 }
 Tensor index_add(const Tensor& x, const Shape& shape, int64_t axis, const Tensor& idx) {
@@ -60,11 +63,14 @@ Tensor index_add(const Tensor& x, const Shape& shape, int64_t axis, const Tensor
   Tensor out = zeros(shape, x.options());
   be(x).index_add(x, axis, idx, out);
   if (any_requires_grad({&x}))
-    record(out, Op::index_add, {x}, {idx}, [axis](const Tensor& g, const RuleContext& c) {
-      return std::vector<Tensor>{index_select(g, axis, c.saved(0))};
-    }, [&](const std::vector<Jet>& in, const Tensor&) {
-      return jet::map(in[0], [&](const Tensor& t) { return index_add(t, shape, axis, idx); });
-    });
+    record(
+        out, Op::index_add, {x}, {idx},
+        [axis](const Tensor& g, const RuleContext& c) {
+          return std::vector<Tensor>{index_select(g, axis, c.saved(0))};
+        },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [&](const Tensor& t) { return index_add(t, shape, axis, idx); });
+        });
   return out;
 }
 
@@ -84,11 +90,14 @@ Tensor gather(const Tensor& x, int64_t axis, const Tensor& idx) {
   Tensor out = empty(idx.shape(), x.options());
   be(x).gather(x, axis, idx, out);
   if (any_requires_grad({&x}))
-    record(out, Op::gather, {x}, {idx}, [sx = x.shape(), axis](const Tensor& g, const RuleContext& c) {
-      return std::vector<Tensor>{scatter_add(g, sx, axis, c.saved(0))};
-    }, [&](const std::vector<Jet>& in, const Tensor&) {
-      return jet::map(in[0], [&](const Tensor& t) { return gather(t, axis, idx); });
-    });
+    record(
+        out, Op::gather, {x}, {idx},
+        [sx = x.shape(), axis](const Tensor& g, const RuleContext& c) {
+          return std::vector<Tensor>{scatter_add(g, sx, axis, c.saved(0))};
+        },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [&](const Tensor& t) { return gather(t, axis, idx); });
+        });
   return out;
 }
 Tensor scatter_add(const Tensor& x, const Shape& shape, int64_t axis, const Tensor& idx) {
@@ -102,11 +111,12 @@ Tensor scatter_add(const Tensor& x, const Shape& shape, int64_t axis, const Tens
   Tensor out = zeros(shape, x.options());
   be(x).scatter_add(x, axis, idx, out);
   if (any_requires_grad({&x}))
-    record(out, Op::scatter_add, {x}, {idx}, [axis](const Tensor& g, const RuleContext& c) {
-      return std::vector<Tensor>{gather(g, axis, c.saved(0))};
-    }, [&](const std::vector<Jet>& in, const Tensor&) {
-      return jet::map(in[0], [&](const Tensor& t) { return scatter_add(t, shape, axis, idx); });
-    });
+    record(
+        out, Op::scatter_add, {x}, {idx},
+        [axis](const Tensor& g, const RuleContext& c) { return std::vector<Tensor>{gather(g, axis, c.saved(0))}; },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [&](const Tensor& t) { return scatter_add(t, shape, axis, idx); });
+        });
   return out;
 }
 

@@ -53,7 +53,7 @@ struct Storage {
   Storage& operator=(const Storage&) = delete;
 };
 
-class Node;    // graph.hpp
+class Node;     // graph.hpp
 struct Series;  // graph.hpp: a truncated Taylor series carried by forward mode
 
 struct TensorImpl {

@@ -21,7 +21,8 @@ struct Measured {
   std::string error;
 };
 Measured measure(const std::string& name, const Config& cfg, std::function<void()> work) {
-  GroupResult r = run_in_child({name, [work](const Config&) {
+  GroupResult r = run_in_child({name,
+                                [work](const Config&) {
                                   Metric m{"seconds", "s"};
                                   m.samples.push_back(time_once(work));
                                   return std::vector<Metric>{m};
@@ -62,8 +63,13 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   const Config cfg{.threads = threads, .reps = 1};
 
-  nn::ResNet net = nn::resnet18({.in_channels = 3, .classes = 10, .stem = nn::Stem::cifar, .width = width,
-                                 .norm = nn::Norm::batch, .activation = nn::parse_act(act), .seed = 1});
+  nn::ResNet net = nn::resnet18({.in_channels = 3,
+                                 .classes = 10,
+                                 .stem = nn::Stem::cifar,
+                                 .width = width,
+                                 .norm = nn::Norm::batch,
+                                 .activation = nn::parse_act(act),
+                                 .seed = 1});
   net.to(DType::f64);
   net.train().update_running_stats(false);
   Generator g(2);
@@ -77,10 +83,10 @@ int main(int argc, char** argv) {
   };
   const Params x = detach(net.parameters()), u = g.sphere_like(x);
 
-  std::printf("ResNet-18 (CIFAR stem), width %lld, %s, float64, train-mode BatchNorm, batch %lld of %lldx%lld, "
-              "%lld parameters, %d threads\n",
-              (long long)width, act.c_str(), (long long)batch, (long long)size, (long long)size,
-              (long long)numel(x), threads);
+  std::printf(
+      "ResNet-18 (CIFAR stem), width %lld, %s, float64, train-mode BatchNorm, batch %lld of %lldx%lld, "
+      "%lld parameters, %d threads\n",
+      (long long)width, act.c_str(), (long long)batch, (long long)size, (long long)size, (long long)numel(x), threads);
   const Measured fwd = measure("forward", cfg, [&] { value(f, x); });
   std::printf("one forward pass (no recording): %.3g s, %.0f MiB\n\n", fwd.seconds, fwd.mib);
   std::printf("| k | Taylor mode, D^0..D^k | nested reverse, D^0..D^k |\n|---|---|---|\n");
@@ -97,9 +103,10 @@ int main(int argc, char** argv) {
   }
   const Measured fr = measure("forward over reverse", cfg, [&] { hvp_forward_over_reverse(f, x, u); });
   const Measured rr = measure("reverse over reverse", cfg, [&] { hvp(f, x, u); });
-  std::printf("\n| H v | seconds (forward passes) and peak MiB |\n|---|---|\n| forward over reverse | %s |\n"
-              "| reverse over reverse | %s |\n",
-              cell(fr, fwd.seconds).c_str(), cell(rr, fwd.seconds).c_str());
+  std::printf(
+      "\n| H v | seconds (forward passes) and peak MiB |\n|---|---|\n| forward over reverse | %s |\n"
+      "| reverse over reverse | %s |\n",
+      cell(fr, fwd.seconds).c_str(), cell(rr, fwd.seconds).c_str());
   // the two agree (a check of the run, not a timing)
   const Params a = hvp_forward_over_reverse(f, x, u), b = hvp(f, x, u);
   std::printf("\nrelative difference of the two H v: %.2e\n",

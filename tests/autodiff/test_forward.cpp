@@ -29,7 +29,8 @@ Params case_inputs(const OpCase& c, uint64_t seed) {
       const int64_t n = numel(s);
       auto perm = g.permutation(n);
       std::vector<double> v(n);
-      for (int64_t i = 0; i < n; ++i) v[i] = (double(perm[i]) - double(n) / 2 + 0.5) * 0.37 + 0.11 * double(seed % 3) + shift;
+      for (int64_t i = 0; i < n; ++i)
+        v[i] = (double(perm[i]) - double(n) / 2 + 0.5) * 0.37 + 0.11 * double(seed % 3) + shift;
       xs.push_back(from_vector(v, s, f64));
     } else {
       xs.push_back(g.uniform(s, f64, c.low, c.high));
@@ -55,7 +56,9 @@ double rel(double a, double b) { return std::fabs(a - b) / std::max({std::fabs(a
 
 }  // namespace
 
-TEST_CASE("every op case: the forward rule matches finite differences and the VJP; forward over reverse and Taylor mode match reverse mode") {
+TEST_CASE(
+    "every op case: the forward rule matches finite differences and the VJP; forward over reverse and Taylor mode "
+    "match reverse mode") {
   int64_t before[op_count];
   for (size_t i = 0; i < op_count; ++i) before[i] = forward_rule_runs(Op(i));
   for (const OpCase& c : test::op_cases()) {
@@ -158,13 +161,18 @@ TEST_CASE("Taylor mode against closed forms up to order 8 (float64)") {
   };
   const double sz = 1 / (1 + std::exp(-z));
   const std::vector<double> sig = derivative_values({0, 1, -1}, sz, K + 1);  // σ' = σ − σ²
-  std::vector<double> softplus_d = {std::log1p(std::exp(z))};               // softplus^(k) = σ^(k−1)
+  std::vector<double> softplus_d = {std::log1p(std::exp(z))};                // softplus^(k) = σ^(k−1)
   for (int k = 1; k <= K; ++k) softplus_d.push_back(sig[size_t(k - 1)]);
-  check("log(1 + e^z)", [](const Tensor& s) { return log(add_scalar(exp(s), 1.0)); }, 0.0, softplus_d);
-  check("softplus", [](const Tensor& s) { return softplus(s); }, 0.0, softplus_d);
-  check("sigmoid", [](const Tensor& s) { return sigmoid(s); }, 0.0, std::vector<double>(sig.begin(), sig.end() - 1));
-  check("tanh", [](const Tensor& s) { return tanh(s); }, 0.0, derivative_values({1, 0, -1}, std::tanh(z), K));
-  check("exp", [](const Tensor& s) { return exp(s); }, 0.0, std::vector<double>(K + 1, std::exp(z)));
+  check(
+      "log(1 + e^z)", [](const Tensor& s) { return log(add_scalar(exp(s), 1.0)); }, 0.0, softplus_d);
+  check(
+      "softplus", [](const Tensor& s) { return softplus(s); }, 0.0, softplus_d);
+  check(
+      "sigmoid", [](const Tensor& s) { return sigmoid(s); }, 0.0, std::vector<double>(sig.begin(), sig.end() - 1));
+  check(
+      "tanh", [](const Tensor& s) { return tanh(s); }, 0.0, derivative_values({1, 0, -1}, std::tanh(z), K));
+  check(
+      "exp", [](const Tensor& s) { return exp(s); }, 0.0, std::vector<double>(K + 1, std::exp(z)));
   // powers of s = z + c > 0: p(p−1)…(p−k+1) s^(p−k); log: (−1)^(k−1) (k−1)! / s^k
   const double c = 3.0 - z, s = z + c;
   auto power = [&](double p) {
@@ -173,15 +181,22 @@ TEST_CASE("Taylor mode against closed forms up to order 8 (float64)") {
     for (int k = 0; k <= K; ++k) d.push_back(falling * std::pow(s, p - k)), falling *= p - k;
     return d;
   };
-  check("pow 2.5", [](const Tensor& t) { return pow(t, 2.5); }, c, power(2.5));
-  check("pow 3", [](const Tensor& t) { return pow(t, 3.0); }, c, power(3.0));
-  check("sqrt", [](const Tensor& t) { return sqrt(t); }, c, power(0.5));
-  check("rsqrt", [](const Tensor& t) { return rsqrt(t); }, c, power(-0.5));
-  check("reciprocal", [](const Tensor& t) { return reciprocal(t); }, c, power(-1.0));
-  check("1 / t (div)", [](const Tensor& t) { return div(ones_like(t), t); }, c, power(-1.0));
+  check(
+      "pow 2.5", [](const Tensor& t) { return pow(t, 2.5); }, c, power(2.5));
+  check(
+      "pow 3", [](const Tensor& t) { return pow(t, 3.0); }, c, power(3.0));
+  check(
+      "sqrt", [](const Tensor& t) { return sqrt(t); }, c, power(0.5));
+  check(
+      "rsqrt", [](const Tensor& t) { return rsqrt(t); }, c, power(-0.5));
+  check(
+      "reciprocal", [](const Tensor& t) { return reciprocal(t); }, c, power(-1.0));
+  check(
+      "1 / t (div)", [](const Tensor& t) { return div(ones_like(t), t); }, c, power(-1.0));
   std::vector<double> logd = {std::log(s)};
   for (int k = 1; k <= K; ++k) logd.push_back((k % 2 ? 1.0 : -1.0) * std::tgamma(double(k)) / std::pow(s, k));
-  check("log", [](const Tensor& t) { return log(t); }, c, logd);
+  check(
+      "log", [](const Tensor& t) { return log(t); }, c, logd);
 }
 
 TEST_CASE("forward over reverse equals reverse over reverse: MLP and ResNet-18 (float64, train-mode BatchNorm)") {
@@ -196,8 +211,13 @@ TEST_CASE("forward over reverse equals reverse over reverse: MLP and ResNet-18 (
     CHECK(rel_error(flat(hvp_forward_over_reverse(f, x, v)), flat(hvp(f, x, v))) < 1e-12);
   }
   for (nn::Act act : {nn::Act::relu, nn::Act::softplus}) {
-    nn::ResNet net = nn::resnet18({.in_channels = 3, .classes = 3, .stem = nn::Stem::cifar, .width = 2,
-                                   .norm = nn::Norm::batch, .activation = act, .seed = 4});
+    nn::ResNet net = nn::resnet18({.in_channels = 3,
+                                   .classes = 3,
+                                   .stem = nn::Stem::cifar,
+                                   .width = 2,
+                                   .norm = nn::Norm::batch,
+                                   .activation = act,
+                                   .seed = 4});
     net.to(DType::f64);
     net.train().update_running_stats(false);
     Tensor X = g.normal({4, 3, 8, 8}, f64), Y = from_ints({0, 2, 1, 2}, {4});
@@ -243,7 +263,8 @@ TEST_CASE("piecewise ops: the branch at the primal point in forward mode; Taylor
   const Tensor img = from_vector(std::vector<double>{1, 3, 3, 0}, {1, 1, 2, 2}, f64);
   CHECK_THROWS_WITH_AS(taylor_coefficients([](const Params& p) { return sum(max_pool2d(p[0], {.kernel = 2})); }, {img},
                                            {ones_like(img)}, 2),
-                       doctest::Contains("max_pool2d: Taylor mode (order 2) at a window whose maximum is shared"), Error);
+                       doctest::Contains("max_pool2d: Taylor mode (order 2) at a window whose maximum is shared"),
+                       Error);
   // away from kinks Taylor mode is exact: relu(x)² on x = (−1, 0.5, 2) along v = 1 is a quadratic
   const Tensor x2 = from_vector(std::vector<double>{-1.0, 0.5, 2.0}, {3}, f64);
   TaylorCoefficients t = taylor_coefficients([](const Params& p) { return sum(square(relu(p[0]))); }, {x2}, {v}, 3);
@@ -260,13 +281,15 @@ TEST_CASE("forward and Taylor mode: bad input is refused before any work, naming
   CHECK_THROWS_WITH_AS(taylor_coefficients(f, {x}, {ones({4}, f64)}, 2),
                        doctest::Contains("taylor_coefficients: u[0] has shape [4] but x[0] has shape [3]"), Error);
   CHECK_THROWS_WITH_AS(taylor_coefficients(f, {x}, {ones({3})}, 2),
-                       doctest::Contains("taylor_coefficients: u[0] is float32 on cpu but x[0] is float64 on cpu"), Error);
+                       doctest::Contains("taylor_coefficients: u[0] is float32 on cpu but x[0] is float64 on cpu"),
+                       Error);
   CHECK_THROWS_WITH_AS(taylor_coefficients(f, {x}, {x}, -1), doctest::Contains("order -1 is outside 0..32"), Error);
   CHECK_THROWS_WITH_AS(taylor_coefficients(f, {x}, {x}, 33), doctest::Contains("order 33 is outside 0..32"), Error);
   CHECK_THROWS_WITH_AS(taylor_coefficients(f, {x}, {}, 2), doctest::Contains("u has 0 tensors for 1 inputs"), Error);
-  CHECK_THROWS_WITH_AS(jvp_forward(f, {x}, {ones({2}, f64)}), doctest::Contains("jvp_forward: v[0] has shape [2]"), Error);
-  CHECK_THROWS_WITH_AS(hvp_forward_over_reverse(f, {x}, {ones({3})}), doctest::Contains("hvp_forward_over_reverse: v[0] is float32"),
+  CHECK_THROWS_WITH_AS(jvp_forward(f, {x}, {ones({2}, f64)}), doctest::Contains("jvp_forward: v[0] has shape [2]"),
                        Error);
+  CHECK_THROWS_WITH_AS(hvp_forward_over_reverse(f, {x}, {ones({3})}),
+                       doctest::Contains("hvp_forward_over_reverse: v[0] is float32"), Error);
   CHECK(calls == 0);
   // order 0 is f(x); a function that ignores x has zero derivatives
   const TaylorCoefficients t0 = taylor_coefficients(f, {x}, {x}, 0);
@@ -274,5 +297,6 @@ TEST_CASE("forward and Taylor mode: bad input is refused before any work, naming
   CHECK(t0.derivatives[0] == doctest::Approx(3 * std::exp(1.0)).epsilon(1e-15));
   CHECK(taylor_coefficients([](const Params&) { return scalar(2.0, f64); }, {x}, {x}, 2).derivatives ==
         std::vector<double>{2.0, 0.0, 0.0});
-  CHECK_THROWS_WITH_AS(with_series(x, {ones({3, 1}, f64)}), doctest::Contains("coefficient 1 is float64 [3, 1]"), Error);
+  CHECK_THROWS_WITH_AS(with_series(x, {ones({3, 1}, f64)}), doctest::Contains("coefficient 1 is float64 [3, 1]"),
+                       Error);
 }
