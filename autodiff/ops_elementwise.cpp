@@ -3,9 +3,8 @@
 // order wherever the op is smooth (away from kinks and ties).
 // Each op: its checks, the forward kernel call, the one derivative rule and the forward
 // rule (Taylor recurrences, docs/taylor.md), recorded under its registry entry
-// (op_registry.hpp). Rules use only
-// differentiable ops from ops.hpp, so with recording on they are themselves differentiated (Hessian-vector products,
-// third-order terms).
+// (op_registry.hpp). Rules use only differentiable ops from ops.hpp, so with recording on
+// they are themselves differentiated (Hessian-vector products, third-order terms).
 #include "autodiff/ops.hpp"
 
 #include <algorithm>

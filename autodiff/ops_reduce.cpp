@@ -1,8 +1,9 @@
 // Reductions (sum, mean, max, min) and what is composed of them (logsumexp, softmax,
 // argmax), with their derivative rules.
 // Each op: its checks, the forward kernel call, the one derivative rule and the forward
-// rule (docs/taylor.md), recorded under its registry entry (op_registry.hpp). Rules use only differentiable ops from
-// ops.hpp, so with recording on they are themselves differentiated (Hessian-vector products, third-order terms).
+// rule (docs/taylor.md), recorded under its registry entry (op_registry.hpp). Rules use
+// only differentiable ops from ops.hpp, so with recording on they are themselves
+// differentiated (Hessian-vector products, third-order terms).
 #include "autodiff/ops.hpp"
 
 #include <algorithm>

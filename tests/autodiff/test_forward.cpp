@@ -18,27 +18,6 @@ namespace {
 
 const TensorOptions f64{DType::f64};
 
-// The inputs test_derivatives.cpp uses: uniform in [low, high], or (distinct) a shuffled
-// grid of well-separated values of both signs, so no kink or tie is near.
-Params case_inputs(const OpCase& c, uint64_t seed) {
-  Generator g(seed);
-  Params xs;
-  for (const Shape& s : c.shapes) {
-    const double shift = 0.09 * double(xs.size());
-    if (c.distinct) {
-      const int64_t n = numel(s);
-      auto perm = g.permutation(n);
-      std::vector<double> v(n);
-      for (int64_t i = 0; i < n; ++i)
-        v[i] = (double(perm[i]) - double(n) / 2 + 0.5) * 0.37 + 0.11 * double(seed % 3) + shift;
-      xs.push_back(from_vector(v, s, f64));
-    } else {
-      xs.push_back(g.uniform(s, f64, c.low, c.high));
-    }
-  }
-  return xs;
-}
-
 double norm_of(const std::vector<double>& v) {
   double s = 0;
   for (double e : v) s += e * e;
@@ -63,7 +42,7 @@ TEST_CASE(
   for (size_t i = 0; i < op_count; ++i) before[i] = forward_rule_runs(Op(i));
   for (const OpCase& c : test::op_cases()) {
     if (!c.fd) continue;
-    const Params x = case_inputs(c, 1);
+    const Params x = test::case_inputs(c, 1);
     Generator g(7);
     const Params v = g.sphere_like(x), u = g.sphere_like(x);
     VectorFn fn = [&c](const Params& p) { return c.fn(p, Device::cpu()); };
