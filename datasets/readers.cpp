@@ -364,8 +364,8 @@ int64_t count_cifar(ByteView raw, const std::string& source, CifarKind kind, int
     for (size_t k; (k = z.read(chunk, sizeof chunk)) > 0;) {
       size += k;
       if (size > cap)
-        throw Error(source + ": decompresses to more than the " + num(uint64_t(L.max_records)) + " records (" + num(cap) +
-                    " bytes) a " + L.name + " file holds");
+        throw Error(source + ": decompresses to more than the " + num(uint64_t(L.max_records)) + " records (" +
+                    num(cap) + " bytes) a " + L.name + " file holds");
     }
   }
   if (size == 0) throw Error(source + ": empty " + L.name + " file");
@@ -383,8 +383,7 @@ int64_t count_cifar(ByteView raw, const std::string& source, CifarKind kind, int
 
 // Streams the n records of a file (counted by count_cifar) one by one into their rows of the
 // final tensors, checking each label: images (n, 3, 32, 32) as byte/255, labels (n).
-void decode_cifar(ByteView raw, const std::string& source, CifarKind kind, int64_t n, float* images,
-                  int64_t* labels) {
+void decode_cifar(ByteView raw, const std::string& source, CifarKind kind, int64_t n, float* images, int64_t* labels) {
   const CifarLayout L = layout(kind);
   const size_t rec = L.label_bytes + kImageBytes;
   const uint8_t limit = kind == CifarKind::cifar10 ? 10 : 100;

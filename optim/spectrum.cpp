@@ -1,11 +1,11 @@
 #include "optim/spectrum.hpp"
 
-#include <Eigen/Eigenvalues>
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <map>
 #include <numeric>
+#include "autodiff/eigen.hpp"
 
 namespace flatmin::optim {
 namespace {

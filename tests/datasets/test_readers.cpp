@@ -169,14 +169,18 @@ TEST_CASE("cifar: gzip files stream to the same records, and their counts are ch
     CHECK(z.labels.to_int_vector() == plain.labels.to_int_vector());
     CHECK(z.images.to_vector() == plain.images.to_vector());
   }
-  CHECK(error_of([&] { parse_cifar(gz, "z", CifarKind::cifar10, 4); })
-            .find("z: truncated CIFAR-10 record 3 of the 4 expected: expected 3073 bytes, found 0") == 0);
-  CHECK(error_of([&] { parse_cifar(gz, "z", CifarKind::cifar10, 2); })
-            .find("z: at least 64 unexpected bytes after the 2 records expected") == 0);
-  CHECK(error_of([&] { parse_cifar(testdata::gzip(Bytes(b.begin(), b.end() - 5)), "z", CifarKind::cifar10); })
-            .find("z: size 9214 bytes is not a multiple of the CIFAR-10 record size 3073") == 0);
-  CHECK(error_of([&] { parse_cifar(b, "z", CifarKind::cifar10, 10001); })
-            .find("expected record count 10001 is outside [0, 10000]") != std::string::npos);
+  CHECK(error_of([&] {
+          parse_cifar(gz, "z", CifarKind::cifar10, 4);
+        }).find("z: truncated CIFAR-10 record 3 of the 4 expected: expected 3073 bytes, found 0") == 0);
+  CHECK(error_of([&] {
+          parse_cifar(gz, "z", CifarKind::cifar10, 2);
+        }).find("z: at least 64 unexpected bytes after the 2 records expected") == 0);
+  CHECK(error_of([&] {
+          parse_cifar(testdata::gzip(Bytes(b.begin(), b.end() - 5)), "z", CifarKind::cifar10);
+        }).find("z: size 9214 bytes is not a multiple of the CIFAR-10 record size 3073") == 0);
+  CHECK(error_of([&] {
+          parse_cifar(b, "z", CifarKind::cifar10, 10001);
+        }).find("expected record count 10001 is outside [0, 10000]") != std::string::npos);
 }
 
 // A gzip bomb (512 MiB of zeros: all-zero records with valid labels, in half a megabyte) is
@@ -196,7 +200,8 @@ TEST_CASE("cifar: a gzip bomb is refused with bounded memory") {
   };
   const Case cases[] = {
       {CifarKind::cifar10, 0, "decompresses to more than the 10000 records (30730000 bytes) a CIFAR-10 file holds"},
-      {CifarKind::cifar100_fine, 0, "decompresses to more than the 50000 records (153700000 bytes) a CIFAR-100 file holds"},
+      {CifarKind::cifar100_fine, 0,
+       "decompresses to more than the 50000 records (153700000 bytes) a CIFAR-100 file holds"},
       {CifarKind::cifar10, 10, "at least 64 unexpected bytes after the 10 records expected"},
   };
   for (const Case& c : cases) {
@@ -228,8 +233,8 @@ TEST_CASE("cifar: a gzip bomb is refused with bounded memory") {
     int status = 0;
     waitpid(pid, &status, 0);
     REQUIRE(got);
-    CHECK(grew_kib >= 0);          // the child saw the Error
-    CHECK(grew_kib < 64 * 1024);   // under 64 MiB; inflating the bomb would take 512 MiB
+    CHECK(grew_kib >= 0);         // the child saw the Error
+    CHECK(grew_kib < 64 * 1024);  // under 64 MiB; inflating the bomb would take 512 MiB
     MESSAGE("peak resident memory grew by " << grew_kib << " KiB refusing the bomb (" << c.message << ")");
   }
 }
