@@ -184,11 +184,15 @@ bool any_requires_grad(std::initializer_list<const Tensor*> inputs) {
 namespace {
 template <class List> void record_node(Tensor& out, Op op, const List& inputs, const List& saved, bool save_output,
                                        Rule&& rule, ForwardRule forward) {
-  if (live_series.load(std::memory_order_relaxed) != 0) propagate(out, op, inputs, forward);
-  if (!grad_mode) return;
-  bool any = false;
-  for (const Tensor& t : inputs) any |= t.requires_grad();
-  if (!any) return;
+  // Without series, the caller's any_requires_grad() has established that a node is due
+  // (and the thread-local grad mode is not read twice on the hot path).
+  if (live_series.load(std::memory_order_relaxed) != 0) {
+    propagate(out, op, inputs, forward);
+    if (!grad_mode) return;
+    bool any = false;
+    for (const Tensor& t : inputs) any |= t.requires_grad();
+    if (!any) return;
+  }
   auto n = std::allocate_shared<Node>(detail::SmallAllocator<Node>());
   n->op = op_name(op);
   n->inputs.reserve(inputs.size());
