@@ -205,7 +205,8 @@ TEST_CASE("cifar: a gzip bomb is refused with bounded memory") {
       {CifarKind::cifar10, 10, "at least 64 unexpected bytes after the 10 records expected"},
   };
   for (const Case& c : cases) {
-    CAPTURE(c.message);
+    const std::string message = c.message;
+    CAPTURE(message);
     CHECK(error_of([&] { parse_cifar(bomb, "bomb.gz", c.kind, c.records); }).find(c.message) != std::string::npos);
     int fds[2];
     REQUIRE(pipe(fds) == 0);
@@ -235,7 +236,7 @@ TEST_CASE("cifar: a gzip bomb is refused with bounded memory") {
     REQUIRE(got);
     CHECK(grew_kib >= 0);         // the child saw the Error
     CHECK(grew_kib < 64 * 1024);  // under 64 MiB; inflating the bomb would take 512 MiB
-    MESSAGE("peak resident memory grew by " << grew_kib << " KiB refusing the bomb (" << c.message << ")");
+    MESSAGE("peak resident memory grew by " << grew_kib << " KiB refusing the bomb (" << message << ")");
   }
 }
 
