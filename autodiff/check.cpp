@@ -99,7 +99,10 @@ DerivativeCheck check_derivatives(const ScalarFn& f, const Params& x, const Deri
 }
 
 TaylorReport taylor_check(const ScalarFn& f, const Params& x, const Params& u, const TaylorOptions& opt) {
-  if (opt.max_order < 0 || opt.max_order > 6) throw Error("taylor_check: max_order must be in 0..6");
+  if (opt.taylor_mode && opt.gradient) throw Error("taylor_check: Taylor mode expands f, not its gradient");
+  const int limit = opt.taylor_mode ? max_taylor_order : 6;
+  if (opt.max_order < 0 || opt.max_order > limit)
+    throw Error("taylor_check: max_order must be in 0.." + std::to_string(limit));
   TaylorReport rep;
   rep.radii = opt.radii;
   if (rep.radii.empty())
@@ -108,7 +111,11 @@ TaylorReport taylor_check(const ScalarFn& f, const Params& x, const Params& u, c
     if (!(r > 0)) throw Error("taylor_check: radii must be positive");
   const int K = opt.max_order;
   // D^j f[u..u] for j <= K+1 (the gradient expansion needs one more order)
-  DirectionalDerivatives dd = directional_derivatives(f, x, u, opt.gradient ? K + 1 : K);
+  DirectionalDerivatives dd;
+  if (opt.taylor_mode)
+    dd.values = taylor_coefficients(f, x, u, K).derivatives;
+  else
+    dd = directional_derivatives(f, x, u, opt.gradient ? K + 1 : K);
   rep.remainder.assign(size_t(K + 1), std::vector<double>(rep.radii.size()));
   std::vector<double> floor(size_t(K + 1));
   const double eps = std::numeric_limits<double>::epsilon();

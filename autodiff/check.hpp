@@ -32,6 +32,9 @@ struct TaylorOptions {
   std::vector<double> radii;  // default: 0.1 / 2^i, i = 0..7
   int max_order = 3;          // orders k = 0..max_order
   bool gradient = false;      // expand ∇f (vector remainders, in norm) instead of f
+  // D^k f[u^k] from one Taylor-mode propagation (taylor_coefficients) instead of nested
+  // reverse mode; f only (not with gradient); max_order up to max_taylor_order.
+  bool taylor_mode = false;
 };
 
 // remainder[k][i] = |f(x+ρ_i u) − Σ_{j≤k} ρ_i^j/j! D^j f[u^j]| (or the norm of the same for ∇f),

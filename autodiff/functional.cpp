@@ -1,5 +1,7 @@
 #include "autodiff/functional.hpp"
 
+#include <cmath>
+
 namespace flatmin {
 
 static void check_lists(const char* op, const Params& a, const Params& b) {
@@ -216,6 +218,76 @@ DirectionalDerivatives directional_derivatives(const ScalarFn& f, const Params& 
     s = dot(g, ud);
     r.values.push_back(s.item());
     r.grads.push_back(detach(g));
+  }
+  return r;
+}
+
+// ---- forward mode and Taylor mode ----
+// x and a direction of x's shapes, dtypes and devices (else Error naming `what`).
+static void check_direction(const char* op, const char* what, const Params& x, const Params& d) {
+  if (x.size() != d.size())
+    throw Error(std::string(op) + ": " + what + " has " + std::to_string(d.size()) + " tensors for " +
+                std::to_string(x.size()) + " inputs");
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (!d[i].defined() || d[i].shape() != x[i].shape())
+      throw Error(std::string(op) + ": " + what + "[" + std::to_string(i) + "] has shape " +
+                  (d[i].defined() ? to_string(d[i].shape()) : std::string("undefined")) + " but x[" +
+                  std::to_string(i) + "] has shape " + to_string(x[i].shape()));
+    if (d[i].dtype() != x[i].dtype() || d[i].device() != x[i].device())
+      throw Error(std::string(op) + ": " + what + "[" + std::to_string(i) + "] is " + dtype_name(d[i].dtype()) +
+                  " on " + d[i].device().str() + " but x[" + std::to_string(i) + "] is " + dtype_name(x[i].dtype()) +
+                  " on " + x[i].device().str());
+  }
+}
+// x's tensors carrying the series x + t·u of order K (no graph).
+static Params seeded(const Params& x, const Params& u, size_t order) {
+  Params r;
+  for (size_t i = 0; i < x.size(); ++i) {
+    std::vector<Tensor> terms(order);
+    terms[0] = u[i].detach();
+    r.push_back(with_series(x[i], terms));
+  }
+  return r;
+}
+
+JvpResult jvp_forward(const VectorFn& f, const Params& x, const Params& v) {
+  check_direction("jvp_forward", "v", x, v);
+  NoGrad ng;
+  const Tensor y = f(seeded(detach(x), v, 1));
+  if (!y.defined()) throw Error("jvp_forward: the function returned an undefined tensor");
+  return {y.detach(), series_term(y, 1)};
+}
+
+Params hvp_forward_over_reverse(const ScalarFn& f, const Params& x, const Params& v) {
+  check_direction("hvp_forward_over_reverse", "v", x, v);
+  EnableGrad on;
+  const Params xs = seeded(leaves(x), v, 1);
+  const Tensor s = checked_scalar("hvp_forward_over_reverse", f(xs));
+  Params g;
+  if (s.requires_grad()) g = grad({s}, xs, {.allow_unused = true});
+  Params hv;
+  for (size_t i = 0; i < xs.size(); ++i)
+    hv.push_back(i < g.size() && g[i].defined() ? series_term(g[i], 1) : zeros_like(x[i].detach()));
+  return hv;
+}
+
+TaylorCoefficients taylor_coefficients(const ScalarFn& f, const Params& x, const Params& u, int order) {
+  if (order < 0 || order > max_taylor_order)
+    throw Error("taylor_coefficients: order " + std::to_string(order) + " is outside 0.." +
+                std::to_string(max_taylor_order) +
+                " (each intermediate is held order+1 times and smooth ops cost "
+                "O(order²) products)");
+  check_direction("taylor_coefficients", "u", x, u);
+  NoGrad ng;
+  const Tensor y =
+      checked_scalar("taylor_coefficients", f(order == 0 ? detach(x) : seeded(detach(x), u, size_t(order))));
+  TaylorCoefficients r;
+  double factorial = 1;
+  for (int k = 0; k <= order; ++k) {
+    if (k > 0) factorial *= k;
+    const double c = k == 0 ? y.item() : series_term(y, size_t(k)).item();
+    r.coefficients.push_back(c);
+    r.derivatives.push_back(c * factorial);
   }
   return r;
 }

@@ -59,4 +59,24 @@ struct DirectionalDerivatives {
 };
 DirectionalDerivatives directional_derivatives(const ScalarFn& f, const Params& x, const Params& u, int order);
 
+// ---- forward mode and Taylor mode (docs/taylor.md) ----
+// f(x) and J v from one forward sweep carrying the tangent v (no graph is recorded).
+struct JvpResult {
+  Tensor value, tangent;
+};
+JvpResult jvp_forward(const VectorFn& f, const Params& x, const Params& v);
+// H v by forward over reverse: x carries the tangent v through f and through the reverse
+// sweep of ∇f, and the tangent of ∇f is H v (one forward and one reverse sweep, each op
+// with its tangent; reverse over reverse, hvp(), records the whole gradient instead).
+Params hvp_forward_over_reverse(const ScalarFn& f, const Params& x, const Params& v);
+// D^k f(x)[u^k] for k = 0..order of a scalar f, from one forward propagation of the
+// degree-`order` Taylor polynomial of x + t·u. `derivatives[k]` = D^k f(x)[u^k];
+// `coefficients[k]` = derivatives[k] / k! (the normalized Taylor coefficients the engine
+// propagates). 0 <= order <= max_taylor_order (graph.hpp). Error at a kink or tie of a
+// piecewise op when order >= 2.
+struct TaylorCoefficients {
+  std::vector<double> derivatives, coefficients;
+};
+TaylorCoefficients taylor_coefficients(const ScalarFn& f, const Params& x, const Params& u, int order);
+
 }  // namespace flatmin

@@ -1,6 +1,7 @@
 #include "autodiff/graph.hpp"
 
 #include <algorithm>
+#include <array>
 
 #include "autodiff/ops.hpp"
 #include "autodiff/profile.hpp"
@@ -12,6 +13,9 @@ namespace {
 std::atomic<uint64_t> next_seq{1};
 std::atomic<int64_t> live_nodes{0};
 thread_local bool grad_mode = true;
+// Series alive in the process: while there are none, ops skip looking for them (one load).
+std::atomic<int64_t> live_series{0};
+std::array<std::atomic<int64_t>, op_count> forward_runs{};
 
 // Freeing a long chain of nodes through nested destructors would recurse once per node
 // and overflow the stack on long graphs; instead each destructor hands its edges to a
@@ -75,14 +79,102 @@ Tensor RuleContext::output() const {
   t->shape = node_.out_shape;
   t->dtype = node_.out_dtype;
   t->node = const_cast<Node&>(node_).shared_from_this();
+  t->series = node_.out_series;
   return Tensor(std::move(t));
 }
 bool RuleContext::needs(size_t input) const {
   return input < node_.inputs.size() && node_.inputs[input] && node_.inputs[input]->needed;
 }
 
+// ---- series (forward and Taylor mode) ----
+Series::Series(Jet t) : terms(std::move(t)) { live_series.fetch_add(1, std::memory_order_relaxed); }
+Series::~Series() { live_series.fetch_sub(1, std::memory_order_relaxed); }
+
+static bool carries_series(const Tensor& t) { return t.defined() && t.impl()->series; }
+
+Tensor with_series(const Tensor& x, const std::vector<Tensor>& terms) {
+  if (!x.defined()) throw Error("with_series: the tensor is undefined");
+  if (terms.empty() || terms.size() > size_t(max_taylor_order))
+    throw Error("with_series: " + std::to_string(terms.size()) + " coefficients; the order K must be in 1.." +
+                std::to_string(max_taylor_order));
+  Jet j(terms.size() + 1);
+  for (size_t k = 0; k < terms.size(); ++k) {
+    const Tensor& t = terms[k];
+    if (!t.defined()) continue;
+    if (t.shape() != x.shape() || t.dtype() != x.dtype() || t.device() != x.device())
+      throw Error("with_series: coefficient " + std::to_string(k + 1) + " is " + dtype_name(t.dtype()) + " " +
+                  to_string(t.shape()) + " on " + t.device().str() + " but the tensor is " + dtype_name(x.dtype()) +
+                  " " + to_string(x.shape()) + " on " + x.device().str());
+    j[k + 1] = t.detach();
+  }
+  auto impl = std::make_shared<TensorImpl>(*x.impl());
+  impl->series = std::make_shared<Series>(std::move(j));
+  return Tensor(std::move(impl));
+}
+size_t series_order(const Tensor& y) { return carries_series(y) ? y.impl()->series->order() : 0; }
+Tensor series_term(const Tensor& y, size_t k) {
+  if (k == 0) return y.detach();
+  if (k <= series_order(y) && y.impl()->series->terms[k].defined()) return y.impl()->series->terms[k];
+  NoGrad ng;
+  return zeros_like(y.detach());
+}
+int64_t forward_rule_runs(Op op) { return forward_runs[size_t(op)].load(); }
+void check_no_kink(const char* op, const Tensor& mask, size_t order, const char* what) {
+  if (order < 2) return;
+  NoGrad ng;
+  if (sum(mask).item() != 0)
+    throw Error(std::string(op) + ": Taylor mode (order " + std::to_string(order) + ") at " + what +
+                ": the expansion does not exist there (forward mode, K = 1, returns the derivative of the branch "
+                "the reverse rule uses)");
+}
+
+namespace {
+// Runs op's forward rule when any input carries a series, and attaches the output's series.
+template <class List> void propagate(Tensor& out, Op op, const List& inputs, ForwardRule forward) {
+  size_t order = 0;
+  for (const Tensor& t : inputs) {
+    if (!carries_series(t)) continue;
+    const size_t k = t.impl()->series->order();
+    if (order && k != order)
+      throw Error(std::string(op_name(op)) + ": inputs carry Taylor series of different orders (" +
+                  std::to_string(order) + " and " + std::to_string(k) + ")");
+    order = k;
+  }
+  if (!order) return;
+  std::vector<Jet> in;
+  in.reserve(inputs.size());
+  for (const Tensor& t : inputs) {
+    Jet j(order + 1);
+    if (t.defined()) {
+      j[0] = t.detach();
+      if (carries_series(t))
+        std::copy(t.impl()->series->terms.begin() + 1, t.impl()->series->terms.end(), j.begin() + 1);
+    }
+    in.push_back(std::move(j));
+  }
+  Jet y;
+  {
+    NoGrad ng;
+    const Tensor value = out.detach();
+    y = forward(in, value);
+    if (y.size() != order + 1)
+      throw Error(std::string("forward rule of '") + op_name(op) + "' returned " + std::to_string(y.size()) +
+                  " terms for order " + std::to_string(order));
+    y[0] = Tensor();
+    // a broadcasting op's coefficient may have an input's smaller shape
+    for (size_t k = 1; k <= order; ++k)
+      if (y[k].defined() && y[k].shape() != value.shape()) y[k] = expand(y[k], value.shape());
+  }
+  forward_runs[size_t(op)].fetch_add(1, std::memory_order_relaxed);
+  out.impl()->series = std::make_shared<Series>(std::move(y));
+}
+}  // namespace
+
 // ---- recording ----
 bool any_requires_grad(std::initializer_list<const Tensor*> inputs) {
+  if (live_series.load(std::memory_order_relaxed) != 0)
+    for (const Tensor* t : inputs)
+      if (carries_series(*t)) return true;
   if (!grad_mode) return false;
   for (const Tensor* t : inputs)
     if (t->requires_grad()) return true;
@@ -90,8 +182,17 @@ bool any_requires_grad(std::initializer_list<const Tensor*> inputs) {
 }
 
 namespace {
-template <class List>
-void record_node(Tensor& out, Op op, const List& inputs, const List& saved, bool save_output, Rule&& rule) {
+template <class List> void record_node(Tensor& out, Op op, const List& inputs, const List& saved, bool save_output,
+                                       Rule&& rule, ForwardRule forward) {
+  // Without series, the caller's any_requires_grad() has established that a node is due
+  // (and the thread-local grad mode is not read twice on the hot path).
+  if (live_series.load(std::memory_order_relaxed) != 0) {
+    propagate(out, op, inputs, forward);
+    if (!grad_mode) return;
+    bool any = false;
+    for (const Tensor& t : inputs) any |= t.requires_grad();
+    if (!any) return;
+  }
   auto n = std::allocate_shared<Node>(detail::SmallAllocator<Node>());
   n->op = op_name(op);
   n->inputs.reserve(inputs.size());
@@ -104,21 +205,24 @@ void record_node(Tensor& out, Op op, const List& inputs, const List& saved, bool
     n->out_shape = out.shape();
     n->out_dtype = out.dtype();
     n->out_version = n->out_storage->version;
+    n->out_series = out.impl()->series;
   }
   n->rule = std::move(rule);
   out.impl()->node = std::move(n);
 }
 }  // namespace
 
-void record(Tensor& out, Op op, std::initializer_list<Tensor> inputs, std::initializer_list<Tensor> saved, Rule rule) {
-  record_node(out, op, inputs, saved, false, std::move(rule));
+void record(Tensor& out, Op op, std::initializer_list<Tensor> inputs, std::initializer_list<Tensor> saved, Rule rule,
+            ForwardRule forward) {
+  record_node(out, op, inputs, saved, false, std::move(rule), forward);
 }
 void record(Tensor& out, Op op, std::initializer_list<Tensor> inputs, std::initializer_list<Tensor> saved,
-            RecordOptions opt, Rule rule) {
-  record_node(out, op, inputs, saved, opt.save_output, std::move(rule));
+            RecordOptions opt, Rule rule, ForwardRule forward) {
+  record_node(out, op, inputs, saved, opt.save_output, std::move(rule), forward);
 }
-void record(Tensor& out, Op op, const std::vector<Tensor>& inputs, const std::vector<Tensor>& saved, Rule rule) {
-  record_node(out, op, inputs, saved, false, std::move(rule));
+void record(Tensor& out, Op op, const std::vector<Tensor>& inputs, const std::vector<Tensor>& saved, Rule rule,
+            ForwardRule forward) {
+  record_node(out, op, inputs, saved, false, std::move(rule), forward);
 }
 
 // ---- the engine ----
@@ -222,6 +326,7 @@ std::vector<Tensor> sweep(const std::vector<Tensor>& outputs, const std::vector<
       n->released = true;
       n->saved.clear();
       n->out_storage.reset();
+      n->out_series.reset();
       n->rule = nullptr;
     }
   }

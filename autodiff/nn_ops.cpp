@@ -3,11 +3,17 @@
 // rules of all three are the three conv ops again; max-pool's rule is a scatter at fixed
 // indices (whose rule is a gather); avg-pool and its adjoint are each other's rules.
 // Normalization and losses are compositions of ops.hpp, exact at every order as they are
-// (the batch statistics are never detached).
+// (the batch statistics are never detached). Forward rules (docs/taylor.md): the conv ops
+// take the Cauchy product (bilinear), pooling is linear in its input (max-pool at the
+// window maxima found by the kernel), and batch norm's three ops run their differentiable
+// composites on inputs carrying series.
 #include "autodiff/nn_ops.hpp"
+
+#include <cmath>
 
 #include "autodiff/backend.hpp"
 #include "autodiff/graph.hpp"
+#include "autodiff/jet_rules.hpp"
 #include "autodiff/op_checks.hpp"
 
 namespace flatmin {
@@ -75,11 +81,16 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dOption
   Tensor out = empty(conv_out_shape(op, x.shape(), w.shape(), opt), x.options());
   be(x).conv2d(x, w, out, p);
   if (any_requires_grad({&x, &w}))
-    record(out, Op::conv2d, {x, w}, {x, w}, [opt](const Tensor& g, const RuleContext& c) {
-      Tensor x = c.saved(0), w = c.saved(1);
-      return std::vector<Tensor>{c.needs(0) ? conv2d_input_grad(g, w, x.shape(), opt) : Tensor(),
-                                 c.needs(1) ? conv2d_weight_grad(x, g, w.shape(), opt) : Tensor()};
-    });
+    record(
+        out, Op::conv2d, {x, w}, {x, w},
+        [opt](const Tensor& g, const RuleContext& c) {
+          Tensor x = c.saved(0), w = c.saved(1);
+          return std::vector<Tensor>{c.needs(0) ? conv2d_input_grad(g, w, x.shape(), opt) : Tensor(),
+                                     c.needs(1) ? conv2d_weight_grad(x, g, w.shape(), opt) : Tensor()};
+        },
+        [opt](const std::vector<Jet>& in, const Tensor&) {
+          return jet::bilinear(in[0], in[1], [opt](const Tensor& a, const Tensor& b) { return conv2d(a, b, {}, opt); });
+        });
   if (!bias.defined()) return out;
   check_floating(op, bias, "bias");
   check_same(op, x, "input", bias, "bias");
@@ -100,11 +111,17 @@ Tensor conv2d_input_grad(const Tensor& gy, const Tensor& w, const Shape& x_shape
   Tensor out = empty(x_shape, gy.options());
   be(gy).conv2d_input_grad(gy, w, out, p);
   if (any_requires_grad({&gy, &w}))
-    record(out, Op::conv2d_input_grad, {gy, w}, {gy, w}, [opt](const Tensor& gg, const RuleContext& c) {
-      Tensor gy = c.saved(0), w = c.saved(1);
-      return std::vector<Tensor>{c.needs(0) ? conv2d(gg, w, {}, opt) : Tensor(),
-                                 c.needs(1) ? conv2d_weight_grad(gg, gy, w.shape(), opt) : Tensor()};
-    });
+    record(
+        out, Op::conv2d_input_grad, {gy, w}, {gy, w},
+        [opt](const Tensor& gg, const RuleContext& c) {
+          Tensor gy = c.saved(0), w = c.saved(1);
+          return std::vector<Tensor>{c.needs(0) ? conv2d(gg, w, {}, opt) : Tensor(),
+                                     c.needs(1) ? conv2d_weight_grad(gg, gy, w.shape(), opt) : Tensor()};
+        },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::bilinear(in[0], in[1],
+                               [&](const Tensor& a, const Tensor& b) { return conv2d_input_grad(a, b, x_shape, opt); });
+        });
   return out;
 }
 
@@ -120,15 +137,48 @@ Tensor conv2d_weight_grad(const Tensor& x, const Tensor& gy, const Shape& w_shap
   Tensor out = empty(w_shape, x.options());
   be(x).conv2d_weight_grad(x, gy, out, p);
   if (any_requires_grad({&x, &gy}))
-    record(out, Op::conv2d_weight_grad, {x, gy}, {x, gy}, [opt](const Tensor& gg, const RuleContext& c) {
-      Tensor x = c.saved(0), gy = c.saved(1);
-      return std::vector<Tensor>{c.needs(0) ? conv2d_input_grad(gy, gg, x.shape(), opt) : Tensor(),
-                                 c.needs(1) ? conv2d(x, gg, {}, opt) : Tensor()};
-    });
+    record(
+        out, Op::conv2d_weight_grad, {x, gy}, {x, gy},
+        [opt](const Tensor& gg, const RuleContext& c) {
+          Tensor x = c.saved(0), gy = c.saved(1);
+          return std::vector<Tensor>{c.needs(0) ? conv2d_input_grad(gy, gg, x.shape(), opt) : Tensor(),
+                                     c.needs(1) ? conv2d(x, gg, {}, opt) : Tensor()};
+        },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::bilinear(
+              in[0], in[1], [&](const Tensor& a, const Tensor& b) { return conv2d_weight_grad(a, b, w_shape, opt); });
+        });
   return out;
 }
 
 // ---------------------------------------------------------------- pooling
+// Taylor mode through max-pool needs one maximum per window: Error at a window whose
+// maximum is shared (checked on the host: Taylor mode only).
+static void check_no_window_ties(const Tensor& x, const Pool2dParams& p, size_t order) {
+  const Shape& s = x.shape();
+  const std::vector<double> v = x.to_vector();
+  const Shape os = pool_out_shape(s, p);
+  bool tie = false;
+  for (int64_t plane = 0; plane < s[0] * s[1] && !tie; ++plane)
+    for (int64_t oh = 0; oh < os[2] && !tie; ++oh)
+      for (int64_t ow = 0; ow < os[3] && !tie; ++ow) {
+        double best = -INFINITY;
+        int count = 0;
+        for (int64_t i = 0; i < p.kernel_h; ++i)
+          for (int64_t j = 0; j < p.kernel_w; ++j) {
+            const int64_t h = oh * p.stride_h - p.pad_h + i, w = ow * p.stride_w - p.pad_w + j;
+            if (h < 0 || h >= s[2] || w < 0 || w >= s[3]) continue;
+            const double e = v[size_t((plane * s[2] + h) * s[3] + w)];
+            if (e > best)
+              best = e, count = 1;
+            else if (e == best)
+              ++count;
+          }
+        tie = count > 1;
+      }
+  if (tie) check_no_kink("max_pool2d", ones({1}, x.options()), order, "a window whose maximum is shared");
+}
+
 // The gradient goes to the window maxima, whose positions are constants: a scatter_add
 // along the flattened plane, whose own rule is a gather.
 Tensor max_pool2d(const Tensor& x, Pool2dOptions opt) {
@@ -140,12 +190,20 @@ Tensor max_pool2d(const Tensor& x, Pool2dOptions opt) {
   Tensor idx = empty(os, {DType::i64, x.device()});
   be(x).max_pool2d(x, out, idx, p);
   if (any_requires_grad({&x}))
-    record(out, Op::max_pool2d, {x}, {idx}, [sx = x.shape()](const Tensor& g, const RuleContext& c) {
-      Tensor idx = c.saved(0);
-      const Shape planes{sx[0], sx[1], -1};
-      Tensor gx = scatter_add(reshape(g, planes), {sx[0], sx[1], sx[2] * sx[3]}, 2, reshape(idx, planes));
-      return std::vector<Tensor>{reshape(gx, sx)};
-    });
+    record(
+        out, Op::max_pool2d, {x}, {idx},
+        [sx = x.shape()](const Tensor& g, const RuleContext& c) {
+          Tensor idx = c.saved(0);
+          const Shape planes{sx[0], sx[1], -1};
+          Tensor gx = scatter_add(reshape(g, planes), {sx[0], sx[1], sx[2] * sx[3]}, 2, reshape(idx, planes));
+          return std::vector<Tensor>{reshape(gx, sx)};
+        },
+        [&](const std::vector<Jet>& in, const Tensor&) {  // the coefficients at the window maxima
+          if (jet::order(in) > 1) check_no_window_ties(in[0][0], p, jet::order(in));
+          const Shape planes{x.shape()[0], x.shape()[1], -1};
+          const Tensor at = reshape(idx, planes);
+          return jet::map(in[0], [&](const Tensor& t) { return reshape(gather(reshape(t, planes), 2, at), os); });
+        });
   return out;
 }
 
@@ -156,9 +214,14 @@ Tensor avg_pool2d(const Tensor& x, Pool2dOptions opt) {
   Tensor out = empty(pool_out_shape(x.shape(), p), x.options());
   be(x).avg_pool2d(x, out, p);
   if (any_requires_grad({&x}))
-    record(out, Op::avg_pool2d, {x}, {}, [sx = x.shape(), opt](const Tensor& g, const RuleContext&) {
-      return std::vector<Tensor>{avg_pool2d_adjoint(g, sx, opt)};
-    });
+    record(
+        out, Op::avg_pool2d, {x}, {},
+        [sx = x.shape(), opt](const Tensor& g, const RuleContext&) {
+          return std::vector<Tensor>{avg_pool2d_adjoint(g, sx, opt)};
+        },
+        [opt](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [opt](const Tensor& t) { return avg_pool2d(t, opt); });
+        });
   return out;
 }
 
@@ -170,9 +233,12 @@ Tensor avg_pool2d_adjoint(const Tensor& gy, const Shape& x_shape, Pool2dOptions 
   Tensor out = empty(x_shape, gy.options());
   be(gy).avg_pool2d_adjoint(gy, out, p);
   if (any_requires_grad({&gy}))
-    record(out, Op::avg_pool2d_adjoint, {gy}, {}, [opt](const Tensor& g, const RuleContext&) {
-      return std::vector<Tensor>{avg_pool2d(g, opt)};
-    });
+    record(
+        out, Op::avg_pool2d_adjoint, {gy}, {},
+        [opt](const Tensor& g, const RuleContext&) { return std::vector<Tensor>{avg_pool2d(g, opt)}; },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [&](const Tensor& t) { return avg_pool2d_adjoint(t, x_shape, opt); });
+        });
   return out;
 }
 
@@ -242,6 +308,22 @@ static Tensor bn_project(const Tensor& v, const BnStats& s, const Axes& axes) {
   return mul(s.r, sub(sub(v, mean(v, axes, true)), mul(s.xhat, mean(mul(v, s.xhat), axes, true))));
 }
 
+// The three batch-norm ops as composites of ops, for their forward rules: y = x̂·w + b,
+// gx = P(g·w) and gw = Σ g·x̂ (per channel).
+static Tensor batch_norm_composite(const Tensor& x, const Tensor& w, const Tensor& b, double eps, const Axes& axes) {
+  Tensor y = bn_stats(x, eps, axes).xhat;
+  if (w.defined()) y = mul(y, reshape(w, channel_shape(x)));
+  if (b.defined()) y = add(y, reshape(b, channel_shape(x)));
+  return y;
+}
+static Tensor batch_norm_input_grad_composite(const Tensor& g, const Tensor& x, const Tensor& w, double eps,
+                                              const Axes& axes) {
+  return bn_project(w.defined() ? mul(g, reshape(w, channel_shape(x))) : g, bn_stats(x, eps, axes), axes);
+}
+static Tensor batch_norm_weight_grad_composite(const Tensor& g, const Tensor& x, double eps, const Axes& axes) {
+  return reshape(sum(mul(g, bn_stats(x, eps, axes).xhat), axes), {x.shape()[1]});
+}
+
 // The exact vector-Jacobian product of training-mode batch norm in differentiable ops of
 // (g, x, w): gx = P(g·w), gw = Σ g·x̂, gb = Σ g.
 static std::vector<Tensor> batch_norm_vjp(const Tensor& g, const Tensor& x, const Tensor& w, double eps,
@@ -263,7 +345,8 @@ static std::vector<Tensor> batch_norm_vjp(const Tensor& g, const Tensor& x, cons
 static Rule batch_norm_input_grad_rule(double eps, const Axes& axes) {
   return [eps, axes](const Tensor& a, const RuleContext& c) {
     Tensor g = c.saved(0), x = c.saved(1), w = c.saved(2);
-    if (!grad_enabled()) {  // not recorded: the backend's fused kernel, where it has one
+    // not recorded and no series to carry: the backend's fused kernel, where it has one
+    if (!grad_enabled() && !any_requires_grad({&a, &g, &x, &w})) {
       Tensor dg = c.needs(0) ? empty(g.shape(), g.options()) : Tensor();
       Tensor dx = c.needs(1) ? empty(x.shape(), x.options()) : Tensor();
       Tensor dw = c.needs(2) ? empty(w.shape(), w.options()) : Tensor();
@@ -290,7 +373,7 @@ static Rule batch_norm_input_grad_rule(double eps, const Axes& axes) {
 static Rule batch_norm_weight_grad_rule(double eps, const Axes& axes) {
   return [eps, axes](const Tensor& beta, const RuleContext& c) {
     Tensor g = c.saved(0), x = c.saved(1);
-    if (!grad_enabled()) {
+    if (!grad_enabled() && !any_requires_grad({&beta, &g, &x})) {
       Tensor dg = c.needs(0) ? empty(g.shape(), g.options()) : Tensor();
       Tensor dx = c.needs(1) ? empty(x.shape(), x.options()) : Tensor();
       if (be(x).batch_norm_weight_grad_vjp(beta, g, x, c.saved(2), c.saved(3), eps, dg, dx))
@@ -323,12 +406,21 @@ static std::vector<Tensor> batch_norm_backward(const Tensor& g, const Tensor& x,
     }
   }
   if (!c.needs(0)) gx = Tensor();
-  if (!grad_enabled()) return {gx, gw, gb};
+  if (!grad_enabled() && !any_requires_grad({&g, &x, &w})) return {gx, gw, gb};
   if (gx.defined() && any_requires_grad({&g, &x, &w}))
-    record(gx, Op::batch_norm_input_grad, {g, x, w}, {g, x, w, bmean, bvar},
-           batch_norm_input_grad_rule(eps, axes));
+    record(gx, Op::batch_norm_input_grad, {g, x, w}, {g, x, w, bmean, bvar}, batch_norm_input_grad_rule(eps, axes),
+           [&](const std::vector<Jet>& in, const Tensor&) {
+             return jet::through(in, [&](const std::vector<Tensor>& t) {
+               return batch_norm_input_grad_composite(t[0], t[1], t[2], eps, axes);
+             });
+           });
   if (gw.defined() && any_requires_grad({&g, &x}))
-    record(gw, Op::batch_norm_weight_grad, {g, x}, {g, x, bmean, bvar}, batch_norm_weight_grad_rule(eps, axes));
+    record(gw, Op::batch_norm_weight_grad, {g, x}, {g, x, bmean, bvar}, batch_norm_weight_grad_rule(eps, axes),
+           [&](const std::vector<Jet>& in, const Tensor&) {
+             return jet::through(in, [&](const std::vector<Tensor>& t) {
+               return batch_norm_weight_grad_composite(t[0], t[1], eps, axes);
+             });
+           });
   if (gb.defined()) gb = reshape(sum(g, axes), vs);
   return {gx, gw, gb};
 }
@@ -357,10 +449,15 @@ static Tensor batch_norm_train(const Tensor& x, const Tensor& w, const Tensor& b
     bvar = reshape(var, {C});
   }
   if (any_requires_grad({&x, &w, &b}))
-    record(y, Op::batch_norm, {x, w, b}, {x, w, bmean, bvar},
-           [eps, axes](const Tensor& g, const RuleContext& c) {
-             return batch_norm_backward(g, c.saved(0), c.saved(1), c.saved(2), c.saved(3), eps, axes, c);
-           });
+    record(
+        y, Op::batch_norm, {x, w, b}, {x, w, bmean, bvar},
+        [eps, axes](const Tensor& g, const RuleContext& c) {
+          return batch_norm_backward(g, c.saved(0), c.saved(1), c.saved(2), c.saved(3), eps, axes, c);
+        },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::through(
+              in, [&](const std::vector<Tensor>& t) { return batch_norm_composite(t[0], t[1], t[2], eps, axes); });
+        });
   return y;
 }
 

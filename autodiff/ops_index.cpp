@@ -1,5 +1,6 @@
 // Indexing by int64 tensors (index_select, gather) and their adjoints (index_add,
-// scatter_add); each pair's rules are each other. Indices are checked on the host before
+// scatter_add); each pair's rules are each other, and each op's forward rule is itself
+// applied to each Taylor coefficient (they are linear). Indices are checked on the host before
 // any kernel runs.
 // Each op: its checks, the forward kernel call and the one derivative rule, recorded under
 // its registry entry (op_registry.hpp). Rules use only differentiable ops from ops.hpp, so
@@ -12,6 +13,7 @@
 #include <numeric>
 
 #include "autodiff/graph.hpp"
+#include "autodiff/jet_rules.hpp"
 #include "autodiff/op_checks.hpp"
 
 namespace flatmin {
@@ -37,9 +39,14 @@ Tensor index_select(const Tensor& x, int64_t axis, const Tensor& idx) {
   Tensor out = empty(s, x.options());
   be(x).index_select(x, axis, idx, out);
   if (any_requires_grad({&x}))
-    record(out, Op::index_select, {x}, {idx}, [sx = x.shape(), axis](const Tensor& g, const RuleContext& c) {
-      return std::vector<Tensor>{index_add(g, sx, axis, c.saved(0))};
-    });
+    record(
+        out, Op::index_select, {x}, {idx},
+        [sx = x.shape(), axis](const Tensor& g, const RuleContext& c) {
+          return std::vector<Tensor>{index_add(g, sx, axis, c.saved(0))};
+        },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [&](const Tensor& t) { return index_select(t, axis, idx); });
+        });
   return out;
 }
 Tensor index_add(const Tensor& x, const Shape& shape, int64_t axis, const Tensor& idx) {
@@ -56,9 +63,14 @@ Tensor index_add(const Tensor& x, const Shape& shape, int64_t axis, const Tensor
   Tensor out = zeros(shape, x.options());
   be(x).index_add(x, axis, idx, out);
   if (any_requires_grad({&x}))
-    record(out, Op::index_add, {x}, {idx}, [axis](const Tensor& g, const RuleContext& c) {
-      return std::vector<Tensor>{index_select(g, axis, c.saved(0))};
-    });
+    record(
+        out, Op::index_add, {x}, {idx},
+        [axis](const Tensor& g, const RuleContext& c) {
+          return std::vector<Tensor>{index_select(g, axis, c.saved(0))};
+        },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [&](const Tensor& t) { return index_add(t, shape, axis, idx); });
+        });
   return out;
 }
 
@@ -78,9 +90,14 @@ Tensor gather(const Tensor& x, int64_t axis, const Tensor& idx) {
   Tensor out = empty(idx.shape(), x.options());
   be(x).gather(x, axis, idx, out);
   if (any_requires_grad({&x}))
-    record(out, Op::gather, {x}, {idx}, [sx = x.shape(), axis](const Tensor& g, const RuleContext& c) {
-      return std::vector<Tensor>{scatter_add(g, sx, axis, c.saved(0))};
-    });
+    record(
+        out, Op::gather, {x}, {idx},
+        [sx = x.shape(), axis](const Tensor& g, const RuleContext& c) {
+          return std::vector<Tensor>{scatter_add(g, sx, axis, c.saved(0))};
+        },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [&](const Tensor& t) { return gather(t, axis, idx); });
+        });
   return out;
 }
 Tensor scatter_add(const Tensor& x, const Shape& shape, int64_t axis, const Tensor& idx) {
@@ -94,9 +111,12 @@ Tensor scatter_add(const Tensor& x, const Shape& shape, int64_t axis, const Tens
   Tensor out = zeros(shape, x.options());
   be(x).scatter_add(x, axis, idx, out);
   if (any_requires_grad({&x}))
-    record(out, Op::scatter_add, {x}, {idx}, [axis](const Tensor& g, const RuleContext& c) {
-      return std::vector<Tensor>{gather(g, axis, c.saved(0))};
-    });
+    record(
+        out, Op::scatter_add, {x}, {idx},
+        [axis](const Tensor& g, const RuleContext& c) { return std::vector<Tensor>{gather(g, axis, c.saved(0))}; },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [&](const Tensor& t) { return scatter_add(t, shape, axis, idx); });
+        });
   return out;
 }
 

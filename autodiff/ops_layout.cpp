@@ -1,5 +1,6 @@
 // Layout ops (reshape, permute, expand, slice, concat) and the dtype/device changes,
-// with their derivative rules: each is linear, so its rule is its adjoint layout op.
+// with their derivative rules: each is linear, so its rule is its adjoint layout op and its
+// forward rule the op itself applied to each Taylor coefficient.
 // Each op: its checks, the forward kernel call and the one derivative rule, recorded under
 // its registry entry (op_registry.hpp). Rules use only differentiable ops from ops.hpp, so
 // with recording on they are themselves differentiated (Hessian-vector products,
@@ -11,6 +12,7 @@
 #include <numeric>
 
 #include "autodiff/graph.hpp"
+#include "autodiff/jet_rules.hpp"
 #include "autodiff/op_checks.hpp"
 
 namespace flatmin {
@@ -48,9 +50,12 @@ Tensor reshape(const Tensor& x, Shape shape) {
   Tensor out = x.detach();
   out.impl()->shape = shape;
   if (any_requires_grad({&x}))
-    record(out, Op::reshape, {x}, {}, [sx = x.shape()](const Tensor& g, const RuleContext&) {
-      return std::vector<Tensor>{reshape(g, sx)};
-    });
+    record(
+        out, Op::reshape, {x}, {},
+        [sx = x.shape()](const Tensor& g, const RuleContext&) { return std::vector<Tensor>{reshape(g, sx)}; },
+        [&shape](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [&shape](const Tensor& t) { return reshape(t, shape); });
+        });
   return out;
 }
 Tensor flatten(const Tensor& x, int64_t start, int64_t end) {
@@ -103,9 +108,12 @@ Tensor permute(const Tensor& x, const std::vector<int64_t>& perm_in) {
   Tensor out = empty(s, x.options());
   be(x).permute(x, out, perm);
   if (any_requires_grad({&x}))
-    record(out, Op::permute, {x}, {}, [inverse](const Tensor& g, const RuleContext&) {
-      return std::vector<Tensor>{permute(g, inverse)};
-    });
+    record(
+        out, Op::permute, {x}, {},
+        [inverse](const Tensor& g, const RuleContext&) { return std::vector<Tensor>{permute(g, inverse)}; },
+        [&perm](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [&perm](const Tensor& t) { return permute(t, perm); });
+        });
   return out;
 }
 Tensor transpose(const Tensor& x, int64_t a, int64_t b) {
@@ -125,9 +133,12 @@ Tensor expand(const Tensor& x, const Shape& shape) {
   Tensor out = empty(shape, x.options());
   be(x).expand(x, out);
   if (any_requires_grad({&x}))
-    record(out, Op::expand, {x}, {}, [sx = x.shape()](const Tensor& g, const RuleContext&) {
-      return std::vector<Tensor>{sum_to(g, sx)};
-    });
+    record(
+        out, Op::expand, {x}, {},
+        [sx = x.shape()](const Tensor& g, const RuleContext&) { return std::vector<Tensor>{sum_to(g, sx)}; },
+        [&shape](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [&shape](const Tensor& t) { return expand(t, shape); });
+        });
   return out;
 }
 
@@ -146,9 +157,14 @@ Tensor slice(const Tensor& x, int64_t axis, int64_t start, int64_t stop, int64_t
   Tensor out = empty(s, x.options());
   be(x).slice(x, out, axis, start, step);
   if (any_requires_grad({&x}))
-    record(out, Op::slice, {x}, {}, [sx = x.shape(), axis, start, step](const Tensor& g, const RuleContext&) {
-      return std::vector<Tensor>{slice_backward(g, sx, axis, start, step)};
-    });
+    record(
+        out, Op::slice, {x}, {},
+        [sx = x.shape(), axis, start, step](const Tensor& g, const RuleContext&) {
+          return std::vector<Tensor>{slice_backward(g, sx, axis, start, step)};
+        },
+        [=](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [=](const Tensor& t) { return slice(t, axis, start, stop, step); });
+        });
   return out;
 }
 Tensor slice_backward(const Tensor& x, const Shape& shape, int64_t axis, int64_t start, int64_t step) {
@@ -156,10 +172,14 @@ Tensor slice_backward(const Tensor& x, const Shape& shape, int64_t axis, int64_t
   Tensor out = zeros(shape, x.options());
   be(x).slice_add(x, out, axis, start, step);
   if (any_requires_grad({&x}))
-    record(out, Op::slice_backward, {x}, {},
-           [axis, start, step, n = x.shape()[axis]](const Tensor& g, const RuleContext&) {
-             return std::vector<Tensor>{slice(g, axis, start, start + (n - 1) * step + 1, step)};
-           });
+    record(
+        out, Op::slice_backward, {x}, {},
+        [axis, start, step, n = x.shape()[axis]](const Tensor& g, const RuleContext&) {
+          return std::vector<Tensor>{slice(g, axis, start, start + (n - 1) * step + 1, step)};
+        },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [&](const Tensor& t) { return slice_backward(t, shape, axis, start, step); });
+        });
   return out;
 }
 
@@ -191,12 +211,27 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t axis) {
   if (rg) {
     std::vector<int64_t> sizes;
     for (const Tensor& x : xs) sizes.push_back(x.shape()[axis]);
-    record(out, Op::concat, xs, {}, [axis, starts, sizes](const Tensor& g, const RuleContext& c) {
-      std::vector<Tensor> r(starts.size());
-      for (size_t i = 0; i < r.size(); ++i)
-        if (c.needs(i)) r[i] = slice(g, axis, starts[i], starts[i] + sizes[i]);
-      return r;
-    });
+    record(
+        out, Op::concat, xs, {},
+        [axis, starts, sizes](const Tensor& g, const RuleContext& c) {
+          std::vector<Tensor> r(starts.size());
+          for (size_t i = 0; i < r.size(); ++i)
+            if (c.needs(i)) r[i] = slice(g, axis, starts[i], starts[i] + sizes[i]);
+          return r;
+        },
+        [axis](const std::vector<Jet>& in, const Tensor&) {  // zeros for the parts without a coefficient
+          Jet y(jet::order(in) + 1);
+          for (size_t k = 1; k < y.size(); ++k) {
+            std::vector<Tensor> parts;
+            bool any = false;
+            for (const Jet& j : in) {
+              any |= j[k].defined();
+              parts.push_back(j[k].defined() ? j[k] : zeros_like(j[0]));
+            }
+            if (any) y[k] = concat(parts, axis);
+          }
+          return y;
+        });
   }
   return out;
 }
@@ -220,9 +255,12 @@ Tensor to_dtype(const Tensor& x, DType t) {
   Tensor out = empty(x.shape(), {t, x.device()});
   be(x).cast(x, out);
   if (is_floating(t) && any_requires_grad({&x}))
-    record(out, Op::to_dtype, {x}, {}, [from = x.dtype()](const Tensor& g, const RuleContext&) {
-      return std::vector<Tensor>{to_dtype(g, from)};
-    });
+    record(
+        out, Op::to_dtype, {x}, {},
+        [from = x.dtype()](const Tensor& g, const RuleContext&) { return std::vector<Tensor>{to_dtype(g, from)}; },
+        [t](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [t](const Tensor& c) { return to_dtype(c, t); });
+        });
   return out;
 }
 Tensor to_device(const Tensor& x, Device d) {
@@ -239,9 +277,12 @@ Tensor to_device(const Tensor& x, Device d) {
     backend(d).copy_from_host(out.raw(), h.raw(), bytes);
   }
   if (any_requires_grad({&x}))
-    record(out, Op::to_device, {x}, {}, [from = x.device()](const Tensor& g, const RuleContext&) {
-      return std::vector<Tensor>{to_device(g, from)};
-    });
+    record(
+        out, Op::to_device, {x}, {},
+        [from = x.device()](const Tensor& g, const RuleContext&) { return std::vector<Tensor>{to_device(g, from)}; },
+        [d](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [d](const Tensor& c) { return to_device(c, d); });
+        });
   return out;
 }
 

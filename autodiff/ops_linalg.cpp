@@ -10,13 +10,15 @@
 #include <numeric>
 
 #include "autodiff/graph.hpp"
+#include "autodiff/jet_rules.hpp"
 #include "autodiff/op_checks.hpp"
 
 namespace flatmin {
 
 // ---------------------------------------------------------------- linear algebra
 // The core product op(a) @ op(b) of two tensors of rank >= 2 with broadcast batch dims.
-// Its rule is again mm with transpose flags, so no transposed copy is ever made.
+// Its rule is again mm with transpose flags, so no transposed copy is ever made; its forward
+// rule is the Cauchy product of the operands' series (mm is bilinear).
 static Tensor mm(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   check_pair("matmul", a, b);
   check_floating("matmul", a);
@@ -49,12 +51,17 @@ static Tensor mm(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   Tensor out = empty(s, a.options());
   be(a).matmul(A, B, out, args);
   if (any_requires_grad({&a, &b}))
-    record(out, Op::matmul, {a, b}, {a, b}, [ta, tb](const Tensor& g, const RuleContext& c) {
-      Tensor a = c.saved(0), b = c.saved(1), ga, gb;
-      if (c.needs(0)) ga = sum_to(ta ? mm(b, g, tb, true) : mm(g, b, false, !tb), a.shape());
-      if (c.needs(1)) gb = sum_to(tb ? mm(g, a, true, ta) : mm(a, g, !ta, false), b.shape());
-      return std::vector<Tensor>{ga, gb};
-    });
+    record(
+        out, Op::matmul, {a, b}, {a, b},
+        [ta, tb](const Tensor& g, const RuleContext& c) {
+          Tensor a = c.saved(0), b = c.saved(1), ga, gb;
+          if (c.needs(0)) ga = sum_to(ta ? mm(b, g, tb, true) : mm(g, b, false, !tb), a.shape());
+          if (c.needs(1)) gb = sum_to(tb ? mm(g, a, true, ta) : mm(a, g, !ta, false), b.shape());
+          return std::vector<Tensor>{ga, gb};
+        },
+        [ta, tb](const std::vector<Jet>& in, const Tensor&) {
+          return jet::bilinear(in[0], in[1], [ta, tb](const Tensor& x, const Tensor& y) { return mm(x, y, ta, tb); });
+        });
   return out;
 }
 

@@ -1,9 +1,9 @@
 // Reductions (sum, mean, max, min) and what is composed of them (logsumexp, softmax,
 // argmax), with their derivative rules.
-// Each op: its checks, the forward kernel call and the one derivative rule, recorded under
-// its registry entry (op_registry.hpp). Rules use only differentiable ops from ops.hpp, so
-// with recording on they are themselves differentiated (Hessian-vector products,
-// third-order terms).
+// Each op: its checks, the forward kernel call, the one derivative rule and the forward
+// rule (docs/taylor.md), recorded under its registry entry (op_registry.hpp). Rules use
+// only differentiable ops from ops.hpp, so with recording on they are themselves
+// differentiated (Hessian-vector products, third-order terms).
 #include "autodiff/ops.hpp"
 
 #include <algorithm>
@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "autodiff/graph.hpp"
+#include "autodiff/jet_rules.hpp"
 #include "autodiff/op_checks.hpp"
 
 namespace flatmin {
@@ -54,9 +55,12 @@ Tensor sum(const Tensor& x, Axes axes, bool keepdim) {
   axes = normalize_axes(std::move(axes), x.dim(), "sum");
   Tensor out = reduce_kernel(ReduceOp::sum, x, axes);
   if (any_requires_grad({&x}))
-    record(out, Op::sum, {x}, {}, [sx = x.shape()](const Tensor& g, const RuleContext&) {
-      return std::vector<Tensor>{expand(g, sx)};
-    });
+    record(
+        out, Op::sum, {x}, {},
+        [sx = x.shape()](const Tensor& g, const RuleContext&) { return std::vector<Tensor>{expand(g, sx)}; },
+        [&axes](const std::vector<Jet>& in, const Tensor&) {
+          return jet::map(in[0], [&axes](const Tensor& t) { return sum(t, axes, true); });
+        });
   return keepdim ? out : reshape(out, drop_axes(x.shape(), axes));
 }
 
@@ -75,16 +79,26 @@ static Tensor extreme_reduce(const Tensor& x, Axes axes, bool keepdim, bool is_m
   axes = normalize_axes(std::move(axes), x.dim(), op_name(op));
   Tensor out = reduce_kernel(is_max ? ReduceOp::max : ReduceOp::min, x, axes);
   if (any_requires_grad({&x}))
-    record(out, op, {x}, {x}, {.save_output = true}, [axes](const Tensor& g, const RuleContext& c) {
-      Tensor x = c.saved(0);
-      Tensor mask;
-      {
-        NoGrad ng;  // where the extremum sits: a constant; ties share the gradient evenly
-        mask = eq(x, c.output().detach());
-        mask = div(mask, sum(mask, axes, true));
-      }
-      return std::vector<Tensor>{mul(g, mask)};
-    });
+    record(
+        out, op, {x}, {x}, {.save_output = true},
+        [axes](const Tensor& g, const RuleContext& c) {
+          Tensor x = c.saved(0);
+          Tensor mask;
+          {
+            NoGrad ng;  // where the extremum sits: a constant; ties share the gradient evenly
+            mask = eq(x, c.output().detach());
+            mask = div(mask, sum(mask, axes, true));
+          }
+          return std::vector<Tensor>{mul(g, mask)};
+        },
+        [&axes, op](const std::vector<Jet>& in, const Tensor& out) {
+          // the extremum's coefficients; at ties their mean, as the reverse rule (Taylor mode refuses ties)
+          Tensor hits = eq(in[0][0], out), count = sum(hits, axes, true);
+          if (jet::order(in) > 1)
+            check_no_kink(op_name(op), gt(count, scalar_like(1.0, count)), jet::order(in), "a tie for the extremum");
+          Tensor mask = div(hits, count);
+          return jet::map(in[0], [&](const Tensor& t) { return sum(mul(t, mask), axes, true); });
+        });
   return keepdim ? out : reshape(out, drop_axes(x.shape(), axes));
 }
 Tensor max(const Tensor& x, Axes axes, bool keepdim) { return extreme_reduce(x, std::move(axes), keepdim, true); }

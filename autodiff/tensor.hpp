@@ -53,7 +53,8 @@ struct Storage {
   Storage& operator=(const Storage&) = delete;
 };
 
-class Node;  // graph.hpp
+class Node;     // graph.hpp
+struct Series;  // graph.hpp: a truncated Taylor series carried by forward mode
 
 struct TensorImpl {
   std::shared_ptr<Storage> storage;
@@ -61,6 +62,7 @@ struct TensorImpl {
   Shape shape;
   DType dtype = DType::f32;
   std::shared_ptr<Node> node;  // leaf node (requires_grad leaf) or the op that made it
+  std::shared_ptr<Series> series;  // forward/Taylor mode only (graph.hpp); null otherwise
 };
 
 struct TensorOptions {
@@ -99,7 +101,7 @@ class Tensor {
   Tensor grad() const;        // accumulated by backward(); undefined before
   void set_grad(const Tensor& g);
   void zero_grad();           // drops the accumulated gradient
-  Tensor detach() const;      // same storage, no graph
+  Tensor detach() const;      // same storage, no graph (and no Taylor series)
   void backward() const;      // scalar only: accumulates d(this)/d(leaf) into leaves' grad()
   const std::shared_ptr<Node>& node() const;
 

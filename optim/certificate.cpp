@@ -12,8 +12,12 @@ ProjectorFn residual_tangent_projector(const VectorFn& residual, const Params& x
   const int64_t n = r0.size(0), d = numel(at);
   const int64_t rank = normal_rank < 0 ? n : normal_rank;
   if (rank < 1) throw Error("residual_tangent_projector: the normal rank must be >= 1, got " + std::to_string(rank));
-  if (rank > n) throw Error("residual_tangent_projector: a normal rank of " + std::to_string(rank) + " exceeds the " + std::to_string(n) + " residuals");
-  if (rank >= d) throw Error("residual_tangent_projector: a normal space of dimension " + std::to_string(rank) + " leaves no tangent space in dimension " + std::to_string(d));
+  if (rank > n)
+    throw Error("residual_tangent_projector: a normal rank of " + std::to_string(rank) + " exceeds the " +
+                std::to_string(n) + " residuals");
+  if (rank >= d)
+    throw Error("residual_tangent_projector: a normal space of dimension " + std::to_string(rank) +
+                " leaves no tangent space in dimension " + std::to_string(d));
   Eigen::MatrixXd J(n, d);
   for (int64_t i = 0; i < n; ++i) {
     std::vector<double> row =
@@ -24,11 +28,12 @@ ProjectorFn residual_tangent_projector(const VectorFn& residual, const Params& x
   const Eigen::VectorXd& sv = svd.singularValues();  // descending, min(n, d) of them
   const double s1 = sv.size() ? sv(0) : 0.0;
   if (!(sv(rank - 1) > 1e-10 * s1))
-    throw Error("residual_tangent_projector: the residual's Jacobian is rank-deficient at x (rank below " + std::to_string(rank) +
-                "): the minima set has no tangent space there");
+    throw Error("residual_tangent_projector: the residual's Jacobian is rank-deficient at x (rank below " +
+                std::to_string(rank) + "): the minima set has no tangent space there");
   if (rank < sv.size() && sv(rank) > 1e-8 * s1)
-    throw Error("residual_tangent_projector: the residual's Jacobian has rank above " + std::to_string(rank) + " at x (σ_" +
-                std::to_string(rank + 1) + "/σ_1 = " + std::to_string(sv(rank) / s1) + "): its kernel is not the stated tangent space");
+    throw Error("residual_tangent_projector: the residual's Jacobian has rank above " + std::to_string(rank) +
+                " at x (σ_" + std::to_string(rank + 1) + "/σ_1 = " + std::to_string(sv(rank) / s1) +
+                "): its kernel is not the stated tangent space");
   const Eigen::MatrixXd W = svd.matrixV().leftCols(rank);
   Eigen::MatrixXd P = Eigen::MatrixXd::Identity(d, d) - W * W.transpose();
   const TensorOptions opt = at[0].options();

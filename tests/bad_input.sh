@@ -38,6 +38,9 @@ expect "--model-seed: must not be negative" train "${blobs[@]}" --model-seed -1
 expect "--seed: must not be negative" trace --seed -3 x
 expect "--radii: every radius must be a positive finite number" taylor --radii 0.1,inf --weights w --batch b
 expect "--radii: a slope needs at least two radii" taylor --radii 0.1 --weights w --batch b
+expect "--max-order 5: nested reverse mode goes up to 3 here" taylor --max-order 5 --weights w --batch b
+expect "--max-order: Value 33 not in range" taylor --derivatives taylor --max-order 33 --weights w --batch b
+expect "--derivatives: forward not in" taylor --derivatives forward --weights w --batch b
 expect "--memorize-acc must be in (0, 1]" escape --memorize-acc nan
 expect "--start must be two finite numbers" example1 --start nan 1
 # 4. every output path checked before any work

@@ -293,6 +293,25 @@ const std::vector<OpCase>& op_cases() {
   return all;
 }
 
+Params case_inputs(const OpCase& c, uint64_t seed) {
+  Generator g(seed);
+  Params xs;
+  for (const Shape& s : c.shapes) {
+    const double shift = 0.09 * double(xs.size());  // keeps different inputs apart (no ties)
+    if (c.distinct) {
+      const int64_t n = numel(s);
+      auto perm = g.permutation(n);
+      std::vector<double> v(n);
+      for (int64_t i = 0; i < n; ++i)
+        v[i] = (double(perm[i]) - double(n) / 2 + 0.5) * 0.37 + 0.11 * double(seed % 3) + shift;
+      xs.push_back(from_vector(v, s, {DType::f64}));
+    } else {
+      xs.push_back(g.uniform(s, {DType::f64}, c.low, c.high));
+    }
+  }
+  return xs;
+}
+
 Shape output_shape(const OpCase& c, const Params& x) {
   NoGrad ng;
   return c.fn(x, Device::cpu()).shape();

@@ -28,6 +28,10 @@ struct OpCase {
 
 const std::vector<OpCase>& op_cases();
 
+// Float64 inputs for a case on the CPU: uniform in [low, high]; with distinct, a shuffled
+// grid of well-separated values of both signs (no ties, no zeros).
+Params case_inputs(const OpCase& c, uint64_t seed);
+
 // The output shape of a case on the CPU at inputs x (nothing recorded).
 Shape output_shape(const OpCase& c, const Params& x);
 

@@ -7,8 +7,10 @@
 // (Lanczos), the construction used for networks (optim/certificate.hpp says how the cut is
 // chosen); on these problems both are available, so their agreement can be checked.
 // With a CHECKPOINT (and the model and data flags of `flatmin train`): a network's training
-// loss on the first --subset examples, ∂Φ from the Hessian's near-null space (refused where
-// the cut cannot be determined), ∇tr̄ from --trace-samples Hutchinson samples of ∇³f[z, z]/d.
+// loss (--loss ce|mse) on the first --subset examples, ∂Φ from the Hessian's near-null space
+// (refused where the cut cannot be determined: always so far for cross-entropy, which has no
+// minimum at finite weights; a squared-error fit of n examples has the gap at rank ≤ n·K),
+// ∇tr̄ from --trace-samples Hutchinson samples of ∇³f[z, z]/d.
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -24,7 +26,9 @@ using nlohmann::json;
 using namespace flatmin::optim;
 
 int run(int argc, char** argv) {
-  CLI::App app{"(ε, √ε)-flatness certificate: ‖∇f‖, ‖∂Φ ∇tr̄‖ on Example 1, the diagonal linear network or a matrix factorisation"};
+  CLI::App app{
+      "(ε, √ε)-flatness certificate: ‖∇f‖, ‖∂Φ ∇tr̄‖ on Example 1, the diagonal linear network or a matrix "
+      "factorisation"};
   std::string problem = "example1", projector = "exact", at = "start";
   std::vector<int64_t> mf_shape = {4, 4, 2};
   std::vector<double> point = {1.0, 1.0};
@@ -33,7 +37,7 @@ int run(int argc, char** argv) {
   double alpha = 2.0;
   uint64_t problem_seed = 1;
   NullSpaceOptions ns;
-  std::string checkpoint, dtype_name = "f64", device = "cpu";
+  std::string checkpoint, dtype_name = "f64", device = "cpu", loss_name = "ce";
   int64_t subset = 256;
   CertifyOptions co;
   ModelSpec model;
@@ -44,6 +48,9 @@ int run(int argc, char** argv) {
   app.add_option("--subset", subset, "checkpoint: the loss over the first N training examples")->check(CLI::PositiveNumber);
   app.add_option("--trace-samples", co.trace_samples, "checkpoint: Hutchinson samples of ∇tr̄ (default 10)");
   app.add_option("--dtype", dtype_name, "checkpoint: f32 | f64")->check(CLI::IsMember({"f32", "f64"}));
+  app.add_option("--loss", loss_name,
+                 "checkpoint: ce | mse (squared error to one-hot labels: minima at finite weights)")
+      ->check(CLI::IsMember({"ce", "mse"}));
   app.add_option("--device", device, "checkpoint: cpu | cuda | cuda:N");
   app.add_option("--problem", problem, "example1 | dln | mf")->check(CLI::IsMember({"example1", "dln", "mf"}));
   app.add_option("--eps", eps, "ε: certify ‖∇f‖ ≤ ε and ‖∂Φ∇tr̄‖ ≤ √ε")->required();
@@ -54,8 +61,11 @@ int run(int argc, char** argv) {
   app.add_option("--mf-shape", mf_shape, "mf: p,q,k (teacher p×q of rank k; each at most 64)")
       ->delimiter(',')
       ->check(CLI::Range(int64_t(1), int64_t(64)));
-  app.add_option("--at", at, "mf: start (U = α·U*, V = V*/α) | flat (the closed-form flat minimum)")->check(CLI::IsMember({"start", "flat"}));
-  app.add_option("--problem-seed", problem_seed, "dln: seed of the data (ddep and table1 use problem-seed + d); mf: of the teacher (as table1)")->check(NotNegative);
+  app.add_option("--at", at, "mf: start (U = α·U*, V = V*/α) | flat (the closed-form flat minimum)")
+      ->check(CLI::IsMember({"start", "flat"}));
+  app.add_option("--problem-seed", problem_seed,
+                 "dln: seed of the data (ddep and table1 use problem-seed + d); mf: of the teacher (as table1)")
+      ->check(NotNegative);
   app.add_option("--projector", projector, "exact | hessian")->check(CLI::IsMember({"exact", "hessian"}));
   app.add_option("--top-k", ns.top_k, "hessian: eigenpairs computed");
   app.add_option("--rel-cut", ns.rel_cut, "hessian: eigenvalues above rel-cut·λ1 span the normal space");
@@ -67,7 +77,8 @@ int run(int argc, char** argv) {
   if ((problem == "dln" || problem == "mf") && !(alpha > 0)) throw Error("certify: --alpha must be > 0");
   if (problem == "mf" && (mf_shape.size() != 3 || mf_shape[2] >= std::min(mf_shape[0], mf_shape[1])))
     throw Error("certify: --mf-shape: give p,q,k with 1 <= k < min(p, q)");
-  if (app.count("--at") && problem != "mf") throw Error("certify: --at: only --problem mf has a closed-form flat minimum");
+  if (app.count("--at") && problem != "mf")
+    throw Error("certify: --at: only --problem mf has a closed-form flat minimum");
   if ((projector == "hessian" || !checkpoint.empty()) && ns.top_k < 1) throw Error("certify: --top-k must be >= 1");
   if (!checkpoint.empty()) {
     if (co.trace_samples == 0) co.trace_samples = 10;
@@ -79,13 +90,28 @@ int run(int argc, char** argv) {
     const Device dev = Device::parse(device);
     Tensor x = train.images.to(parse_dtype(dtype_name)).to(dev), y = train.labels.to(dev);
     NullSpaceCut cut;
-    Certificate c = certify_leaves([&] { return cross_entropy((*net)(x), y); }, p, eps, ns, co, &cut);
-    json out = {{"checkpoint", checkpoint}, {"examples", train.size()}, {"d", numel(p)}, {"eps", eps}, {"projector", "hessian"},
-                {"cut", {{"rank", cut.rank}, {"gap", cut.gap}, {"eigenvalues", cut.eigenvalues}, {"rel_cut", ns.rel_cut},
-                         {"min_gap", ns.min_gap}, {"hessian_vector_products", cut.products}}},
-                {"trace_samples", co.trace_samples}, {"trace_grad_stderr", c.trace_grad_stderr},
-                {"grad_norm", c.flat.grad_norm}, {"projected_trace_grad_norm", c.flat.projected_trace_grad_norm},
-                {"eps_prime", c.flat.eps_prime}, {"gradient_ok", c.flat.gradient_ok}, {"trace_ok", c.flat.trace_ok},
+    const ClassifierLoss loss = parse_classifier_loss(loss_name);
+    Certificate c = certify_leaves([&] { return classifier_loss((*net)(x), y, loss); }, p, eps, ns, co, &cut);
+    json out = {{"checkpoint", checkpoint},
+                {"loss", loss_name},
+                {"examples", train.size()},
+                {"d", numel(p)},
+                {"eps", eps},
+                {"projector", "hessian"},
+                {"cut",
+                 {{"rank", cut.rank},
+                  {"gap", cut.gap},
+                  {"eigenvalues", cut.eigenvalues},
+                  {"rel_cut", ns.rel_cut},
+                  {"min_gap", ns.min_gap},
+                  {"hessian_vector_products", cut.products}}},
+                {"trace_samples", co.trace_samples},
+                {"trace_grad_stderr", c.trace_grad_stderr},
+                {"grad_norm", c.flat.grad_norm},
+                {"projected_trace_grad_norm", c.flat.projected_trace_grad_norm},
+                {"eps_prime", c.flat.eps_prime},
+                {"gradient_ok", c.flat.gradient_ok},
+                {"trace_ok", c.flat.trace_ok},
                 {"flat", c.flat.flat()}};
     std::printf("%s\n", out.dump().c_str());
     return c.flat.flat() ? 0 : 4;
@@ -128,6 +154,8 @@ int run(int argc, char** argv) {
   return c.flat.flat() ? 0 : 4;
 }
 
-Register reg{{"certify", "is a point an (ε, √ε)-flat minimum? ‖∇f‖, ‖∂Φ∇tr̄‖ (Example 1, diagonal network, matrix factorisation)", run}};
+Register reg{{"certify",
+              "is a point an (ε, √ε)-flat minimum? ‖∇f‖, ‖∂Φ∇tr̄‖ (Example 1, diagonal network, matrix factorisation)",
+              run}};
 }  // namespace
 }  // namespace flatmin::tools

@@ -1,12 +1,13 @@
 // `flatmin table1`: the paper's Table 1 as an experiment (docs/table1.md). On problems whose
 // minima set is known in closed form (Example 1; the diagonal linear network of `ddep` at
-// several d; a linear teacher-student network, i.e. a matrix factorisation), RS and SA run with the theorems' settings (optim/theorems.hpp) for ε over a
-// decade and several seeds; at checkpoints (every step at first, then every `--check-growth`
-// fraction of the steps so far) the current iterate is refined by plain GD (η = 1/L) until
-// ‖∇f‖ ≤ ε, as Theorem 2's last phase does, and certified: ‖∂Φ∇tr̄‖ ≤ √ε with the exact
-// tangent projector and closed-form ∇tr̄. A run's cost is the gradient queries (every ∇f and
-// every ∇f_i counts one) of the steps so far plus those of the refinement that succeeded; a
-// run that reaches the step cap is reported as censored. Per method, the log of the median
+// several d; a linear teacher-student network, i.e. a matrix factorisation), RS and SA run
+// with the theorems' settings (optim/theorems.hpp) for ε over a decade and several seeds; at
+// checkpoints (every step at first, then every `--check-growth` fraction of the steps so far)
+// the current iterate is refined by plain GD (η = 1/L) until ‖∇f‖ ≤ ε, as Theorem 2's last
+// phase does, and certified: ‖∂Φ∇tr̄‖ ≤ √ε with the exact tangent projector and closed-form
+// ∇tr̄. A run's cost is the gradient queries (every ∇f and every ∇f_i counts one) of the
+// steps so far plus those of the refinement that succeeded; a run that reaches the step cap
+// is reported as censored. Per method, the log of the median
 // queries over seeds is fitted against log(1/ε) (and log d) by least squares, with 95%
 // confidence intervals, beside the paper's exponents.
 #include <unistd.h>
@@ -101,7 +102,8 @@ Run run_once(const FlatProblem& P, const std::string& method, double eps, double
       RefineResult rr = refine_until_stationary(y, function_closure(P.loss, y), r.settings.lr, eps, s.refine_cap);
       r.grad_norm = rr.grad_norm;
       if (rr.reached) {
-        r.projected_trace_grad = norm(residual_tangent_projector(P.residual, y, P.normal_rank)(P.trace_normalized_grad(y))).item();
+        r.projected_trace_grad =
+            norm(residual_tangent_projector(P.residual, y, P.normal_rank)(P.trace_normalized_grad(y))).item();
         r.trace_normalized = P.trace_normalized(y);
         if (r.projected_trace_grad <= sqrt_eps) {
           r.steps = t;
@@ -236,16 +238,20 @@ double quantile(std::vector<double> v, double q) {  // linear interpolation
 }
 
 void check_settings(const Settings& s) {
-  if (s.eps.empty() || s.dln_eps.empty() || s.mf_eps.empty()) throw Error("table1: --eps, --dln-eps, --mf-eps: give at least one ε");
+  if (s.eps.empty() || s.dln_eps.empty() || s.mf_eps.empty())
+    throw Error("table1: --eps, --dln-eps, --mf-eps: give at least one ε");
   for (double e : s.eps)
     if (!(e > 0) || !std::isfinite(e)) throw Error("table1: --eps: every ε must be a positive finite number, got " + std::to_string(e));
   for (double e : s.dln_eps)
     if (!(e > 0) || !std::isfinite(e)) throw Error("table1: --dln-eps: every ε must be a positive finite number, got " + std::to_string(e));
   for (double e : s.mf_eps)
-    if (!(e > 0) || !std::isfinite(e)) throw Error("table1: --mf-eps: every ε must be a positive finite number, got " + std::to_string(e));
+    if (!(e > 0) || !std::isfinite(e))
+      throw Error("table1: --mf-eps: every ε must be a positive finite number, got " + std::to_string(e));
   if (s.mf_shape.size() != 3 || s.mf_shape[2] < 1 || s.mf_shape[2] >= std::min(s.mf_shape[0], s.mf_shape[1]))
-    throw Error("table1: --mf-shape: give p,q,k with 1 <= k < min(p, q) (a rank-k teacher with a k²-dimensional minima set)");
-  if (!(s.mf_alpha > 0) || !std::isfinite(s.mf_alpha)) throw Error("table1: --mf-alpha must be a positive finite number");
+    throw Error(
+        "table1: --mf-shape: give p,q,k with 1 <= k < min(p, q) (a rank-k teacher with a k²-dimensional minima set)");
+  if (!(s.mf_alpha > 0) || !std::isfinite(s.mf_alpha))
+    throw Error("table1: --mf-alpha must be a positive finite number");
   if (s.L && (!(*s.L > 0) || !std::isfinite(*s.L))) throw Error("table1: --L must be a positive finite number, got " + std::to_string(*s.L));
   if (s.cap <= 0) throw Error("table1: --cap must be >= 1 step, got " + std::to_string(s.cap));
   if (s.mf_cap <= 0) throw Error("table1: --mf-cap must be >= 1 step, got " + std::to_string(s.mf_cap));
@@ -254,7 +260,8 @@ void check_settings(const Settings& s) {
   if (!(s.delta > 0 && s.delta <= 1)) throw Error("table1: --delta must be in (0, 1]");
   if (!(s.check_growth > 0) || !std::isfinite(s.check_growth)) throw Error("table1: --check-growth must be > 0");
   for (const std::string& p : s.problems)
-    if (p != "example1" && p != "dln" && p != "mf") throw Error("table1: --problems: unknown problem '" + p + "' (example1, dln, mf)");
+    if (p != "example1" && p != "dln" && p != "mf")
+      throw Error("table1: --problems: unknown problem '" + p + "' (example1, dln, mf)");
   for (const std::string& m : s.methods)
     if (m != "rs" && m != "sa") throw Error("table1: --methods: unknown method '" + m + "' (rs, sa)");
   if (s.examples < 1) throw Error("table1: --examples must be >= 1");
@@ -272,7 +279,9 @@ int run(int argc, char** argv) {
   CLI::App app{"Table 1 as an experiment: gradient queries to an (ε, √ε)-flat minimum against ε and d, RS vs SA"};
   Settings s;
   double L = 0;
-  app.add_option("--problems", s.problems, "example1 | dln (the diagonal linear network of ddep) | mf (matrix factorisation)")->delimiter(',');
+  app.add_option("--problems", s.problems,
+                 "example1 | dln (the diagonal linear network of ddep) | mf (matrix factorisation)")
+      ->delimiter(',');
   app.add_option("--methods", s.methods, "rs | sa")->delimiter(',');
   app.add_option("--eps", s.eps, "Example 1: target accuracies ε (log-spaced over at least a decade)")->delimiter(',');
   app.add_option("--dln-eps", s.dln_eps, "diagonal network: target accuracies ε")->delimiter(',');
@@ -288,7 +297,9 @@ int run(int argc, char** argv) {
   app.add_option("--examples", s.examples, "n, examples of the diagonal network (at most 10000, as ddep)")
       ->check(CLI::Range(int64_t(1), int64_t(10000)));
   app.add_option("--seeds", s.seeds, "runs per (problem, d, method, ε)");
-  app.add_option("--cap", s.cap, "step cap per run of Example 1 and the diagonal network (runs that reach it are reported as censored)");
+  app.add_option(
+      "--cap", s.cap,
+      "step cap per run of Example 1 and the diagonal network (runs that reach it are reported as censored)");
   app.add_option("--refine-cap", s.refine_cap, "GD refinement steps per checkpoint");
   app.add_option("--check-growth", s.check_growth, "checkpoints every step at first, then every this fraction of the steps so far");
   app.add_option("--delta", s.delta, "δ of the theorems, in (0, 1]");
@@ -317,7 +328,8 @@ int run(int argc, char** argv) {
   for (const std::string& p : s.problems) {
     if (p == "example1") problems.push_back(example1_problem(s.start[0], s.start[1]));
     else if (p == "mf")
-      problems.push_back(MatrixFactorization(s.mf_shape[0], s.mf_shape[1], s.mf_shape[2], s.mf_alpha, s.problem_seed).problem());
+      problems.push_back(
+          MatrixFactorization(s.mf_shape[0], s.mf_shape[1], s.mf_shape[2], s.mf_alpha, s.problem_seed).problem());
     else
       for (int64_t d : s.dims) problems.push_back(DiagonalNetwork(d / 2, s.examples, s.alpha, s.problem_seed + uint64_t(d)).problem());
   }
@@ -332,7 +344,8 @@ int run(int argc, char** argv) {
   for (const FlatProblem& P : problems) {
     const double Lp = s.L ? *s.L : smoothness_by_power(hvp_fn(P.loss, P.start), P.start, {.max_iter = 500, .tol = 1e-10});
     const std::vector<double>& eps = eps_of(P);
-    const double v0 = norm(residual_tangent_projector(P.residual, P.start, P.normal_rank)(P.trace_normalized_grad(P.start))).item();
+    const double v0 =
+        norm(residual_tangent_projector(P.residual, P.start, P.normal_rank)(P.trace_normalized_grad(P.start))).item();
     std::fprintf(stderr, "table1: %s d=%lld: L = %.4g, ‖∂Φ∇tr̄‖ = %.4g at the start\n", P.name.c_str(), (long long)P.dim, Lp, v0);
     for (const std::string& m : s.methods)
       for (double e : eps)
@@ -387,7 +400,8 @@ int run(int argc, char** argv) {
   // network against log(1/ε) and log d.
   json fits = json::array();
   for (const std::string& m : s.methods)
-    for (const std::string& p : {std::string("example1"), std::string("diagonal-network"), std::string("matrix-factorization")}) {
+    for (const std::string& p :
+         {std::string("example1"), std::string("diagonal-network"), std::string("matrix-factorization")}) {
       std::vector<std::vector<double>> xs;
       std::vector<double> ys;
       bool varied_d = false;
@@ -412,22 +426,42 @@ int run(int argc, char** argv) {
       // The matrix factorisation at d = (p+q)k: 2 where d³ε ≥ 1 for every ε run.
       const double mf_d = double((s.mf_shape[0] + s.mf_shape[1]) * s.mf_shape[2]);
       const bool mf_large = mf_d * mf_d * mf_d * *std::min_element(s.mf_eps.begin(), s.mf_eps.end()) >= 1;
-      if (p == "matrix-factorization") f["paper"] = m == "rs" ? json{{"log_inv_eps", 3}} : mf_large ? json{{"log_inv_eps", 2}} : json{{"log_inv_eps", "2 while d³ε >= 1, 3 below"}};
-      else if (m == "rs") f["paper"] = p == "example1" ? json{{"log_inv_eps", 3}} : json{{"log_inv_eps", 3}, {"log_d", 0}};
+      if (p == "matrix-factorization")
+        f["paper"] = m == "rs"  ? json{{"log_inv_eps", 3}}
+                     : mf_large ? json{{"log_inv_eps", 2}}
+                                : json{{"log_inv_eps", "2 while d³ε >= 1, 3 below"}};
+      else if (m == "rs")
+        f["paper"] = p == "example1" ? json{{"log_inv_eps", 3}} : json{{"log_inv_eps", 3}, {"log_d", 0}};
       else if (p == "example1") f["paper"] = {{"log_inv_eps", "2 for ε >= 1/8, 3 below"}};
       else f["paper"] = {{"log_inv_eps", 2}, {"log_d", -1}};
       fits.push_back(f);
       std::printf("%s %s: %s\n", m.c_str(), p.c_str(), f.dump().c_str());
     }
   json result = {{"settings",
-                  {{"problems", s.problems}, {"methods", s.methods}, {"eps", s.eps}, {"dln_eps", s.dln_eps}, {"dims", s.dims}, {"examples", s.examples},
-                   {"mf_eps", s.mf_eps}, {"mf_shape", s.mf_shape}, {"mf_alpha", s.mf_alpha}, {"mf_cap", s.mf_cap},
-                   {"seeds", s.seeds}, {"cap", s.cap}, {"refine_cap", s.refine_cap}, {"check_growth", s.check_growth},
-                   {"delta", s.delta}, {"alpha", s.alpha}, {"start", s.start}, {"problem_seed", s.problem_seed},
+                  {{"problems", s.problems},
+                   {"methods", s.methods},
+                   {"eps", s.eps},
+                   {"dln_eps", s.dln_eps},
+                   {"dims", s.dims},
+                   {"examples", s.examples},
+                   {"mf_eps", s.mf_eps},
+                   {"mf_shape", s.mf_shape},
+                   {"mf_alpha", s.mf_alpha},
+                   {"mf_cap", s.mf_cap},
+                   {"seeds", s.seeds},
+                   {"cap", s.cap},
+                   {"refine_cap", s.refine_cap},
+                   {"check_growth", s.check_growth},
+                   {"delta", s.delta},
+                   {"alpha", s.alpha},
+                   {"start", s.start},
+                   {"problem_seed", s.problem_seed},
                    {"L", s.L ? json(*s.L) : json("power method at the start")},
                    {"rs_constants", {{"lr_perturb", s.rs_c.lr_perturb}, {"rho", s.rs_c.rho}, {"eps0", s.rs_c.eps0}}},
                    {"sa_constants", {{"lr_perturb", s.sa_c.lr_perturb}, {"rho", s.sa_c.rho}, {"eps0", s.sa_c.eps0}}}}},
-                 {"cells", cell_json}, {"fits", fits}, {"runs", rows}};
+                 {"cells", cell_json},
+                 {"fits", fits},
+                 {"runs", rows}};
   nn::write_file_atomic((fs::path(s.out) / "table1.json").string(), result.dump(2) + "\n");
   for (auto& [m, pr] : plot_rows) {
     const fs::path pts = fs::path(s.out) / ("table1_" + m + ".jsonl");

@@ -80,10 +80,12 @@ FlatProblem DiagonalNetwork::problem() const {
   return p;
 }
 
-MatrixFactorization::MatrixFactorization(int64_t p_, int64_t q_, int64_t k_, double alpha, uint64_t seed) : p(p_), q(q_), k(k_) {
+MatrixFactorization::MatrixFactorization(int64_t p_, int64_t q_, int64_t k_, double alpha, uint64_t seed)
+    : p(p_), q(q_), k(k_) {
   if (p < 1 || q < 1 || k < 1 || k >= std::min(p, q))
-    throw Error("MatrixFactorization: need 1 <= k < min(p, q) (a rank-k teacher with a minima set of dimension k²), got p=" +
-                std::to_string(p) + " q=" + std::to_string(q) + " k=" + std::to_string(k));
+    throw Error(
+        "MatrixFactorization: need 1 <= k < min(p, q) (a rank-k teacher with a minima set of dimension k²), got p=" +
+        std::to_string(p) + " q=" + std::to_string(q) + " k=" + std::to_string(k));
   if (!(alpha > 0) || !std::isfinite(alpha)) throw Error("MatrixFactorization: alpha must be a positive finite number");
   Generator g(seed);
   Tensor us = g.normal({p, k}, f64), vs = g.normal({q, k}, f64);
@@ -91,7 +93,9 @@ MatrixFactorization::MatrixFactorization(int64_t p_, int64_t q_, int64_t k_, dou
   start = {mul_scalar(us, alpha), mul_scalar(vs, 1.0 / alpha)};
 }
 
-Tensor MatrixFactorization::residual(const Params& x) const { return reshape(sub(matmul(x[0], transpose(x[1])), M), {p * q}); }
+Tensor MatrixFactorization::residual(const Params& x) const {
+  return reshape(sub(matmul(x[0], transpose(x[1])), M), {p * q});
+}
 
 Tensor MatrixFactorization::examples_loss(const std::vector<int64_t>& entries, const Params& x) const {
   return mean(square(index_select(residual(x), 0, from_ints(entries, {int64_t(entries.size())}))));
@@ -112,7 +116,8 @@ Params MatrixFactorization::trace_normalized_grad(const Params& x) const {
 
 Params MatrixFactorization::flat_minimum() const {
   std::vector<double> mv = M.to_vector();
-  Eigen::MatrixXd m = Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(mv.data(), p, q);
+  Eigen::MatrixXd m =
+      Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(mv.data(), p, q);
   Eigen::JacobiSVD<Eigen::MatrixXd> svd(m, Eigen::ComputeThinU | Eigen::ComputeThinV);
   const Eigen::VectorXd root = svd.singularValues().head(k).cwiseSqrt();
   const double su = std::pow(double(p) / double(q), 0.25);
@@ -127,7 +132,8 @@ Params MatrixFactorization::flat_minimum() const {
 
 double MatrixFactorization::flat_trace_normalized() const {
   std::vector<double> mv = M.to_vector();
-  Eigen::MatrixXd m = Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(mv.data(), p, q);
+  Eigen::MatrixXd m =
+      Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(mv.data(), p, q);
   const double nuclear = Eigen::JacobiSVD<Eigen::MatrixXd>(m).singularValues().sum();
   return 4 * nuclear / std::sqrt(double(p * q)) / double((p + q) * k);
 }

@@ -61,7 +61,7 @@ struct MatrixFactorization {
   Tensor M;      // p×q teacher
   Params start;  // (U, V)
   MatrixFactorization(int64_t p, int64_t q, int64_t k, double alpha, uint64_t seed);
-  Tensor residual(const Params& x) const;  // vec(UVᵀ − M*), shape (pq)
+  Tensor residual(const Params& x) const;                                            // vec(UVᵀ − M*), shape (pq)
   Tensor examples_loss(const std::vector<int64_t>& entries, const Params& x) const;  // entries of vec(·), row-major
   double trace_normalized(const Params& x) const;
   Params trace_normalized_grad(const Params& x) const;

@@ -17,26 +17,6 @@ namespace {
 
 TensorOptions f64{DType::f64};
 
-// Inputs for a case: uniform in [low, high]; with distinct, a shuffled grid of
-// well-separated values of both signs (no ties, no zeros).
-Params make_inputs(const OpCase& c, uint64_t seed) {
-  Generator g(seed);
-  Params xs;
-  for (const Shape& s : c.shapes) {
-    const double shift = 0.09 * double(xs.size());  // keeps different inputs apart (no ties)
-    if (c.distinct) {
-      const int64_t n = numel(s);
-      auto perm = g.permutation(n);
-      std::vector<double> v(n);
-      for (int64_t i = 0; i < n; ++i) v[i] = (double(perm[i]) - double(n) / 2 + 0.5) * 0.37 + 0.11 * double(seed % 3) + shift;
-      xs.push_back(from_vector(v, s, f64));
-    } else {
-      xs.push_back(g.uniform(s, f64, c.low, c.high));
-    }
-  }
-  return xs;
-}
-
 Params cast_all(const Params& xs, DType t) {
   Params r;
   for (const Tensor& x : xs) r.push_back(x.to(t));
@@ -49,7 +29,7 @@ TEST_CASE("every op case: derivatives of orders 1-3 match finite differences (fl
   for (const OpCase& c : test::op_cases()) {
     if (!c.fd) continue;
     for (uint64_t seed : {1u, 2u}) {
-      Params x = make_inputs(c, seed);
+      Params x = test::case_inputs(c, seed);
       auto on_cpu = test::harness(c, test::output_shape(c, x));
       ScalarFn f = [on_cpu](const Params& p) { return on_cpu(p, Device::cpu()); };
       DerivativeCheck r = check_derivatives(f, x, {.seed = seed});
@@ -65,7 +45,7 @@ TEST_CASE("the op cases and the op registry cover each other, for both checkers"
   for (const OpCase& c : test::op_cases()) {
     INFO("op case " << c.label);
     CHECK((c.fd || c.parity));
-    const Params x = make_inputs(c, 1);
+    const Params x = test::case_inputs(c, 1);
     std::set<std::string> seen = test::recorded_ops(c, x);
     if (c.parity)  // the parity checker also runs float32, where a change of dtype is recorded
       for (const std::string& n : test::recorded_ops(c, cast_all(x, DType::f32))) seen.insert(n);

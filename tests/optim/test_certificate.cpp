@@ -96,12 +96,18 @@ TEST_SUITE("certificate") {
     // Redundant residuals (r, 2r): J has rank 1 < n = 2. Stated, the projector is Example 1's;
     // unstated (full row rank assumed), 2 normal directions leave none in R²; a stated rank
     // that J does not reach, or that J exceeds, is refused.
-    VectorFn twice = [&](const Params& p) { Tensor e = r(p); return concat({e, mul_scalar(e, 2.0)}, 0); };
+    VectorFn twice = [&](const Params& p) {
+      Tensor e = r(p);
+      return concat({e, mul_scalar(e, 2.0)}, 0);
+    };
     Params y = {vec({0.7, -1.3})};
     Params probe = {vec({0.3, 2.0})};
-    CHECK(norm(axpy(-1, residual_tangent_projector(twice, y, 1)(probe), residual_tangent_projector(r, y)(probe))).item() < 1e-12);
+    CHECK(
+        norm(axpy(-1, residual_tangent_projector(twice, y, 1)(probe), residual_tangent_projector(r, y)(probe))).item() <
+        1e-12);
     CHECK_THROWS_WITH_AS(residual_tangent_projector(twice, y), doctest::Contains("leaves no tangent space"), Error);
-    CHECK_THROWS_WITH_AS(residual_tangent_projector(twice, {vec({0, 0})}, 1), doctest::Contains("rank-deficient"), Error);
+    CHECK_THROWS_WITH_AS(residual_tangent_projector(twice, {vec({0, 0})}, 1), doctest::Contains("rank-deficient"),
+                         Error);
     VectorFn both = [](const Params& p) { return p[0]; };  // J = I: rank 2
     Params z = {vec({1, 2, 3})};
     VectorFn two_of_three = [](const Params& p) { return slice(p[0], 0, 0, 2); };

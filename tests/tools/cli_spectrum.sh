@@ -2,7 +2,8 @@
 # `flatmin hessian` end to end on a small MLP trained on two blobs: bad input refused with
 # one line before any work, then the JSON, density curve, PNG and eigenvectors written, and
 # the Lanczos λmax beside `flatmin trace`'s power iteration and Hutchinson trace. Then
-# `flatmin table1` and `flatmin certify`: refusals, a small run, exit statuses.
+# `flatmin table1` and `flatmin certify`: refusals, a small run, exit statuses, the Hessian
+# cut refused on a cross-entropy classifier and found on a squared-error one.
 set -euo pipefail
 flatmin=$1
 tmp=$(mktemp -d)
@@ -58,6 +59,23 @@ rc=0; "$flatmin" certify --eps 0.01 --point 2 0.5 >/dev/null || rc=$?
 # d = 2·8 + 8 + 8·2 + 2 = 42 parameters
 # a cross-entropy classifier has no exact minima manifold: the Hessian cut is refused, no number printed
 refused "cannot be determined" certify "$tmp/m.safetensors" "${model[@]}" --eps 0.1 --top-k 20
+# a squared-error classifier at an interpolating minimum has one: H = (2/n)JᵀJ of rank n·K =
+# 8·2 = 16 (8 examples, 2 classes) among the 82 parameters of a 2-16-2 MLP, so the cut is
+# found there and the certificate prints its numbers (exit status 0 or 4, not 1)
+mse=(--model mlp --hidden 16 --dataset blobs --loss mse --dtype f64)
+"$flatmin" train "${mse[@]}" --train-subset 8 --lr 0.2 --steps 4000 --batch-size 8 --save-model "$tmp/mse.safetensors" >/dev/null 2>&1
+rc=0; "$flatmin" certify "$tmp/mse.safetensors" --model mlp --hidden 16 --dataset blobs --loss mse --subset 8 --eps 0.01 --top-k 24 \
+  >"$tmp/mse.json" || rc=$?
+[ "$rc" -eq 0 ] || [ "$rc" -eq 4 ] || fail "the squared-error network's certificate was refused (exit $rc)"
+/usr/bin/python3 - "$tmp/mse.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+assert c["d"] == 82 and c["cut"]["rank"] == 16 and c["cut"]["gap"] > 1e3 and c["gradient_ok"], c
+PY
+# the matrix factorisation: its closed-form flat minimum certifies (0), its start does not (4)
+"$flatmin" certify --problem mf --eps 0.001 --at flat >/dev/null || fail "the balanced factorisation is flat"
+rc=0; "$flatmin" certify --problem mf --eps 0.01 --at start >/dev/null || rc=$?
+[ "$rc" -eq 4 ] || fail "the unbalanced start is not flat: exit status 4 expected, got $rc"
 refused "exceeds the 42 parameters" hessian "$tmp/m.safetensors" "${model[@]}" --top-k 43 --out "$tmp"
 mkdir "$tmp/h"
 "$flatmin" hessian "$tmp/m.safetensors" "${model[@]}" --dtype f64 --top-k 3 --density --bins 2000 --by-layer \

@@ -72,7 +72,8 @@ TEST_CASE("matrix factorisation: closed forms, the tangent projector, the flat m
   double examples_sum = 0;
   for (int64_t i = 0; i < p * q; ++i) examples_sum += P.examples_loss({i}, off).item();
   CHECK(P.loss(off).item() == doctest::Approx(examples_sum / double(p * q)).epsilon(1e-12));
-  CHECK(P.examples_loss({3, 11}, off).item() == doctest::Approx((P.examples_loss({3}, off).item() + P.examples_loss({11}, off).item()) / 2));
+  CHECK(P.examples_loss({3, 11}, off).item() ==
+        doctest::Approx((P.examples_loss({3}, off).item() + P.examples_loss({11}, off).item()) / 2));
 
   // ∇tr̄ against central differences of the closed-form tr̄ (quadratic: exact up to rounding).
   Params g = P.trace_normalized_grad(off);
@@ -103,32 +104,38 @@ TEST_CASE("matrix factorisation: closed forms, the tangent projector, the flat m
   Params w = Generator(9).normal_like(P.start);
   CHECK(distance(ph(w), proj(w)) < 1e-8 * norm(w).item());
   // The residual's 20 entries are redundant (rank 14): taken as independent they are refused.
-  CHECK_THROWS_WITH_AS(optim::residual_tangent_projector(P.residual, P.start), doctest::Contains("leaves no tangent space"), Error);
+  CHECK_THROWS_WITH_AS(optim::residual_tangent_projector(P.residual, P.start),
+                       doctest::Contains("leaves no tangent space"), Error);
 
   // The flat minimum: on the minima set, balanced (UᵀU/p = VᵀV/q), tr̄ at its closed-form
   // minimum, and certified (ε, √ε)-flat; rotating it (Q ∈ O(k)) keeps all of that.
   Params flat = mf.flat_minimum();
   CHECK(norm(Params{P.residual(flat)}).item() < 1e-10);
-  Tensor gu = mul_scalar(matmul(transpose(flat[0]), flat[0]), 1.0 / p), gv = mul_scalar(matmul(transpose(flat[1]), flat[1]), 1.0 / q);
+  Tensor gu = mul_scalar(matmul(transpose(flat[0]), flat[0]), 1.0 / p),
+         gv = mul_scalar(matmul(transpose(flat[1]), flat[1]), 1.0 / q);
   CHECK(norm(Params{sub(gu, gv)}).item() < 1e-10);
   CHECK(P.trace_normalized(flat) == doctest::Approx(mf.flat_trace_normalized()).epsilon(1e-12));
   const double eps = 1e-6;
-  optim::Certificate cf = optim::certify(P.loss, flat, eps, optim::residual_tangent_projector(P.residual, flat, P.normal_rank));
+  optim::Certificate cf =
+      optim::certify(P.loss, flat, eps, optim::residual_tangent_projector(P.residual, flat, P.normal_rank));
   CHECK(cf.flat.flat());
   CHECK(cf.flat.projected_trace_grad_norm < 1e-10);
   const double c = std::cos(0.7), sn = std::sin(0.7);
   Tensor Q = from_vector(std::vector<double>{c, -sn, sn, c}, {2, 2}, f64);
   Params rotated = {matmul(flat[0], Q), matmul(flat[1], Q)};
   CHECK(P.trace_normalized(rotated) == doctest::Approx(mf.flat_trace_normalized()).epsilon(1e-12));
-  CHECK(optim::certify(P.loss, rotated, eps, optim::residual_tangent_projector(P.residual, rotated, P.normal_rank)).flat.flat());
+  CHECK(optim::certify(P.loss, rotated, eps, optim::residual_tangent_projector(P.residual, rotated, P.normal_rank))
+            .flat.flat());
 
   // The start (U = 2U*, V = V*/2) and a random minimum (UG, VG⁻ᵀ) are minima, not flat ones.
   Tensor G = from_vector(std::vector<double>{1.5, 0.4, -0.3, 0.8}, {2, 2}, f64);
-  Tensor Ginv = mul_scalar(from_vector(std::vector<double>{0.8, -0.4, 0.3, 1.5}, {2, 2}, f64), 1 / (1.5 * 0.8 + 0.4 * 0.3));  // G⁻¹
+  Tensor Ginv = mul_scalar(from_vector(std::vector<double>{0.8, -0.4, 0.3, 1.5}, {2, 2}, f64),
+                           1 / (1.5 * 0.8 + 0.4 * 0.3));  // G⁻¹
   Params random_min = {matmul(flat[0], G), matmul(flat[1], transpose(Ginv))};
   CHECK(norm(Params{P.residual(random_min)}).item() < 1e-10);
   for (const Params& x : {P.start, random_min}) {
-    optim::Certificate cx = optim::certify(P.loss, x, 0.01, optim::residual_tangent_projector(P.residual, x, P.normal_rank));
+    optim::Certificate cx =
+        optim::certify(P.loss, x, 0.01, optim::residual_tangent_projector(P.residual, x, P.normal_rank));
     CHECK(cx.flat.gradient_ok);
     CHECK_FALSE(cx.flat.trace_ok);
     CHECK(P.trace_normalized(x) > mf.flat_trace_normalized());
