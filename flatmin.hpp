@@ -4,3 +4,4 @@
 #include "datasets/datasets.hpp"
 #include "nn/nn.hpp"
 #include "optim/optim.hpp"
+#include "train/train.hpp"

@@ -330,59 +330,106 @@ namespace {
 struct CifarLayout {
   size_t label_bytes;
   int64_t classes;
+  int64_t max_records;  // the largest file of the real set: what a file of this kind may hold
   const char* name;
 };
 CifarLayout layout(CifarKind k) {
   switch (k) {
-    case CifarKind::cifar10: return {1, 10, "CIFAR-10"};
-    case CifarKind::cifar100_fine: return {2, 100, "CIFAR-100"};
-    case CifarKind::cifar100_coarse: return {2, 20, "CIFAR-100 (coarse)"};
+    case CifarKind::cifar10: return {1, 10, kCifar10FileRecords, "CIFAR-10"};
+    case CifarKind::cifar100_fine: return {2, 100, kCifar100FileRecords, "CIFAR-100"};
+    case CifarKind::cifar100_coarse: return {2, 20, kCifar100FileRecords, "CIFAR-100 (coarse)"};
   }
   throw Error("unknown CIFAR kind");
 }
 constexpr size_t kImageBytes = 3 * 32 * 32;
 
-// Checks the records of one file and appends their labels and images.
-void decode_cifar(ByteView raw, const std::string& source, CifarKind kind, int64_t records,
-                  std::vector<int64_t>& labels, Bytes& images) {
+// How many records a file holds, known before any tensor is allocated: a plain file's size
+// says; a gzip file holds `records` when that is given (decode_cifar then stops reading one
+// record's worth past them); otherwise its data is inflated once through a 64 KiB buffer and
+// counted, stopping past what the kind's largest file holds. Nothing here grows with the data.
+int64_t count_cifar(ByteView raw, const std::string& source, CifarKind kind, int64_t records) {
   const CifarLayout L = layout(kind);
-  Bytes inflated;
-  ByteView b = raw;
-  if (is_gzip(raw)) {
-    const size_t cap = records > 0 ? size_t(records) * (L.label_bytes + kImageBytes) : kDefaultMaxBytes;
-    inflated = gunzip(raw, source, cap);
-    b = inflated;
-  }
   const size_t rec = L.label_bytes + kImageBytes;
-  if (b.empty()) throw Error(source + ": empty " + L.name + " file");
-  if (b.size() % rec != 0)
-    throw Error(source + ": size " + num(b.size()) + " bytes is not a multiple of the " + L.name + " record size " +
-                num(rec) + " (" + num(L.label_bytes) + " label byte(s) + 3072 image bytes)");
-  const size_t n = b.size() / rec;
-  if (records > 0 && n != size_t(records))
-    throw Error(source + ": " + num(n) + " records, expected " + num(uint64_t(records)));
-  labels.reserve(labels.size() + n);
-  images.reserve(images.size() + n * kImageBytes);
-  for (size_t i = 0; i < n; ++i) {
-    const uint8_t* r = b.data() + i * rec;
-    if (L.label_bytes == 2 && r[0] >= 20)
-      throw Error(source + ": coarse label " + num(r[0]) + " of record " + num(i) + " is outside [0, 20)");
-    const uint8_t label = kind == CifarKind::cifar100_coarse ? r[0] : r[L.label_bytes - 1];
-    const uint8_t limit = kind == CifarKind::cifar10 ? 10 : 100;
-    if (r[L.label_bytes - 1] >= limit)
-      throw Error(source + ": label " + num(r[L.label_bytes - 1]) + " of record " + num(i) + " is outside [0, " +
-                  num(limit) + ")");
-    labels.push_back(label);
-    images.insert(images.end(), r + L.label_bytes, r + rec);
+  if (records < 0 || records > L.max_records)
+    throw Error(source + ": expected record count " + std::to_string(records) + " is outside [0, " +
+                num(uint64_t(L.max_records)) + "] (a " + L.name + " file holds at most " +
+                num(uint64_t(L.max_records)) + ")");
+  uint64_t size = raw.size();
+  if (is_gzip(raw)) {
+    if (records > 0) return records;
+    GzipSource z(raw, source);
+    const uint64_t cap = uint64_t(L.max_records) * rec;
+    uint8_t chunk[1 << 16];
+    size = 0;
+    for (size_t k; (k = z.read(chunk, sizeof chunk)) > 0;) {
+      size += k;
+      if (size > cap)
+        throw Error(source + ": decompresses to more than the " + num(uint64_t(L.max_records)) + " records (" +
+                    num(cap) + " bytes) a " + L.name + " file holds");
+    }
   }
+  if (size == 0) throw Error(source + ": empty " + L.name + " file");
+  if (size % rec != 0)
+    throw Error(source + ": size " + num(size) + " bytes is not a multiple of the " + L.name + " record size " +
+                num(rec) + " (" + num(L.label_bytes) + " label byte(s) + 3072 image bytes)");
+  const uint64_t n = size / rec;
+  if (n > uint64_t(L.max_records))
+    throw Error(source + ": " + num(n) + " records, more than the " + num(uint64_t(L.max_records)) + " a " + L.name +
+                " file holds");
+  if (records > 0 && n != uint64_t(records))
+    throw Error(source + ": " + num(n) + " records, expected " + num(uint64_t(records)));
+  return int64_t(n);
 }
 
-Dataset make_cifar(const std::vector<int64_t>& labels, const Bytes& images, CifarKind kind, const std::string& name) {
-  const int64_t n = int64_t(labels.size());
-  Tensor img = empty({n, 3, 32, 32});
-  float* p = img.data<float>();
-  for (size_t i = 0; i < images.size(); ++i) p[i] = float(images[i]) / 255.0f;
-  return {img, from_ints(labels, {n}), layout(kind).classes, name};
+// Streams the n records of a file (counted by count_cifar) one by one into their rows of the
+// final tensors, checking each label: images (n, 3, 32, 32) as byte/255, labels (n).
+void decode_cifar(ByteView raw, const std::string& source, CifarKind kind, int64_t n, float* images, int64_t* labels) {
+  const CifarLayout L = layout(kind);
+  const size_t rec = L.label_bytes + kImageBytes;
+  const uint8_t limit = kind == CifarKind::cifar10 ? 10 : 100;
+  AnySource any(raw, source);
+  Source& src = any.get();
+  Bytes r;
+  r.reserve(rec);
+  const std::string expected = "of the " + num(uint64_t(n)) + " expected";
+  for (int64_t i = 0; i < n; ++i) {
+    r.clear();
+    read_exact(src, rec, r, source, (L.name + std::string(" record ") + num(uint64_t(i)) + " " + expected).c_str());
+    if (L.label_bytes == 2 && r[0] >= 20)
+      throw Error(source + ": coarse label " + num(r[0]) + " of record " + num(uint64_t(i)) + " is outside [0, 20)");
+    if (r[L.label_bytes - 1] >= limit)
+      throw Error(source + ": label " + num(r[L.label_bytes - 1]) + " of record " + num(uint64_t(i)) +
+                  " is outside [0, " + num(limit) + ")");
+    labels[i] = kind == CifarKind::cifar100_coarse ? r[0] : r[L.label_bytes - 1];
+    float* dst = images + size_t(i) * kImageBytes;
+    for (size_t j = 0; j < kImageBytes; ++j) dst[j] = float(r[L.label_bytes + j]) / 255.0f;
+  }
+  expect_end(src, source, (num(uint64_t(n)) + " records expected").c_str());
+}
+
+// The files of one split in one dataset: every file counted first (each read and, if gzip
+// without an expected count, inflated once), the tensors allocated once, then each file read
+// again and streamed into its rows. One file's bytes and the final tensors are all it holds
+// (one file alone is read once, by read_cifar).
+Dataset load_cifar_files(const std::vector<std::string>& paths, CifarKind kind, int64_t records_per_file,
+                         const std::string& name) {
+  if (paths.size() == 1) {
+    Dataset d = read_cifar(paths[0], kind, records_per_file);
+    d.name = name;
+    return d;
+  }
+  std::vector<int64_t> counts;
+  int64_t total = 0;
+  for (const auto& p : paths) total += counts.emplace_back(count_cifar(read_file(p), p, kind, records_per_file));
+  Tensor img = empty({total, 3, 32, 32});
+  Tensor lab = empty({total}, {DType::i64});
+  int64_t at = 0;
+  for (size_t k = 0; k < paths.size(); ++k) {
+    decode_cifar(read_file(paths[k]), paths[k], kind, counts[k], img.data<float>() + size_t(at) * kImageBytes,
+                 lab.data<int64_t>() + at);
+    at += counts[k];
+  }
+  return {img, lab, layout(kind).classes, name};
 }
 
 fs::path cifar_folder(const std::string& dir, const char* sub, const char* probe) {
@@ -394,10 +441,11 @@ fs::path cifar_folder(const std::string& dir, const char* sub, const char* probe
 }  // namespace
 
 Dataset parse_cifar(ByteView bytes, const std::string& source, CifarKind kind, int64_t records) {
-  std::vector<int64_t> labels;
-  Bytes images;
-  decode_cifar(bytes, source, kind, records, labels, images);
-  return make_cifar(labels, images, kind, source);
+  const int64_t n = count_cifar(bytes, source, kind, records);
+  Tensor img = empty({n, 3, 32, 32});
+  Tensor lab = empty({n}, {DType::i64});
+  decode_cifar(bytes, source, kind, n, img.data<float>(), lab.data<int64_t>());
+  return {img, lab, layout(kind).classes, source};
 }
 
 Dataset read_cifar(const std::string& path, CifarKind kind, int64_t records) {
@@ -405,33 +453,26 @@ Dataset read_cifar(const std::string& path, CifarKind kind, int64_t records) {
 }
 
 Dataset load_cifar10(const std::string& dir, Split split, const CifarOptions& opt) {
-  const bool train = split == Split::train, check_counts = opt.check_counts;
+  const bool train = split == Split::train;
   const fs::path folder = cifar_folder(dir, "cifar-10-batches-bin", train ? "data_batch_1.bin" : "test_batch.bin");
-  std::vector<std::string> files;
+  std::vector<std::string> paths;
   if (train)
-    for (int i = 1; i <= 5; ++i) files.push_back("data_batch_" + std::to_string(i) + ".bin");
+    for (int i = 1; i <= 5; ++i) paths.push_back((folder / ("data_batch_" + std::to_string(i) + ".bin")).string());
   else
-    files.push_back("test_batch.bin");
-  std::vector<int64_t> labels;
-  Bytes images;
-  for (const auto& f : files) {
-    const std::string path = (folder / f).string();
-    decode_cifar(read_file(path), path, CifarKind::cifar10, check_counts ? 10000 : 0, labels, images);
-  }
-  return make_cifar(labels, images, CifarKind::cifar10, train ? "cifar10-train" : "cifar10-test");
+    paths.push_back((folder / "test_batch.bin").string());
+  return load_cifar_files(paths, CifarKind::cifar10, opt.check_counts ? kCifar10FileRecords : 0,
+                          train ? "cifar10-train" : "cifar10-test");
 }
 
 Dataset load_cifar100(const std::string& dir, Split split, const CifarOptions& opt) {
-  const bool train = split == Split::train, coarse = opt.coarse, check_counts = opt.check_counts;
+  const bool train = split == Split::train, coarse = opt.coarse;
   const char* file = train ? "train.bin" : "test.bin";
   const fs::path folder = cifar_folder(dir, "cifar-100-binary", file);
   const CifarKind kind = coarse ? CifarKind::cifar100_coarse : CifarKind::cifar100_fine;
   const std::string path = (folder / file).string();
-  std::vector<int64_t> labels;
-  Bytes images;
-  decode_cifar(read_file(path), path, kind, check_counts ? (train ? 50000 : 10000) : 0, labels, images);
-  return make_cifar(labels, images, kind, std::string(train ? "cifar100-train" : "cifar100-test") +
-                                              (coarse ? "-coarse" : ""));
+  Dataset d = read_cifar(path, kind, opt.check_counts ? (train ? kCifar100FileRecords : 10000) : 0);
+  d.name = std::string(train ? "cifar100-train" : "cifar100-test") + (coarse ? "-coarse" : "");
+  return d;
 }
 
 }  // namespace flatmin::data

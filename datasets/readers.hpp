@@ -2,9 +2,10 @@
 // and the CIFAR-10/100 binary batches. Each has an in-memory entry point (parse_*) that the
 // file readers call and the fuzz test drives. Every reader checks sizes, magic numbers,
 // dimensions, label ranges and image/label agreement and throws flatmin::Error naming the
-// file and the problem; nothing is allocated beyond what the input actually holds, and the
+// file and the problem; nothing is allocated beyond what the input actually holds, the
 // MNIST-layout loaders bound the labels by the images' header and stream the images into
-// their float tensor (no intermediate byte copy).
+// their float tensor, and the CIFAR readers stream record by record into theirs (no
+// intermediate byte copy).
 #pragma once
 #include <cstdint>
 #include <span>
@@ -50,8 +51,15 @@ Dataset load_fashion_mnist(bool train, const std::string& dir = kFashionMnistDir
 
 // ---- CIFAR binary ----
 enum class CifarKind { cifar10, cifar100_fine, cifar100_coarse };
+// The largest file of each set (CIFAR-10's batches, CIFAR-100's train.bin): what one file of
+// that kind may hold, so what a gzip'd one may inflate to.
+inline constexpr int64_t kCifar10FileRecords = 10000;
+inline constexpr int64_t kCifar100FileRecords = 50000;
 // Records of 1 label byte (CIFAR-10) or 2 (CIFAR-100: coarse, fine) + 3072 bytes of a 3x32x32
-// image in channel-major order. `records` = expected record count, or 0 for any positive count.
+// image in channel-major order. `records` = expected record count, or 0 for any positive count
+// up to the kind's largest file. Plain or gzip; the records are streamed one by one into the
+// final tensors, and gzip data is inflated no further than the expected count (plus 64 bytes
+// to detect more) or, without one, than the kind's largest file.
 Dataset parse_cifar(ByteView bytes, const std::string& source, CifarKind kind, int64_t records = 0);
 Dataset read_cifar(const std::string& path, CifarKind kind, int64_t records = 0);
 enum class Split { train, test };

@@ -1,7 +1,7 @@
 #include "optim/certificate.hpp"
 
-#include <Eigen/Dense>
 #include <cmath>
+#include "autodiff/eigen.hpp"
 
 namespace flatmin::optim {
 

@@ -1,9 +1,8 @@
 // The optim layer in one include: optimizers (SGD, SAM/ASAM, RS and SA), sharpness
-// measures, flatness certificates, the Hessian spectrum and the theorems' settings,
-// training with checkpoints, data-parallel closures.
+// measures, flatness certificates, the Hessian spectrum and the theorems' settings.
+// Training with checkpoints and the data-parallel closures are a layer above (train/).
 #pragma once
 #include "optim/certificate.hpp"
-#include "optim/data_parallel.hpp"
 #include "optim/optimizer.hpp"
 #include "optim/perturbation.hpp"
 #include "optim/sam.hpp"
@@ -11,4 +10,3 @@
 #include "optim/sharpness.hpp"
 #include "optim/spectrum.hpp"
 #include "optim/theorems.hpp"
-#include "optim/training.hpp"

@@ -1,7 +1,7 @@
 #include "optim/sharpness.hpp"
 
-#include <Eigen/Eigenvalues>
 #include <cmath>
+#include "autodiff/eigen.hpp"
 
 namespace flatmin::optim {
 

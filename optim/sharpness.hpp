@@ -37,7 +37,7 @@ struct TraceEstimate {
 // Rademacher z: E[zᵀHz] = tr H. `like` gives the shapes (and dtype) of the parameters.
 TraceEstimate hutchinson_trace(const HvpFn& hvp, const Params& like, const HutchinsonOptions& o = {});
 // The same estimate with zᵀHz computed for `round` vectors at a time (e.g. shared out over
-// processes, optim/data_parallel.hpp): the stopping rule still runs sample by sample, so
+// processes, train/data_parallel.hpp): the stopping rule still runs sample by sample, so
 // the estimate does not depend on `round`; up to round−1 products past the stop are wasted.
 using QuadRoundFn = std::function<std::vector<double>(const std::vector<Params>& z)>;  // zᵢᵀHzᵢ
 TraceEstimate hutchinson_trace(const QuadRoundFn& quads, int round, const Params& like, const HutchinsonOptions& o = {});

@@ -1,11 +1,11 @@
 #include "optim/spectrum.hpp"
 
-#include <Eigen/Eigenvalues>
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <map>
 #include <numeric>
+#include "autodiff/eigen.hpp"
 
 namespace flatmin::optim {
 namespace {
@@ -190,7 +190,7 @@ SpectralDensity spectral_density(const HvpFn& hvp, const Params& like, const Den
   return s;
 }
 
-std::vector<ParamGroup> layer_groups(const nn::NamedTensors& named) {
+std::vector<ParamGroup> layer_groups(const std::vector<std::pair<std::string, Tensor>>& named) {
   std::vector<ParamGroup> groups;
   std::map<std::string, size_t> index;
   for (size_t i = 0; i < named.size(); ++i) {

@@ -9,7 +9,6 @@
 #include <string>
 #include <vector>
 
-#include "nn/module.hpp"
 #include "optim/sharpness.hpp"
 
 namespace flatmin::optim {
@@ -91,7 +90,8 @@ struct ParamGroup {
   std::vector<size_t> members;
 };
 // One group per layer: parameters named "a.b.weight" and "a.b.bias" form the group "a.b".
-std::vector<ParamGroup> layer_groups(const nn::NamedTensors& named);
+// `named` is what nn::Module::named_parameters() returns (spelled out: optim is below nn).
+std::vector<ParamGroup> layer_groups(const std::vector<std::pair<std::string, Tensor>>& named);
 // v_g ↦ (H [0, …, v_g, …, 0])_g: the diagonal block of H for a group.
 HvpFn restrict_hvp(const HvpFn& hvp, const Params& like, const std::vector<size_t>& members);
 

@@ -27,9 +27,23 @@ expect "--classes: Value 0 not in range" probe --classes 0 --weights w --batch b
 expect "--dims: Value 100000 not in range" ddep --dims 100000
 expect "--dims: Value 100000 not in range" table1 --dims 100000 --out "$tmp/t"
 expect "--dim: Value 100000 not in range" certify --eps 0.1 --problem dln --dim 100000
+expect "certify: --top-k must be in [1, 1000], got 0" certify --eps 0.1 --projector hessian --top-k 0
+expect "certify: --top-k must be in [1, 1000], got 5000" certify --eps 0.1 --projector hessian --top-k 5000
+expect "certify: --trace-samples must be in [1, 100000], got 1000000" certify --eps 0.1 --trace-samples 1000000 ckpt
+expect "table1: --seeds must be in [1, 10000], got 100000" table1 --seeds 100000 --out "$tmp/t"
+expect "table1: --cap must be in [1, 100000000], got 10000000000" table1 --cap 10000000000 --out "$tmp/t"
+expect "table1: --refine-cap must be in [1, 10000000], got 0" table1 --refine-cap 0 --out "$tmp/t"
+expect "table1: the number of --eps values must be in [1, 100], got 101" table1 --eps "$(printf '0.1,%.0s' {1..100})0.1" --out "$tmp/t"
+expect "hessian: --top-k must be in [1, 1000], got 100000" hessian ckpt --out "$tmp" --top-k 100000
+expect "hessian: --iterations must be in [0, 10000], got 100000" hessian ckpt --out "$tmp" --top-k 5 --iterations 100000
+expect "hessian: --density-iterations must be in [1, 10000], got 0" hessian ckpt --out "$tmp" --density --density-iterations 0
+expect "hessian: --runs must be in [1, 1000], got 5000" hessian ckpt --out "$tmp" --density --runs 5000
+expect "hessian: --bins must be in [2, 10000000], got 1" hessian ckpt --out "$tmp" --density --bins 1
+expect "hessian: --layer-samples must be in [1, 1000000], got 0" hessian ckpt --out "$tmp" --by-layer --layer-samples 0
+expect "hessian: --layer-iterations must be in [1, 10000], got 100000" hessian ckpt --out "$tmp" --by-layer --layer-iterations 100000
 expect "--mf-shape: Value 100 not in range" table1 --mf-shape 4,100,2 --out "$tmp/t"
 expect "--mf-shape: give p,q,k with 1 <= k < min(p, q)" table1 --mf-shape 4,4,4 --out "$tmp/t"
-expect "--mf-cap must be >= 1 step" table1 --mf-cap 0 --out "$tmp/t"
+expect "table1: --mf-cap must be in [1, 100000000], got 0" table1 --mf-cap 0 --out "$tmp/t"
 expect "--mf-eps: every ε must be a positive finite number" table1 --mf-eps 0.1,nan --out "$tmp/t"
 expect "--at: only --problem mf" certify --eps 0.1 --problem dln --at flat
 expect "--epochs 4611686018427387904: 4 steps per epoch overflow" train --dataset blobs --epochs 4611686018427387904

@@ -79,10 +79,10 @@ int run(int argc, char** argv) {
     throw Error("certify: --mf-shape: give p,q,k with 1 <= k < min(p, q)");
   if (app.count("--at") && problem != "mf")
     throw Error("certify: --at: only --problem mf has a closed-form flat minimum");
-  if ((projector == "hessian" || !checkpoint.empty()) && ns.top_k < 1) throw Error("certify: --top-k must be >= 1");
+  check_range("certify", "--top-k", ns.top_k, 1, 1000);
+  if (app.count("--trace-samples")) check_range("certify", "--trace-samples", co.trace_samples, 1, 100000);
   if (!checkpoint.empty()) {
-    if (co.trace_samples == 0) co.trace_samples = 10;
-    if (co.trace_samples < 1) throw Error("certify: --trace-samples must be >= 1");
+    if (co.trace_samples == 0) co.trace_samples = 10;  // not given
     auto [net, train] = load_checkpoint_model(model, data_spec, checkpoint, subset, parse_dtype(dtype_name), Device::parse(device));
     net->update_running_stats(false);
     Params p = net->parameters();

@@ -57,7 +57,7 @@ struct Settings {
   std::string device = "cpu", out, save_start, load_start;
   bool force = false;
   std::string command;  // the command line, for report.md
-  int64_t micro_shards = 1;  // data parallelism under mpirun (optim/data_parallel.hpp)
+  int64_t micro_shards = 1;  // data parallelism under mpirun (train/data_parallel.hpp)
 
   Settings() {
     model.model = "resnet18";

@@ -57,20 +57,21 @@ int run(int argc, char** argv) {
   app.add_option("--device", device, "cpu | cuda | cuda:N");
   CLI11_PARSE(app, argc, argv);
 
-  // Everything that can be refused is refused here, before the data is read.
+  // Everything that can be refused is refused here, before the data is read; every size flag
+  // is bounded.
   if (!top_k && !want_density && !by_layer) throw Error("hessian: nothing to compute: give --top-k K, --density or --by-layer");
-  if (top_k && *top_k <= 0) throw Error("hessian: --top-k must be >= 1, got " + std::to_string(*top_k));
-  if (iterations < 0) throw Error("hessian: --iterations must be >= 0 (0: automatic), got " + std::to_string(iterations));
+  if (top_k) check_range("hessian", "--top-k", *top_k, 1, 1000);
+  check_range("hessian", "--iterations", iterations, 0, 10000);
   if (top_k && iterations > 0 && *top_k > iterations)
     throw Error("hessian: --top-k " + std::to_string(*top_k) + " eigenvalues need at least as many Lanczos --iterations, got " +
                 std::to_string(iterations));
-  if (dens.iterations < 1) throw Error("hessian: --density-iterations must be >= 1");
-  if (dens.runs < 1) throw Error("hessian: --runs must be >= 1");
-  if (dens.bins < 2 || dens.bins > 10'000'000) throw Error("hessian: --bins must be in [2, 10000000]");
+  check_range("hessian", "--density-iterations", dens.iterations, 1, 10000);
+  check_range("hessian", "--runs", dens.runs, 1, 1000);
+  check_range("hessian", "--bins", dens.bins, 2, 10'000'000);
   if (!(dens.sigma_squared > 0) || !std::isfinite(dens.sigma_squared)) throw Error("hessian: --sigma-squared must be a positive number");
-  if (ho.max_samples < 1) throw Error("hessian: --layer-samples must be >= 1");
+  check_range("hessian", "--layer-samples", ho.max_samples, 1, 1'000'000);
   if (!(ho.tol >= 0)) throw Error("hessian: --layer-tol must be >= 0");
-  if (layer_iterations < 1) throw Error("hessian: --layer-iterations must be >= 1");
+  check_range("hessian", "--layer-iterations", layer_iterations, 1, 10000);
   std::error_code ec;
   if (!fs::is_directory(out_dir, ec)) throw Error("hessian: --out " + out_dir + " is not an existing folder");
   if (::access(out_dir.c_str(), W_OK | X_OK) != 0) throw Error("hessian: --out " + out_dir + " is not writable");

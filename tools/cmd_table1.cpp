@@ -240,6 +240,11 @@ double quantile(std::vector<double> v, double q) {  // linear interpolation
 void check_settings(const Settings& s) {
   if (s.eps.empty() || s.dln_eps.empty() || s.mf_eps.empty())
     throw Error("table1: --eps, --dln-eps, --mf-eps: give at least one ε");
+  // Sizes: each bounds the work (runs = problems × dims × methods × ε × seeds, steps per run).
+  check_range("table1", "the number of --eps values", int64_t(s.eps.size()), 1, 100);
+  check_range("table1", "the number of --dln-eps values", int64_t(s.dln_eps.size()), 1, 100);
+  check_range("table1", "the number of --mf-eps values", int64_t(s.mf_eps.size()), 1, 100);
+  check_range("table1", "the number of --dims values", int64_t(s.dims.size()), 1, 100);
   for (double e : s.eps)
     if (!(e > 0) || !std::isfinite(e)) throw Error("table1: --eps: every ε must be a positive finite number, got " + std::to_string(e));
   for (double e : s.dln_eps)
@@ -253,10 +258,10 @@ void check_settings(const Settings& s) {
   if (!(s.mf_alpha > 0) || !std::isfinite(s.mf_alpha))
     throw Error("table1: --mf-alpha must be a positive finite number");
   if (s.L && (!(*s.L > 0) || !std::isfinite(*s.L))) throw Error("table1: --L must be a positive finite number, got " + std::to_string(*s.L));
-  if (s.cap <= 0) throw Error("table1: --cap must be >= 1 step, got " + std::to_string(s.cap));
-  if (s.mf_cap <= 0) throw Error("table1: --mf-cap must be >= 1 step, got " + std::to_string(s.mf_cap));
-  if (s.refine_cap <= 0) throw Error("table1: --refine-cap must be >= 1 step");
-  if (s.seeds < 1) throw Error("table1: --seeds must be >= 1");
+  check_range("table1", "--cap", s.cap, 1, 100'000'000);
+  check_range("table1", "--mf-cap", s.mf_cap, 1, 100'000'000);
+  check_range("table1", "--refine-cap", s.refine_cap, 1, 10'000'000);
+  check_range("table1", "--seeds", s.seeds, 1, 10000);
   if (!(s.delta > 0 && s.delta <= 1)) throw Error("table1: --delta must be in (0, 1]");
   if (!(s.check_growth > 0) || !std::isfinite(s.check_growth)) throw Error("table1: --check-growth must be > 0");
   for (const std::string& p : s.problems)

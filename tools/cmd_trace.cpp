@@ -4,7 +4,7 @@
 #include <CLI/CLI.hpp>
 
 #include "tools/command.hpp"
-#include "optim/data_parallel.hpp"
+#include "train/data_parallel.hpp"
 #include "tools/train_setup.hpp"
 
 namespace flatmin::tools {

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "autodiff/tensor.hpp"
+
 namespace flatmin::tools {
 
 struct Command {
@@ -27,5 +29,13 @@ inline const CLI::Validator NotNegative(
       return at != std::string::npos && s[at] == '-' ? std::string("must not be negative, got " + s) : std::string();
     },
     "NOT NEGATIVE", "NotNegative");
+
+// A size flag outside [lo, hi]: one line "<command>: <flag> must be in [lo, hi], got <value>",
+// thrown after parsing and before any work.
+inline void check_range(const char* command, const char* flag, int64_t value, int64_t lo, int64_t hi) {
+  if (value < lo || value > hi)
+    throw Error(std::string(command) + ": " + flag + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                "], got " + std::to_string(value));
+}
 
 }  // namespace flatmin::tools

@@ -1,7 +1,7 @@
 #include "tools/flat_problems.hpp"
 
-#include <Eigen/Dense>
 #include <cmath>
+#include "autodiff/eigen.hpp"
 
 #include "datasets/synthetic.hpp"
 

@@ -1,6 +1,6 @@
 #include "tools/train_setup.hpp"
 
-#include "optim/data_parallel.hpp"
+#include "train/data_parallel.hpp"
 #include "tools/command.hpp"
 
 #include <signal.h>

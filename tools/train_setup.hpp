@@ -10,7 +10,7 @@
 
 #include "datasets/datasets.hpp"
 #include "nn/nn.hpp"
-#include "optim/training.hpp"
+#include "train/training.hpp"
 #include "tools/model_flags.hpp"
 
 namespace flatmin::tools {
@@ -60,7 +60,7 @@ struct ScheduleSpec {
   std::string dtype = "f32";
   std::string device = "cpu";  // cpu | cuda | cuda:N
   std::string loss = "ce";     // ce | mse (optim::ClassifierLoss)
-  int64_t micro_shards = 1;    // data parallelism (optim/data_parallel.hpp)
+  int64_t micro_shards = 1;    // data parallelism (train/data_parallel.hpp)
   void add_to(CLI::App& app);
   // Before any work: --metrics and --checkpoint can be written (nn::check_output_path).
   void check_outputs() const;

@@ -1,13 +1,8 @@
 // CPU elementwise kernels: fill, cast, arange, unary and broadcast binary ops, where, and
 // Philox random numbers (the CUDA twins are in autodiff/cuda/elementwise.cu). Eigen
 // vectorizes the unary math; rows run in parallel on oneTBB.
-// GCC 12's own AVX-512 headers initialise `__m512i __Y = __Y;` on purpose; inlined into
-// Eigen's pow it is reported as -Wuninitialized (a false positive, gone in GCC 13). Silenced
-// here, before any header, for this file's Eigen math only.
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-#include <Eigen/Core>
+#include "autodiff/eigen.hpp"  // first: its pragmas must cover <immintrin.h> (see there)
+
 #include <cmath>
 
 #include "autodiff/cpu/cpu_kernels.hpp"

@@ -1,6 +1,9 @@
 // IDX and CIFAR readers on small files built byte by byte here; expected values are known
 // by construction (pixel byte v becomes v/255).
 #include <doctest/doctest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "data_util.hpp"
 #include "datasets/readers.hpp"
@@ -155,6 +158,86 @@ TEST_CASE("cifar: bad inputs are named errors") {
         std::string::npos);
   // A CIFAR-10 file read as CIFAR-100 has the wrong record size.
   CHECK(error_of([&] { parse_cifar(b, "w", CifarKind::cifar100_fine); }).find("record size 3074") != std::string::npos);
+}
+
+TEST_CASE("cifar: gzip files stream to the same records, and their counts are checked") {
+  const Bytes b = testdata::cifar({{3}, {9}, {0}});
+  const Bytes gz = testdata::gzip(b);
+  const Dataset plain = parse_cifar(b, "p", CifarKind::cifar10);
+  for (int64_t records : {0, 3}) {
+    const Dataset z = parse_cifar(gz, "z", CifarKind::cifar10, records);
+    CHECK(z.labels.to_int_vector() == plain.labels.to_int_vector());
+    CHECK(z.images.to_vector() == plain.images.to_vector());
+  }
+  CHECK(error_of([&] {
+          parse_cifar(gz, "z", CifarKind::cifar10, 4);
+        }).find("z: truncated CIFAR-10 record 3 of the 4 expected: expected 3073 bytes, found 0") == 0);
+  CHECK(error_of([&] {
+          parse_cifar(gz, "z", CifarKind::cifar10, 2);
+        }).find("z: at least 64 unexpected bytes after the 2 records expected") == 0);
+  CHECK(error_of([&] {
+          parse_cifar(testdata::gzip(Bytes(b.begin(), b.end() - 5)), "z", CifarKind::cifar10);
+        }).find("z: size 9214 bytes is not a multiple of the CIFAR-10 record size 3073") == 0);
+  CHECK(error_of([&] {
+          parse_cifar(b, "z", CifarKind::cifar10, 10001);
+        }).find("expected record count 10001 is outside [0, 10000]") != std::string::npos);
+}
+
+// A gzip bomb (512 MiB of zeros: all-zero records with valid labels, in half a megabyte) is
+// refused after inflating at most the records a file may hold, into a 64 KiB buffer: the
+// peak resident memory it adds stays far below what inflating it would take. Measured in a
+// child process (fork), whose peak (getrusage) starts at its size when forked, so that the
+// rest of the suite's allocations do not hide it.
+TEST_CASE("cifar: a gzip bomb is refused with bounded memory") {
+  const Bytes member = testdata::gzip(Bytes(size_t(1) << 20, 0));
+  Bytes bomb;
+  for (int i = 0; i < 512; ++i) bomb.insert(bomb.end(), member.begin(), member.end());
+  CHECK(bomb.size() < (size_t(1) << 20));
+  struct Case {
+    CifarKind kind;
+    int64_t records;
+    const char* message;
+  };
+  const Case cases[] = {
+      {CifarKind::cifar10, 0, "decompresses to more than the 10000 records (30730000 bytes) a CIFAR-10 file holds"},
+      {CifarKind::cifar100_fine, 0,
+       "decompresses to more than the 50000 records (153700000 bytes) a CIFAR-100 file holds"},
+      {CifarKind::cifar10, 10, "at least 64 unexpected bytes after the 10 records expected"},
+  };
+  for (const Case& c : cases) {
+    const std::string message = c.message;
+    CAPTURE(message);
+    CHECK(error_of([&] { parse_cifar(bomb, "bomb.gz", c.kind, c.records); }).find(c.message) != std::string::npos);
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {  // the child: no doctest here; the peak's growth in KiB through the pipe
+      close(fds[0]);
+      alarm(120);
+      rusage before{}, after{};
+      getrusage(RUSAGE_SELF, &before);
+      long grew = -1;
+      try {
+        parse_cifar(bomb, "bomb.gz", c.kind, c.records);
+      } catch (const Error&) {
+        getrusage(RUSAGE_SELF, &after);
+        grew = after.ru_maxrss - before.ru_maxrss;
+      }
+      (void)!write(fds[1], &grew, sizeof grew);
+      _exit(0);
+    }
+    close(fds[1]);
+    long grew_kib = -2;
+    const bool got = read(fds[0], &grew_kib, sizeof grew_kib) == ssize_t(sizeof grew_kib);
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    REQUIRE(got);
+    CHECK(grew_kib >= 0);         // the child saw the Error
+    CHECK(grew_kib < 64 * 1024);  // under 64 MiB; inflating the bomb would take 512 MiB
+    MESSAGE("peak resident memory grew by " << grew_kib << " KiB refusing the bomb (" << message << ")");
+  }
 }
 
 TEST_CASE("cifar-10 and cifar-100 folders") {

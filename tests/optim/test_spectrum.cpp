@@ -3,9 +3,10 @@
 // the SLQ density's mean against the dense trace, and the per-group blocks.
 #include <doctest/doctest.h>
 
-#include <Eigen/Eigenvalues>
 #include <cmath>
+#include "autodiff/eigen.hpp"
 
+#include "nn/module.hpp"
 #include "optim/spectrum.hpp"
 
 using namespace flatmin;

@@ -20,8 +20,8 @@ refused() {
   grep -qF -- "$phrase" "$tmp/err" || { cat "$tmp/err"; fail "no '$phrase' in the error of: $*"; }
 }
 model=(--model mlp --hidden 8 --dataset blobs)
-refused "--top-k must be >= 1" hessian nothing.safetensors "${model[@]}" --top-k 0 --out "$tmp"
-refused "--top-k must be >= 1" hessian nothing.safetensors "${model[@]}" --top-k -3 --out "$tmp"
+refused "--top-k must be in [1, 1000], got 0" hessian nothing.safetensors "${model[@]}" --top-k 0 --out "$tmp"
+refused "--top-k must be in [1, 1000], got -3" hessian nothing.safetensors "${model[@]}" --top-k -3 --out "$tmp"
 refused "need at least as many Lanczos --iterations" hessian nothing.safetensors "${model[@]}" --top-k 6 --iterations 5 --out "$tmp"
 refused "is not an existing folder" hessian nothing.safetensors "${model[@]}" --top-k 2 --out "$tmp/missing"
 refused "nothing to compute" hessian nothing.safetensors "${model[@]}" --out "$tmp"
@@ -35,7 +35,7 @@ fi
 refused "--eps: every ε must be a positive finite number" table1 --eps 0.1,0 --out "$tmp/t1"
 refused "--eps: every ε must be a positive finite number" table1 --eps=-0.1 --out "$tmp/t1"
 refused "--L must be a positive finite number" table1 --L=-2 --out "$tmp/t1"
-refused "--cap must be >= 1 step" table1 --cap 0 --out "$tmp/t1"
+refused "--cap must be in [1, 100000000], got 0" table1 --cap 0 --out "$tmp/t1"
 refused "--delta must be in (0, 1]" table1 --delta 2 --out "$tmp/t1"
 refused "--eps must be a positive finite number" certify --eps 0
 [ ! -e "$tmp/t1" ] || fail "table1 wrote before refusing"

@@ -16,7 +16,7 @@
 #include "nn/layers.hpp"
 #include "nn/resnet.hpp"
 #include "nn/safetensors.hpp"
-#include "optim/training.hpp"
+#include "train/training.hpp"
 #include "tools/model_flags.hpp"
 #include "tools/train_setup.hpp"
 

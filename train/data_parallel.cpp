@@ -1,4 +1,4 @@
-#include "optim/data_parallel.hpp"
+#include "train/data_parallel.hpp"
 
 #include "autodiff/nn_ops.hpp"
 

@@ -1,4 +1,4 @@
-#include "optim/training.hpp"
+#include "train/training.hpp"
 
 #include <zlib.h>
 
@@ -8,7 +8,7 @@
 
 #include "autodiff/nn_ops.hpp"
 #include "nn/safetensors.hpp"
-#include "optim/data_parallel.hpp"
+#include "train/data_parallel.hpp"
 
 namespace flatmin::optim {
 

@@ -11,7 +11,7 @@
 #include "datasets/synthetic.hpp"
 #include "nn/layers.hpp"
 #include "nn/safetensors.hpp"
-#include "optim/training.hpp"
+#include "train/training.hpp"
 
 using namespace flatmin;
 using namespace flatmin::optim;

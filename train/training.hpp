@@ -1,4 +1,4 @@
-// Training a classifier with any optimizer of this folder: closures over a model and a
+// Training a classifier with any optimizer of optim/: closures over a model and a
 // data set (with the BatchNorm running-statistics hook), evaluation, an optimizer built
 // from a validated configuration, atomic checkpoints that resume bit for bit, and a loop
 // that stops cleanly (keeping the last good checkpoint) when the loss stops being finite.
@@ -32,7 +32,7 @@ Tensor classifier_loss(const Tensor& logits, const Tensor& labels, ClassifierLos
 // ---- closures over a model ----
 // The mean loss of net(images) against labels and its gradient at the model's current
 // parameters; with update_stats = false BatchNorm leaves its running statistics alone.
-// weight multiplies the loss (a micro-shard's share of its batch, optim/data_parallel.hpp).
+// weight multiplies the loss (a micro-shard's share of its batch, train/data_parallel.hpp).
 Evaluation classifier_evaluation(nn::Module& net, const Tensor& images, const Tensor& labels, const EvalOptions& o,
                                  ClassifierLoss loss = ClassifierLoss::cross_entropy, double weight = 1.0);
 Closure classifier_closure(nn::Module& net, const Tensor& images, const Tensor& labels,
@@ -103,7 +103,7 @@ void save_checkpoint(const std::string& path, const nn::Module& net, const Optim
 // (written before they existed) loads with a warning on stderr.
 CheckpointInfo load_checkpoint(const std::string& path, nn::Module& net, Optimizer& opt);
 
-// ---- data parallelism (closures in optim/data_parallel.hpp; docs/distributed.md) ----
+// ---- data parallelism (closures in train/data_parallel.hpp; docs/distributed.md) ----
 // Every batch is split into micro_shards fixed parts whose gradients are added in a fixed
 // tree: the result depends on micro_shards, never on the number of processes sharing them.
 struct DataParallel {

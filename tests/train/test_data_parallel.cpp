@@ -8,7 +8,7 @@
 
 #include "datasets/synthetic.hpp"
 #include "nn/layers.hpp"
-#include "optim/data_parallel.hpp"
+#include "train/data_parallel.hpp"
 
 using namespace flatmin;
 namespace dist = flatmin::distributed;

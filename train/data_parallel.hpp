@@ -15,7 +15,7 @@
 // Random draws (RS's u, SA's mini-batch i and σ, Hutchinson's z) come from the optimizers'
 // and estimators' seeded generators, which every process advances identically.
 #pragma once
-#include "optim/training.hpp"
+#include "train/training.hpp"
 
 namespace flatmin::optim {
 
