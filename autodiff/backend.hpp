@@ -13,13 +13,17 @@ namespace flatmin {
 // profiler prints) come from these lists.
 // sign: -1, 0, +1; pow_scalar: x ^ param; add_scalar: x + param; mul_scalar: x * param;
 // rsub_scalar: param - x; reciprocal: 1 / x.
+// clang-format off
 #define FLATMIN_UNARY_KERNELS(X)                                                                                \
   X(neg) X(exp) X(log) X(sqrt) X(rsqrt) X(tanh) X(sigmoid) X(softplus) X(relu) X(abs) X(sign) X(pow_scalar)     \
   X(add_scalar) X(mul_scalar) X(rsub_scalar) X(reciprocal)
+// clang-format on
 // Comparisons give 0/1 in the operands' type; where_positive(a, b) = b > 0 ? a : 0 (ReLU's
 // backward, with b its output).
+// clang-format off
 #define FLATMIN_BINARY_KERNELS(X) \
   X(add) X(sub) X(mul) X(div) X(maximum) X(minimum) X(gt) X(ge) X(lt) X(le) X(eq) X(where_positive)
+// clang-format on
 #define FLATMIN_REDUCE_KERNELS(X) X(sum) X(max) X(min)
 
 #define FLATMIN_KERNEL_ENUM(name) name,
@@ -54,7 +58,7 @@ class Backend {
 
   virtual void fill(Tensor& out, double value) = 0;
   virtual void cast(const Tensor& in, Tensor& out) = 0;  // dtype conversion, same shape
-  virtual void arange(Tensor& out) = 0;                   // 0, 1, 2, ...
+  virtual void arange(Tensor& out) = 0;                  // 0, 1, 2, ...
 
   // elementwise; `binary` and `where` broadcast their inputs to out's shape (NumPy rules)
   virtual void unary(UnaryOp op, const Tensor& x, Tensor& out, double param) = 0;
@@ -125,8 +129,8 @@ class Backend {
     return false;
   }
   virtual bool batch_norm_weight_grad_vjp(const Tensor& /*beta*/, const Tensor& /*g*/, const Tensor& /*x*/,
-                                          const Tensor& /*mean*/, const Tensor& /*var*/, double /*eps*/,
-                                          Tensor& /*dg*/, Tensor& /*dx*/) {
+                                          const Tensor& /*mean*/, const Tensor& /*var*/, double /*eps*/, Tensor& /*dg*/,
+                                          Tensor& /*dx*/) {
     return false;
   }
 };

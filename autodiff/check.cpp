@@ -42,7 +42,8 @@ double fvalue(const ScalarFn& f, const Params& x) { return value(f, x).item(); }
 
 DerivativeCheck check_derivatives(const ScalarFn& f, const Params& x, const DerivativeCheckOptions& opt) {
   for (const Tensor& t : x)
-    if (t.dtype() != DType::f64) throw Error("check_derivatives: inputs must be float64, got " + std::string(dtype_name(t.dtype())));
+    if (t.dtype() != DType::f64)
+      throw Error("check_derivatives: inputs must be float64, got " + std::string(dtype_name(t.dtype())));
   DerivativeCheck r;
   r.error.assign(size_t(std::max(opt.max_order, 0)), 0.0);
   const double h = opt.step * (1.0 + max_abs(x));
@@ -51,8 +52,8 @@ DerivativeCheck check_derivatives(const ScalarFn& f, const Params& x, const Deri
     r.error[order - 1] = std::max(r.error[order - 1], err);
     if (err > opt.rtol && r.ok) {
       r.ok = false;
-      r.message = "order " + std::to_string(order) + " (" + what + "): relative error " + std::to_string(err) +
-                  " > " + std::to_string(opt.rtol);
+      r.message = "order " + std::to_string(order) + " (" + what + "): relative error " + std::to_string(err) + " > " +
+                  std::to_string(opt.rtol);
     }
   };
   Params xd = detach(x);
@@ -156,7 +157,10 @@ TaylorReport taylor_check(const ScalarFn& f, const Params& x, const Params& u, c
       const double rem = rep.remainder[k][i];
       if (!(rem > floor[k] * 100)) continue;  // below the rounding floor: not informative
       const double lx = std::log(rep.radii[i]), ly = std::log(rem);
-      sx += lx; sy += ly; sxx += lx * lx; sxy += lx * ly;
+      sx += lx;
+      sy += ly;
+      sxx += lx * lx;
+      sxy += lx * ly;
       ++n;
     }
     rep.used.push_back(n);

@@ -9,10 +9,10 @@
 namespace flatmin {
 
 struct DerivativeCheckOptions {
-  int max_order = 3;           // check orders 1..max_order
-  int directions = 2;          // random directions per order (order 1 also checks every coordinate when d <= 64)
-  double step = 1e-5;          // finite-difference step (relative to 1 + ‖x‖∞)
-  double rtol = 1e-6;          // ‖analytic − numeric‖ ≤ rtol·max(‖analytic‖, ‖numeric‖) + atol
+  int max_order = 3;   // check orders 1..max_order
+  int directions = 2;  // random directions per order (order 1 also checks every coordinate when d <= 64)
+  double step = 1e-5;  // finite-difference step (relative to 1 + ‖x‖∞)
+  double rtol = 1e-6;  // ‖analytic − numeric‖ ≤ rtol·max(‖analytic‖, ‖numeric‖) + atol
   double atol = 1e-8;
   uint64_t seed = 1;
 };

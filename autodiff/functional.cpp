@@ -6,11 +6,12 @@ namespace flatmin {
 
 static void check_lists(const char* op, const Params& a, const Params& b) {
   if (a.size() != b.size())
-    throw Error(std::string(op) + ": lists of " + std::to_string(a.size()) + " and " + std::to_string(b.size()) + " tensors");
+    throw Error(std::string(op) + ": lists of " + std::to_string(a.size()) + " and " + std::to_string(b.size()) +
+                " tensors");
   for (size_t i = 0; i < a.size(); ++i)
     if (a[i].shape() != b[i].shape())
-      throw Error(std::string(op) + ": tensor " + std::to_string(i) + " has shapes " + to_string(a[i].shape()) + " and " +
-                  to_string(b[i].shape()));
+      throw Error(std::string(op) + ": tensor " + std::to_string(i) + " has shapes " + to_string(a[i].shape()) +
+                  " and " + to_string(b[i].shape()));
 }
 
 Tensor dot(const Params& a, const Params& b) {
@@ -59,7 +60,8 @@ Tensor flatten(const Params& x) {
 }
 Params unflatten(const Tensor& flat, const Params& like) {
   if (flat.dim() != 1 || flat.numel() != numel(like))
-    throw Error("unflatten: " + to_string(flat.shape()) + " does not hold " + std::to_string(numel(like)) + " elements");
+    throw Error("unflatten: " + to_string(flat.shape()) + " does not hold " + std::to_string(numel(like)) +
+                " elements");
   Params r;
   int64_t at = 0;
   for (const Tensor& t : like) {

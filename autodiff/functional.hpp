@@ -19,13 +19,13 @@ struct DiffOptions {
 };
 
 // ---- lists of tensors (parameters, directions) ----
-Tensor dot(const Params& a, const Params& b);  // Σ_k ⟨a_k, b_k⟩, differentiable
-Tensor norm(const Params& a);                  // sqrt(dot(a, a))
+Tensor dot(const Params& a, const Params& b);                 // Σ_k ⟨a_k, b_k⟩, differentiable
+Tensor norm(const Params& a);                                 // sqrt(dot(a, a))
 Params axpy(double alpha, const Params& x, const Params& y);  // alpha x + y
 Params scale(double alpha, const Params& x);
 Params detach(const Params& x);
 Params zeros_like(const Params& x);
-Params leaves(const Params& x);  // detached copies that require grad
+Params leaves(const Params& x);   // detached copies that require grad
 Tensor flatten(const Params& x);  // 1-d concatenation
 Params unflatten(const Tensor& flat, const Params& like);
 int64_t numel(const Params& x);
@@ -37,7 +37,7 @@ Tensor value(const ScalarFn& f, const Params& x);
 Params gradient(const ScalarFn& f, const Params& x, DiffOptions opt = {});
 Params hvp(const ScalarFn& f, const Params& x, const Params& v, DiffOptions opt = {});  // H v, reverse over reverse
 Params third(const ScalarFn& f, const Params& x, const Params& u, const Params& v,
-             DiffOptions opt = {});                                                   // ∇³f(x)[u, v]
+             DiffOptions opt = {});  // ∇³f(x)[u, v]
 // J v of a function of any output shape (reverse over reverse, no forward mode needed).
 Tensor jvp(const VectorFn& f, const Params& x, const Params& v, DiffOptions opt = {});
 // Dense Hessian of f over the concatenation of x (small inputs): d×d, float64 if x is.

@@ -252,9 +252,7 @@ std::vector<Node*> reachable(const std::vector<Node*>& roots, uint64_t mark) {
   return order;
 }
 
-void accumulate(Node& n, Tensor g) {
-  n.pending = n.pending.defined() ? add(n.pending, g) : std::move(g);
-}
+void accumulate(Node& n, Tensor g) { n.pending = n.pending.defined() ? add(n.pending, g) : std::move(g); }
 
 // One reverse sweep. targets[i] receives d(outputs)/d(target i) (undefined if unreached).
 std::vector<Tensor> sweep(const std::vector<Tensor>& outputs, const std::vector<Tensor>& seeds,
@@ -336,8 +334,8 @@ std::vector<Tensor> sweep(const std::vector<Tensor>& outputs, const std::vector<
 std::vector<Tensor> make_seeds(const std::vector<Tensor>& outputs, const std::vector<Tensor>& grad_outputs) {
   std::vector<Tensor> seeds;
   if (!grad_outputs.empty() && grad_outputs.size() != outputs.size())
-    throw Error("grad: " + std::to_string(grad_outputs.size()) + " grad_outputs for " +
-                std::to_string(outputs.size()) + " outputs");
+    throw Error("grad: " + std::to_string(grad_outputs.size()) + " grad_outputs for " + std::to_string(outputs.size()) +
+                " outputs");
   for (size_t i = 0; i < outputs.size(); ++i) {
     const Tensor& o = outputs[i];
     if (!o.defined()) throw Error("grad: output " + std::to_string(i) + " is undefined");
@@ -393,8 +391,7 @@ Tensor grad(const Tensor& output, const Tensor& input, const GradOptions& opt) {
 }
 
 void accumulate_into_leaves(const Tensor& output) {
-  if (!output.requires_grad())
-    throw Error("backward: the tensor does not require grad (no input of it requires grad)");
+  if (!output.requires_grad()) throw Error("backward: the tensor does not require grad (no input of it requires grad)");
   if (output.numel() != 1)
     throw Error("backward: the output has shape " + to_string(output.shape()) + "; backward() needs a scalar");
   std::vector<Node*> leaves;

@@ -110,7 +110,7 @@ class Node : public std::enable_shared_from_this<Node> {
   Shape out_shape;
   DType out_dtype = DType::f32;
   uint64_t out_version = 0;
-  Rule rule;                             // empty for leaves
+  Rule rule;  // empty for leaves
   bool released = false;
 
   Tensor grad;  // leaves: what backward() accumulated

@@ -51,8 +51,7 @@ inline std::vector<int64_t> broadcast_strides(const Shape& in, const Shape& out)
 // (so that the input gradient, a convolution with padding 2 - p, is one too), and at least
 // 32 channels each way (below that the transforms cost more than the multiplications they
 // save: bench/conv_bench).
-inline bool use_winograd(int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t C,
-                         int64_t O) {
+inline bool use_winograd(int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t C, int64_t O) {
   return KH == 3 && KW == 3 && sh == 1 && sw == 1 && ph <= 2 && pw <= 2 && C >= 32 && O >= 32;
 }
 

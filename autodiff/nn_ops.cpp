@@ -36,8 +36,8 @@ Shape conv_out_shape(const char* op, const Shape& x, const Shape& w, const Conv2
   check_rank(op, x, 4, "input shape (N, C, H, W)");
   check_rank(op, w, 4, "weight shape (O, C, KH, KW)");
   if (x[1] != w[1])
-    throw Error(std::string(op) + ": input " + to_string(x) + " has " + std::to_string(x[1]) +
-                " channels but weight " + to_string(w) + " expects " + std::to_string(w[1]));
+    throw Error(std::string(op) + ": input " + to_string(x) + " has " + std::to_string(x[1]) + " channels but weight " +
+                to_string(w) + " expects " + std::to_string(w[1]));
   const int64_t eh = x[2] + 2 * o.padding - w[2], ew = x[3] + 2 * o.padding - w[3];
   if (eh < 0 || ew < 0 || w[2] < 1 || w[3] < 1)
     throw Error(std::string(op) + ": kernel " + to_string(w) + " is larger than the padded input " + to_string(x) +
@@ -65,7 +65,8 @@ Pool2dParams pool_params(const char* op, const Shape& x, const Pool2dOptions& o)
   return {k, k, s, s, p, p};
 }
 Shape pool_out_shape(const Shape& x, const Pool2dParams& p) {
-  return {x[0], x[1], (x[2] + 2 * p.pad_h - p.kernel_h) / p.stride_h + 1, (x[3] + 2 * p.pad_w - p.kernel_w) / p.stride_w + 1};
+  return {x[0], x[1], (x[2] + 2 * p.pad_h - p.kernel_h) / p.stride_h + 1,
+          (x[3] + 2 * p.pad_w - p.kernel_w) / p.stride_w + 1};
 }
 
 }  // namespace
@@ -95,7 +96,8 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dOption
   check_floating(op, bias, "bias");
   check_same(op, x, "input", bias, "bias");
   if (bias.shape() != Shape{w.shape()[0]})
-    throw Error("conv2d: bias has shape " + to_string(bias.shape()) + ", expected [" + std::to_string(w.shape()[0]) + "]");
+    throw Error("conv2d: bias has shape " + to_string(bias.shape()) + ", expected [" + std::to_string(w.shape()[0]) +
+                "]");
   return add(out, reshape(bias, {1, w.shape()[0], 1, 1}));
 }
 
@@ -381,7 +383,8 @@ static Rule batch_norm_weight_grad_rule(double eps, const Axes& axes) {
     }
     const BnStats s = bn_stats(x, eps, axes);
     Tensor b = reshape(beta, channel_shape(x));
-    return std::vector<Tensor>{c.needs(0) ? mul(b, s.xhat) : Tensor(), c.needs(1) ? mul(b, bn_project(g, s, axes)) : Tensor()};
+    return std::vector<Tensor>{c.needs(0) ? mul(b, s.xhat) : Tensor(),
+                               c.needs(1) ? mul(b, bn_project(g, s, axes)) : Tensor()};
   };
 }
 
@@ -391,8 +394,7 @@ static Rule batch_norm_weight_grad_rule(double eps, const Axes& axes) {
 // only g, x and w (and the statistics), where the composite would save five full-size
 // intermediates per layer. Unrecorded, their rules run as the backend's fused kernels.
 static std::vector<Tensor> batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& bmean,
-                                               const Tensor& bvar, double eps, const Axes& axes,
-                                               const RuleContext& c) {
+                                               const Tensor& bvar, double eps, const Axes& axes, const RuleContext& c) {
   const Shape vs{x.shape()[1]};
   Tensor gx, gw, gb;
   {
@@ -544,8 +546,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, Reduction r) {
   const char* op = "cross_entropy";
   check_floating(op, logits, "logits");
   if (logits.dim() != 2) throw Error("cross_entropy: logits must be (N, K), got " + to_string(logits.shape()));
-  if (!target.defined() || target.dtype() != DType::i64)
-    throw Error("cross_entropy: target must be int64 labels (N)");
+  if (!target.defined() || target.dtype() != DType::i64) throw Error("cross_entropy: target must be int64 labels (N)");
   const int64_t N = logits.shape()[0], K = logits.shape()[1];
   if (target.shape() != Shape{N})
     throw Error("cross_entropy: target has shape " + to_string(target.shape()) + ", expected [" + std::to_string(N) +

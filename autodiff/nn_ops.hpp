@@ -36,13 +36,13 @@ Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w);
 // backends' fused kernels compute the forward, the backward and the rules of the two
 // backward ops (second order) whenever that step is not itself recorded.
 struct BatchNormOptions {
-  bool training = false;        // batch statistics (true) or running statistics (false)
-  bool update_running = true;   // in training, fold the batch statistics into the running ones
+  bool training = false;       // batch statistics (true) or running statistics (false)
+  bool update_running = true;  // in training, fold the batch statistics into the running ones
   double momentum = 0.1;
   double eps = 1e-5;
 };
-Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
-                  Tensor& running_var, const BatchNormOptions& opt);
+Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean, Tensor& running_var,
+                  const BatchNormOptions& opt);
 // Group normalization: statistics per (sample, group of C/groups channels), affine per
 // channel (weight/bias may be undefined). Exact at every order, like batch_norm.
 Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps = 1e-5);

@@ -14,6 +14,7 @@ namespace flatmin {
 // X(name, check): `check` says how the op's derivatives are tested: `fd` by finite
 // differences in float64 at orders 1-3 (and CPU/CUDA parity), `own` by a test of its own
 // because finite differences cannot see it (a change of precision or of device).
+// clang-format off
 #define FLATMIN_OPS(X)                                                                                           \
   /* elementwise (ops_elementwise.cpp) */                                                                        \
   X(add, fd) X(sub, fd) X(mul, fd) X(div, fd) X(maximum, fd) X(minimum, fd) X(neg, fd) X(add_scalar, fd)       \
@@ -32,6 +33,7 @@ namespace flatmin {
   /* network ops (nn_ops.cpp) */                                                                                 \
   X(conv2d, fd) X(conv2d_input_grad, fd) X(conv2d_weight_grad, fd) X(max_pool2d, fd) X(avg_pool2d, fd)           \
   X(avg_pool2d_adjoint, fd) X(batch_norm, fd) X(batch_norm_input_grad, fd) X(batch_norm_weight_grad, fd)
+// clang-format on
 
 enum class Op : uint8_t {
 #define FLATMIN_OP_ENUM(name, check) name,

@@ -164,8 +164,8 @@ static Tensor unary_op(Op op, UnaryOp k, const Tensor& x, UnaryOptions o, UnaryR
     // The closure holds two words, so std::function stores it without a heap allocation;
     // what was saved is read back from the node.
     Rule r = [rule, param](const Tensor& g, const RuleContext& c) {
-      return std::vector<Tensor>{rule(g, c.node().saved.empty() ? Tensor() : c.saved(0),
-                                      c.node().out_storage ? c.output() : Tensor(), param)};
+      return std::vector<Tensor>{
+          rule(g, c.node().saved.empty() ? Tensor() : c.saved(0), c.node().out_storage ? c.output() : Tensor(), param)};
     };
     auto f = [forward, param](const std::vector<Jet>& in, const Tensor& y) { return forward(in[0], y, param); };
     if (o.save_input)
@@ -367,7 +367,8 @@ Tensor abs(const Tensor& x) {
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   check_pair("where", a, b);
   check_defined("where", cond, "condition");
-  if (cond.device() != a.device()) throw Error("where: condition on " + cond.device().str() + ", values on " + a.device().str());
+  if (cond.device() != a.device())
+    throw Error("where: condition on " + cond.device().str() + ", values on " + a.device().str());
   Tensor c = cond.dtype() == a.dtype() ? cond : to_dtype(cond.detach(), a.dtype());
   Shape s = broadcast_shapes(broadcast_shapes(c.shape(), a.shape(), "where"), b.shape(), "where");
   Tensor out = empty(s, a.options());
@@ -392,7 +393,10 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
 }
 
 // ---------------------------------------------------------------- constants (never recorded)
-Tensor sign(const Tensor& x) { check_floating("sign", x); return unary_kernel(UnaryOp::sign, x); }
+Tensor sign(const Tensor& x) {
+  check_floating("sign", x);
+  return unary_kernel(UnaryOp::sign, x);
+}
 Tensor gt(const Tensor& a, const Tensor& b) { return binary_kernel(BinaryOp::gt, a, b, "gt"); }
 Tensor ge(const Tensor& a, const Tensor& b) { return binary_kernel(BinaryOp::ge, a, b, "ge"); }
 Tensor lt(const Tensor& a, const Tensor& b) { return binary_kernel(BinaryOp::lt, a, b, "lt"); }

@@ -25,7 +25,8 @@ static void check_index_range(const char* op, const Tensor& idx, int64_t n) {
   const int64_t* v = data_ptr<int64_t>(host);
   for (int64_t i = 0, count = host.numel(); i < count; ++i)
     if (v[i] < 0 || v[i] >= n)
-      throw Error(std::string(op) + ": index " + std::to_string(v[i]) + " is out of range for extent " + std::to_string(n));
+      throw Error(std::string(op) + ": index " + std::to_string(v[i]) + " is out of range for extent " +
+                  std::to_string(n));
 }
 
 Tensor index_select(const Tensor& x, int64_t axis, const Tensor& idx) {
@@ -54,7 +55,8 @@ Tensor index_add(const Tensor& x, const Shape& shape, int64_t axis, const Tensor
   check_index("index_add", x, idx);
   axis = normalize_axis(axis, x.dim(), "index_add");
   Shape expect = shape;
-  if (int64_t(expect.size()) != x.dim()) throw Error("index_add: rank of " + to_string(shape) + " differs from " + to_string(x.shape()));
+  if (int64_t(expect.size()) != x.dim())
+    throw Error("index_add: rank of " + to_string(shape) + " differs from " + to_string(x.shape()));
   expect[axis] = idx.numel();
   if (expect != x.shape() || idx.dim() != 1)
     throw Error("index_add: source " + to_string(x.shape()) + " does not match target " + to_string(shape) + " with " +
@@ -76,10 +78,10 @@ Tensor index_add(const Tensor& x, const Shape& shape, int64_t axis, const Tensor
 
 static void check_gather_shapes(const char* op, const Shape& data, const Shape& index, int64_t axis) {
   bool ok = data.size() == index.size();
-  for (size_t i = 0; ok && i < data.size(); ++i)
-    ok = int64_t(i) == axis || data[i] == index[i];
-  if (!ok) throw Error(std::string(op) + ": index shape " + to_string(index) + " must match " + to_string(data) +
-                       " except along axis " + std::to_string(axis));
+  for (size_t i = 0; ok && i < data.size(); ++i) ok = int64_t(i) == axis || data[i] == index[i];
+  if (!ok)
+    throw Error(std::string(op) + ": index shape " + to_string(index) + " must match " + to_string(data) +
+                " except along axis " + std::to_string(axis));
 }
 Tensor gather(const Tensor& x, int64_t axis, const Tensor& idx) {
   check_defined("gather", x);

@@ -20,7 +20,8 @@ namespace flatmin {
 int64_t normalize_axis(int64_t axis, int64_t rank, const char* op) {
   const int64_t a = axis < 0 ? axis + rank : axis;
   if (a < 0 || a >= std::max<int64_t>(rank, 1))
-    throw Error(std::string(op) + ": axis " + std::to_string(axis) + " is out of range for rank " + std::to_string(rank));
+    throw Error(std::string(op) + ": axis " + std::to_string(axis) + " is out of range for rank " +
+                std::to_string(rank));
   return a;
 }
 
@@ -91,7 +92,8 @@ Tensor squeeze(const Tensor& x, int64_t axis) {
 Tensor permute(const Tensor& x, const std::vector<int64_t>& perm_in) {
   check_defined("permute", x);
   if (int64_t(perm_in.size()) != x.dim())
-    throw Error("permute: " + std::to_string(perm_in.size()) + " axes given for a tensor of shape " + to_string(x.shape()));
+    throw Error("permute: " + std::to_string(perm_in.size()) + " axes given for a tensor of shape " +
+                to_string(x.shape()));
   std::vector<int64_t> perm(perm_in.size()), inverse(perm_in.size());
   std::vector<bool> seen(perm.size(), false);
   Shape s(perm.size());
@@ -192,10 +194,12 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t axis) {
   for (size_t i = 0; i < xs.size(); ++i) {
     check_pair("concat", xs[0], xs[i]);
     Shape a = xs[i].shape(), b = xs[0].shape();
-    if (a.size() != b.size()) throw Error("concat: tensor " + std::to_string(i) + " has shape " + to_string(a) + ", tensor 0 " + to_string(b));
+    if (a.size() != b.size())
+      throw Error("concat: tensor " + std::to_string(i) + " has shape " + to_string(a) + ", tensor 0 " + to_string(b));
     a[axis] = b[axis] = 0;
-    if (a != b) throw Error("concat: tensor " + std::to_string(i) + " has shape " + to_string(xs[i].shape()) +
-                            ", incompatible with " + to_string(xs[0].shape()) + " along axis " + std::to_string(axis));
+    if (a != b)
+      throw Error("concat: tensor " + std::to_string(i) + " has shape " + to_string(xs[i].shape()) +
+                  ", incompatible with " + to_string(xs[0].shape()) + " along axis " + std::to_string(axis));
     s[axis] += xs[i].shape()[axis];
   }
   Tensor out = zeros(s, xs[0].options());

@@ -35,7 +35,10 @@ static Tensor mm(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   // otherwise it is expanded to the full batch.
   auto operand = [&](const Tensor& t, const Shape& bt, int64_t& stride) {
     const int64_t mat = t.shape()[t.dim() - 2] * t.shape()[t.dim() - 1];
-    if (numel(bt) == 1) { stride = 0; return t; }
+    if (numel(bt) == 1) {
+      stride = 0;
+      return t;
+    }
     stride = mat;
     if (bt == batch) return t;
     Shape full = batch;
@@ -78,7 +81,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 
 Tensor dot(const Tensor& a, const Tensor& b) {
   check_pair("dot", a, b);
-  if (a.shape() != b.shape()) throw Error("dot: shapes " + to_string(a.shape()) + " and " + to_string(b.shape()) + " differ");
+  if (a.shape() != b.shape())
+    throw Error("dot: shapes " + to_string(a.shape()) + " and " + to_string(b.shape()) + " differ");
   return sum(mul(a, b));
 }
 

@@ -107,11 +107,14 @@ Tensor min(const Tensor& x, Axes axes, bool keepdim) { return extreme_reduce(x, 
 Tensor sum_to(const Tensor& x, const Shape& shape) {
   if (x.shape() == shape) return x;
   const int64_t lead = x.dim() - int64_t(shape.size());
-  if (lead < 0) throw Error("sum_to: cannot reduce " + to_string(x.shape()) + " to the larger rank of " + to_string(shape));
+  if (lead < 0)
+    throw Error("sum_to: cannot reduce " + to_string(x.shape()) + " to the larger rank of " + to_string(shape));
   Axes axes;
   for (int64_t i = 0; i < x.dim(); ++i) {
-    if (i < lead) axes.push_back(i);
-    else if (shape[i - lead] == 1 && x.shape()[i] != 1) axes.push_back(i);
+    if (i < lead)
+      axes.push_back(i);
+    else if (shape[i - lead] == 1 && x.shape()[i] != 1)
+      axes.push_back(i);
     else if (shape[i - lead] != x.shape()[i])
       throw Error("sum_to: cannot reduce " + to_string(x.shape()) + " to " + to_string(shape));
   }
@@ -144,9 +147,7 @@ Tensor softmax(const Tensor& x, int64_t axis) {
   Tensor e = exp(sub(x, m));
   return div(e, sum(e, {axis}, true));
 }
-Tensor log_softmax(const Tensor& x, int64_t axis) {
-  return sub(x, logsumexp(x, axis, true));
-}
+Tensor log_softmax(const Tensor& x, int64_t axis) { return sub(x, logsumexp(x, axis, true)); }
 Tensor argmax(const Tensor& x, int64_t axis, bool keepdim) {
   check_floating("argmax", x);
   axis = normalize_axis(axis, x.dim(), "argmax");

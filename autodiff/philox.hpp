@@ -54,8 +54,6 @@ FM_HD double normal(uint64_t seed, uint64_t i) {  // Box-Muller
   const double u1 = to_unit(r.x, r.y), u2 = to_unit(r.z, r.w);
   return ::sqrt(-2.0 * ::log(u1)) * ::cos(6.283185307179586476925 * u2);
 }
-FM_HD double rademacher(uint64_t seed, uint64_t i) {
-  return (block(i, seed).x & 1u) ? 1.0 : -1.0;
-}
+FM_HD double rademacher(uint64_t seed, uint64_t i) { return (block(i, seed).x & 1u) ? 1.0 : -1.0; }
 
 }  // namespace flatmin::philox

@@ -35,15 +35,39 @@ class TimedBackend final : public Backend {
  public:
   explicit TimedBackend(Backend& b) : b_(b) {}
   const char* name() const override { return b_.name(); }
-  void* allocate(size_t bytes) override { Scope s("allocate"); return b_.allocate(bytes); }
-  void deallocate(void* p, size_t bytes) override { Scope s("deallocate"); b_.deallocate(p, bytes); }
-  void copy_from_host(void* d, const void* s, size_t n) override { Scope t("copy_from_host"); b_.copy_from_host(d, s, n); }
-  void copy_to_host(void* d, const void* s, size_t n) override { Scope t("copy_to_host"); b_.copy_to_host(d, s, n); }
-  void copy(void* d, const void* s, size_t n) override { Scope t("copy"); b_.copy(d, s, n); }
+  void* allocate(size_t bytes) override {
+    Scope s("allocate");
+    return b_.allocate(bytes);
+  }
+  void deallocate(void* p, size_t bytes) override {
+    Scope s("deallocate");
+    b_.deallocate(p, bytes);
+  }
+  void copy_from_host(void* d, const void* s, size_t n) override {
+    Scope t("copy_from_host");
+    b_.copy_from_host(d, s, n);
+  }
+  void copy_to_host(void* d, const void* s, size_t n) override {
+    Scope t("copy_to_host");
+    b_.copy_to_host(d, s, n);
+  }
+  void copy(void* d, const void* s, size_t n) override {
+    Scope t("copy");
+    b_.copy(d, s, n);
+  }
   void synchronize() override { b_.synchronize(); }
-  void fill(Tensor& out, double v) override { Scope s("fill"); b_.fill(out, v); }
-  void cast(const Tensor& in, Tensor& out) override { Scope s("cast"); b_.cast(in, out); }
-  void arange(Tensor& out) override { Scope s("arange"); b_.arange(out); }
+  void fill(Tensor& out, double v) override {
+    Scope s("fill");
+    b_.fill(out, v);
+  }
+  void cast(const Tensor& in, Tensor& out) override {
+    Scope s("cast");
+    b_.cast(in, out);
+  }
+  void arange(Tensor& out) override {
+    Scope s("arange");
+    b_.arange(out);
+  }
   void unary(UnaryOp op, const Tensor& x, Tensor& out, double p) override {
     Scope s("unary", kernel_name(op));
     b_.unary(op, x, out, p);
@@ -60,7 +84,10 @@ class TimedBackend final : public Backend {
     Scope s("reduce", kernel_name(op));
     b_.reduce(op, x, out);
   }
-  void expand(const Tensor& x, Tensor& out) override { Scope s("expand"); b_.expand(x, out); }
+  void expand(const Tensor& x, Tensor& out) override {
+    Scope s("expand");
+    b_.expand(x, out);
+  }
   void permute(const Tensor& x, Tensor& out, const std::vector<int64_t>& perm) override {
     Scope s("permute");
     b_.permute(x, out, perm);
@@ -131,9 +158,8 @@ class TimedBackend final : public Backend {
     Scope s("batch_norm_backward");
     return b_.batch_norm_backward(g, x, w, mean, var, eps, gx, gw, gb);
   }
-  bool batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& w,
-                                 const Tensor& mean, const Tensor& var, double eps, Tensor& dg, Tensor& dx,
-                                 Tensor& dw) override {
+  bool batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean,
+                                 const Tensor& var, double eps, Tensor& dg, Tensor& dx, Tensor& dw) override {
     Scope s("batch_norm_input_grad_vjp");
     return b_.batch_norm_input_grad_vjp(a, g, x, w, mean, var, eps, dg, dx, dw);
   }
@@ -181,7 +207,8 @@ void print(std::FILE* out) {
         total += e.seconds;
       }
     if (rows.empty()) continue;
-    std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+    std::sort(rows.begin(), rows.end(),
+              [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
     std::fprintf(out, "\n| %s | calls | seconds | share |\n|---|---:|---:|---:|\n",
                  rules ? "derivative rule (incl. its kernels)" : "kernel");
     for (const auto& [k, e] : rows)
@@ -194,7 +221,8 @@ void print(std::FILE* out) {
 
 Backend& timed(Backend& inner) {
   static std::mutex mutex;
-  static std::map<Backend*, std::unique_ptr<TimedBackend>>* wrappers = new std::map<Backend*, std::unique_ptr<TimedBackend>>;
+  static std::map<Backend*, std::unique_ptr<TimedBackend>>* wrappers =
+      new std::map<Backend*, std::unique_ptr<TimedBackend>>;
   std::lock_guard<std::mutex> lock(mutex);
   auto& w = (*wrappers)[&inner];
   if (!w) w = std::make_unique<TimedBackend>(inner);

@@ -14,8 +14,8 @@ namespace flatmin::profile {
 
 bool enabled();  // FLATMIN_PROFILE is set to something other than "" or "0" (read once)
 void add(const char* name, const char* detail, double seconds);  // thread-safe
-void print(std::FILE* out);  // the tables so far, then cleared
-double now();                // seconds, monotonic
+void print(std::FILE* out);                                      // the tables so far, then cleared
+double now();                                                    // seconds, monotonic
 
 // Times a scope into (name, detail) when profiling is on.
 class Scope {

@@ -14,7 +14,10 @@ class Generator {
   explicit Generator(uint64_t seed = 0) : seed_(seed) {}
   uint64_t seed() const { return seed_; }
   uint64_t offset() const { return offset_; }  // numbers drawn so far
-  void set_state(uint64_t seed, uint64_t offset) { seed_ = seed; offset_ = offset; }
+  void set_state(uint64_t seed, uint64_t offset) {
+    seed_ = seed;
+    offset_ = offset;
+  }
 
   Tensor uniform(const Shape& shape, TensorOptions opt = {}, double low = 0.0, double high = 1.0);
   Tensor normal(const Shape& shape, TensorOptions opt = {}, double mean = 0.0, double stddev = 1.0);
@@ -28,8 +31,8 @@ class Generator {
 
   // Host draws (consume the same stream).
   double uniform01();
-  int64_t randint(int64_t n);                     // uniform on {0, ..., n-1}
-  std::vector<int64_t> permutation(int64_t n);    // Fisher-Yates on the stream
+  int64_t randint(int64_t n);                   // uniform on {0, ..., n-1}
+  std::vector<int64_t> permutation(int64_t n);  // Fisher-Yates on the stream
 
  private:
   Tensor draw(int kind, const Shape& shape, TensorOptions opt);

@@ -27,15 +27,12 @@ Device Device::parse(const std::string& s) {
   if (s == "cuda") return cuda(0);
   if (s.rfind("cuda:", 0) == 0) {
     const std::string n = s.substr(5);
-    if (!n.empty() && n.find_first_not_of("0123456789") == std::string::npos && n.size() < 4)
-      return cuda(std::stoi(n));
+    if (!n.empty() && n.find_first_not_of("0123456789") == std::string::npos && n.size() < 4) return cuda(std::stoi(n));
   }
   throw Error("device: '" + s + "' is not a device (expected cpu, cuda or cuda:N)");
 }
 
-std::string Device::str() const {
-  return kind == DeviceKind::cpu ? "cpu" : "cuda:" + std::to_string(index);
-}
+std::string Device::str() const { return kind == DeviceKind::cpu ? "cpu" : "cuda:" + std::to_string(index); }
 
 int64_t numel(const Shape& s) {
   bool zero = false;
@@ -81,9 +78,7 @@ static std::shared_ptr<TensorImpl> new_impl() {
 
 // ---- Tensor ----
 void Tensor::throw_undefined(const char* what) { throw Error(std::string(what) + ": the tensor is undefined"); }
-int64_t Tensor::size(int64_t axis) const {
-  return shape()[normalize_axis(axis, dim(), "size")];
-}
+int64_t Tensor::size(int64_t axis) const { return shape()[normalize_axis(axis, dim(), "size")]; }
 int64_t Tensor::numel() const { return flatmin::numel(shape()); }
 
 template <class T> static DType dtype_of();
@@ -117,9 +112,19 @@ std::vector<double> Tensor::to_vector() const {
   Tensor h = device().kind == DeviceKind::cpu ? *this : to(Device::cpu());
   std::vector<double> r(size_t(h.numel()));
   switch (h.dtype()) {
-    case DType::f32: { auto p = data_ptr<float>(h); for (size_t i = 0; i < r.size(); ++i) r[i] = p[i]; break; }
-    case DType::f64: if (!r.empty()) std::memcpy(r.data(), data_ptr<double>(h), r.size() * 8); break;
-    case DType::i64: { auto p = data_ptr<int64_t>(h); for (size_t i = 0; i < r.size(); ++i) r[i] = double(p[i]); break; }
+    case DType::f32: {
+      auto p = data_ptr<float>(h);
+      for (size_t i = 0; i < r.size(); ++i) r[i] = p[i];
+      break;
+    }
+    case DType::f64:
+      if (!r.empty()) std::memcpy(r.data(), data_ptr<double>(h), r.size() * 8);
+      break;
+    case DType::i64: {
+      auto p = data_ptr<int64_t>(h);
+      for (size_t i = 0; i < r.size(); ++i) r[i] = double(p[i]);
+      break;
+    }
   }
   return r;
 }
@@ -155,7 +160,8 @@ void Tensor::set_grad(const Tensor& g) {
   check_defined("set_grad");
   if (!impl_->node || !impl_->node->is_leaf()) throw Error("set_grad: the tensor is not a leaf that requires grad");
   if (g.defined() && g.shape() != shape())
-    throw Error("set_grad: gradient shape " + to_string(g.shape()) + " differs from tensor shape " + to_string(shape()));
+    throw Error("set_grad: gradient shape " + to_string(g.shape()) + " differs from tensor shape " +
+                to_string(shape()));
   impl_->node->grad = g;
 }
 void Tensor::zero_grad() {
@@ -184,13 +190,15 @@ Tensor Tensor::to(DType t) const { return to_dtype(*this, t); }
 
 static void check_inplace(const Tensor& t, const char* op) {
   if (t.requires_grad() && grad_enabled())
-    throw Error(std::string(op) + ": in-place update of a tensor that requires grad while recording; "
+    throw Error(std::string(op) +
+                ": in-place update of a tensor that requires grad while recording; "
                 "wrap the update in flatmin::NoGrad");
 }
 Tensor& Tensor::copy_(const Tensor& src) {
   check_defined("copy_");
   check_inplace(*this, "copy_");
-  if (src.shape() != shape()) throw Error("copy_: source shape " + to_string(src.shape()) + " differs from " + to_string(shape()));
+  if (src.shape() != shape())
+    throw Error("copy_: source shape " + to_string(src.shape()) + " differs from " + to_string(shape()));
   Tensor s = src;
   if (s.device() != device()) s = s.detach().to(device());
   if (s.dtype() != dtype()) s = s.detach().to(dtype());
@@ -244,8 +252,8 @@ std::string Tensor::str() const {
 // ---- creation ----
 Tensor empty(Shape shape, TensorOptions opt) {
   auto t = new_impl();
-  t->storage = std::allocate_shared<Storage>(detail::SmallAllocator<Storage>(),
-                                            storage_bytes_of(shape, opt.dtype), opt.device);
+  t->storage =
+      std::allocate_shared<Storage>(detail::SmallAllocator<Storage>(), storage_bytes_of(shape, opt.dtype), opt.device);
   t->shape = std::move(shape);
   t->dtype = opt.dtype;
   Tensor r(std::move(t));
@@ -268,8 +276,7 @@ Tensor arange(int64_t n, TensorOptions opt) {
   backend(opt.device).arange(t);
   return t;
 }
-template <class T>
-static Tensor from_host(const T* values, size_t count, const Shape& shape, TensorOptions opt) {
+template <class T> static Tensor from_host(const T* values, size_t count, const Shape& shape, TensorOptions opt) {
   if (int64_t(count) != numel(shape))
     throw Error("from_vector: " + std::to_string(count) + " values do not fill shape " + to_string(shape));
   const bool rg = opt.requires_grad;
@@ -278,9 +285,15 @@ static Tensor from_host(const T* values, size_t count, const Shape& shape, Tenso
   host.requires_grad = false;
   Tensor t = empty(shape, host);
   switch (opt.dtype) {
-    case DType::f32: for (size_t i = 0; i < count; ++i) data_ptr<float>(t)[i] = float(values[i]); break;
-    case DType::f64: for (size_t i = 0; i < count; ++i) data_ptr<double>(t)[i] = double(values[i]); break;
-    case DType::i64: for (size_t i = 0; i < count; ++i) data_ptr<int64_t>(t)[i] = int64_t(values[i]); break;
+    case DType::f32:
+      for (size_t i = 0; i < count; ++i) data_ptr<float>(t)[i] = float(values[i]);
+      break;
+    case DType::f64:
+      for (size_t i = 0; i < count; ++i) data_ptr<double>(t)[i] = double(values[i]);
+      break;
+    case DType::i64:
+      for (size_t i = 0; i < count; ++i) data_ptr<int64_t>(t)[i] = int64_t(values[i]);
+      break;
   }
   if (opt.device != Device::cpu()) t = t.to(opt.device);
   if (rg) t.requires_grad_();

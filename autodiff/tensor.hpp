@@ -61,7 +61,7 @@ struct TensorImpl {
   int64_t offset = 0;  // in elements
   Shape shape;
   DType dtype = DType::f32;
-  std::shared_ptr<Node> node;  // leaf node (requires_grad leaf) or the op that made it
+  std::shared_ptr<Node> node;      // leaf node (requires_grad leaf) or the op that made it
   std::shared_ptr<Series> series;  // forward/Taylor mode only (graph.hpp); null otherwise
 };
 
@@ -90,7 +90,7 @@ class Tensor {
   template <class T> const T* data() const;
   void* raw();
   const void* raw() const;
-  double item() const;                  // one element, any device
+  double item() const;                    // one element, any device
   std::vector<double> to_vector() const;  // copies to host as double
   std::vector<int64_t> to_int_vector() const;
 
@@ -98,11 +98,11 @@ class Tensor {
   bool requires_grad() const;
   Tensor& requires_grad_(bool on = true);  // leaves only
   bool is_leaf() const;
-  Tensor grad() const;        // accumulated by backward(); undefined before
+  Tensor grad() const;  // accumulated by backward(); undefined before
   void set_grad(const Tensor& g);
-  void zero_grad();           // drops the accumulated gradient
-  Tensor detach() const;      // same storage, no graph (and no Taylor series)
-  void backward() const;      // scalar only: accumulates d(this)/d(leaf) into leaves' grad()
+  void zero_grad();       // drops the accumulated gradient
+  Tensor detach() const;  // same storage, no graph (and no Taylor series)
+  void backward() const;  // scalar only: accumulates d(this)/d(leaf) into leaves' grad()
   const std::shared_ptr<Node>& node() const;
 
   Tensor to(Device d) const;
@@ -147,8 +147,6 @@ Tensor ones_like(const Tensor& t);
 Tensor empty_like(const Tensor& t);
 
 // Host data view of a tensor's storage for kernels; allocation-free.
-template <class T> T* data_ptr(const Tensor& t) {
-  return static_cast<T*>(t.impl()->storage->data) + t.impl()->offset;
-}
+template <class T> T* data_ptr(const Tensor& t) { return static_cast<T*>(t.impl()->storage->data) + t.impl()->offset; }
 
 }  // namespace flatmin

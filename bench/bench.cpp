@@ -61,7 +61,9 @@ std::vector<Metric> small_ops(const Config& c) {
 std::vector<Metric> mlp(const Config& c) {
   Generator gen(0);
   const int64_t batch = 64;
-  auto kaiming = [&](int64_t in, int64_t out) { return mul_scalar(gen.normal({in, out}), std::sqrt(2.0 / double(in))); };
+  auto kaiming = [&](int64_t in, int64_t out) {
+    return mul_scalar(gen.normal({in, out}), std::sqrt(2.0 / double(in)));
+  };
   std::vector<Tensor> params = {kaiming(784, 256), zeros({256}), kaiming(256, 10), zeros({10})};
   for (Tensor& p : params) p.requires_grad_();
   Tensor x = gen.normal({batch, 784});
@@ -95,8 +97,9 @@ std::vector<Metric> tanh_orders(const Config& c) {
   constexpr int inner = 200;
   auto timed = [&](auto&& op) {
     return time_once([&] {
-      for (int k = 0; k < inner; ++k) op();
-    }) / inner;
+             for (int k = 0; k < inner; ++k) op();
+           }) /
+           inner;
   };
   auto g = [&] { gradient(f, x); };
   auto h = [&] { hvp(f, x, v); };
@@ -124,15 +127,19 @@ std::string json_escape(const std::string& s) {
   std::string r;
   for (char ch : s) {
     if (ch == '"' || ch == '\\') r += '\\';
-    if (ch == '\n') { r += "\\n"; continue; }
+    if (ch == '\n') {
+      r += "\\n";
+      continue;
+    }
     r += ch;
   }
   return r;
 }
 
 void print_json(const std::vector<GroupResult>& rs, const Config& c) {
-  std::printf("{\n  \"engine\": \"flatmin\",\n  \"threads\": %d,\n  \"reps\": %d,\n  \"cpu_time\": %s,\n  \"groups\": {",
-              c.threads, c.reps, c.cpu_time ? "true" : "false");
+  std::printf(
+      "{\n  \"engine\": \"flatmin\",\n  \"threads\": %d,\n  \"reps\": %d,\n  \"cpu_time\": %s,\n  \"groups\": {",
+      c.threads, c.reps, c.cpu_time ? "true" : "false");
   for (size_t i = 0; i < rs.size(); ++i) {
     const GroupResult& r = rs[i];
     std::printf("%s\n    \"%s\": {\"base_rss_mib\": %.1f, \"peak_rss_mib\": %.1f, \"error\": \"%s\"}", i ? "," : "",
@@ -142,10 +149,11 @@ void print_json(const std::vector<GroupResult>& rs, const Config& c) {
   bool first = true;
   for (const GroupResult& r : rs)
     for (const Metric& m : r.metrics) {
-      std::printf("%s\n    \"%s\": {\"group\": \"%s\", \"unit\": \"%s\", \"higher_is_better\": %s, \"min\": %.6g, "
-                  "\"median\": %.6g, \"max\": %.6g, \"samples\": %zu}",
-                  first ? "" : ",", m.key.c_str(), r.name.c_str(), m.unit.c_str(), m.higher_is_better ? "true" : "false",
-                  m.min(), m.median(), m.max(), m.samples.size());
+      std::printf(
+          "%s\n    \"%s\": {\"group\": \"%s\", \"unit\": \"%s\", \"higher_is_better\": %s, \"min\": %.6g, "
+          "\"median\": %.6g, \"max\": %.6g, \"samples\": %zu}",
+          first ? "" : ",", m.key.c_str(), r.name.c_str(), m.unit.c_str(), m.higher_is_better ? "true" : "false",
+          m.min(), m.median(), m.max(), m.samples.size());
       first = false;
     }
   std::printf("\n  }\n}\n");
@@ -184,11 +192,16 @@ int main(int argc, char** argv) {
   std::string only;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--json") json = true;
-    else if (a == "--threads") cfg.threads = positive_int("--threads", i + 1 < argc ? argv[++i] : nullptr);
-    else if (a == "--reps") cfg.reps = positive_int("--reps", i + 1 < argc ? argv[++i] : nullptr);
-    else if (a == "--cpu-time") cfg.cpu_time = true;
-    else if (a == "--only" && i + 1 < argc) only = std::string(",") + argv[++i] + ",";  // GCC 12 -Wrestrict
+    if (a == "--json")
+      json = true;
+    else if (a == "--threads")
+      cfg.threads = positive_int("--threads", i + 1 < argc ? argv[++i] : nullptr);
+    else if (a == "--reps")
+      cfg.reps = positive_int("--reps", i + 1 < argc ? argv[++i] : nullptr);
+    else if (a == "--cpu-time")
+      cfg.cpu_time = true;
+    else if (a == "--only" && i + 1 < argc)
+      only = std::string(",") + argv[++i] + ",";  // GCC 12 -Wrestrict
     else if (a == "--list") {
       for (const Group& g : groups()) std::printf("%s\n", g.name.c_str());
       return 0;
@@ -201,8 +214,9 @@ int main(int argc, char** argv) {
   }
   use_cpu_time(cfg.cpu_time);
   std::vector<GroupResult> results;
-  if (!json) std::printf("flatmin_bench: %d threads, %d timed repetitions after one warm-up (median, min, max)\n",
-                         cfg.threads, cfg.reps);
+  if (!json)
+    std::printf("flatmin_bench: %d threads, %d timed repetitions after one warm-up (median, min, max)\n", cfg.threads,
+                cfg.reps);
   bool matched = false;
   for (const Group& g : groups()) {
     if (!only.empty() && only.find("," + g.name + ",") == std::string::npos) continue;

@@ -27,10 +27,10 @@ struct Layer {
 };
 // input plane H x H; padding 1 for 3x3, 0 for 1x1
 const std::vector<Layer> resnet18_cifar = {
-    {"stem", 1, 3, 64, 32, 3, 1},         {"l1 3x3", 4, 64, 64, 32, 3, 1},       {"l2 3x3 s2", 1, 64, 128, 32, 3, 2},
-    {"l2 3x3", 3, 128, 128, 16, 3, 1},    {"l2 down 1x1 s2", 1, 64, 128, 32, 1, 2}, {"l3 3x3 s2", 1, 128, 256, 16, 3, 2},
-    {"l3 3x3", 3, 256, 256, 8, 3, 1},     {"l3 down 1x1 s2", 1, 128, 256, 16, 1, 2}, {"l4 3x3 s2", 1, 256, 512, 8, 3, 2},
-    {"l4 3x3", 3, 512, 512, 4, 3, 1},     {"l4 down 1x1 s2", 1, 256, 512, 8, 1, 2},
+    {"stem", 1, 3, 64, 32, 3, 1},      {"l1 3x3", 4, 64, 64, 32, 3, 1},           {"l2 3x3 s2", 1, 64, 128, 32, 3, 2},
+    {"l2 3x3", 3, 128, 128, 16, 3, 1}, {"l2 down 1x1 s2", 1, 64, 128, 32, 1, 2},  {"l3 3x3 s2", 1, 128, 256, 16, 3, 2},
+    {"l3 3x3", 3, 256, 256, 8, 3, 1},  {"l3 down 1x1 s2", 1, 128, 256, 16, 1, 2}, {"l4 3x3 s2", 1, 256, 512, 8, 3, 2},
+    {"l4 3x3", 3, 512, 512, 4, 3, 1},  {"l4 down 1x1 s2", 1, 256, 512, 8, 1, 2},
 };
 
 // Process CPU time (all threads): on a shared, loaded machine the wall time says little,
@@ -65,11 +65,16 @@ int main(int argc, char** argv) {
   std::string only;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
-    if (a == "--batch") batch = std::stoll(argv[i + 1]);
-    else if (a == "--input") input = std::stoll(argv[i + 1]);
-    else if (a == "--layer") only = argv[i + 1];
-    else if (a == "--threads") threads = std::stoi(argv[i + 1]);
-    else if (a == "--reps") reps = std::stoi(argv[i + 1]);
+    if (a == "--batch")
+      batch = std::stoll(argv[i + 1]);
+    else if (a == "--input")
+      input = std::stoll(argv[i + 1]);
+    else if (a == "--layer")
+      only = argv[i + 1];
+    else if (a == "--threads")
+      threads = std::stoi(argv[i + 1]);
+    else if (a == "--reps")
+      reps = std::stoi(argv[i + 1]);
     else {
       std::fprintf(stderr, "unknown option %s (use --batch N --threads T --reps R --input 32|28 --layer NAME)\n",
                    a.c_str());
@@ -116,7 +121,8 @@ int main(int argc, char** argv) {
   const double all = total[0] + total[1] + total[2];
   std::printf("total (20 convs): forward %.3f s, input grad %.3f s, weight grad %.3f s, all %.3f s (%.1f GFLOP/s)\n",
               total[0], total[1], total[2], all, 3 * flops_total / all * 1e-9);
-  std::printf("CPU time of the same runs: %.3f s (%.1f GFLOP/s per CPU-second; wall/CPU shows how loaded the machine was)\n",
-              cpu_total, 3 * flops_total / cpu_total * 1e-9);
+  std::printf(
+      "CPU time of the same runs: %.3f s (%.1f GFLOP/s per CPU-second; wall/CPU shows how loaded the machine was)\n",
+      cpu_total, 3 * flops_total / cpu_total * 1e-9);
   return 0;
 }

@@ -29,15 +29,21 @@ Options parse(int argc, char** argv) {
     const std::string a = argv[i];
     if (i + 1 >= argc) throw Error("flatmin_gpu_bench: option " + a + " needs a value");
     const std::string v = argv[++i];
-    if (a == "--device") o.device = Device::parse(v);
-    else if (a == "--batch") o.batch = std::stoll(v);
-    else if (a == "--width") o.width = std::stoll(v);
-    else if (a == "--steps") o.steps = std::stoll(v);
-    else if (a == "--gemm") o.gemm = std::stoll(v);
+    if (a == "--device")
+      o.device = Device::parse(v);
+    else if (a == "--batch")
+      o.batch = std::stoll(v);
+    else if (a == "--width")
+      o.width = std::stoll(v);
+    else if (a == "--steps")
+      o.steps = std::stoll(v);
+    else if (a == "--gemm")
+      o.gemm = std::stoll(v);
     else if (a == "--dtype") {
       if (v != "f32" && v != "f64") throw Error("flatmin_gpu_bench: --dtype must be f32 or f64, got " + v);
       o.dtype = v == "f32" ? DType::f32 : DType::f64;
-    } else throw Error("flatmin_gpu_bench: unknown option " + a);
+    } else
+      throw Error("flatmin_gpu_bench: unknown option " + a);
   }
   if (o.batch < 1 || o.width < 1 || o.steps < 1 || o.gemm < 1)
     throw Error("flatmin_gpu_bench: batch, width, steps and gemm must be >= 1");
@@ -103,8 +109,8 @@ void resnet_rates(const Options& o) {
   const Params p = net.parameters();
   const Params v = Generator(4).sphere_like(p);
   const double h = seconds_per_call(o.device, std::max<int64_t>(1, o.steps / 2), 1, [&] { (void)hvp(f, p, v); });
-  std::printf("RESULT bench=resnet18_hvp batch=%lld width=%lld dtype=%s ms=%.2f images_per_s=%.1f\n", (long long)o.batch,
-              (long long)o.width, dtype_name(o.dtype), h * 1e3, double(o.batch) / h);
+  std::printf("RESULT bench=resnet18_hvp batch=%lld width=%lld dtype=%s ms=%.2f images_per_s=%.1f\n",
+              (long long)o.batch, (long long)o.width, dtype_name(o.dtype), h * 1e3, double(o.batch) / h);
 }
 
 }  // namespace

@@ -43,9 +43,12 @@ int main(int argc, char** argv) {
   int threads = 2, reps = 5;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
-    if (a == "--batch") batch = std::stoll(argv[i + 1]);
-    else if (a == "--threads") threads = std::stoi(argv[i + 1]);
-    else if (a == "--reps") reps = std::stoi(argv[i + 1]);
+    if (a == "--batch")
+      batch = std::stoll(argv[i + 1]);
+    else if (a == "--threads")
+      threads = std::stoi(argv[i + 1]);
+    else if (a == "--reps")
+      reps = std::stoi(argv[i + 1]);
     else {
       std::fprintf(stderr, "unknown option %s (use --batch N --threads T --reps R)\n", a.c_str());
       return 2;
@@ -74,7 +77,10 @@ int main(int argc, char** argv) {
   for (int64_t groups : {int64_t(0), int64_t(32)}) {
     for (bool use_fused : {true, false}) {
       auto f = [&] { return use_fused ? fused(groups) : composed(groups); };
-      auto fwd = median(reps, [&] { NoGrad ng; f(); });
+      auto fwd = median(reps, [&] {
+        NoGrad ng;
+        f();
+      });
       auto both = median(reps, [&] { grad({f()}, {x, w, b}, {.grad_outputs = {gy}}); });
       std::printf("%-11s %-11s forward %7.1f / %7.1f   forward+backward %7.1f / %7.1f\n",
                   groups ? "group norm" : "batch norm", use_fused ? "flatmin op" : "composition", fwd.first * 1e3,

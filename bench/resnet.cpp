@@ -1,9 +1,9 @@
 // ResNet-18 workloads (CIFAR stem, width 64, batch norm in training mode), the same as
 // torch_reference.py's: SGD steps, eval forward, and second-order work as ratios to one
 // forward+backward.
+#include "nn/resnet.hpp"
 #include "autodiff/autodiff.hpp"
 #include "bench/workloads.hpp"
-#include "nn/resnet.hpp"
 
 namespace flatmin::bench {
 
@@ -17,8 +17,12 @@ struct Setup {
   Tensor x, y;
 };
 Setup resnet_setup(int64_t batch, int64_t channels = 3, int64_t size = 32) {
-  nn::ResNet net = nn::resnet18({.in_channels = channels, .classes = 10, .stem = nn::Stem::cifar, .width = 64,
-                                 .norm = nn::Norm::batch, .seed = 0});
+  nn::ResNet net = nn::resnet18({.in_channels = channels,
+                                 .classes = 10,
+                                 .stem = nn::Stem::cifar,
+                                 .width = 64,
+                                 .norm = nn::Norm::batch,
+                                 .seed = 0});
   net.train();
   Generator gen(1);
   Tensor x = gen.normal({batch, channels, size, size});

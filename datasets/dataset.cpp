@@ -23,8 +23,7 @@ void Dataset::validate() const {
   if (!(images.device() == Device::cpu()) || !(labels.device() == Device::cpu()))
     throw Error(what + "images and labels must live on the CPU");
   if (labels.dim() < 1 || labels.size(0) != images.size(0))
-    throw Error(what + "labels " + to_string(labels.shape()) + " do not match images " +
-                to_string(images.shape()));
+    throw Error(what + "labels " + to_string(labels.shape()) + " do not match images " + to_string(images.shape()));
   if (classes < 0) throw Error(what + "negative class count");
   if (classes > 0) {
     if (labels.dtype() != DType::i64 || labels.dim() != 1)
@@ -32,8 +31,8 @@ void Dataset::validate() const {
     const int64_t* l = labels.data<int64_t>();
     for (int64_t i = 0; i < labels.numel(); ++i)
       if (l[i] < 0 || l[i] >= classes)
-        throw Error(what + "label " + std::to_string(l[i]) + " of example " + std::to_string(i) +
-                    " is outside [0, " + std::to_string(classes) + ")");
+        throw Error(what + "label " + std::to_string(l[i]) + " of example " + std::to_string(i) + " is outside [0, " +
+                    std::to_string(classes) + ")");
   } else if (!is_floating(labels.dtype())) {
     throw Error(what + "regression targets (classes = 0) must be floating");
   }
@@ -64,8 +63,8 @@ Dataset Dataset::subset(const std::vector<int64_t>& indices) const {
 
 Dataset Dataset::head(int64_t n) const {
   if (n < 0 || n > size())
-    throw Error("dataset '" + name + "' head: " + std::to_string(n) + " examples asked, " +
-                std::to_string(size()) + " held");
+    throw Error("dataset '" + name + "' head: " + std::to_string(n) + " examples asked, " + std::to_string(size()) +
+                " held");
   std::vector<int64_t> idx(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) idx[size_t(i)] = i;
   return subset(idx);
@@ -131,8 +130,7 @@ Dataset noisy_copies(const Dataset& ds, NoisyCopiesOptions opt) {
           ds.name + "+noisy-copies(" + std::to_string(opt.copies) + ")"};
 }
 
-template <class T>
-static ChannelStats stats_of(const T* p, int64_t n, int64_t c, int64_t inner) {
+template <class T> static ChannelStats stats_of(const T* p, int64_t n, int64_t c, int64_t inner) {
   ChannelStats s{std::vector<double>(size_t(c), 0.0), std::vector<double>(size_t(c), 0.0)};
   const double count = double(n) * double(inner);
   for (int64_t ch = 0; ch < c; ++ch) {

@@ -37,8 +37,7 @@ Loader::Loader(Dataset ds, LoaderOptions opt) : ds_(std::move(ds)), opt_(std::mo
   if (opt_.pad_crop < 0) throw Error(what + "pad_crop must be >= 0");
   if ((opt_.pad_crop > 0 || opt_.flip) && ds_.images.dim() != 4)
     throw Error(what + "pad-crop and flip need images (N,C,H,W), got " + to_string(ds_.images.shape()));
-  if (opt_.mean.size() != opt_.std.size())
-    throw Error(what + "mean and std must have the same length");
+  if (opt_.mean.size() != opt_.std.size()) throw Error(what + "mean and std must have the same length");
   if (!opt_.mean.empty()) {
     if (int64_t(opt_.mean.size()) != ds_.images.size(1))
       throw Error(what + std::to_string(opt_.mean.size()) + " normalization channels for images " +
@@ -79,9 +78,9 @@ static void augment_one(const In* src, Out* dst, int64_t c, int64_t h, int64_t w
   }
 }
 
-template <class In, class Out>
-static void fill_images(const Dataset& ds, const LoaderOptions& opt, const std::vector<int64_t>& idx, uint64_t key,
-                        int64_t first_slot, Tensor& out) {
+template <class In, class Out> static void fill_images(const Dataset& ds, const LoaderOptions& opt,
+                                                       const std::vector<int64_t>& idx, uint64_t key,
+                                                       int64_t first_slot, Tensor& out) {
   const In* src = ds.images.data<In>();
   Out* dst = out.data<Out>();
   const int64_t row = ds.images.numel() / ds.size();
@@ -142,8 +141,10 @@ Batch Loader::make_batch(int64_t epoch, int64_t position, const std::vector<int6
       for (int64_t k = 0; k < lrow; ++k) {
         const int64_t from = batch.indices[j] * lrow + k, to = j * lrow + k;
         const double v = l32 ? double(ds_.labels.data<float>()[from]) : ds_.labels.data<double>()[from];
-        if (out32) batch.labels.data<float>()[to] = float(v);
-        else batch.labels.data<double>()[to] = v;
+        if (out32)
+          batch.labels.data<float>()[to] = float(v);
+        else
+          batch.labels.data<double>()[to] = v;
       }
   }
   if (opt_.transform) opt_.transform(batch);

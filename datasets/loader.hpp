@@ -29,12 +29,12 @@ struct LoaderOptions {
   bool shuffle = true;
   bool drop_last = false;  // drop the last, smaller batch of an epoch
   uint64_t seed = 0;
-  int64_t pad_crop = 0;    // random crop of the same size after zero-padding by this many pixels (4 for CIFAR)
-  bool flip = false;       // random horizontal flip, probability 1/2
+  int64_t pad_crop = 0;  // random crop of the same size after zero-padding by this many pixels (4 for CIFAR)
+  bool flip = false;     // random horizontal flip, probability 1/2
   std::vector<double> mean = {}, std = {};  // per-channel (axis 1) normalization (x - mean)/std, after augmentation
   DType dtype = DType::f32;
   Device device = Device::cpu();
-  int64_t prefetch = 2;    // batches prepared ahead on a background thread; 0 = prepared in next()
+  int64_t prefetch = 2;  // batches prepared ahead on a background thread; 0 = prepared in next()
   // Optional extra per-batch transform, run where the batch is prepared (background thread
   // when prefetching) on CPU tensors; an exception it throws reaches the caller of next().
   std::function<void(Batch&)> transform = {};

@@ -69,7 +69,10 @@ class GzipSource final : public Source {
     size_t got = 0;
     while (got < n && !done_) {
       if (member_ended_) {  // another member follows, or the data must end here
-        if (pos_ == in_.size()) { done_ = true; break; }
+        if (pos_ == in_.size()) {
+          done_ = true;
+          break;
+        }
         if (!is_gzip(in_.subspan(pos_)))
           throw Error(source_ + ": " + num(in_.size() - pos_) + " bytes of trailing garbage after the gzip data");
         if (inflateReset(&z_) != Z_OK) throw Error(source_ + ": zlib reset failed");
@@ -210,8 +213,8 @@ Tensor idx_labels(const Bytes& values, int64_t n, int64_t classes, const std::st
   for (int64_t i = 0; i < n; ++i) {
     l[i] = values[size_t(i)];
     if (l[i] >= classes)
-      throw Error(name + ": label " + num(uint64_t(l[i])) + " of example " + num(uint64_t(i)) +
-                  " is outside [0, " + num(uint64_t(classes)) + ")");
+      throw Error(name + ": label " + num(uint64_t(l[i])) + " of example " + num(uint64_t(i)) + " is outside [0, " +
+                  num(uint64_t(classes)) + ")");
   }
   return lab;
 }
@@ -305,14 +308,15 @@ Dataset load_mnist_layout(const std::string& dir, bool train, const std::string&
   const std::string images = find_variant(dir, prefix + "-images-idx3-ubyte");
   const std::string labels = find_variant(dir, prefix + "-labels-idx1-ubyte");
   if (images.empty() || labels.empty())
-    throw Error(name + ": " + dir + " has no " + prefix + (images.empty() ? "-images-idx3-ubyte" : "-labels-idx1-ubyte") +
-                "[.gz]");
+    throw Error(name + ": " + dir + " has no " + prefix +
+                (images.empty() ? "-images-idx3-ubyte" : "-labels-idx1-ubyte") + "[.gz]");
   try {
     return load_idx_files(images, labels, 10, name + (train ? "-train" : "-test"));
   } catch (const Error& e) {  // name the files, not only the set
     const std::string what = e.what();
-    throw Error(what.find(images) != std::string::npos || what.find(labels) != std::string::npos ? what
-                                                                                                  : images + " + " + labels + ": " + what);
+    throw Error(what.find(images) != std::string::npos || what.find(labels) != std::string::npos
+                    ? what
+                    : images + " + " + labels + ": " + what);
   }
 }
 
@@ -320,8 +324,8 @@ Dataset load_fashion_mnist(bool train, const std::string& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec) || find_variant(dir, "train-images-idx3-ubyte").empty())
     throw Error("Fashion-MNIST not found in " + dir +
-                ": install Debian's package (apt-get install dataset-fashion-mnist, files in " +
-                kFashionMnistDir + ") or pass the folder that holds the IDX files");
+                ": install Debian's package (apt-get install dataset-fashion-mnist, files in " + kFashionMnistDir +
+                ") or pass the folder that holds the IDX files");
   return load_mnist_layout(dir, train, "fashion-mnist");
 }
 

@@ -38,8 +38,7 @@ struct IdxArray {
 IdxArray parse_idx(ByteView bytes, const std::string& source, size_t max_bytes = kDefaultMaxBytes);
 IdxArray read_idx(const std::string& path, size_t max_bytes = kDefaultMaxBytes);
 // images (N,H,W) + labels (N) -> Dataset with images (N,1,H,W) float32 = byte/255.
-Dataset idx_dataset(const IdxArray& images, const IdxArray& labels, int64_t classes,
-                    const std::string& name);
+Dataset idx_dataset(const IdxArray& images, const IdxArray& labels, int64_t classes, const std::string& name);
 Dataset load_idx(const std::string& images_path, const std::string& labels_path, int64_t classes = 10);
 
 // The MNIST file layout in `dir`: {train,t10k}-{images-idx3,labels-idx1}-ubyte, with or
@@ -64,8 +63,8 @@ Dataset parse_cifar(ByteView bytes, const std::string& source, CifarKind kind, i
 Dataset read_cifar(const std::string& path, CifarKind kind, int64_t records = 0);
 enum class Split { train, test };
 struct CifarOptions {
-  bool coarse = false;        // CIFAR-100: the 20 superclass labels instead of the 100 classes
-  bool check_counts = true;   // false accepts files with fewer records than the real ones (tests)
+  bool coarse = false;       // CIFAR-100: the 20 superclass labels instead of the 100 classes
+  bool check_counts = true;  // false accepts files with fewer records than the real ones (tests)
 };
 // cifar-10-batches-bin: data_batch_1..5.bin (train) or test_batch.bin, 10000 records each.
 // `dir` may be that folder or its parent.

@@ -17,7 +17,8 @@ namespace flatmin::distributed {
 namespace {
 
 int as_count(size_t bytes, const char* who) {
-  if (bytes > size_t(INT_MAX)) throw Error(std::string(who) + ": " + std::to_string(bytes) + " bytes exceed MPI's int count");
+  if (bytes > size_t(INT_MAX))
+    throw Error(std::string(who) + ": " + std::to_string(bytes) + " bytes exceed MPI's int count");
   return int(bytes);
 }
 std::vector<int> counts_of(const std::vector<size_t>& bytes, const char* who) {

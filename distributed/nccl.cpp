@@ -62,7 +62,8 @@ class NcclWorld final : public World {
     for (int r = 0; r < size(); ++r) {
       char* dst = static_cast<char*>(recv) + at;
       if (counts[size_t(r)] > 0)
-        check(ncclBroadcast(r == rank() ? send : dst, dst, counts[size_t(r)], ncclChar, r, comm_, stream_), "ncclBroadcast");
+        check(ncclBroadcast(r == rank() ? send : dst, dst, counts[size_t(r)], ncclChar, r, comm_, stream_),
+              "ncclBroadcast");
       at += counts[size_t(r)];
     }
     check(ncclGroupEnd(), "ncclGroupEnd");
@@ -76,9 +77,11 @@ class NcclWorld final : public World {
     size_t s_at = 0, r_at = 0;
     for (int r = 0; r < size(); ++r) {
       if (send_counts[size_t(r)] > 0)
-        check(ncclSend(static_cast<const char*>(send) + s_at, send_counts[size_t(r)], ncclChar, r, comm_, stream_), "ncclSend");
+        check(ncclSend(static_cast<const char*>(send) + s_at, send_counts[size_t(r)], ncclChar, r, comm_, stream_),
+              "ncclSend");
       if (recv_counts[size_t(r)] > 0)
-        check(ncclRecv(static_cast<char*>(recv) + r_at, recv_counts[size_t(r)], ncclChar, r, comm_, stream_), "ncclRecv");
+        check(ncclRecv(static_cast<char*>(recv) + r_at, recv_counts[size_t(r)], ncclChar, r, comm_, stream_),
+              "ncclRecv");
       s_at += send_counts[size_t(r)];
       if (r != rank()) bytes_sent_ += send_counts[size_t(r)];
       r_at += recv_counts[size_t(r)];

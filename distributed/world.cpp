@@ -45,8 +45,9 @@ const World& init_from_environment(int* argc, char*** argv) {
                         set(std::getenv("PMI_RANK")) || set(std::getenv("PMI_SIZE"));
   if (launched) {
     if (!built_with_mpi())
-      throw Error("this process was started by an MPI launcher (mpirun/srun) but flatmin was built without MPI "
-                  "(install libopenmpi-dev and rebuild with -Dmpi=enabled)");
+      throw Error(
+          "this process was started by an MPI launcher (mpirun/srun) but flatmin was built without MPI "
+          "(install libopenmpi-dev and rebuild with -Dmpi=enabled)");
     set_world(make_mpi_world(argc, argv));
   }
   return world();
@@ -158,9 +159,7 @@ std::vector<double> all_gather_v(const World& w, const std::vector<double>& mine
 }
 
 // ---- the deterministic reduction ----
-Range owned(int64_t n, int rank, int size) {
-  return {n * rank / size, n * (rank + 1) / size};
-}
+Range owned(int64_t n, int rank, int size) { return {n * rank / size, n * (rank + 1) / size}; }
 int owner(int64_t item, int64_t n, int size) {
   for (int r = 0; r < size; ++r)
     if (owned(n, r, size).begin <= item && item < owned(n, r, size).end) return r;
@@ -209,9 +208,11 @@ double fixed_order_sum(const World& w, int64_t n, const std::vector<double>& min
   if (n < 1) throw Error("fixed_order_sum: no items");
   const Range r = owned(n, w.rank(), w.size());
   if (int64_t(mine.size()) != r.size())
-    throw Error("fixed_order_sum: " + std::to_string(mine.size()) + " values for " + std::to_string(r.size()) + " owned items");
+    throw Error("fixed_order_sum: " + std::to_string(mine.size()) + " values for " + std::to_string(r.size()) +
+                " owned items");
   const std::vector<double> all = w.size() == 1 ? mine : all_gather_v(w, mine);
-  return subtree_sum<double>(0, n, [&](int64_t k) { return all[size_t(k)]; }, [](double a, double b) { return a + b; });
+  return subtree_sum<double>(
+      0, n, [&](int64_t k) { return all[size_t(k)]; }, [](double a, double b) { return a + b; });
 }
 
 Tensor fixed_order_sum(const World& w, int64_t n, const Device& device, const std::function<Tensor(int64_t)>& leaf) {
@@ -223,7 +224,8 @@ Tensor fixed_order_sum(const World& w, int64_t n, const Device& device, const st
   auto checked_leaf = [&](int64_t k) {
     Tensor t = leaf(k).detach();
     if (t.dim() != 1) throw Error("fixed_order_sum: leaf " + std::to_string(k) + " is not 1-d");
-    if (!first.defined()) first = t;
+    if (!first.defined())
+      first = t;
     else if (t.numel() != first.numel() || t.dtype() != first.dtype() || !(t.device() == first.device()))
       throw Error("fixed_order_sum: leaf " + std::to_string(k) + " differs in length, dtype or device from the first");
     return t;
@@ -236,11 +238,13 @@ Tensor fixed_order_sum(const World& w, int64_t n, const Device& device, const st
   for (const Node& b : mine) sums.push_back(subtree_sum<Tensor>(b.lo, b.hi, checked_leaf, add_));
   // Every rank must learn the vector's length, dtype and device; ranks without items
   // learn them from the others.
-  std::vector<double> meta = sums.empty() ? std::vector<double>{} : std::vector<double>{double(sums[0].numel()), double(int(sums[0].dtype()))};
+  std::vector<double> meta =
+      sums.empty() ? std::vector<double>{} : std::vector<double>{double(sums[0].numel()), double(int(sums[0].dtype()))};
   const std::vector<double> metas = all_gather_v(w, meta);
   if (metas.empty()) throw Error("fixed_order_sum: no rank has items (internal)");
   for (size_t i = 2; i < metas.size(); i += 2)
-    if (metas[i] != metas[0] || metas[i + 1] != metas[1]) throw Error("fixed_order_sum: the ranks' vectors differ in length or dtype");
+    if (metas[i] != metas[0] || metas[i + 1] != metas[1])
+      throw Error("fixed_order_sum: the ranks' vectors differ in length or dtype");
   const int64_t len = int64_t(metas[0]);
   const DType dt = DType(int(metas[1]));
   const size_t es = dtype_size(dt);
@@ -276,8 +280,8 @@ Tensor fixed_order_sum(const World& w, int64_t n, const Device& device, const st
   }
   if (stage) send = send.to(buf_dev);
   Tensor recv = empty({int64_t(all_blocks.size()), my_slice.size()}, {.dtype = dt, .device = buf_dev});
-  w.all_to_all_v(send.numel() ? data_ptr<char>(send) : nullptr, send_counts, recv.numel() ? data_ptr<char>(recv) : nullptr,
-                  recv_counts);
+  w.all_to_all_v(send.numel() ? data_ptr<char>(send) : nullptr, send_counts,
+                 recv.numel() ? data_ptr<char>(recv) : nullptr, recv_counts);
   if (stage) recv = recv.to(dev);
 
   // 3. Combine the blocks of this slice in the tree's order.
@@ -319,7 +323,8 @@ void require_same(const World& w, const std::string& what, const std::string& va
   for (size_t r = 1; r < all.size(); ++r)
     if (all[r] != all[0]) differ += (differ.empty() ? "" : ", ") + std::to_string(r);
   if (!differ.empty())
-    throw Error("the processes disagree on " + what + ": rank(s) " + differ + " differ from rank 0 (every process must get the "
+    throw Error("the processes disagree on " + what + ": rank(s) " + differ +
+                " differ from rank 0 (every process must get the "
                 "same flags and the same data)");
 }
 

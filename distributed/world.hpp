@@ -72,11 +72,11 @@ bool built_with_nccl();
 const World& world_for(const Device& d);
 
 // ---- tensors and parameter lists (any device; contiguous tensors of equal shapes) ----
-void broadcast(const World& w, Tensor& t, int root);           // in place
+void broadcast(const World& w, Tensor& t, int root);  // in place
 void broadcast(const World& w, Params& ts, int root);
-void all_reduce_sum(const World& w, Tensor& t);                // in place; order: the library's
+void all_reduce_sum(const World& w, Tensor& t);  // in place; order: the library's
 void all_reduce_sum(const World& w, Params& ts);
-Tensor all_gather(const World& w, const Tensor& t);            // shape [size, ...t.shape]
+Tensor all_gather(const World& w, const Tensor& t);                // shape [size, ...t.shape]
 std::vector<Params> all_gather(const World& w, const Params& ts);  // [rank][i]
 std::vector<std::string> all_gather(const World& w, const std::string& s);
 std::vector<double> all_gather_v(const World& w, const std::vector<double>& mine);  // concatenated in rank order

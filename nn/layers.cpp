@@ -70,7 +70,8 @@ Tensor Linear::forward(const Tensor& x) {
 
 Conv2d::Conv2d(int64_t in, int64_t out, int64_t kernel, Conv2dOptions opt, Generator& g) : options(opt) {
   if (in <= 0 || out <= 0 || kernel <= 0)
-    throw Error("Conv2d: in " + std::to_string(in) + ", out " + std::to_string(out) + ", kernel " + std::to_string(kernel));
+    throw Error("Conv2d: in " + std::to_string(in) + ", out " + std::to_string(out) + ", kernel " +
+                std::to_string(kernel));
   const Shape wshape{out, in, kernel, kernel};
   if (opt.init == ConvInit::uniform) {
     default_weight_and_bias(*this, g, wshape, out, opt.bias);
@@ -110,8 +111,8 @@ int64_t default_groups(int64_t channels) {
 GroupNorm::GroupNorm(int64_t channels, int64_t groups_, double eps)
     : groups(groups_ > 0 ? groups_ : default_groups(channels)), eps(eps) {
   if (channels % groups != 0)
-    throw Error("GroupNorm: " + std::to_string(channels) + " channels are not divisible into " + std::to_string(groups) +
-                " groups");
+    throw Error("GroupNorm: " + std::to_string(channels) + " channels are not divisible into " +
+                std::to_string(groups) + " groups");
   register_parameter("weight", ones({channels}));
   register_parameter("bias", zeros({channels}));
 }

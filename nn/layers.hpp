@@ -112,8 +112,7 @@ class Identity : public Module {
 // Children named "0", "1", ... applied in order.
 class Sequential : public Module {
  public:
-  template <class M>
-  std::shared_ptr<M> push_back(M module) {
+  template <class M> std::shared_ptr<M> push_back(M module) {
     return add_module(std::to_string(size_++), std::move(module));
   }
   Tensor forward(const Tensor& x) override;

@@ -29,12 +29,14 @@ void Module::check_new_name(const std::string& name) const {
   auto taken = [&](const auto& list) {
     return std::any_of(list.begin(), list.end(), [&](const auto& e) { return e.first == name; });
   };
-  if (taken(params_) || taken(buffers_) || taken(children_)) throw Error("Module: name '" + name + "' registered twice");
+  if (taken(params_) || taken(buffers_) || taken(children_))
+    throw Error("Module: name '" + name + "' registered twice");
 }
 
 void Module::register_parameter(const std::string& name, Tensor t) {
   check_new_name(name);
-  if (!t.defined() || !is_floating(t.dtype())) throw Error("Module: parameter '" + name + "' must be a floating tensor");
+  if (!t.defined() || !is_floating(t.dtype()))
+    throw Error("Module: parameter '" + name + "' must be a floating tensor");
   t = t.detach();
   t.requires_grad_();
   params_.emplace_back(name, t);
@@ -71,8 +73,7 @@ Tensor& Module::buffer(const std::string& name) {
 }
 bool Module::has_param(const std::string& name) const {
   auto [head, rest] = split_first(name);
-  if (head.empty())
-    return std::any_of(params_.begin(), params_.end(), [&](const auto& e) { return e.first == name; });
+  if (head.empty()) return std::any_of(params_.begin(), params_.end(), [&](const auto& e) { return e.first == name; });
   for (auto& [n, c] : children_)
     if (n == head) return c->has_param(rest);
   return false;
@@ -142,8 +143,7 @@ Module& Module::update_running_stats(bool on) {
   return *this;
 }
 
-template <class F>
-void Module::each_tensor(F&& f) {
+template <class F> void Module::each_tensor(F&& f) {
   for (auto& [n, t] : params_) f(t, true);
   for (auto& [n, t] : buffers_) f(t, false);
   for (auto& [n, c] : children_) c->each_tensor(f);
@@ -184,7 +184,8 @@ void load_state_dict(Module& m, const NamedTensors& state, const std::string& so
       continue;
     }
     if (it->second->shape() != slot.shape()) {
-      mismatched.push_back(name + " (model " + to_string(slot.shape()) + ", given " + to_string(it->second->shape()) + ")");
+      mismatched.push_back(name + " (model " + to_string(slot.shape()) + ", given " + to_string(it->second->shape()) +
+                           ")");
       continue;
     }
     Tensor& target = m.has_param(name) ? m.param(name) : m.buffer(name);

@@ -31,8 +31,7 @@ class Module {
   // Parameters become leaves that require grad.
   void register_parameter(const std::string& name, Tensor t);
   void register_buffer(const std::string& name, Tensor t);
-  template <class M>
-  std::shared_ptr<M> add_module(const std::string& name, M module) {
+  template <class M> std::shared_ptr<M> add_module(const std::string& name, M module) {
     auto p = std::make_shared<M>(std::move(module));
     add_child(name, p);
     return p;

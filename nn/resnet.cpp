@@ -27,8 +27,8 @@ namespace {
 // torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu') for every conv, no bias.
 std::shared_ptr<Module> conv(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t padding, Generator& g) {
   return std::make_shared<Conv2d>(
-      in, out, kernel, Conv2dOptions{.stride = stride, .padding = padding, .bias = false, .init = ConvInit::normal_fan_out},
-      g);
+      in, out, kernel,
+      Conv2dOptions{.stride = stride, .padding = padding, .bias = false, .init = ConvInit::normal_fan_out}, g);
 }
 }  // namespace
 

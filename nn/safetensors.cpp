@@ -26,8 +26,11 @@ struct DTypeInfo {
   FileDType file;
   size_t bytes;
 };
-constexpr DTypeInfo file_dtypes[] = {{"F32", FileDType::f32, 4}, {"F64", FileDType::f64, 8}, {"I64", FileDType::i64, 8},
-                                     {"F16", FileDType::f16, 2}, {"BF16", FileDType::bf16, 2}};
+constexpr DTypeInfo file_dtypes[] = {{"F32", FileDType::f32, 4},
+                                     {"F64", FileDType::f64, 8},
+                                     {"I64", FileDType::i64, 8},
+                                     {"F16", FileDType::f16, 2},
+                                     {"BF16", FileDType::bf16, 2}};
 
 const char* file_dtype_name(DType d) {
   switch (d) {
@@ -48,7 +51,7 @@ float half_to_float(uint16_t h) {
   } else if (exponent == 0) {
     if (mantissa == 0) {
       bits = sign;  // ±0
-    } else {  // subnormal: normalise
+    } else {        // subnormal: normalise
       exponent = 1;
       while (!(mantissa & 0x400)) {
         mantissa <<= 1;
@@ -87,7 +90,8 @@ Entry parse_entry(const std::string& name, const Json& j, uint64_t data_bytes, c
   if (dt == j.end() || !dt->is_string()) fail(source, where + ": missing or non-string dtype");
   const std::string dname = dt->get<std::string>();
   auto info = std::find_if(std::begin(file_dtypes), std::end(file_dtypes), [&](auto& d) { return dname == d.name; });
-  if (info == std::end(file_dtypes)) fail(source, where + ": unsupported dtype '" + dname + "' (F32, F64, I64, F16, BF16)");
+  if (info == std::end(file_dtypes))
+    fail(source, where + ": unsupported dtype '" + dname + "' (F32, F64, I64, F16, BF16)");
   e.dtype = *info;
   auto sh = j.find("shape");
   if (sh == j.end() || !sh->is_array()) fail(source, where + ": missing or non-array shape");
@@ -101,7 +105,8 @@ Entry parse_entry(const std::string& name, const Json& j, uint64_t data_bytes, c
     e.shape.push_back(int64_t(n));
   }
   auto off = j.find("data_offsets");
-  if (off == j.end() || !off->is_array() || off->size() != 2) fail(source, where + ": data_offsets must be [begin, end]");
+  if (off == j.end() || !off->is_array() || off->size() != 2)
+    fail(source, where + ": data_offsets must be [begin, end]");
   e.begin = as_u64((*off)[0], source, where + " data_offsets[0]");
   e.end = as_u64((*off)[1], source, where + " data_offsets[1]");
   if (e.begin > e.end || e.end > data_bytes)
@@ -120,7 +125,9 @@ Tensor decode(const Entry& e, const char* data) {
     case FileDType::f32:
     case FileDType::f64:
     case FileDType::i64: {
-      const DType t = e.dtype.file == FileDType::f32 ? DType::f32 : e.dtype.file == FileDType::f64 ? DType::f64 : DType::i64;
+      const DType t = e.dtype.file == FileDType::f32   ? DType::f32
+                      : e.dtype.file == FileDType::f64 ? DType::f64
+                                                       : DType::i64;
       Tensor out = empty(e.shape, {t});
       if (n > 0) std::memcpy(out.raw(), src, e.end - e.begin);
       return out;
@@ -180,8 +187,9 @@ SafeTensors parse_safetensors(std::string_view bytes, const std::string& source)
     entries.push_back(parse_entry(key, value, data_bytes, source));
   }
   // Every data byte belongs to exactly one tensor: sorted by offset, the ranges tile the buffer.
-  std::stable_sort(entries.begin(), entries.end(),
-                   [](const Entry& a, const Entry& b) { return std::pair(a.begin, a.end) < std::pair(b.begin, b.end); });
+  std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    return std::pair(a.begin, a.end) < std::pair(b.begin, b.end);
+  });
   uint64_t covered = 0;
   for (const Entry& e : entries) {
     if (e.begin != covered)
@@ -202,10 +210,12 @@ std::string serialize_safetensors(const NamedTensors& tensors, const std::map<st
   uint64_t offset = 0;
   for (auto& [name, t] : tensors) {
     if (!t.defined()) throw Error("safetensors: tensor '" + name + "' is undefined");
-    if (name == "__metadata__" || header.contains(name)) throw Error("safetensors: duplicate or reserved name '" + name + "'");
+    if (name == "__metadata__" || header.contains(name))
+      throw Error("safetensors: duplicate or reserved name '" + name + "'");
     Tensor h = t.detach().to(Device::cpu());
     const uint64_t bytes = uint64_t(h.numel()) * dtype_size(h.dtype());
-    header[name] = {{"dtype", file_dtype_name(h.dtype())}, {"shape", h.shape()}, {"data_offsets", {offset, offset + bytes}}};
+    header[name] = {
+        {"dtype", file_dtype_name(h.dtype())}, {"shape", h.shape()}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
     host.push_back(h);
   }
@@ -278,11 +288,14 @@ void check_output_path(const std::string& flag, const std::string& path) {
   ::unlink(probe.c_str());
 }
 
-void save_safetensors(const std::string& path, const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
+void save_safetensors(const std::string& path, const NamedTensors& tensors,
+                      const std::map<std::string, std::string>& metadata) {
   write_file_atomic(path, serialize_safetensors(tensors, metadata));
 }
 
-void save_safetensors(const Module& m, const std::string& path) { save_safetensors(path, m.state_dict(), {{"format", "pt"}}); }
+void save_safetensors(const Module& m, const std::string& path) {
+  save_safetensors(path, m.state_dict(), {{"format", "pt"}});
+}
 void load_safetensors(Module& m, const std::string& path) { load_state_dict(m, load_safetensors(path).tensors, path); }
 
 }  // namespace flatmin::nn

@@ -8,7 +8,8 @@ namespace flatmin::optim {
 ProjectorFn residual_tangent_projector(const VectorFn& residual, const Params& x, int64_t normal_rank) {
   Params at = detach(x);
   Tensor r0 = residual(at);
-  if (r0.dim() != 1) throw Error("residual_tangent_projector: the residual must have shape (n), got " + to_string(r0.shape()));
+  if (r0.dim() != 1)
+    throw Error("residual_tangent_projector: the residual must have shape (n), got " + to_string(r0.shape()));
   const int64_t n = r0.size(0), d = numel(at);
   const int64_t rank = normal_rank < 0 ? n : normal_rank;
   if (rank < 1) throw Error("residual_tangent_projector: the normal rank must be >= 1, got " + std::to_string(rank));
@@ -40,31 +41,39 @@ ProjectorFn residual_tangent_projector(const VectorFn& residual, const Params& x
   return [P, at, opt](const Params& v) {
     std::vector<double> f = flatten(v).to(DType::f64).to_vector();
     Eigen::VectorXd r = P * Eigen::Map<Eigen::VectorXd>(f.data(), Eigen::Index(f.size()));
-    return unflatten(from_vector(std::vector<double>(r.data(), r.data() + r.size()), {r.size()}, {DType::f64}).to(opt.dtype), at);
+    return unflatten(
+        from_vector(std::vector<double>(r.data(), r.data() + r.size()), {r.size()}, {DType::f64}).to(opt.dtype), at);
   };
 }
 
 ProjectorFn hessian_null_projector(const HvpFn& hvp, const Params& like, const NullSpaceOptions& o, NullSpaceCut* out) {
   if (!(o.rel_cut > 0 && o.rel_cut < 1)) throw Error("hessian_null_projector: rel_cut must be in (0, 1)");
-  if (!(o.min_gap > 1) || !std::isfinite(o.min_gap)) throw Error("hessian_null_projector: min_gap must be a finite number > 1");
+  if (!(o.min_gap > 1) || !std::isfinite(o.min_gap))
+    throw Error("hessian_null_projector: min_gap must be a finite number > 1");
   int64_t products = 0;
-  HvpFn counted = [&](const Params& v) { ++products; return hvp(v); };
+  HvpFn counted = [&](const Params& v) {
+    ++products;
+    return hvp(v);
+  };
   Eigenpairs e = top_eigenpairs(counted, like, {.k = o.top_k, .iterations = o.iterations, .seed = o.seed});
   const double l1 = e.values[0];
   const auto num = [](double v) { return std::to_string(v); };
-  if (!(l1 > 0)) throw Error("certify: the Hessian has no positive eigenvalue at x (λ_1 = " + num(l1) + "): the cut cannot be determined");
+  if (!(l1 > 0))
+    throw Error("certify: the Hessian has no positive eigenvalue at x (λ_1 = " + num(l1) +
+                "): the cut cannot be determined");
   if (e.values.back() < -o.rel_cut * l1)
-    throw Error("certify: negative curvature at x (λ_" + std::to_string(o.top_k) + " = " + num(e.values.back()) + "): not a minimum, ∂Φ is undefined");
+    throw Error("certify: negative curvature at x (λ_" + std::to_string(o.top_k) + " = " + num(e.values.back()) +
+                "): not a minimum, ∂Φ is undefined");
   int r = 0;
   while (r < o.top_k && e.values[size_t(r)] > o.rel_cut * l1) ++r;
   if (r == o.top_k)
-    throw Error("certify: all " + std::to_string(o.top_k) + " computed eigenvalues are above the cut " + num(o.rel_cut) +
-                "·λ_1: the Hessian's range may be larger; ask more eigenpairs (top_k)");
+    throw Error("certify: all " + std::to_string(o.top_k) + " computed eigenvalues are above the cut " +
+                num(o.rel_cut) + "·λ_1: the Hessian's range may be larger; ask more eigenpairs (top_k)");
   const double below = std::max(e.values[size_t(r)], 1e-300);
   const double gap = e.values[size_t(r - 1)] / below;
   if (gap < o.min_gap)
-    throw Error("certify: no gap at the Hessian cut (λ_" + std::to_string(r) + "/λ_" + std::to_string(r + 1) + " = " + num(gap) +
-                " < " + num(o.min_gap) + "): the near-null space, hence ∂Φ, cannot be determined");
+    throw Error("certify: no gap at the Hessian cut (λ_" + std::to_string(r) + "/λ_" + std::to_string(r + 1) + " = " +
+                num(gap) + " < " + num(o.min_gap) + "): the near-null space, hence ∂Φ, cannot be determined");
   if (out) *out = {r, e.values, gap, products};
   std::vector<Params> normal(e.vectors.begin(), e.vectors.begin() + r);
   return [normal](const Params& v) {
@@ -75,8 +84,10 @@ ProjectorFn hessian_null_projector(const HvpFn& hvp, const Params& like, const N
   };
 }
 
-Certificate certify(const ScalarFn& f, const Params& x, double eps, const ProjectorFn& tangent, const CertifyOptions& o) {
-  if (!(eps > 0) || !std::isfinite(eps)) throw Error("certify: ε must be a positive finite number, got " + std::to_string(eps));
+Certificate certify(const ScalarFn& f, const Params& x, double eps, const ProjectorFn& tangent,
+                    const CertifyOptions& o) {
+  if (!(eps > 0) || !std::isfinite(eps))
+    throw Error("certify: ε must be a positive finite number, got " + std::to_string(eps));
   if (o.trace_samples < 0) throw Error("certify: trace_samples must be >= 0");
   const double eps_prime = o.eps_prime < 0 ? std::sqrt(eps) : o.eps_prime;
   Certificate c;
@@ -96,13 +107,15 @@ Certificate certify(const ScalarFn& f, const Params& x, double eps, const Projec
 static Tensor contract(const Params& g, const Params& v) {  // Σ_i ⟨g_i, v_i⟩ over the defined, differentiable g_i
   Tensor s;
   for (size_t i = 0; i < g.size(); ++i)
-    if (g[i].defined() && g[i].requires_grad()) s = s.defined() ? add(s, dot(g[i], v[i].detach())) : dot(g[i], v[i].detach());
+    if (g[i].defined() && g[i].requires_grad())
+      s = s.defined() ? add(s, dot(g[i], v[i].detach())) : dot(g[i], v[i].detach());
   return s;
 }
 
 ThirdFn third_fn_of_leaves(const std::function<Tensor()>& loss, const Params& leaves) {
   for (size_t i = 0; i < leaves.size(); ++i)
-    if (!leaves[i].requires_grad()) throw Error("third_fn_of_leaves: tensor " + std::to_string(i) + " does not require grad");
+    if (!leaves[i].requires_grad())
+      throw Error("third_fn_of_leaves: tensor " + std::to_string(i) + " does not require grad");
   return [loss, leaves](const Params& u, const Params& v) {
     EnableGrad on;
     Tensor y = loss();
@@ -119,9 +132,10 @@ ThirdFn third_fn_of_leaves(const std::function<Tensor()>& loss, const Params& le
   };
 }
 
-Certificate certify_leaves(const std::function<Tensor()>& loss, const Params& leaves, double eps, const NullSpaceOptions& ns,
-                           const CertifyOptions& o, NullSpaceCut* cut) {
-  if (!(eps > 0) || !std::isfinite(eps)) throw Error("certify: ε must be a positive finite number, got " + std::to_string(eps));
+Certificate certify_leaves(const std::function<Tensor()>& loss, const Params& leaves, double eps,
+                           const NullSpaceOptions& ns, const CertifyOptions& o, NullSpaceCut* cut) {
+  if (!(eps > 0) || !std::isfinite(eps))
+    throw Error("certify: ε must be a positive finite number, got " + std::to_string(eps));
   if (o.trace_samples < 1) throw Error("certify: a network needs trace_samples >= 1 (Hutchinson samples of ∇tr̄)");
   ProjectorFn tangent = hessian_null_projector(hvp_fn_of_leaves(loss, leaves), leaves, ns, cut);  // may refuse: first
   Params g;

@@ -33,10 +33,10 @@ using ProjectorFn = std::function<Params(const Params&)>;
 ProjectorFn residual_tangent_projector(const VectorFn& residual, const Params& x, int64_t normal_rank = -1);
 
 struct NullSpaceOptions {
-  int top_k = 10;          // eigenpairs computed (Lanczos)
-  int iterations = 0;      // Lanczos steps (0: automatic, see EigenOptions)
-  double rel_cut = 1e-3;   // eigenvalues above rel_cut·λ_1 span the normal space
-  double min_gap = 10;     // required λ_r / λ_{r+1} at the cut
+  int top_k = 10;         // eigenpairs computed (Lanczos)
+  int iterations = 0;     // Lanczos steps (0: automatic, see EigenOptions)
+  double rel_cut = 1e-3;  // eigenvalues above rel_cut·λ_1 span the normal space
+  double min_gap = 10;    // required λ_r / λ_{r+1} at the cut
   uint64_t seed = 0;
 };
 struct NullSpaceCut {
@@ -45,11 +45,12 @@ struct NullSpaceCut {
   double gap = 0;                   // λ_r / max(λ_{r+1}, 0⁺)
   int64_t products = 0;             // Hessian-vector products used
 };
-ProjectorFn hessian_null_projector(const HvpFn& hvp, const Params& like, const NullSpaceOptions& o, NullSpaceCut* cut = nullptr);
+ProjectorFn hessian_null_projector(const HvpFn& hvp, const Params& like, const NullSpaceOptions& o,
+                                   NullSpaceCut* cut = nullptr);
 
 struct CertifyOptions {
-  double eps_prime = -1;   // < 0: √ε (the paper's target)
-  int trace_samples = 0;   // 0: exact ∇tr̄ (d ≤ 4096); else Hutchinson samples of ∇³f[z, z]/d
+  double eps_prime = -1;  // < 0: √ε (the paper's target)
+  int trace_samples = 0;  // 0: exact ∇tr̄ (d ≤ 4096); else Hutchinson samples of ∇³f[z, z]/d
   uint64_t seed = 0;
 };
 struct Certificate {
@@ -57,14 +58,15 @@ struct Certificate {
   double trace_grad_stderr = 0;  // standard error of ‖∇tr̄‖'s estimate (0 when exact)
 };
 // Refuses ε ≤ 0 or non-finite before any derivative.
-Certificate certify(const ScalarFn& f, const Params& x, double eps, const ProjectorFn& tangent, const CertifyOptions& o = {});
+Certificate certify(const ScalarFn& f, const Params& x, double eps, const ProjectorFn& tangent,
+                    const CertifyOptions& o = {});
 
 // For a loss recorded from leaves (a model's parameters, which require grad), as
 // hvp_fn_of_leaves: (u, v) ↦ ∇³f[u, v], three nested reverse sweeps.
 ThirdFn third_fn_of_leaves(const std::function<Tensor()>& loss, const Params& leaves);
 // A network's certificate: ∂Φ from the Hessian's near-null space (refused where the cut
 // cannot be determined), ∇tr̄ from o.trace_samples ≥ 1 Hutchinson samples of ∇³f[z, z]/d.
-Certificate certify_leaves(const std::function<Tensor()>& loss, const Params& leaves, double eps, const NullSpaceOptions& ns,
-                           const CertifyOptions& o, NullSpaceCut* cut = nullptr);
+Certificate certify_leaves(const std::function<Tensor()>& loss, const Params& leaves, double eps,
+                           const NullSpaceOptions& ns, const CertifyOptions& o, NullSpaceCut* cut = nullptr);
 
 }  // namespace flatmin::optim

@@ -7,7 +7,8 @@ Evaluation evaluate(const ScalarFn& f, const Params& at) {
   Params x = leaves(at);
   Tensor y = f(x);
   if (!y.defined() || y.numel() != 1)
-    throw Error("evaluate: the loss must be a scalar, got " + (y.defined() ? to_string(y.shape()) : std::string("undefined")));
+    throw Error("evaluate: the loss must be a scalar, got " +
+                (y.defined() ? to_string(y.shape()) : std::string("undefined")));
   Evaluation e;
   e.loss = y.item();
   if (y.requires_grad()) e.grad = grad({y}, x, {.allow_unused = true});

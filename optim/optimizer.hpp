@@ -63,10 +63,10 @@ class Optimizer {
  protected:
   Params params_;
   int64_t steps_ = 0;
-  void add_to_params(const Params& delta);        // x += Δ without recording
+  void add_to_params(const Params& delta);  // x += Δ without recording
   void add_to_params(double alpha, const Params& delta);
-  Params snapshot() const;                        // copies of the current values
-  void restore(const Params& saved);              // exact, no rounding from x + e − e
+  Params snapshot() const;            // copies of the current values
+  void restore(const Params& saved);  // exact, no rounding from x + e − e
   Evaluation evaluate_at_offset(const Closure& c, const Params& offset, const EvalOptions& o);
 };
 

@@ -23,7 +23,8 @@ Params perturbed_update(double lr, double lr_perturb, const Params& g, const Par
   return axpy(-lr_perturb, project_out(g, w), scale(-lr, g));
 }
 
-std::pair<double, double> perturbed_update_coefficients(double lr, double lr_perturb, const Params& g, const Params& w) {
+std::pair<double, double> perturbed_update_coefficients(double lr, double lr_perturb, const Params& g,
+                                                        const Params& w) {
   NoGrad ng;
   const double gg = dot(g, g).item();
   const double c = gg == 0.0 ? 0.0 : dot(g, w).item() / gg;  // Definition 4: Proj⊥_0(w) = w
@@ -118,7 +119,8 @@ SharpnessAwarePerturbation::SharpnessAwarePerturbation(Params params, Perturbati
 
 void SharpnessAwarePerturbation::set_step_examples(std::vector<int64_t> examples) {
   for (int64_t i : examples)
-    if (i < 0 || i >= n_) throw Error("SA: step example " + std::to_string(i) + " is outside [0, " + std::to_string(n_) + ")");
+    if (i < 0 || i >= n_)
+      throw Error("SA: step example " + std::to_string(i) + " is outside [0, " + std::to_string(n_) + ")");
   if (examples.empty()) throw Error("SA: the step's mini-batch is empty");
   step_examples_ = std::move(examples);
 }

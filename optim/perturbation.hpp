@@ -21,14 +21,14 @@ namespace flatmin::optim {
 enum class SaSampling { all_examples, step_batch };
 
 struct PerturbationOptions {
-  double lr = 0.01;                 // η
-  std::optional<double> lr_perturb{};// η' (default: η)
-  double rho = 0.01;                // ρ
+  double lr = 0.01;                                       // η
+  std::optional<double> lr_perturb{};                     // η' (default: η)
+  double rho = 0.01;                                      // ρ
   double eps0 = std::numeric_limits<double>::infinity();  // ε0 (default +∞: always perturb)
   uint64_t seed = 0;
-  bool random_iterate = false;      // keep a uniformly random iterate among x_0..x_{T-1}
+  bool random_iterate = false;  // keep a uniformly random iterate among x_0..x_{T-1}
   // SA only
-  int64_t batch = 1;                // b, the perturbation mini-batch size
+  int64_t batch = 1;  // b, the perturbation mini-batch size
   SaSampling sampling = SaSampling::all_examples;
   double vanish_threshold = 1e-12;  // ‖s‖ below this counts as 0 (Remark 2)
   double xi_radius = 1e-6;          // ‖ξ‖ of the Remark 2 fallback
@@ -47,8 +47,8 @@ struct PerturbationStepInfo {
   double loss = 0;
   double grad_norm = 0;
   bool perturbed = false;
-  bool fallback = false;  // SA: Remark 2 was used
-  double sigma = 0;       // SA: σ
+  bool fallback = false;          // SA: Remark 2 was used
+  double sigma = 0;               // SA: σ
   std::vector<int64_t> examples;  // SA: the mini-batch i
 };
 

@@ -10,11 +10,13 @@ static void require(bool ok, const std::string& what) {
 
 void validate(const SgdOptions& o) {
   require(std::isfinite(o.lr) && o.lr >= 0, "learning rate must be finite and >= 0, got " + std::to_string(o.lr));
-  require(std::isfinite(o.momentum) && o.momentum >= 0, "momentum must be finite and >= 0, got " + std::to_string(o.momentum));
+  require(std::isfinite(o.momentum) && o.momentum >= 0,
+          "momentum must be finite and >= 0, got " + std::to_string(o.momentum));
   require(std::isfinite(o.dampening), "dampening must be finite, got " + std::to_string(o.dampening));
   require(std::isfinite(o.weight_decay) && o.weight_decay >= 0,
           "weight decay must be finite and >= 0, got " + std::to_string(o.weight_decay));
-  require(!o.nesterov || (o.momentum > 0 && o.dampening == 0), "Nesterov momentum requires momentum > 0 and dampening = 0");
+  require(!o.nesterov || (o.momentum > 0 && o.dampening == 0),
+          "Nesterov momentum requires momentum > 0 and dampening = 0");
 }
 
 Params sgd_update(const SgdOptions& o, const Params& x, const Params& g, Params& buf) {
@@ -33,7 +35,9 @@ Params sgd_update(const SgdOptions& o, const Params& x, const Params& g, Params&
   return scale(-o.lr, d);
 }
 
-Sgd::Sgd(Params params, SgdOptions options) : GradientOptimizer(std::move(params)), options_(options) { validate(options_); }
+Sgd::Sgd(Params params, SgdOptions options) : GradientOptimizer(std::move(params)), options_(options) {
+  validate(options_);
+}
 
 void Sgd::apply(const Params& grad) {
   add_to_params(sgd_update(options_, params_, grad, momentum_buf_));
@@ -50,7 +54,8 @@ void Sgd::set_lr(double lr) {
 OptimizerState Sgd::state() const {
   OptimizerState s = Optimizer::state();
   s.reals["lr"] = options_.lr;
-  for (size_t i = 0; i < momentum_buf_.size(); ++i) s.tensors["momentum_buffer." + std::to_string(i)] = momentum_buf_[i];
+  for (size_t i = 0; i < momentum_buf_.size(); ++i)
+    s.tensors["momentum_buffer." + std::to_string(i)] = momentum_buf_[i];
   return s;
 }
 

@@ -15,14 +15,16 @@ ThirdFn third_fn(const ScalarFn& f, const Params& x) {
 }
 HvpFn hvp_fn_of_leaves(const std::function<Tensor()>& loss, const Params& leaves) {
   for (size_t i = 0; i < leaves.size(); ++i)
-    if (!leaves[i].requires_grad()) throw Error("hvp_fn_of_leaves: tensor " + std::to_string(i) + " does not require grad");
+    if (!leaves[i].requires_grad())
+      throw Error("hvp_fn_of_leaves: tensor " + std::to_string(i) + " does not require grad");
   return [loss, leaves](const Params& v) {
     EnableGrad on;
     Tensor y = loss();
     Params g = grad({y}, leaves, {.create_graph = true, .allow_unused = true});
     Tensor s;
     for (size_t i = 0; i < g.size(); ++i)
-      if (g[i].defined() && g[i].requires_grad()) s = s.defined() ? add(s, dot(g[i], v[i].detach())) : dot(g[i], v[i].detach());
+      if (g[i].defined() && g[i].requires_grad())
+        s = s.defined() ? add(s, dot(g[i], v[i].detach())) : dot(g[i], v[i].detach());
     Params hv;
     if (s.defined()) hv = grad({s}, leaves, {.allow_unused = true});
     hv.resize(leaves.size());
@@ -37,13 +39,14 @@ static void check_like(const char* who, const Params& like) {
 }
 
 TraceEstimate hutchinson_trace(const HvpFn& hvp_of, const Params& like, const HutchinsonOptions& o) {
-  return hutchinson_trace([&](const std::vector<Params>& zs) { return std::vector<double>{dot(zs[0], hvp_of(zs[0])).item()}; },
-                          1, like, o);
+  return hutchinson_trace(
+      [&](const std::vector<Params>& zs) { return std::vector<double>{dot(zs[0], hvp_of(zs[0])).item()}; }, 1, like, o);
 }
 
 TraceEstimate hutchinson_trace(const QuadRoundFn& quads, int round, const Params& like, const HutchinsonOptions& o) {
   check_like("hutchinson_trace", like);
-  if (o.max_samples < 1) throw Error("hutchinson_trace: max_samples must be >= 1, got " + std::to_string(o.max_samples));
+  if (o.max_samples < 1)
+    throw Error("hutchinson_trace: max_samples must be >= 1, got " + std::to_string(o.max_samples));
   if (!(o.tol >= 0)) throw Error("hutchinson_trace: tol must be >= 0");
   if (round < 1) throw Error("hutchinson_trace: round must be >= 1, got " + std::to_string(round));
   Generator gen(o.seed);
@@ -56,7 +59,8 @@ TraceEstimate hutchinson_trace(const QuadRoundFn& quads, int round, const Params
     for (int k = first; k < first + round && k <= o.max_samples; ++k) zs.push_back(gen.rademacher_like(shapes));
     const std::vector<double> qs = quads(zs);
     if (qs.size() != zs.size())
-      throw Error("hutchinson_trace: " + std::to_string(qs.size()) + " products for " + std::to_string(zs.size()) + " vectors");
+      throw Error("hutchinson_trace: " + std::to_string(qs.size()) + " products for " + std::to_string(zs.size()) +
+                  " vectors");
     for (size_t j = 0; j < qs.size(); ++j) {
       const int k = first + int(j);
       const double q = qs[j];
@@ -158,7 +162,8 @@ Params trace_gradient_exact(const ThirdFn& third_of, const Params& like) {
 }
 
 Tensor tangent_projector(const Tensor& H, double rel_tol) {
-  if (H.dim() != 2 || H.size(0) != H.size(1)) throw Error("tangent_projector: expected a square matrix, got " + to_string(H.shape()));
+  if (H.dim() != 2 || H.size(0) != H.size(1))
+    throw Error("tangent_projector: expected a square matrix, got " + to_string(H.shape()));
   const int64_t d = H.size(0);
   std::vector<double> h = H.to_vector();
   Eigen::MatrixXd M(d, d);

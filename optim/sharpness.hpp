@@ -10,7 +10,7 @@
 
 namespace flatmin::optim {
 
-using HvpFn = std::function<Params(const Params& v)>;                    // v ↦ H v
+using HvpFn = std::function<Params(const Params& v)>;                     // v ↦ H v
 using ThirdFn = std::function<Params(const Params& u, const Params& v)>;  // (u, v) ↦ ∇³f[u, v]
 
 // For a function of the parameters, at x.
@@ -40,7 +40,8 @@ TraceEstimate hutchinson_trace(const HvpFn& hvp, const Params& like, const Hutch
 // processes, train/data_parallel.hpp): the stopping rule still runs sample by sample, so
 // the estimate does not depend on `round`; up to round−1 products past the stop are wasted.
 using QuadRoundFn = std::function<std::vector<double>(const std::vector<Params>& z)>;  // zᵢᵀHzᵢ
-TraceEstimate hutchinson_trace(const QuadRoundFn& quads, int round, const Params& like, const HutchinsonOptions& o = {});
+TraceEstimate hutchinson_trace(const QuadRoundFn& quads, int round, const Params& like,
+                               const HutchinsonOptions& o = {});
 
 struct PowerOptions {
   int max_iter = 100;
@@ -56,8 +57,8 @@ struct EigenEstimate {
 EigenEstimate top_eigenvalue(const HvpFn& hvp, const Params& like, const PowerOptions& o = {});
 
 struct TraceGradientEstimate {
-  Params mean;                 // estimate of ∇tr̄ = E_z ∇³f[z, z] / d
-  double stderr_norm = 0;      // sqrt(Σ_k var_k / samples): standard error of the whole vector
+  Params mean;             // estimate of ∇tr̄ = E_z ∇³f[z, z] / d
+  double stderr_norm = 0;  // sqrt(Σ_k var_k / samples): standard error of the whole vector
   int samples = 0;
 };
 TraceGradientEstimate trace_gradient(const ThirdFn& third, const Params& like, int samples, uint64_t seed = 0);

@@ -11,7 +11,8 @@ namespace flatmin::optim {
 namespace {
 
 double unit_roundoff(const Params& like) {
-  return like.at(0).dtype() == DType::f64 ? std::numeric_limits<double>::epsilon() : std::numeric_limits<float>::epsilon();
+  return like.at(0).dtype() == DType::f64 ? std::numeric_limits<double>::epsilon()
+                                          : std::numeric_limits<float>::epsilon();
 }
 
 // w ← w − Σ_i ⟨w, q_i⟩ q_i, twice ("twice is enough": one pass leaves O(ε·κ) components).
@@ -25,7 +26,8 @@ Params orthogonalize(Params w, const std::vector<Params>& q) {
 Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> tridiagonal_eigen(const LanczosBasis& b) {
   const Eigen::Index m = Eigen::Index(b.alpha.size());
   Eigen::VectorXd diag = Eigen::Map<const Eigen::VectorXd>(b.alpha.data(), m);
-  Eigen::VectorXd sub = m > 1 ? Eigen::VectorXd(Eigen::Map<const Eigen::VectorXd>(b.beta.data(), m - 1)) : Eigen::VectorXd();
+  Eigen::VectorXd sub =
+      m > 1 ? Eigen::VectorXd(Eigen::Map<const Eigen::VectorXd>(b.beta.data(), m - 1)) : Eigen::VectorXd();
   Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es;
   es.computeFromTridiagonal(diag, sub, Eigen::ComputeEigenvectors);
   if (es.info() != Eigen::Success) throw Error("lanczos: the tridiagonal eigensolver did not converge");
@@ -89,15 +91,18 @@ Eigenpairs top_eigenpairs(const HvpFn& hvp, const Params& like, const EigenOptio
   if (like.empty()) throw Error("top_eigenpairs: empty parameter list");
   const int64_t d = numel(like);
   if (o.k < 1) throw Error("top_eigenpairs: k must be >= 1, got " + std::to_string(o.k));
-  if (o.k > d) throw Error("top_eigenpairs: k = " + std::to_string(o.k) + " exceeds the dimension " + std::to_string(d));
-  if (o.iterations < 0) throw Error("top_eigenpairs: iterations must be >= 0 (0: automatic), got " + std::to_string(o.iterations));
+  if (o.k > d)
+    throw Error("top_eigenpairs: k = " + std::to_string(o.k) + " exceeds the dimension " + std::to_string(d));
+  if (o.iterations < 0)
+    throw Error("top_eigenpairs: iterations must be >= 0 (0: automatic), got " + std::to_string(o.iterations));
   if (o.iterations > 0 && o.k > o.iterations)
     throw Error("top_eigenpairs: k = " + std::to_string(o.k) + " eigenvalues need at least k Lanczos iterations, got " +
                 std::to_string(o.iterations));
   const int m = int(std::min<int64_t>(d, o.iterations > 0 ? o.iterations : std::max(2 * o.k + 20, 40)));
   Generator gen(o.seed);
   Params start = gen.normal_like(detach(like));
-  LanczosBasis b = lanczos(hvp, start, {.iterations = m, .restart_on_breakdown = true, .seed = o.seed + 1, .progress = o.progress});
+  LanczosBasis b =
+      lanczos(hvp, start, {.iterations = m, .restart_on_breakdown = true, .seed = o.seed + 1, .progress = o.progress});
   auto es = tridiagonal_eigen(b);
   const Eigen::Index got = es.eigenvalues().size();
   Eigenpairs r;
@@ -113,7 +118,8 @@ Eigenpairs top_eigenpairs(const HvpFn& hvp, const Params& like, const EigenOptio
   }
   // The true residuals, one product each: the Lanczos estimate |β_m s_{m,i}| ignores the
   // rounding of the products and the basis, and reads 1e-40 where the truth is 1e-7.
-  for (size_t i = 0; i < r.vectors.size(); ++i) r.residuals.push_back(norm(axpy(-r.values[i], r.vectors[i], hvp(r.vectors[i]))).item());
+  for (size_t i = 0; i < r.vectors.size(); ++i)
+    r.residuals.push_back(norm(axpy(-r.values[i], r.vectors[i], hvp(r.vectors[i]))).item());
   if (int(r.values.size()) < o.k)  // only when the whole space was exhausted early (cannot happen for k ≤ d)
     throw Error("top_eigenpairs: Lanczos produced " + std::to_string(r.values.size()) + " Ritz values, fewer than k");
   return r;
@@ -134,7 +140,8 @@ static void validate(const DensityOptions& o) {
   if (o.iterations < 1) throw Error("spectral_density: iterations must be >= 1, got " + std::to_string(o.iterations));
   if (o.runs < 1) throw Error("spectral_density: runs must be >= 1, got " + std::to_string(o.runs));
   if (o.bins < 2) throw Error("spectral_density: bins must be >= 2, got " + std::to_string(o.bins));
-  if (!(o.sigma_squared > 0) || !std::isfinite(o.sigma_squared)) throw Error("spectral_density: sigma_squared must be a positive number");
+  if (!(o.sigma_squared > 0) || !std::isfinite(o.sigma_squared))
+    throw Error("spectral_density: sigma_squared must be a positive number");
   if (!(o.overhead >= 0) || !std::isfinite(o.overhead)) throw Error("spectral_density: overhead must be a number >= 0");
 }
 
@@ -143,7 +150,8 @@ SpectralDensity broaden(std::vector<Quadrature> runs, const DensityOptions& o) {
   if (runs.empty()) throw Error("spectral_density: no quadrature runs");
   double hi = 0, lo = 0;
   for (const Quadrature& q : runs) {
-    if (q.nodes.empty() || q.nodes.size() != q.weights.size()) throw Error("spectral_density: a quadrature rule without nodes");
+    if (q.nodes.empty() || q.nodes.size() != q.weights.size())
+      throw Error("spectral_density: a quadrature rule without nodes");
     hi += *std::max_element(q.nodes.begin(), q.nodes.end()) / double(runs.size());
     lo += *std::min_element(q.nodes.begin(), q.nodes.end()) / double(runs.size());
   }
@@ -166,8 +174,9 @@ SpectralDensity broaden(std::vector<Quadrature> runs, const DensityOptions& o) {
   }
   const double mass = std::accumulate(s.density.begin(), s.density.end(), 0.0) * step;
   if (!(mass > 0) || !std::isfinite(mass))
-    throw Error("spectral_density: the " + std::to_string(o.bins) + "-point grid misses every broadened node (grid step " +
-                std::to_string(step) + " vs σ " + std::to_string(std::sqrt(s.variance)) + "): use more bins or a larger sigma_squared");
+    throw Error("spectral_density: the " + std::to_string(o.bins) +
+                "-point grid misses every broadened node (grid step " + std::to_string(step) + " vs σ " +
+                std::to_string(std::sqrt(s.variance)) + "): use more bins or a larger sigma_squared");
   for (double& v : s.density) v /= mass;
   s.runs = std::move(runs);
   return s;
@@ -214,7 +223,8 @@ HvpFn restrict_hvp(const HvpFn& hvp, const Params& like, const std::vector<size_
   }
   Params zero = zeros_like(detach(like));
   return [hvp, zero, members](const Params& v) {
-    if (v.size() != members.size()) throw Error("restrict_hvp: expected " + std::to_string(members.size()) + " tensors");
+    if (v.size() != members.size())
+      throw Error("restrict_hvp: expected " + std::to_string(members.size()) + " tensors");
     Params full = zero;
     for (size_t k = 0; k < members.size(); ++k) full[members[k]] = v[k];
     Params hv = hvp(full);
@@ -233,7 +243,8 @@ GroupSpectrum group_spectrum(const HvpFn& hvp, const Params& like, const ParamGr
   s.group = g;
   s.dim = numel(sub);
   s.trace = hutchinson_trace(block, sub, ho);
-  Eigenpairs top = top_eigenpairs(block, sub, {.k = 1, .iterations = int(std::min<int64_t>(s.dim, lanczos_iterations)), .seed = seed});
+  Eigenpairs top = top_eigenpairs(
+      block, sub, {.k = 1, .iterations = int(std::min<int64_t>(s.dim, lanczos_iterations)), .seed = seed});
   s.top_eigenvalue = top.values[0];
   s.top_residual = top.residuals[0];
   return s;

@@ -37,9 +37,9 @@ struct LanczosOptions {
 LanczosBasis lanczos(const HvpFn& hvp, const Params& start, const LanczosOptions& o);
 
 struct EigenOptions {
-  int k = 1;            // eigenpairs wanted (the k algebraically largest)
-  int iterations = 0;   // Lanczos steps m (≥ k; 0: min(d, max(2k + 20, 40))); capped at d
-  uint64_t seed = 0;    // the Gaussian start vector
+  int k = 1;           // eigenpairs wanted (the k algebraically largest)
+  int iterations = 0;  // Lanczos steps m (≥ k; 0: min(d, max(2k + 20, 40))); capped at d
+  uint64_t seed = 0;   // the Gaussian start vector
   ProgressFn progress;
 };
 struct Eigenpairs {
@@ -98,9 +98,9 @@ HvpFn restrict_hvp(const HvpFn& hvp, const Params& like, const std::vector<size_
 struct GroupSpectrum {
   ParamGroup group;
   int64_t dim = 0;
-  TraceEstimate trace;       // Hutchinson on the diagonal block
+  TraceEstimate trace;        // Hutchinson on the diagonal block
   double top_eigenvalue = 0;  // largest eigenvalue of the block (Lanczos)
-  double top_residual = 0;   // ‖H_gg v − λ v‖
+  double top_residual = 0;    // ‖H_gg v − λ v‖
 };
 GroupSpectrum group_spectrum(const HvpFn& hvp, const Params& like, const ParamGroup& g, const HutchinsonOptions& ho,
                              int lanczos_iterations, uint64_t seed);

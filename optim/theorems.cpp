@@ -8,7 +8,8 @@ namespace {
 
 void check_common(const char* who, double eps, double L, double delta, const TheoremConstants& c) {
   const std::string w = who;
-  if (!(eps > 0) || !std::isfinite(eps)) throw Error(w + ": ε must be a positive finite number, got " + std::to_string(eps));
+  if (!(eps > 0) || !std::isfinite(eps))
+    throw Error(w + ": ε must be a positive finite number, got " + std::to_string(eps));
   if (!(L > 0) || !std::isfinite(L)) throw Error(w + ": L must be a positive finite number, got " + std::to_string(L));
   if (!(delta > 0 && delta <= 1)) throw Error(w + ": δ must be in (0, 1], got " + std::to_string(delta));
   for (double k : {c.lr_perturb, c.rho, c.eps0})
@@ -36,18 +37,21 @@ TheoremSettings sa_theorem_settings(double eps, double L, double delta, int64_t 
 }
 
 PerturbationOptions theorem_options(const TheoremSettings& s, uint64_t seed) {
-  PerturbationOptions o{.lr = s.lr, .lr_perturb = s.lr_perturb, .rho = s.rho, .eps0 = s.eps0, .seed = seed, .random_iterate = true};
+  PerturbationOptions o{
+      .lr = s.lr, .lr_perturb = s.lr_perturb, .rho = s.rho, .eps0 = s.eps0, .seed = seed, .random_iterate = true};
   validate(o);
   return o;
 }
 
 double smoothness_by_power(const HvpFn& hvp, const Params& like, const PowerOptions& o) {
   const double l = std::fabs(top_eigenvalue(hvp, like, o).value);
-  if (!(l > 0) || !std::isfinite(l)) throw Error("smoothness_by_power: the Hessian's largest eigenvalue is " + std::to_string(l) + ": give L");
+  if (!(l > 0) || !std::isfinite(l))
+    throw Error("smoothness_by_power: the Hessian's largest eigenvalue is " + std::to_string(l) + ": give L");
   return l;
 }
 
-RefineResult refine_until_stationary(const Params& x, const Closure& closure, double lr, double eps, int64_t max_steps) {
+RefineResult refine_until_stationary(const Params& x, const Closure& closure, double lr, double eps,
+                                     int64_t max_steps) {
   if (!(lr > 0) || !std::isfinite(lr)) throw Error("refine_until_stationary: lr must be a positive number");
   if (!(eps > 0)) throw Error("refine_until_stationary: eps must be > 0");
   if (max_steps < 0) throw Error("refine_until_stationary: max_steps must be >= 0");
@@ -56,7 +60,8 @@ RefineResult refine_until_stationary(const Params& x, const Closure& closure, do
     Evaluation e = closure({});
     ++r.gradient_evaluations;
     r.grad_norm = norm(e.grad).item();
-    if (!std::isfinite(r.grad_norm)) throw Error("refine_until_stationary: the gradient became non-finite (lr too large?)");
+    if (!std::isfinite(r.grad_norm))
+      throw Error("refine_until_stationary: the gradient became non-finite (lr too large?)");
     if (r.grad_norm <= eps) {
       r.reached = true;
       return r;

@@ -10,7 +10,9 @@
 
 namespace flatmin::test {
 
-inline int64_t conv_out_size(int64_t n, int64_t k, int64_t stride, int64_t pad) { return (n + 2 * pad - k) / stride + 1; }
+inline int64_t conv_out_size(int64_t n, int64_t k, int64_t stride, int64_t pad) {
+  return (n + 2 * pad - k) / stride + 1;
+}
 
 // Calls f(y_index, x_index, w_index) for every term of the convolution sum of an input of
 // shape xs with weights of shape ws: y = Σ x·w over the terms, and the input and weight
@@ -27,7 +29,8 @@ template <class F> void for_each_conv_term(const Shape& xs, const Shape& ws, con
               for (int64_t kw = 0; kw < KW; ++kw) {
                 const int64_t ih = oh * p.stride_h - p.pad_h + kh, iw = ow * p.stride_w - p.pad_w + kw;
                 if (ih >= 0 && ih < H && iw >= 0 && iw < W)
-                  f(((n * O + o) * OH + oh) * OW + ow, ((n * C + c) * H + ih) * W + iw, ((o * C + c) * KH + kh) * KW + kw);
+                  f(((n * O + o) * OH + oh) * OW + ow, ((n * C + c) * H + ih) * W + iw,
+                    ((o * C + c) * KH + kh) * KW + kw);
               }
 }
 
@@ -60,7 +63,8 @@ struct PoolReference {
 };
 inline PoolReference naive_pool2d(const std::vector<double>& x, const Shape& xs, const Pool2dParams& p) {
   const int64_t H = xs[2], W = xs[3];
-  const int64_t OH = conv_out_size(H, p.kernel_h, p.stride_h, p.pad_h), OW = conv_out_size(W, p.kernel_w, p.stride_w, p.pad_w);
+  const int64_t OH = conv_out_size(H, p.kernel_h, p.stride_h, p.pad_h),
+                OW = conv_out_size(W, p.kernel_w, p.stride_w, p.pad_w);
   PoolReference r;
   r.y_shape = {xs[0], xs[1], OH, OW};
   for (int64_t pl = 0; pl < xs[0] * xs[1]; ++pl)

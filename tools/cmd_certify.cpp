@@ -45,7 +45,8 @@ int run(int argc, char** argv) {
   model.add_to(app);
   data_spec.add_to(app);
   app.add_option("checkpoint", checkpoint, "a network's checkpoint (flatmin train): certify it instead of --problem");
-  app.add_option("--subset", subset, "checkpoint: the loss over the first N training examples")->check(CLI::PositiveNumber);
+  app.add_option("--subset", subset, "checkpoint: the loss over the first N training examples")
+      ->check(CLI::PositiveNumber);
   app.add_option("--trace-samples", co.trace_samples, "checkpoint: Hutchinson samples of ∇tr̄ (default 10)");
   app.add_option("--dtype", dtype_name, "checkpoint: f32 | f64")->check(CLI::IsMember({"f32", "f64"}));
   app.add_option("--loss", loss_name,
@@ -56,7 +57,8 @@ int run(int argc, char** argv) {
   app.add_option("--eps", eps, "ε: certify ‖∇f‖ ≤ ε and ‖∂Φ∇tr̄‖ ≤ √ε")->required();
   app.add_option("--point", point, "example1: the point x1 x2")->expected(2);
   app.add_option("--dim", dim, "dln: d = 2m (at most 4096, as ddep)")->check(CLI::Range(int64_t(2), int64_t(4096)));
-  app.add_option("--examples", examples, "dln: n (at most 10000, as ddep)")->check(CLI::Range(int64_t(1), int64_t(10000)));
+  app.add_option("--examples", examples, "dln: n (at most 10000, as ddep)")
+      ->check(CLI::Range(int64_t(1), int64_t(10000)));
   app.add_option("--alpha", alpha, "dln: the point u = α·1, v = β*/α; mf: U = α·U*, V = V*/α (global minima)");
   app.add_option("--mf-shape", mf_shape, "mf: p,q,k (teacher p×q of rank k; each at most 64)")
       ->delimiter(',')
@@ -83,7 +85,8 @@ int run(int argc, char** argv) {
   if (app.count("--trace-samples")) check_range("certify", "--trace-samples", co.trace_samples, 1, 100000);
   if (!checkpoint.empty()) {
     if (co.trace_samples == 0) co.trace_samples = 10;  // not given
-    auto [net, train] = load_checkpoint_model(model, data_spec, checkpoint, subset, parse_dtype(dtype_name), Device::parse(device));
+    auto [net, train] =
+        load_checkpoint_model(model, data_spec, checkpoint, subset, parse_dtype(dtype_name), Device::parse(device));
     net->update_running_stats(false);
     Params p = net->parameters();
     if (ns.top_k > numel(p)) ns.top_k = int(numel(p));
@@ -139,8 +142,8 @@ int run(int argc, char** argv) {
   } else {
     NullSpaceCut cut;
     tangent = hessian_null_projector(hvp_fn(P.loss, x), x, ns, &cut);
-    out["cut"] = {{"rank", cut.rank}, {"gap", cut.gap}, {"eigenvalues", cut.eigenvalues}, {"rel_cut", ns.rel_cut},
-                  {"min_gap", ns.min_gap}, {"hessian_vector_products", cut.products}};
+    out["cut"] = {{"rank", cut.rank},      {"gap", cut.gap},        {"eigenvalues", cut.eigenvalues},
+                  {"rel_cut", ns.rel_cut}, {"min_gap", ns.min_gap}, {"hessian_vector_products", cut.products}};
   }
   Certificate c = certify(P.loss, x, eps, tangent);
   out["grad_norm"] = c.flat.grad_norm;

@@ -26,9 +26,7 @@ std::vector<Named> functions(uint64_t seed) {
        {g.normal({4, 8}, f64), g.normal({8, 3}, f64)}},
       {"log-sum-exp", [](const Params& p) { return logsumexp(p[0], 0); }, {g.normal({10}, f64)}},
       {"Example 1: (x1 x2 - 1)^2",
-       [](const Params& p) {
-         return sum(square(add_scalar(mul(slice(p[0], 0, 0, 1), slice(p[0], 0, 1, 2)), -1.0)));
-       },
+       [](const Params& p) { return sum(square(add_scalar(mul(slice(p[0], 0, 0, 1), slice(p[0], 0, 1, 2)), -1.0))); },
        {from_vector(std::vector<double>{1.7, 0.4}, {2}, f64)}},
   };
 }

@@ -49,7 +49,10 @@ double run_once(const Problem& P, const Settings& s, bool sa, uint64_t seed) {
   std::unique_ptr<Optimizer> opt;
   if (sa)
     opt = std::make_unique<SharpnessAwarePerturbation>(
-        x, o, function_batch_closure([&](const std::vector<int64_t>& i, const Params& p) { return P.examples_loss(i, p); }, x), P.n);
+        x, o,
+        function_batch_closure([&](const std::vector<int64_t>& i, const Params& p) { return P.examples_loss(i, p); },
+                               x),
+        P.n);
   else
     opt = std::make_unique<RandomlySmoothedPerturbation>(x, o);
   const double t0 = P.trace_normalized(x);
@@ -82,8 +85,11 @@ int run(int argc, char** argv) {
   CLI::App app{"d-dependence of SA's advantage over RS on a diagonal linear network (scalar outputs)"};
   Settings s;
   // Bounded so that the dense Hessian check (d² doubles) and A (n × d/2) stay small.
-  app.add_option("--dims", s.dims, "dimensions d = 2m (even, at most 4096)")->delimiter(',')->check(CLI::Range(int64_t(2), int64_t(4096)));
-  app.add_option("--examples", s.examples, "n, the number of examples (rank of the Hessian)")->check(CLI::Range(int64_t(1), int64_t(10000)));
+  app.add_option("--dims", s.dims, "dimensions d = 2m (even, at most 4096)")
+      ->delimiter(',')
+      ->check(CLI::Range(int64_t(2), int64_t(4096)));
+  app.add_option("--examples", s.examples, "n, the number of examples (rank of the Hessian)")
+      ->check(CLI::Range(int64_t(1), int64_t(10000)));
   app.add_option("--steps", s.steps, "T, steps of RS/SA per run")->check(CLI::PositiveNumber);
   app.add_option("--refine", s.refine, "plain GD steps after each run")->check(CLI::NonNegativeNumber);
   app.add_option("--seeds", s.seeds, "runs per method and d")->check(CLI::PositiveNumber);
@@ -111,7 +117,8 @@ int run(int argc, char** argv) {
       for (int64_t i = 0; i < d; ++i) dense += h[size_t(i * d + i)];
       dense /= double(d);
     }
-    if (std::fabs(dense - tr0) > 1e-9 * std::fabs(tr0)) throw Error("ddep: closed-form trace disagrees with the dense Hessian");
+    if (std::fabs(dense - tr0) > 1e-9 * std::fabs(tr0))
+      throw Error("ddep: closed-form trace disagrees with the dense Hessian");
     std::vector<double> rs, sa;
     for (int64_t k = 0; k < s.seeds; ++k) {
       rs.push_back(run_once(P, s, false, uint64_t(1000 + k)));
@@ -119,9 +126,14 @@ int run(int argc, char** argv) {
     }
     MeanSe r = mean_se(rs), a = mean_se(sa);
     const double factor = a.mean / r.mean;
-    nlohmann::json row = {{"d", d}, {"trace_normalized_start", tr0}, {"trace_check_dense", dense},
-                          {"rs_decrease_per_step", r.mean}, {"rs_stderr", r.se},
-                          {"sa_decrease_per_step", a.mean}, {"sa_stderr", a.se}, {"factor", factor},
+    nlohmann::json row = {{"d", d},
+                          {"trace_normalized_start", tr0},
+                          {"trace_check_dense", dense},
+                          {"rs_decrease_per_step", r.mean},
+                          {"rs_stderr", r.se},
+                          {"sa_decrease_per_step", a.mean},
+                          {"sa_stderr", a.se},
+                          {"factor", factor},
                           {"sa_fraction_decreased", a.mean * double(s.steps) / tr0}};
     std::printf("d=%4lld  tr̄0=%.5f  RS %.3e ± %.1e  SA %.3e ± %.1e  factor %.2f\n", (long long)d, tr0, r.mean, r.se,
                 a.mean, a.se, factor);
@@ -137,13 +149,22 @@ int run(int argc, char** argv) {
     double mx = 0, my = 0;
     for (size_t i = 0; i < logd.size(); ++i) mx += logd[i] / logd.size(), my += logfactor[i] / logd.size();
     double sxy = 0, sxx = 0;
-    for (size_t i = 0; i < logd.size(); ++i) sxy += (logd[i] - mx) * (logfactor[i] - my), sxx += (logd[i] - mx) * (logd[i] - mx);
+    for (size_t i = 0; i < logd.size(); ++i)
+      sxy += (logd[i] - mx) * (logfactor[i] - my), sxx += (logd[i] - mx) * (logd[i] - mx);
     slope = sxy / sxx;
   }
-  nlohmann::json result = {{"problem", "diagonal linear network, scalar outputs"}, {"examples", s.examples},
-                           {"steps", s.steps}, {"refine", s.refine}, {"seeds", s.seeds}, {"batch", s.batch},
-                           {"lr", s.lr}, {"lr_perturb", s.lr_perturb.value_or(s.lr)}, {"rho", s.rho},
-                           {"alpha", s.alpha}, {"rows", rows}, {"fitted_exponent", slope}};
+  nlohmann::json result = {{"problem", "diagonal linear network, scalar outputs"},
+                           {"examples", s.examples},
+                           {"steps", s.steps},
+                           {"refine", s.refine},
+                           {"seeds", s.seeds},
+                           {"batch", s.batch},
+                           {"lr", s.lr},
+                           {"lr_perturb", s.lr_perturb.value_or(s.lr)},
+                           {"rho", s.rho},
+                           {"alpha", s.alpha},
+                           {"rows", rows},
+                           {"fitted_exponent", slope}};
   if (!s.out.empty()) nn::write_file_atomic(s.out, result.dump(2) + "\n");
   std::printf("%s\n", result.dump().c_str());
   return 0;

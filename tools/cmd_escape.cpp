@@ -56,7 +56,7 @@ struct Settings {
   int trace_samples = 10;
   std::string device = "cpu", out, save_start, load_start;
   bool force = false;
-  std::string command;  // the command line, for report.md
+  std::string command;       // the command line, for report.md
   int64_t micro_shards = 1;  // data parallelism under mpirun (train/data_parallel.hpp)
 
   Settings() {
@@ -83,15 +83,38 @@ struct Settings {
     return {m, c};
   }
   json json_value() const {
-    return {{"preset", preset}, {"model", model.json()}, {"data", data.json()}, {"batch_size", batch_size},
-            {"copies", copies}, {"zero_fraction", zero_fraction}, {"memorize_steps", memorize_steps},
-            {"memorize_eval_every", memorize_eval}, {"memorize_acc", memorize_acc}, {"memorize_lr", start_lrs_json()[0]},
-            {"clean_steps", clean_steps}, {"clean_eval_every", clean_eval}, {"clean_lr", start_lrs_json()[1]},
-            {"start_loss", start_loss}, {"escape_steps", escape_steps}, {"escape_eval_every", escape_eval},
-            {"escape_lr", escape_lr}, {"lr_perturb", lr_perturb}, {"drift_lr_perturb", drift_eta_prime()},
-            {"rho_rs", rho_rs}, {"rho_sa", rho_sa}, {"rho_sam", rho_sam}, {"methods", methods}, {"losses", losses},
-            {"reference", reference}, {"seeds", seeds}, {"seed", seed}, {"trace_subset", trace_subset},
-            {"trace_samples", trace_samples}, {"device", device}, {"load_start", load_start}, {"command", command}};
+    return {{"preset", preset},
+            {"model", model.json()},
+            {"data", data.json()},
+            {"batch_size", batch_size},
+            {"copies", copies},
+            {"zero_fraction", zero_fraction},
+            {"memorize_steps", memorize_steps},
+            {"memorize_eval_every", memorize_eval},
+            {"memorize_acc", memorize_acc},
+            {"memorize_lr", start_lrs_json()[0]},
+            {"clean_steps", clean_steps},
+            {"clean_eval_every", clean_eval},
+            {"clean_lr", start_lrs_json()[1]},
+            {"start_loss", start_loss},
+            {"escape_steps", escape_steps},
+            {"escape_eval_every", escape_eval},
+            {"escape_lr", escape_lr},
+            {"lr_perturb", lr_perturb},
+            {"drift_lr_perturb", drift_eta_prime()},
+            {"rho_rs", rho_rs},
+            {"rho_sa", rho_sa},
+            {"rho_sam", rho_sam},
+            {"methods", methods},
+            {"losses", losses},
+            {"reference", reference},
+            {"seeds", seeds},
+            {"seed", seed},
+            {"trace_subset", trace_subset},
+            {"trace_samples", trace_samples},
+            {"device", device},
+            {"load_start", load_start},
+            {"command", command}};
   }
 };
 
@@ -104,8 +127,8 @@ void apply_preset(Settings& s) {
     s.batch_size = 128;
     s.data.train_subset = 500;
     s.escape_steps = 200;
-    s.methods = {"sgd", "sgd+", "rs", "sa128", "sa64", "sa16", "sa1", "sa64-rho0", "sa16-rho0", "sa1-rho0",
-                 "sa128-drift", "sa64-drift", "sa16-drift", "sa1-drift"};
+    s.methods = {"sgd",       "sgd+",      "rs",       "sa128",       "sa64",       "sa16",       "sa1",
+                 "sa64-rho0", "sa16-rho0", "sa1-rho0", "sa128-drift", "sa64-drift", "sa16-drift", "sa1-drift"};
     return;
   }
   if (s.preset == "gpu") {  // one large GPU: a wider network, ten times the data, five times the steps
@@ -183,8 +206,8 @@ ArmSpec make_arm(const std::string& label, const Settings& s) {
   if (a.arm.kind == "rs" || a.arm.kind == "sa") a.optim.lr_perturb = a.arm.lr_perturb;
   a.optim.config();  // refuses bad hyperparameters now
   if (a.arm.b > s.batch_size)
-    throw Error("--methods " + label + ": b = " + std::to_string(a.arm.b) + " exceeds --batch-size " + std::to_string(s.batch_size) +
-                " (SA draws its b examples within the step's batch)");
+    throw Error("--methods " + label + ": b = " + std::to_string(a.arm.b) + " exceeds --batch-size " +
+                std::to_string(s.batch_size) + " (SA draws its b examples within the step's batch)");
   return a;
 }
 
@@ -208,13 +231,16 @@ std::vector<ArmSpec> check_settings(const Settings& s) {
     }
   // both losses are > 0 away from the labels and reach 0 only in the limit (ce) or exactly at them (mse)
   if (!(s.start_loss > 0) || !std::isfinite(s.start_loss))
-    throw Error("--start-loss must be > 0 (a training loss of exactly 0 is never reached), got " + std::to_string(s.start_loss));
+    throw Error("--start-loss must be > 0 (a training loss of exactly 0 is never reached), got " +
+                std::to_string(s.start_loss));
   for (const std::string& l : s.losses) optim::parse_classifier_loss(l);
   if (s.losses.empty()) throw Error("--losses: give ce, mse or both");
-  if (!s.load_start.empty() && s.losses.size() > 1) throw Error("--load-start: one start serves one loss; give one --losses value");
+  if (!s.load_start.empty() && s.losses.size() > 1)
+    throw Error("--load-start: one start serves one loss; give one --losses value");
   if (!s.load_start.empty() && !fs::is_regular_file(s.load_start)) throw Error("--load-start: no file " + s.load_start);
   if (s.data.train_subset > 0 && s.batch_size > s.data.train_subset)
-    throw Error("--batch-size " + std::to_string(s.batch_size) + " exceeds --train-subset " + std::to_string(s.data.train_subset));
+    throw Error("--batch-size " + std::to_string(s.batch_size) + " exceeds --train-subset " +
+                std::to_string(s.data.train_subset));
   return arms;
 }
 
@@ -233,7 +259,8 @@ void prepare_out(const Settings& s) {
   std::error_code ec;
   if (fs::exists(out, ec)) {
     if (!fs::is_directory(out, ec)) throw Error("--out " + s.out + " is a file, not a folder");
-    if (!fs::is_empty(out, ec) && !s.force) throw Error("--out " + s.out + " exists and is not empty (give --force to write into it)");
+    if (!fs::is_empty(out, ec) && !s.force)
+      throw Error("--out " + s.out + " exists and is not empty (give --force to write into it)");
   }
   fs::create_directories(out, ec);
   if (ec) throw Error("--out " + s.out + ": cannot create the folder: " + ec.message());
@@ -277,12 +304,26 @@ struct Context {
 };
 
 escape::Point point_of(int64_t step, const PhaseResult& r) {
-  return {step, r.train.loss, r.train.accuracy, r.test.loss, r.test.accuracy, r.trace_normalized, r.trace_normalized_stderr};
+  return {step,
+          r.train.loss,
+          r.train.accuracy,
+          r.test.loss,
+          r.test.accuracy,
+          r.trace_normalized,
+          r.trace_normalized_stderr};
 }
 json row_of(const std::string& loss, const std::string& arm, uint64_t seed, const escape::Point& p) {
-  return {{"phase", "escape"}, {"loss", loss}, {"arm", arm}, {"seed", seed}, {"step", p.step},
-          {"train_loss", p.train_loss}, {"train_accuracy", p.train_accuracy}, {"test_loss", p.test_loss},
-          {"test_accuracy", p.test_accuracy}, {"trace_normalized", p.trace}, {"trace_normalized_stderr", p.trace_se}};
+  return {{"phase", "escape"},
+          {"loss", loss},
+          {"arm", arm},
+          {"seed", seed},
+          {"step", p.step},
+          {"train_loss", p.train_loss},
+          {"train_accuracy", p.train_accuracy},
+          {"test_loss", p.test_loss},
+          {"test_accuracy", p.test_accuracy},
+          {"trace_normalized", p.trace},
+          {"trace_normalized_stderr", p.trace_se}};
 }
 
 // Step 1: memorize random labels, then fit the clean labels to a global minimum (or load one).
@@ -293,12 +334,14 @@ nn::NamedTensors make_start(Context& c, nn::Module& net, const std::string& loss
   ScheduleSpec sched = c.schedule(loss);
   MetricsLog& log = c.log;
   const json config = {{"model", s.model.json()}, {"data", s.data.json()}, {"loss", loss}};
-  auto is_global_minimum = [&](const PhaseResult& r) { return r.train.accuracy >= 1.0 && r.train.loss <= s.start_loss; };
+  auto is_global_minimum = [&](const PhaseResult& r) {
+    return r.train.accuracy >= 1.0 && r.train.loss <= s.start_loss;
+  };
   int64_t clean_done = 0;
   if (s.load_start.empty()) {
     c.announce(loss + ": random labels on " + std::to_string(c.noisy.size()) + " noisy copies, SGD momentum 0.9, lr " +
-               json(s.start_lrs(loss).memorize).dump() + ", until train acc >= " + json(s.memorize_acc).dump() + " (at most " +
-               std::to_string(s.memorize_steps) + " steps)");
+               json(s.start_lrs(loss).memorize).dump() + ", until train acc >= " + json(s.memorize_acc).dump() +
+               " (at most " + std::to_string(s.memorize_steps) + " steps)");
     OptimSpec mem;
     mem.lr = s.start_lrs(loss).memorize;
     mem.momentum = 0.9;
@@ -308,8 +351,9 @@ nn::NamedTensors make_start(Context& c, nn::Module& net, const std::string& loss
     PhaseResult r1 = run_phase(loss + ":random-labels", net, c.noisy, c.test, mem, s1, config, log,
                                [&](int64_t, const PhaseResult& r) { return r.train.accuracy >= s.memorize_acc; });
     if (!r1.outcome.finished) throw Error("random-label phase stopped: " + r1.outcome.message);
-    c.announce(loss + ": clean labels, plain SGD lr " + json(s.start_lrs(loss).clean).dump() + ", until 100% train acc and train loss <= " +
-               json(s.start_loss).dump() + " (at most " + std::to_string(s.clean_steps) + " steps)");
+    c.announce(loss + ": clean labels, plain SGD lr " + json(s.start_lrs(loss).clean).dump() +
+               ", until 100% train acc and train loss <= " + json(s.start_loss).dump() + " (at most " +
+               std::to_string(s.clean_steps) + " steps)");
     OptimSpec clean;
     clean.lr = s.start_lrs(loss).clean;
     ScheduleSpec s2 = sched;
@@ -324,7 +368,8 @@ nn::NamedTensors make_start(Context& c, nn::Module& net, const std::string& loss
   } else {
     nn::load_safetensors(net, s.load_start);
   }
-  c.announce(loss + ": measuring the starting point (tr̄ on the first " + std::to_string(s.trace_subset) + " training examples)");
+  c.announce(loss + ": measuring the starting point (tr̄ on the first " + std::to_string(s.trace_subset) +
+             " training examples)");
   net.to(parse_dtype(sched.dtype));
   net.to(device_for_rank(s.device));
   start = point_of(0, evaluate_all(net, c.train, c.test, sched, true));
@@ -335,13 +380,21 @@ nn::NamedTensors make_start(Context& c, nn::Module& net, const std::string& loss
     nn::save_safetensors(net, saved);
     if (!s.save_start.empty()) nn::save_safetensors(net, s.save_start);
   }
-  log.write({{"phase", "start"}, {"loss", loss}, {"step", 0}, {"clean_steps", clean_done}, {"train_accuracy", start.train_accuracy},
-             {"train_loss", start.train_loss}, {"test_accuracy", start.test_accuracy}, {"test_loss", start.test_loss},
-             {"trace_normalized", start.trace}, {"trace_normalized_stderr", start.trace_se}});
+  log.write({{"phase", "start"},
+             {"loss", loss},
+             {"step", 0},
+             {"clean_steps", clean_done},
+             {"train_accuracy", start.train_accuracy},
+             {"train_loss", start.train_loss},
+             {"test_accuracy", start.test_accuracy},
+             {"test_loss", start.test_loss},
+             {"trace_normalized", start.trace},
+             {"trace_normalized_stderr", start.trace_se}});
   if (!(start.train_accuracy >= 1.0 && start.train_loss <= s.start_loss)) {
     char buf[400];
     std::snprintf(buf, sizeof buf,
-                  "the start is not a global minimum of the training set (train accuracy %.4f, train loss %.4g; needed 1 and <= %g); "
+                  "the start is not a global minimum of the training set (train accuracy %.4f, train loss %.4g; needed "
+                  "1 and <= %g); "
                   "it is kept in %s: raise --clean-steps or --start-loss, or load another with --load-start",
                   start.train_accuracy, start.train_loss, s.start_loss, saved.c_str());
     throw Error(buf);
@@ -365,9 +418,12 @@ escape::Run run_arm(Context& c, nn::Module& net, const nn::NamedTensors& start_s
   OptimSpec o = a.optim;
   o.seed = seed + 17;
   char what[300];
-  std::snprintf(what, sizeof what, "%s: %s seed %llu, %lld steps, lr %g%s", loss.c_str(), a.arm.label.c_str(), (unsigned long long)seed,
-                (long long)s.escape_steps, a.arm.lr,
-                a.arm.kind == "sgd" ? "" : (", rho " + json(a.arm.rho).dump() + (a.arm.kind == "sam" ? "" : ", lr' " + json(a.arm.lr_perturb).dump())).c_str());
+  std::snprintf(what, sizeof what, "%s: %s seed %llu, %lld steps, lr %g%s", loss.c_str(), a.arm.label.c_str(),
+                (unsigned long long)seed, (long long)s.escape_steps, a.arm.lr,
+                a.arm.kind == "sgd" ? ""
+                                    : (", rho " + json(a.arm.rho).dump() +
+                                       (a.arm.kind == "sam" ? "" : ", lr' " + json(a.arm.lr_perturb).dump()))
+                                          .c_str());
   c.announce(what);
   escape::Run run{a.arm.label, seed, {start}};
   MetricsLog quiet("");  // escape rows carry the arm and seed: written here
@@ -378,7 +434,8 @@ escape::Run run_arm(Context& c, nn::Module& net, const nn::NamedTensors& start_s
                               c.log.write(row_of(loss, a.arm.label, seed, run.points.back()));
                               return false;
                             });
-  if (!r.outcome.finished) throw Error(loss + ":" + a.arm.label + " seed " + std::to_string(seed) + " stopped: " + r.outcome.message);
+  if (!r.outcome.finished)
+    throw Error(loss + ":" + a.arm.label + " seed " + std::to_string(seed) + " stopped: " + r.outcome.message);
   return run;
 }
 
@@ -397,8 +454,13 @@ void write_results(const Settings& s, const Results& r, bool complete) {
   if (distributed::world().rank() != 0) return;  // rank 0 alone writes files
   json losses = json::array();
   for (const auto& e : r.experiments) losses.push_back(escape::summarize(e));
-  json summary = {{"settings", r.settings}, {"complete", complete}, {"progress", {{"arm_runs_done", r.done}, {"arm_runs", r.total}}},
-                  {"seconds", r.seconds}, {"plots", r.plots}, {"plots_note", r.plots_note}, {"losses", losses}};
+  json summary = {{"settings", r.settings},
+                  {"complete", complete},
+                  {"progress", {{"arm_runs_done", r.done}, {"arm_runs", r.total}}},
+                  {"seconds", r.seconds},
+                  {"plots", r.plots},
+                  {"plots_note", r.plots_note},
+                  {"losses", losses}};
   if (!r.stopped.empty()) summary["stopped"] = r.stopped;
   const fs::path out = s.out;
   nn::write_file_atomic((out / "summary.json").string(), summary.dump(1) + "\n");
@@ -420,9 +482,14 @@ void draw_plots(const Settings& s, Results& r) {
   for (const auto& e : r.experiments) {
     const std::string curves = (out / ("curves-" + e.loss + ".jsonl")).string();
     nn::write_file_atomic(curves, write_rows(escape::curve_rows(escape::summarize(e))));
-    PlotOptions by_step{.inputs = {curves}, .out_dir = (out / "plots").string(), .x = "step",
-                        .y = {"trace_normalized", "test_accuracy", "matched_trace"}, .group = "arm",
-                        .title = "escape (" + e.loss + ", mean ± s.e. over seeds)", .file_prefix = e.loss + "-", .bands = true};
+    PlotOptions by_step{.inputs = {curves},
+                        .out_dir = (out / "plots").string(),
+                        .x = "step",
+                        .y = {"trace_normalized", "test_accuracy", "matched_trace"},
+                        .group = "arm",
+                        .title = "escape (" + e.loss + ", mean ± s.e. over seeds)",
+                        .file_prefix = e.loss + "-",
+                        .bands = true};
     plot_metrics(by_step);
     PlotOptions by_loss = by_step;
     by_loss.x = "train_loss";
@@ -454,18 +521,27 @@ Results merge_folders(const std::vector<std::string>& dirs, std::string& metrics
     const json sum = read_json_file(fs::path(d) / "summary.json");
     json key = sum.at("settings");
     for (const char* k : {"seed", "seeds", "out", "command", "load_start"}) key.erase(k);
-    if (same.is_null()) res.settings = sum.at("settings"), same = key;
-    else if (key != same) throw Error("--merge: " + d + " was run with other settings than " + dirs[0]);
+    if (same.is_null())
+      res.settings = sum.at("settings"), same = key;
+    else if (key != same)
+      throw Error("--merge: " + d + " was run with other settings than " + dirs[0]);
     const int64_t steps = key.at("escape_steps").get<int64_t>();
     for (const json& l : sum.at("losses")) {
       const std::string loss = l.at("loss").get<std::string>();
       const json& st = l.at("start");
       auto num = [](const json& j, const char* k) { return j.at(k).is_number() ? j.at(k).get<double>() : NAN; };
-      const escape::Point start{0, num(st, "train_loss"), num(st, "train_accuracy"), num(st, "test_loss"), num(st, "test_accuracy"),
-                                num(st, "trace_normalized"), num(st, "trace_normalized_stderr")};
+      const escape::Point start{0,
+                                num(st, "train_loss"),
+                                num(st, "train_accuracy"),
+                                num(st, "test_loss"),
+                                num(st, "test_accuracy"),
+                                num(st, "trace_normalized"),
+                                num(st, "trace_normalized_stderr")};
       auto e = std::find_if(res.experiments.begin(), res.experiments.end(), [&](auto& x) { return x.loss == loss; });
       if (e == res.experiments.end()) {
-        escape::Experiment x{.loss = loss, .start = start, .batch_size = l.at("batch_size").get<int64_t>(),
+        escape::Experiment x{.loss = loss,
+                             .start = start,
+                             .batch_size = l.at("batch_size").get<int64_t>(),
                              .reference = l.at("reference").get<std::string>(),
                              .minimum_loss = res.settings.at("start_loss").get<double>()};
         for (const json& label : l.at("arm_order")) {
@@ -478,7 +554,8 @@ Results merge_folders(const std::vector<std::string>& dirs, std::string& metrics
         e = res.experiments.end() - 1;
       } else if (std::abs(e->start.trace - start.trace) > 1e-5 * std::abs(start.trace) ||
                  std::abs(e->start.train_loss - start.train_loss) > 1e-5 * std::abs(start.train_loss)) {
-        throw Error("--merge: " + d + " starts from another point than " + dirs[0] + " (give both the same --load-start)");
+        throw Error("--merge: " + d + " starts from another point than " + dirs[0] +
+                    " (give both the same --load-start)");
       }
     }
     // finished runs only: those with an evaluation at the last step
@@ -499,7 +576,8 @@ Results merge_folders(const std::vector<std::string>& dirs, std::string& metrics
     }
     for (auto& [k, run] : runs) {
       if (run.points.back().step != steps) continue;
-      auto& e = *std::find_if(res.experiments.begin(), res.experiments.end(), [&](auto& x) { return x.loss == std::get<0>(k); });
+      auto& e = *std::find_if(res.experiments.begin(), res.experiments.end(),
+                              [&](auto& x) { return x.loss == std::get<0>(k); });
       for (const escape::Run& other : e.runs)
         if (other.arm == run.arm && other.seed == run.seed)
           throw Error("--merge: seed " + std::to_string(run.seed) + " of " + run.arm + " is in two folders");
@@ -518,46 +596,58 @@ int run(int argc, char** argv) {
   Settings s;
   s.preset = preset_of(argc, argv);
   apply_preset(s);
-  CLI::App app{"Escape from a bad global minimum: SGD, RS, SA, SAM as a fair test of Section 5 (docs/algorithms.md §7)"};
+  CLI::App app{
+      "Escape from a bad global minimum: SGD, RS, SA, SAM as a fair test of Section 5 (docs/algorithms.md §7)"};
   app.option_defaults()->always_capture_default();  // --help shows the (preset's) defaults
   s.model.add_to(app);
   s.data.add_to(app);
-  app.add_option("--preset", s.preset, "default (CPU-sized; its time: docs/escape_results.md) | full (both losses, b in {1,16,64,128}, 3 seeds) | gpu (one large GPU, not measured)");
+  app.add_option("--preset", s.preset,
+                 "default (CPU-sized; its time: docs/escape_results.md) | full (both losses, b in {1,16,64,128}, 3 "
+                 "seeds) | gpu (one large GPU, not measured)");
   app.add_option("--out", s.out, "results folder (default results/escape-<UTC date-time>/)");
   app.add_flag("--force", s.force, "write into an existing, non-empty --out");
   app.add_option("--losses", s.losses, "ce, mse or both (each makes its own start)")->delimiter(',');
   app.add_option("--seeds", s.seeds, "seeds per arm (batch order and perturbation draws; one shared start)");
-  app.add_option("--seed", s.seed, "base seed (start: labels and shuffling; the arms' seeds: base, base + 1, ...)")->check(NotNegative);
+  app.add_option("--seed", s.seed, "base seed (start: labels and shuffling; the arms' seeds: base, base + 1, ...)")
+      ->check(NotNegative);
   app.add_option("--batch-size", s.batch_size, "mini-batch size of every phase")->check(CLI::PositiveNumber);
   app.add_option("--copies", s.copies, "noisy copies per image in the random-label phase")->check(CLI::PositiveNumber);
   app.add_option("--zero-fraction", s.zero_fraction, "pixels zeroed in each noisy copy");
   app.add_option("--memorize-steps", s.memorize_steps, "cap on random-label steps")->check(CLI::PositiveNumber);
   app.add_option("--memorize-acc", s.memorize_acc, "random-label train accuracy that counts as memorized");
-  app.add_option("--memorize-lr", s.memorize_lr, "SGD (momentum 0.9) learning rate on random labels (default: ce 0.05, mse 0.01)");
-  app.add_option("--memorize-eval-every", s.memorize_eval, "evaluate every N random-label steps")->check(CLI::PositiveNumber);
+  app.add_option("--memorize-lr", s.memorize_lr,
+                 "SGD (momentum 0.9) learning rate on random labels (default: ce 0.05, mse 0.01)");
+  app.add_option("--memorize-eval-every", s.memorize_eval, "evaluate every N random-label steps")
+      ->check(CLI::PositiveNumber);
   app.add_option("--clean-steps", s.clean_steps, "cap on clean-label steps")->check(CLI::PositiveNumber);
   app.add_option("--clean-eval-every", s.clean_eval, "evaluate every N clean-label steps")->check(CLI::PositiveNumber);
   app.add_option("--clean-lr", s.clean_lr, "plain SGD learning rate on clean labels (default: ce 0.05, mse 0.02)");
   app.add_option("--start-loss", s.start_loss, "the start must reach 100% train accuracy and this training loss");
   app.add_option("--escape-steps", s.escape_steps, "steps of each arm from the start")->check(CLI::PositiveNumber);
-  app.add_option("--escape-eval-every", s.escape_eval, "evaluation (with tr̄) every N escape steps")->check(CLI::PositiveNumber);
+  app.add_option("--escape-eval-every", s.escape_eval, "evaluation (with tr̄) every N escape steps")
+      ->check(CLI::PositiveNumber);
   app.add_option("--escape-lr", s.escape_lr, "constant learning rate η of every arm (paper: 0.001)");
   app.add_option("--lr-perturb", s.lr_perturb, "η' of RS/SA (and the +η' of sgd+)");
-  app.add_option("--drift-lr-perturb", s.drift_lr_perturb, "η' of the sa<b>-drift arms (default η'/10; ρ scaled to keep ρ²η')");
+  app.add_option("--drift-lr-perturb", s.drift_lr_perturb,
+                 "η' of the sa<b>-drift arms (default η'/10; ρ scaled to keep ρ²η')");
   app.add_option("--rho-rs", s.rho_rs, "ρ of RS");
   app.add_option("--rho-sa", s.rho_sa, "ρ of SA");
   app.add_option("--rho-sam", s.rho_sam, "ρ of SAM");
-  app.add_option("--methods", s.methods, "arms: sgd, sgd+ (SGD at η+η'), rs, sam, sa<b>, sa<b>-rho0, sa<b>-drift")->delimiter(',');
+  app.add_option("--methods", s.methods, "arms: sgd, sgd+ (SGD at η+η'), rs, sam, sa<b>, sa<b>-rho0, sa<b>-drift")
+      ->delimiter(',');
   app.add_option("--reference", s.reference, "arm whose tr̄ at the same training loss normalizes tr̄ at matched loss");
   app.add_option("--trace-subset", s.trace_subset, "training examples for tr̄")->check(CLI::PositiveNumber);
-  app.add_option("--trace-samples", s.trace_samples, "Hutchinson samples (PyHessian's cap: 100)")->check(CLI::PositiveNumber);
+  app.add_option("--trace-samples", s.trace_samples, "Hutchinson samples (PyHessian's cap: 100)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--device", s.device, "cpu | cuda | cuda:N");
-  app.add_option("--micro-shards", s.micro_shards, "data parallelism: fixed parts per batch (>= processes under mpirun)")
+  app.add_option("--micro-shards", s.micro_shards,
+                 "data parallelism: fixed parts per batch (>= processes under mpirun)")
       ->check(CLI::PositiveNumber);
   app.add_option("--save-start", s.save_start, "also write the start's state dict here (it is always in --out)");
   app.add_option("--load-start", s.load_start, "start the arms from this state dict (skips making the bad minimum)");
   std::vector<std::string> merge;
-  app.add_option("--merge", merge, "write one report into --out from these results folders (same settings and start, other seeds)")
+  app.add_option("--merge", merge,
+                 "write one report into --out from these results folders (same settings and start, other seeds)")
       ->delimiter(',');
   CLI11_PARSE(app, argc, argv);
   nn::check_output_path("--save-start", s.save_start);
@@ -569,14 +659,17 @@ int run(int argc, char** argv) {
     nn::write_file_atomic((fs::path(s.out) / "metrics.jsonl").string(), metrics);
     draw_plots(s, res);
     write_results(s, res, res.done == res.total);
-    std::fprintf(stderr, "escape: %d of %d arm runs from %zu folders; results in %s/\n", res.done, res.total, merge.size(), s.out.c_str());
+    std::fprintf(stderr, "escape: %d of %d arm runs from %zu folders; results in %s/\n", res.done, res.total,
+                 merge.size(), s.out.c_str());
     return 0;
   }
   for (int i = 0; i < argc; ++i) s.command += (i ? " " : "flatmin ") + std::string(argv[i]);
 
   const std::vector<ArmSpec> arms = check_settings(s);
   if (std::none_of(arms.begin(), arms.end(), [&](const ArmSpec& a) { return a.arm.label == s.reference; }))
-    s.reference = std::any_of(arms.begin(), arms.end(), [](const ArmSpec& a) { return a.arm.label == "sgd"; }) ? "sgd" : arms[0].arm.label;
+    s.reference = std::any_of(arms.begin(), arms.end(), [](const ArmSpec& a) { return a.arm.label == "sgd"; })
+                      ? "sgd"
+                      : arms[0].arm.label;
   if (s.out.empty()) s.out = default_out();
   prepare_out(s);
   std::fprintf(stderr, "escape: results go to %s/\n", s.out.c_str());
@@ -588,7 +681,8 @@ int run(int argc, char** argv) {
   MetricsLog log((fs::path(s.out) / "metrics.jsonl").string());
   Context c{s, arms, s.data.train(), s.data.test(), {}, log};
   if (s.data.train_subset == 0 && s.batch_size > c.train.size()) throw Error("--batch-size exceeds the training set");
-  if (s.load_start.empty()) c.noisy = data::noisy_copies(c.train, {.copies = s.copies, .zero_fraction = s.zero_fraction, .seed = s.seed});
+  if (s.load_start.empty())
+    c.noisy = data::noisy_copies(c.train, {.copies = s.copies, .zero_fraction = s.zero_fraction, .seed = s.seed});
   flatten_for(s.model, c.train);
   flatten_for(s.model, c.test);
   if (s.load_start.empty()) flatten_for(s.model, c.noisy);
@@ -598,13 +692,15 @@ int run(int argc, char** argv) {
   try {
     for (const std::string& loss : s.losses) {
       auto net = build_model(s.model, c.train);
-      const std::string shape = s.model.model == "resnet18"
-                                    ? "resnet18 (width " + std::to_string(s.model.width) + ", " + s.model.norm + " norm)"
-                                    : "mlp " + json(s.model.hidden).dump();
-      std::fprintf(stderr, "escape (%s): %s with %lld parameters; %lld clean / %lld noisy training examples, %lld test\n",
-                   loss.c_str(), shape.c_str(), (long long)net->num_parameters(),
-                   (long long)c.train.size(), (long long)c.noisy.size(), (long long)c.test.size());
-      escape::Experiment e{.loss = loss, .batch_size = s.batch_size, .reference = s.reference, .minimum_loss = s.start_loss};
+      const std::string shape = s.model.model == "resnet18" ? "resnet18 (width " + std::to_string(s.model.width) +
+                                                                  ", " + s.model.norm + " norm)"
+                                                            : "mlp " + json(s.model.hidden).dump();
+      std::fprintf(stderr,
+                   "escape (%s): %s with %lld parameters; %lld clean / %lld noisy training examples, %lld test\n",
+                   loss.c_str(), shape.c_str(), (long long)net->num_parameters(), (long long)c.train.size(),
+                   (long long)c.noisy.size(), (long long)c.test.size());
+      escape::Experiment e{
+          .loss = loss, .batch_size = s.batch_size, .reference = s.reference, .minimum_loss = s.start_loss};
       for (const ArmSpec& a : arms) e.arms.push_back(a.arm);
       const nn::NamedTensors start_state = make_start(c, *net, loss, e.start);
       res.experiments.push_back(e);
@@ -621,18 +717,22 @@ int run(int argc, char** argv) {
     res.stopped = e.what();
     res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - c.t0).count();
     write_results(s, res, false);
-    std::fprintf(stderr, "escape: stopped after %d of %d arm runs; what was finished is in %s/\n", res.done, res.total, s.out.c_str());
+    std::fprintf(stderr, "escape: stopped after %d of %d arm runs; what was finished is in %s/\n", res.done, res.total,
+                 s.out.c_str());
     throw;
   }
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - c.t0).count();
   write_results(s, res, true);
   const int sec = int(res.seconds);
-  std::fprintf(stderr, "escape: done in %02d:%02d; results in %s/ (report.md, summary.json, metrics.jsonl, plots/)\n", sec / 60,
-               sec % 60, s.out.c_str());
-  std::printf("%s\n", json({{"out", s.out}, {"complete", true}, {"seconds", sec}, {"arm_runs", res.done}}).dump().c_str());
+  std::fprintf(stderr, "escape: done in %02d:%02d; results in %s/ (report.md, summary.json, metrics.jsonl, plots/)\n",
+               sec / 60, sec % 60, s.out.c_str());
+  std::printf("%s\n",
+              json({{"out", s.out}, {"complete", true}, {"seconds", sec}, {"arm_runs", res.done}}).dump().c_str());
   return 0;
 }
 
-Register reg{{"escape", "escape a bad global minimum: SGD, RS, SA, SAM as a fair test; results folder (docs/algorithms.md §7)", run}};
+Register reg{{"escape",
+              "escape a bad global minimum: SGD, RS, SA, SAM as a fair test; results folder (docs/algorithms.md §7)",
+              run}};
 }  // namespace
 }  // namespace flatmin::tools

@@ -44,8 +44,13 @@ struct Settings {
 
 std::unique_ptr<Optimizer> make(const Settings& s, const Params& x) {
   if (s.method == "gd") return std::make_unique<Sgd>(x, SgdOptions{.lr = s.lr});
-  if (s.method == "sam") return std::make_unique<Sam>(std::make_unique<Sgd>(x, SgdOptions{.lr = s.lr}), SamOptions{.rho = s.rho});
-  PerturbationOptions o{.lr = s.lr, .lr_perturb = s.lr_perturb, .rho = s.rho, .eps0 = s.eps0, .seed = s.seed,
+  if (s.method == "sam")
+    return std::make_unique<Sam>(std::make_unique<Sgd>(x, SgdOptions{.lr = s.lr}), SamOptions{.rho = s.rho});
+  PerturbationOptions o{.lr = s.lr,
+                        .lr_perturb = s.lr_perturb,
+                        .rho = s.rho,
+                        .eps0 = s.eps0,
+                        .seed = s.seed,
                         .random_iterate = s.random_iterate};
   if (s.method == "rs") return std::make_unique<RandomlySmoothedPerturbation>(x, o);
   if (s.method == "sa") {
@@ -60,7 +65,8 @@ int run(int argc, char** argv) {
   Settings s;
   app.add_option("--method", s.method, "gd | rs | sa | sam")->check(CLI::IsMember({"gd", "rs", "sa", "sam"}));
   app.add_option("--steps", s.steps, "steps of the method")->check(CLI::NonNegativeNumber);
-  app.add_option("--refine", s.refine, "plain GD steps afterwards (docs/algorithms.md §4)")->check(CLI::NonNegativeNumber);
+  app.add_option("--refine", s.refine, "plain GD steps afterwards (docs/algorithms.md §4)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--lr", s.lr, "step size η (GD part; SGD/SAM learning rate)");
   app.add_option("--lr-perturb", s.lr_perturb, "η' for RS/SA (default η)");
   app.add_option("--rho", s.rho, "perturbation radius ρ (RS, SA, SAM)");
@@ -73,31 +79,37 @@ int run(int argc, char** argv) {
   app.add_option("--out", s.out, "metrics as JSON lines (written atomically at the end)");
   std::optional<double> theorem_eps, smoothness;
   double delta = 0.5;
-  app.add_option("--theorem-eps", theorem_eps,
-                 "rs/sa: set η, η', ρ, ε0 as Theorems 1/2 prescribe for this ε (optim/theorems.hpp), with the random iterate");
+  app.add_option(
+      "--theorem-eps", theorem_eps,
+      "rs/sa: set η, η', ρ, ε0 as Theorems 1/2 prescribe for this ε (optim/theorems.hpp), with the random iterate");
   app.add_option("--smoothness", smoothness, "L for --theorem-eps (default: λmax at the start, power method)");
   app.add_option("--delta", delta, "δ for --theorem-eps, in (0, 1]");
   CLI11_PARSE(app, argc, argv);
   nn::check_output_path("--out", s.out);
   if (theorem_eps) {
     if (s.method != "rs" && s.method != "sa") throw Error("example1: --theorem-eps is for --method rs or sa");
-    if (smoothness && (!(*smoothness > 0) || !std::isfinite(*smoothness))) throw Error("example1: --smoothness (L) must be a positive finite number");
+    if (smoothness && (!(*smoothness > 0) || !std::isfinite(*smoothness)))
+      throw Error("example1: --smoothness (L) must be a positive finite number");
     Params x0 = {from_vector(std::vector<double>{s.start[0], s.start[1]}, {2}, {DType::f64})};
     const double L = smoothness ? *smoothness : 0;
     auto settings = [&](double l) {
-      return s.method == "rs" ? rs_theorem_settings(*theorem_eps, l, delta) : sa_theorem_settings(*theorem_eps, l, delta, 2);
+      return s.method == "rs" ? rs_theorem_settings(*theorem_eps, l, delta)
+                              : sa_theorem_settings(*theorem_eps, l, delta, 2);
     };
     settings(L > 0 ? L : 1.0);  // refuses a bad ε or δ before the power method runs
-    const TheoremSettings t = settings(L > 0 ? L : smoothness_by_power(hvp_fn(example1_loss, x0), x0, {.max_iter = 500, .tol = 1e-10}));
+    const TheoremSettings t =
+        settings(L > 0 ? L : smoothness_by_power(hvp_fn(example1_loss, x0), x0, {.max_iter = 500, .tol = 1e-10}));
     s.lr = t.lr;
     s.lr_perturb = t.lr_perturb;
     s.rho = t.rho;
     s.eps0 = t.eps0;
     s.random_iterate = true;
-    std::fprintf(stderr, "example1: theorem settings: lr %.6g, lr_perturb %.6g, rho %.6g, eps0 %.6g\n", t.lr, t.lr_perturb, t.rho, t.eps0);
+    std::fprintf(stderr, "example1: theorem settings: lr %.6g, lr_perturb %.6g, rho %.6g, eps0 %.6g\n", t.lr,
+                 t.lr_perturb, t.rho, t.eps0);
   }
   if (!(s.lr > 0) || !std::isfinite(s.lr)) throw Error("example1: --lr must be a positive number");
-  if (!std::isfinite(s.start[0]) || !std::isfinite(s.start[1])) throw Error("example1: --start must be two finite numbers");
+  if (!std::isfinite(s.start[0]) || !std::isfinite(s.start[1]))
+    throw Error("example1: --start must be two finite numbers");
 
   Params x = {from_vector(std::vector<double>{s.start[0], s.start[1]}, {2}, {DType::f64})};
   std::unique_ptr<Optimizer> opt = make(s, x);
@@ -109,7 +121,8 @@ int run(int argc, char** argv) {
   auto record = [&](int64_t step, const char* phase, double loss) {
     std::vector<double> v = x[0].to_vector();
     const double tr = trace_normalized(v[0], v[1]);
-    nlohmann::json r = {{"step", step}, {"phase", phase}, {"x1", v[0]}, {"x2", v[1]}, {"loss", loss}, {"trace_normalized", tr}};
+    nlohmann::json r = {{"step", step}, {"phase", phase}, {"x1", v[0]},
+                        {"x2", v[1]},   {"loss", loss},   {"trace_normalized", tr}};
     rows.push_back(r);
     std::printf("%s\n", r.dump().c_str());
     std::fflush(stdout);
@@ -118,7 +131,9 @@ int run(int argc, char** argv) {
   record(0, s.method.c_str(), loss);
   for (int64_t t = 1; t <= s.steps; ++t) {
     loss = opt->step(closure);
-    if (!std::isfinite(loss)) throw Error("example1: the loss became " + std::to_string(loss) + " at step " + std::to_string(t) + " (step size too large?)");
+    if (!std::isfinite(loss))
+      throw Error("example1: the loss became " + std::to_string(loss) + " at step " + std::to_string(t) +
+                  " (step size too large?)");
     std::vector<double> v = x[0].to_vector();
     if (first_within < 0 && std::fabs(trace_normalized(v[0], v[1]) - 2) <= 0.02) first_within = t;
     if (t % s.log_every == 0 || t == s.steps) record(t, s.method.c_str(), value(example1_loss, x).item());
@@ -137,12 +152,21 @@ int run(int argc, char** argv) {
   if (!s.out.empty()) write_jsonl_atomic(s.out, rows);
   std::vector<double> v = x[0].to_vector();
   const double tr = trace_normalized(v[0], v[1]);
-  nlohmann::json summary = {{"method", s.method}, {"steps", s.steps}, {"refine", s.refine}, {"lr", s.lr},
-                            {"lr_perturb", s.lr_perturb.value_or(s.lr)}, {"rho", s.rho}, {"seed", s.seed},
-                            {"x1", v[0]}, {"x2", v[1]}, {"loss", value(example1_loss, x).item()},
-                            {"trace_normalized", tr}, {"trace_normalized_start", tr0},
-                            {"first_step_within_1pct_of_2", first_within},
-                            {"reached_flat_minimum", std::fabs(tr - 2) <= 0.02 && value(example1_loss, x).item() <= 1e-6}};
+  nlohmann::json summary = {
+      {"method", s.method},
+      {"steps", s.steps},
+      {"refine", s.refine},
+      {"lr", s.lr},
+      {"lr_perturb", s.lr_perturb.value_or(s.lr)},
+      {"rho", s.rho},
+      {"seed", s.seed},
+      {"x1", v[0]},
+      {"x2", v[1]},
+      {"loss", value(example1_loss, x).item()},
+      {"trace_normalized", tr},
+      {"trace_normalized_start", tr0},
+      {"first_step_within_1pct_of_2", first_within},
+      {"reached_flat_minimum", std::fabs(tr - 2) <= 0.02 && value(example1_loss, x).item() <= 1e-6}};
   std::printf("%s\n", summary.dump().c_str());
   return 0;
 }

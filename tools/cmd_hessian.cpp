@@ -25,7 +25,8 @@ using nlohmann::json;
 json num(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
 int run(int argc, char** argv) {
-  CLI::App app{"Hessian spectrum of the training loss at a checkpoint: top-k eigenpairs, spectral density, per-layer trace"};
+  CLI::App app{
+      "Hessian spectrum of the training loss at a checkpoint: top-k eigenpairs, spectral density, per-layer trace"};
   ModelSpec model;
   DataSpec data_spec;
   std::string file, out_dir, dtype_name = "f32", device = "cpu";
@@ -38,9 +39,11 @@ int run(int argc, char** argv) {
   uint64_t seed = 0;
   model.add_to(app);
   data_spec.add_to(app);
-  app.add_option("checkpoint", file, "checkpoint (flatmin train --checkpoint) or model state dict (--save-model)")->required();
+  app.add_option("checkpoint", file, "checkpoint (flatmin train --checkpoint) or model state dict (--save-model)")
+      ->required();
   app.add_option("--out", out_dir, "existing, writable output folder")->required();
-  app.add_option("--subset", subset, "the loss is the mean over the first N training examples")->check(CLI::PositiveNumber);
+  app.add_option("--subset", subset, "the loss is the mean over the first N training examples")
+      ->check(CLI::PositiveNumber);
   app.add_option("--top-k", top_k, "the k largest eigenvalues and their eigenvectors (Lanczos)");
   app.add_option("--iterations", iterations, "Lanczos steps for --top-k (0: min(d, max(2k+20, 40)))");
   app.add_flag("--density", want_density, "spectral density by stochastic Lanczos quadrature");
@@ -59,16 +62,18 @@ int run(int argc, char** argv) {
 
   // Everything that can be refused is refused here, before the data is read; every size flag
   // is bounded.
-  if (!top_k && !want_density && !by_layer) throw Error("hessian: nothing to compute: give --top-k K, --density or --by-layer");
+  if (!top_k && !want_density && !by_layer)
+    throw Error("hessian: nothing to compute: give --top-k K, --density or --by-layer");
   if (top_k) check_range("hessian", "--top-k", *top_k, 1, 1000);
   check_range("hessian", "--iterations", iterations, 0, 10000);
   if (top_k && iterations > 0 && *top_k > iterations)
-    throw Error("hessian: --top-k " + std::to_string(*top_k) + " eigenvalues need at least as many Lanczos --iterations, got " +
-                std::to_string(iterations));
+    throw Error("hessian: --top-k " + std::to_string(*top_k) +
+                " eigenvalues need at least as many Lanczos --iterations, got " + std::to_string(iterations));
   check_range("hessian", "--density-iterations", dens.iterations, 1, 10000);
   check_range("hessian", "--runs", dens.runs, 1, 1000);
   check_range("hessian", "--bins", dens.bins, 2, 10'000'000);
-  if (!(dens.sigma_squared > 0) || !std::isfinite(dens.sigma_squared)) throw Error("hessian: --sigma-squared must be a positive number");
+  if (!(dens.sigma_squared > 0) || !std::isfinite(dens.sigma_squared))
+    throw Error("hessian: --sigma-squared must be a positive number");
   check_range("hessian", "--layer-samples", ho.max_samples, 1, 1'000'000);
   if (!(ho.tol >= 0)) throw Error("hessian: --layer-tol must be >= 0");
   check_range("hessian", "--layer-iterations", layer_iterations, 1, 10000);
@@ -77,7 +82,8 @@ int run(int argc, char** argv) {
   if (::access(out_dir.c_str(), W_OK | X_OK) != 0) throw Error("hessian: --out " + out_dir + " is not writable");
   if (!fs::is_regular_file(file, ec)) throw Error("hessian: checkpoint " + file + " does not exist");
   std::string why;
-  if (want_density && !plot_renderer_available("/usr/bin/python3", &why)) throw Error("hessian: --density draws a PNG, but " + why);
+  if (want_density && !plot_renderer_available("/usr/bin/python3", &why))
+    throw Error("hessian: --density draws a PNG, but " + why);
   const DType dt = parse_dtype(dtype_name);
   const Device dev = Device::parse(device);
 
@@ -85,15 +91,20 @@ int run(int argc, char** argv) {
   net->update_running_stats(false);  // the loss of the training-mode forward, statistics untouched
   Params p = net->parameters();
   const int64_t d = numel(p);
-  if (top_k && *top_k > d) throw Error("hessian: --top-k " + std::to_string(*top_k) + " exceeds the " + std::to_string(d) + " parameters");
+  if (top_k && *top_k > d)
+    throw Error("hessian: --top-k " + std::to_string(*top_k) + " exceeds the " + std::to_string(d) + " parameters");
   Tensor x = train.images.to(dt).to(dev), y = train.labels.to(dev);
   optim::HvpFn hvp = optim::hvp_fn_of_leaves([&] { return cross_entropy((*net)(x), y); }, p);
   int64_t products = 0;
-  optim::HvpFn counted = [&](const Params& v) { ++products; return hvp(v); };
+  optim::HvpFn counted = [&](const Params& v) {
+    ++products;
+    return hvp(v);
+  };
   const auto t0 = std::chrono::steady_clock::now();
 
-  json out = {{"file", file}, {"examples", train.size()}, {"dim", d}, {"dtype", dtype_name}, {"device", device},
-              {"model", model.json()}, {"data", data_spec.json()}, {"seed", seed}};
+  json out = {
+      {"file", file},          {"examples", train.size()}, {"dim", d},    {"dtype", dtype_name}, {"device", device},
+      {"model", model.json()}, {"data", data_spec.json()}, {"seed", seed}};
   if (top_k) {
     std::optional<Progress> prog;  // the number of steps is known at the first one
     optim::EigenOptions eo{.k = *top_k, .iterations = iterations, .seed = seed};
@@ -103,7 +114,10 @@ int run(int argc, char** argv) {
     };
     optim::Eigenpairs e = optim::top_eigenpairs(counted, p, eo);
     if (prog) prog->done();
-    out["top_k"] = {{"k", *top_k}, {"iterations", e.iterations}, {"eigenvalues", e.values}, {"residuals", e.residuals},
+    out["top_k"] = {{"k", *top_k},
+                    {"iterations", e.iterations},
+                    {"eigenvalues", e.values},
+                    {"residuals", e.residuals},
                     {"order", "algebraically largest first"}};
     nn::NamedTensors vecs;
     nn::NamedTensors names = net->named_parameters();
@@ -122,13 +136,21 @@ int run(int argc, char** argv) {
     prog.done();
     json nodes = json::array(), weights = json::array();
     for (const auto& q : s.runs) nodes.push_back(q.nodes), weights.push_back(q.weights);
-    out["density"] = {{"iterations", s.iterations}, {"runs", dens.runs}, {"bins", dens.bins},
-                      {"sigma_squared", dens.sigma_squared}, {"variance", s.variance}, {"overhead", dens.overhead},
-                      {"grid_min", s.grid.front()}, {"grid_max", s.grid.back()}, {"nodes", nodes}, {"weights", weights},
+    out["density"] = {{"iterations", s.iterations},
+                      {"runs", dens.runs},
+                      {"bins", dens.bins},
+                      {"sigma_squared", dens.sigma_squared},
+                      {"variance", s.variance},
+                      {"overhead", dens.overhead},
+                      {"grid_min", s.grid.front()},
+                      {"grid_max", s.grid.back()},
+                      {"nodes", nodes},
+                      {"weights", weights},
                       {"curve", "density.jsonl"}};
     std::vector<json> rows;
     for (size_t j = 0; j < s.grid.size(); ++j)
-      rows.push_back({{"eigenvalue", s.grid[j]}, {"density", s.density[j]}, {"density_plus_1e-7", s.density[j] + 1e-7}});
+      rows.push_back(
+          {{"eigenvalue", s.grid[j]}, {"density", s.density[j]}, {"density_plus_1e-7", s.density[j] + 1e-7}});
     write_jsonl_atomic((fs::path(out_dir) / "density.jsonl").string(), rows);
   }
   if (by_layer) {
@@ -139,10 +161,15 @@ int run(int argc, char** argv) {
       optim::HutchinsonOptions h = ho;
       h.seed = seed + 2000 + g;
       optim::GroupSpectrum s = optim::group_spectrum(counted, p, groups[g], h, layer_iterations, seed + 3000 + g);
-      layers.push_back({{"layer", s.group.name}, {"dim", s.dim}, {"trace", s.trace.trace},
-                        {"trace_normalized", s.trace.trace_normalized}, {"trace_stderr", s.trace.stderr_trace},
-                        {"trace_samples", s.trace.samples}, {"trace_converged", s.trace.converged},
-                        {"top_eigenvalue", s.top_eigenvalue}, {"top_residual", s.top_residual}});
+      layers.push_back({{"layer", s.group.name},
+                        {"dim", s.dim},
+                        {"trace", s.trace.trace},
+                        {"trace_normalized", s.trace.trace_normalized},
+                        {"trace_stderr", s.trace.stderr_trace},
+                        {"trace_samples", s.trace.samples},
+                        {"trace_converged", s.trace.converged},
+                        {"top_eigenvalue", s.top_eigenvalue},
+                        {"top_residual", s.top_residual}});
       prog.update(int64_t(g + 1), s.group.name + " tr " + std::to_string(s.trace.trace));
     }
     prog.done();
@@ -162,8 +189,12 @@ int run(int argc, char** argv) {
     std::vector<std::string> png = plot_metrics(po);
     fs::rename(png.at(0), fs::path(out_dir) / "density.png");  // same folder: atomic
   }
-  std::printf("%s\n", json{{"out", (fs::path(out_dir) / "hessian.json").string()}, {"dim", d},
-                           {"hessian_vector_products", products}, {"seconds", out["seconds"]}}.dump().c_str());
+  std::printf("%s\n", json{{"out", (fs::path(out_dir) / "hessian.json").string()},
+                           {"dim", d},
+                           {"hessian_vector_products", products},
+                           {"seconds", out["seconds"]}}
+                          .dump()
+                          .c_str());
   return 0;
 }
 

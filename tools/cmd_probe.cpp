@@ -39,7 +39,8 @@ int run(int argc, char** argv) {
   Params g = grads(loss, x, !v.empty());
   nn::NamedTensors out = {{"loss", loss.detach()}};
   for (size_t i = 0; i < g.size(); ++i) out.emplace_back("grad/" + p.names[i], g[i].detach());
-  std::string json = "{\"loss\": " + json_number(loss.item()) + ", \"grad_norm\": " + json_number(norm(detach(g)).item());
+  std::string json =
+      "{\"loss\": " + json_number(loss.item()) + ", \"grad_norm\": " + json_number(norm(detach(g)).item());
   if (!v.empty()) {
     Params hv = grads(dot(g, v), x, !u.empty());
     for (size_t i = 0; i < hv.size(); ++i) out.emplace_back("hvp/" + p.names[i], hv[i].detach());

@@ -82,18 +82,27 @@ Params clone_all(const Params& p) {
 Run run_once(const FlatProblem& P, const std::string& method, double eps, double L, uint64_t seed, const Settings& s) {
   Run r{.problem = P.name, .method = method, .d = P.dim, .eps = eps, .L = L, .seed = seed};
   const int64_t cap = P.name == "matrix-factorization" ? s.mf_cap : s.cap;
-  r.settings = method == "rs" ? rs_theorem_settings(eps, L, s.delta, s.rs_c) : sa_theorem_settings(eps, L, s.delta, P.dim, s.sa_c);
+  r.settings = method == "rs" ? rs_theorem_settings(eps, L, s.delta, s.rs_c)
+                              : sa_theorem_settings(eps, L, s.delta, P.dim, s.sa_c);
   const auto t0 = std::chrono::steady_clock::now();
   Params x = clone_all(P.start);
   int64_t queries = 0;
   Closure full = function_closure(P.loss, x);
-  Closure counted = [&](const EvalOptions& o) { ++queries; return full(o); };
+  Closure counted = [&](const EvalOptions& o) {
+    ++queries;
+    return full(o);
+  };
   BatchClosure batch = function_batch_closure(P.examples_loss, x);
-  BatchClosure batch_counted = [&](const std::vector<int64_t>& i, const EvalOptions& o) { ++queries; return batch(i, o); };
+  BatchClosure batch_counted = [&](const std::vector<int64_t>& i, const EvalOptions& o) {
+    ++queries;
+    return batch(i, o);
+  };
   PerturbationOptions o = theorem_options(r.settings, seed);
   std::unique_ptr<PerturbationOptimizer> opt;
-  if (method == "rs") opt = std::make_unique<RandomlySmoothedPerturbation>(x, o);
-  else opt = std::make_unique<SharpnessAwarePerturbation>(x, o, batch_counted, P.examples);
+  if (method == "rs")
+    opt = std::make_unique<RandomlySmoothedPerturbation>(x, o);
+  else
+    opt = std::make_unique<SharpnessAwarePerturbation>(x, o, batch_counted, P.examples);
   const double sqrt_eps = std::sqrt(eps);
   int64_t next_check = 0;
   for (int64_t t = 0;; ++t) {
@@ -133,11 +142,24 @@ Run run_once(const FlatProblem& P, const std::string& method, double eps, double
 json num(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
 json to_json(const Run& r) {
-  return {{"problem", r.problem}, {"method", r.method}, {"d", r.d}, {"eps", r.eps}, {"seed", r.seed}, {"L", r.L},
-          {"lr", r.settings.lr}, {"lr_perturb", r.settings.lr_perturb}, {"rho", r.settings.rho}, {"eps0", r.settings.eps0},
-          {"steps", r.steps}, {"queries", r.queries}, {"censored", r.censored}, {"diverged", r.diverged},
-          {"grad_norm", num(r.grad_norm)}, {"projected_trace_grad_norm", num(r.projected_trace_grad)},
-          {"trace_normalized", num(r.trace_normalized)}, {"seconds", r.seconds}};
+  return {{"problem", r.problem},
+          {"method", r.method},
+          {"d", r.d},
+          {"eps", r.eps},
+          {"seed", r.seed},
+          {"L", r.L},
+          {"lr", r.settings.lr},
+          {"lr_perturb", r.settings.lr_perturb},
+          {"rho", r.settings.rho},
+          {"eps0", r.settings.eps0},
+          {"steps", r.steps},
+          {"queries", r.queries},
+          {"censored", r.censored},
+          {"diverged", r.diverged},
+          {"grad_norm", num(r.grad_norm)},
+          {"projected_trace_grad_norm", num(r.projected_trace_grad)},
+          {"trace_normalized", num(r.trace_normalized)},
+          {"seconds", r.seconds}};
 }
 
 // Two-sided 95% Student t quantiles for 1..30 degrees of freedom (then the normal's 1.96).
@@ -174,7 +196,8 @@ std::vector<std::vector<double>> inverse(std::vector<std::vector<double>> a) {
 
 // Least squares y = b0 + Σ_k b_k x_k; slopes with 95% confidence intervals (null without
 // residual degrees of freedom).
-json fit(const std::vector<std::vector<double>>& xs, const std::vector<double>& y, const std::vector<std::string>& names) {
+json fit(const std::vector<std::vector<double>>& xs, const std::vector<double>& y,
+         const std::vector<std::string>& names) {
   const size_t n = y.size(), p = names.size() + 1;
   json out = {{"cells", n}};
   if (n < p) {
@@ -246,9 +269,11 @@ void check_settings(const Settings& s) {
   check_range("table1", "the number of --mf-eps values", int64_t(s.mf_eps.size()), 1, 100);
   check_range("table1", "the number of --dims values", int64_t(s.dims.size()), 1, 100);
   for (double e : s.eps)
-    if (!(e > 0) || !std::isfinite(e)) throw Error("table1: --eps: every ε must be a positive finite number, got " + std::to_string(e));
+    if (!(e > 0) || !std::isfinite(e))
+      throw Error("table1: --eps: every ε must be a positive finite number, got " + std::to_string(e));
   for (double e : s.dln_eps)
-    if (!(e > 0) || !std::isfinite(e)) throw Error("table1: --dln-eps: every ε must be a positive finite number, got " + std::to_string(e));
+    if (!(e > 0) || !std::isfinite(e))
+      throw Error("table1: --dln-eps: every ε must be a positive finite number, got " + std::to_string(e));
   for (double e : s.mf_eps)
     if (!(e > 0) || !std::isfinite(e))
       throw Error("table1: --mf-eps: every ε must be a positive finite number, got " + std::to_string(e));
@@ -257,7 +282,8 @@ void check_settings(const Settings& s) {
         "table1: --mf-shape: give p,q,k with 1 <= k < min(p, q) (a rank-k teacher with a k²-dimensional minima set)");
   if (!(s.mf_alpha > 0) || !std::isfinite(s.mf_alpha))
     throw Error("table1: --mf-alpha must be a positive finite number");
-  if (s.L && (!(*s.L > 0) || !std::isfinite(*s.L))) throw Error("table1: --L must be a positive finite number, got " + std::to_string(*s.L));
+  if (s.L && (!(*s.L > 0) || !std::isfinite(*s.L)))
+    throw Error("table1: --L must be a positive finite number, got " + std::to_string(*s.L));
   check_range("table1", "--cap", s.cap, 1, 100'000'000);
   check_range("table1", "--mf-cap", s.mf_cap, 1, 100'000'000);
   check_range("table1", "--refine-cap", s.refine_cap, 1, 10'000'000);
@@ -272,8 +298,9 @@ void check_settings(const Settings& s) {
   if (s.examples < 1) throw Error("table1: --examples must be >= 1");
   for (int64_t d : s.dims)
     if (d < 2 || d % 2 || d <= s.examples)
-      throw Error("table1: --dims: every d must be even and above --examples (a minima set of dimension d - n > 0), got " +
-                  std::to_string(d));
+      throw Error(
+          "table1: --dims: every d must be even and above --examples (a minima set of dimension d - n > 0), got " +
+          std::to_string(d));
   for (const TheoremConstants& c : {s.rs_c, s.sa_c})
     for (double k : {c.lr_perturb, c.rho, c.eps0})
       if (!(k > 0) || !std::isfinite(k)) throw Error("table1: every theorem constant must be a positive finite number");
@@ -306,7 +333,8 @@ int run(int argc, char** argv) {
       "--cap", s.cap,
       "step cap per run of Example 1 and the diagonal network (runs that reach it are reported as censored)");
   app.add_option("--refine-cap", s.refine_cap, "GD refinement steps per checkpoint");
-  app.add_option("--check-growth", s.check_growth, "checkpoints every step at first, then every this fraction of the steps so far");
+  app.add_option("--check-growth", s.check_growth,
+                 "checkpoints every step at first, then every this fraction of the steps so far");
   app.add_option("--delta", s.delta, "δ of the theorems, in (0, 1]");
   app.add_option("--L", L, "smoothness L (default: λmax at the start by the power method)");
   app.add_option("--rs-c-lr-perturb", s.rs_c.lr_perturb, "RS: η' = c·δ·ε");
@@ -322,21 +350,25 @@ int run(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (app.count("--L")) s.L = L;
   check_settings(s);
-  if (std::fabs(s.start[0] * s.start[1] - 1) > 1e-12) throw Error("table1: --start must lie on the minima set x1·x2 = 1");
+  if (std::fabs(s.start[0] * s.start[1] - 1) > 1e-12)
+    throw Error("table1: --start must lie on the minima set x1·x2 = 1");
   std::error_code ec;
   fs::create_directories(s.out, ec);
-  if (ec || ::access(s.out.c_str(), W_OK | X_OK) != 0) throw Error("table1: cannot write to the output folder " + s.out);
+  if (ec || ::access(s.out.c_str(), W_OK | X_OK) != 0)
+    throw Error("table1: cannot write to the output folder " + s.out);
   std::string why;
   if (!plot_renderer_available("/usr/bin/python3", &why)) throw Error("table1: the PNG needs " + why);
 
   std::vector<FlatProblem> problems;
   for (const std::string& p : s.problems) {
-    if (p == "example1") problems.push_back(example1_problem(s.start[0], s.start[1]));
+    if (p == "example1")
+      problems.push_back(example1_problem(s.start[0], s.start[1]));
     else if (p == "mf")
       problems.push_back(
           MatrixFactorization(s.mf_shape[0], s.mf_shape[1], s.mf_shape[2], s.mf_alpha, s.problem_seed).problem());
     else
-      for (int64_t d : s.dims) problems.push_back(DiagonalNetwork(d / 2, s.examples, s.alpha, s.problem_seed + uint64_t(d)).problem());
+      for (int64_t d : s.dims)
+        problems.push_back(DiagonalNetwork(d / 2, s.examples, s.alpha, s.problem_seed + uint64_t(d)).problem());
   }
   auto eps_of = [&](const FlatProblem& P) -> const std::vector<double>& {
     return P.name == "example1" ? s.eps : P.name == "matrix-factorization" ? s.mf_eps : s.dln_eps;
@@ -347,11 +379,13 @@ int run(int argc, char** argv) {
   std::vector<Run> runs;
   std::vector<json> rows;
   for (const FlatProblem& P : problems) {
-    const double Lp = s.L ? *s.L : smoothness_by_power(hvp_fn(P.loss, P.start), P.start, {.max_iter = 500, .tol = 1e-10});
+    const double Lp =
+        s.L ? *s.L : smoothness_by_power(hvp_fn(P.loss, P.start), P.start, {.max_iter = 500, .tol = 1e-10});
     const std::vector<double>& eps = eps_of(P);
     const double v0 =
         norm(residual_tangent_projector(P.residual, P.start, P.normal_rank)(P.trace_normalized_grad(P.start))).item();
-    std::fprintf(stderr, "table1: %s d=%lld: L = %.4g, ‖∂Φ∇tr̄‖ = %.4g at the start\n", P.name.c_str(), (long long)P.dim, Lp, v0);
+    std::fprintf(stderr, "table1: %s d=%lld: L = %.4g, ‖∂Φ∇tr̄‖ = %.4g at the start\n", P.name.c_str(), (long long)P.dim,
+                 Lp, v0);
     for (const std::string& m : s.methods)
       for (double e : eps)
         for (int k = 0; k < s.seeds; ++k) {
@@ -359,8 +393,8 @@ int run(int argc, char** argv) {
           const Run& r = runs.back();
           rows.push_back(to_json(r));
           char buf[200];
-          std::snprintf(buf, sizeof buf, "%s d=%lld %s eps=%.3g seed=%d: %lld queries%s", P.name.c_str(), (long long)P.dim, m.c_str(), e, k,
-                        (long long)r.queries, r.censored ? " (censored)" : "");
+          std::snprintf(buf, sizeof buf, "%s d=%lld %s eps=%.3g seed=%d: %lld queries%s", P.name.c_str(),
+                        (long long)P.dim, m.c_str(), e, k, (long long)r.queries, r.censored ? " (censored)" : "");
           progress.update(int64_t(runs.size()), buf);
         }
   }
@@ -393,13 +427,24 @@ int run(int argc, char** argv) {
   for (const Cell& c : cells) {
     const bool usable = 2 * c.censored < int(c.q.size());
     const double med = median(c.q), q25 = quantile(c.q, 0.25), q75 = quantile(c.q, 0.75);
-    cell_json.push_back({{"problem", c.problem}, {"method", c.method}, {"d", c.d}, {"eps", c.eps}, {"median_queries", med},
-                         {"q25", q25}, {"q75", q75}, {"runs", c.q.size()}, {"censored", c.censored}, {"in_fit", usable}});
+    cell_json.push_back({{"problem", c.problem},
+                         {"method", c.method},
+                         {"d", c.d},
+                         {"eps", c.eps},
+                         {"median_queries", med},
+                         {"q25", q25},
+                         {"q75", q75},
+                         {"runs", c.q.size()},
+                         {"censored", c.censored},
+                         {"in_fit", usable}});
     const std::string series = c.problem == "example1"               ? "example1 (d=2)"
                                : c.problem == "matrix-factorization" ? "matrix factorisation d=" + std::to_string(c.d)
                                                                      : "diagonal network d=" + std::to_string(c.d);
-    plot_rows[c.method].push_back({{"series", series + (usable ? "" : " [censored]")}, {"inv_eps", 1 / c.eps},
-                                   {"median_queries", med}, {"q25", q25}, {"q75", q75}});
+    plot_rows[c.method].push_back({{"series", series + (usable ? "" : " [censored]")},
+                                   {"inv_eps", 1 / c.eps},
+                                   {"median_queries", med},
+                                   {"q25", q25},
+                                   {"q75", q75}});
   }
   // Fits: Example 1 and the matrix factorisation (one d) against log(1/ε); the diagonal
   // network against log(1/ε) and log d.
@@ -437,8 +482,10 @@ int run(int argc, char** argv) {
                                 : json{{"log_inv_eps", "2 while d³ε >= 1, 3 below"}};
       else if (m == "rs")
         f["paper"] = p == "example1" ? json{{"log_inv_eps", 3}} : json{{"log_inv_eps", 3}, {"log_d", 0}};
-      else if (p == "example1") f["paper"] = {{"log_inv_eps", "2 for ε >= 1/8, 3 below"}};
-      else f["paper"] = {{"log_inv_eps", 2}, {"log_d", -1}};
+      else if (p == "example1")
+        f["paper"] = {{"log_inv_eps", "2 for ε >= 1/8, 3 below"}};
+      else
+        f["paper"] = {{"log_inv_eps", 2}, {"log_d", -1}};
       fits.push_back(f);
       std::printf("%s %s: %s\n", m.c_str(), p.c_str(), f.dump().c_str());
     }
@@ -481,11 +528,14 @@ int run(int argc, char** argv) {
     po.log_x = true;
     po.y_low = "q25";
     po.y_high = "q75";
-    po.title = m == "rs" ? "RS: queries to (ε, √ε)-flat (median, quartiles)" : "SA: queries to (ε, √ε)-flat (median, quartiles)";
+    po.title = m == "rs" ? "RS: queries to (ε, √ε)-flat (median, quartiles)"
+                         : "SA: queries to (ε, √ε)-flat (median, quartiles)";
     std::vector<std::string> png = plot_metrics(po);
     fs::rename(png.at(0), fs::path(s.out) / ("queries_vs_eps_" + m + ".png"));
   }
-  std::printf("%s\n", json{{"out", (fs::path(s.out) / "table1.json").string()}, {"runs", runs.size()}, {"fits", fits}}.dump().c_str());
+  std::printf(
+      "%s\n",
+      json{{"out", (fs::path(s.out) / "table1.json").string()}, {"runs", runs.size()}, {"fits", fits}}.dump().c_str());
   return 0;
 }
 

@@ -25,7 +25,8 @@ void print_table(const char* what, const TaylorReport& r) {
     std::printf("\n");
   }
   std::printf("  %-12s", "slope");
-  for (size_t k = 0; k < r.slope.size(); ++k) std::printf("  %-12s", (std::to_string(r.slope[k]).substr(0, 6) + " (" + std::to_string(r.used[k]) + ")").c_str());
+  for (size_t k = 0; k < r.slope.size(); ++k)
+    std::printf("  %-12s", (std::to_string(r.slope[k]).substr(0, 6) + " (" + std::to_string(r.used[k]) + ")").c_str());
   std::printf("\n  expected    ");
   for (size_t k = 0; k < r.slope.size(); ++k) std::printf("  %-12zu", k + 1);
   std::printf("\n");

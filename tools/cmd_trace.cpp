@@ -4,8 +4,8 @@
 #include <CLI/CLI.hpp>
 
 #include "tools/command.hpp"
-#include "train/data_parallel.hpp"
 #include "tools/train_setup.hpp"
+#include "train/data_parallel.hpp"
 
 namespace flatmin::tools {
 namespace {
@@ -21,7 +21,8 @@ int run(int argc, char** argv) {
   bool lambda = false;
   model.add_to(app);
   data_spec.add_to(app);
-  app.add_option("checkpoint", file, "checkpoint (flatmin train --checkpoint) or model state dict (--save-model)")->required();
+  app.add_option("checkpoint", file, "checkpoint (flatmin train --checkpoint) or model state dict (--save-model)")
+      ->required();
   app.add_option("--subset", subset, "first N training examples")->check(CLI::PositiveNumber);
   app.add_option("--samples", ho.max_samples, "Hutchinson sample cap (PyHessian: 100)")->check(CLI::PositiveNumber);
   app.add_option("--tol", ho.tol, "Hutchinson relative tolerance (PyHessian: 1e-3)")->check(CLI::NonNegativeNumber);
@@ -42,9 +43,15 @@ int run(int argc, char** argv) {
                                 std::to_string(ho.max_samples) + std::to_string(ho.tol) + std::to_string(ho.seed) +
                                 std::to_string(lambda) + std::to_string(po.max_iter) + dtype_name);
   optim::TraceEstimate t = optim::classifier_trace(*net, train, dt, ho, optim::DataParallel{});
-  nlohmann::json out = {{"file", file}, {"examples", train.size()}, {"dim", t.dim}, {"trace", t.trace},
-                        {"trace_normalized", t.trace_normalized}, {"stderr", t.stderr_trace},
-                        {"stderr_normalized", t.stderr_normalized}, {"samples", t.samples}, {"converged", t.converged}};
+  nlohmann::json out = {{"file", file},
+                        {"examples", train.size()},
+                        {"dim", t.dim},
+                        {"trace", t.trace},
+                        {"trace_normalized", t.trace_normalized},
+                        {"stderr", t.stderr_trace},
+                        {"stderr_normalized", t.stderr_normalized},
+                        {"samples", t.samples},
+                        {"converged", t.converged}};
   if (lambda) {
     const Device dev = device_for_rank(device);
     Tensor x = train.images.to(dt).to(dev), y = train.labels.to(dev);

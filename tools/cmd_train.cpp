@@ -35,14 +35,19 @@ int run(int argc, char** argv) {
   flatten_for(model, train);
   flatten_for(model, test);
   auto net = build_model(model, train);
-  nlohmann::json config = {{"model", model.json()}, {"data", data_spec.json()}, {"optimizer", optim_spec.json()},
-                           {"batch_size", sched.batch_size}, {"loader_seed", sched.loader_seed}, {"dtype", sched.dtype},
+  nlohmann::json config = {{"model", model.json()},
+                           {"data", data_spec.json()},
+                           {"optimizer", optim_spec.json()},
+                           {"batch_size", sched.batch_size},
+                           {"loader_seed", sched.loader_seed},
+                           {"dtype", sched.dtype},
                            {"loss", sched.loss}};
   std::fprintf(stderr, "%s: %lld parameters, %lld training / %lld test examples\n", model.model.c_str(),
                (long long)net->num_parameters(), (long long)train.size(), (long long)test.size());
   MetricsLog log(sched.metrics, {.resume = sched.resume});
   PhaseResult r = run_phase("train", *net, train, test, optim_spec, sched, config, log);
-  if (!save_model.empty() && r.outcome.finished && distributed::world().rank() == 0) nn::save_safetensors(*net, save_model);
+  if (!save_model.empty() && r.outcome.finished && distributed::world().rank() == 0)
+    nn::save_safetensors(*net, save_model);
   nlohmann::json summary = measured_json(r, sched.eval_trace);
   summary.update({{"finished", r.outcome.finished}, {"steps", r.outcome.steps}});
   if (r.outcome.stopped_non_finite) summary["stopped"] = r.outcome.message;

@@ -21,18 +21,18 @@ struct Point {
 
 // One method with its hyperparameters, as run.
 struct Arm {
-  std::string label;        // e.g. "sa16", "sa16-rho0", "sgd+"
-  std::string kind;         // sgd | rs | sa | sam
-  int64_t b = 0;            // SA's perturbation batch (0 otherwise)
+  std::string label;  // e.g. "sa16", "sa16-rho0", "sgd+"
+  std::string kind;   // sgd | rs | sa | sam
+  int64_t b = 0;      // SA's perturbation batch (0 otherwise)
   double lr = 0, lr_perturb = 0, rho = 0;
-  std::string role;         // what the arm is for (one line)
+  std::string role;  // what the arm is for (one line)
   nlohmann::json json() const;
 };
 
 struct Run {
   std::string arm;
-  uint64_t seed = 0;            // the seed of its batch order and perturbation draws
-  std::vector<Point> points;    // in step order, points[0] the start
+  uint64_t seed = 0;          // the seed of its batch order and perturbation draws
+  std::vector<Point> points;  // in step order, points[0] the start
 };
 
 struct MeanSe {
@@ -48,13 +48,13 @@ double trace_at_loss(const std::vector<Point>& reference, double loss);
 
 // Everything a run of one loss produced; `reference` names the arm of tr̄ at matched loss.
 struct Experiment {
-  std::string loss;               // ce | mse
+  std::string loss;  // ce | mse
   Point start;
   int64_t batch_size = 0;
   std::vector<Arm> arms;
-  std::vector<Run> runs;          // finished (arm, seed) pairs
+  std::vector<Run> runs;                // finished (arm, seed) pairs
   std::vector<uint64_t> seeds() const;  // the distinct seeds of `runs`, ascending
-  std::string reference;          // arm label
+  std::string reference;                // arm label
   // A final point is at a global minimum when it meets the start's criterion: 100% train
   // accuracy and train loss <= this (--start-loss). tr̄ compares minima; an arm that ended
   // elsewhere makes its tr̄ comparisons "not comparable" (test accuracy is still compared).

@@ -19,7 +19,9 @@ FlatProblem example1_problem(double x1, double x2) {
   p.start = {from_vector(std::vector<double>{x1, x2}, {2}, f64)};
   p.loss = [](const Params& x) { return data::example1_loss(x[0]); };
   p.examples_loss = [](const std::vector<int64_t>&, const Params& x) { return data::example1_loss(x[0]); };
-  p.residual = [](const Params& x) { return reshape(add_scalar(mul(slice(x[0], 0, 0, 1), slice(x[0], 0, 1, 2)), -1.0), {1}); };
+  p.residual = [](const Params& x) {
+    return reshape(add_scalar(mul(slice(x[0], 0, 0, 1), slice(x[0], 0, 1, 2)), -1.0), {1});
+  };
   p.trace_normalized = [](const Params& x) {
     std::vector<double> v = x[0].to_vector();
     return data::example1_hessian_trace(v[0], v[1]) / 2.0;

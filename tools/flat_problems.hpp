@@ -14,13 +14,13 @@ namespace flatmin::tools {
 
 struct FlatProblem {
   std::string name;
-  int64_t dim = 0, examples = 1;        // d, n
-  Params start;                         // the sharp minimum the runs start from
-  ScalarFn loss;                        // f = (1/n) Σ_i f_i
-  optim::ExamplesFn examples_loss;      // mean of f_i over the listed examples (SA's ∇f_i)
-  VectorFn residual;                    // r: the minima set is {r = 0}, r of shape (n)
-  int64_t normal_rank = -1;             // rank of r's Jacobian (the normal space's dimension); < 0: n
-  std::function<double(const Params&)> trace_normalized;   // tr̄ = tr ∇²f / d
+  int64_t dim = 0, examples = 1;                          // d, n
+  Params start;                                           // the sharp minimum the runs start from
+  ScalarFn loss;                                          // f = (1/n) Σ_i f_i
+  optim::ExamplesFn examples_loss;                        // mean of f_i over the listed examples (SA's ∇f_i)
+  VectorFn residual;                                      // r: the minima set is {r = 0}, r of shape (n)
+  int64_t normal_rank = -1;                               // rank of r's Jacobian (the normal space's dimension); < 0: n
+  std::function<double(const Params&)> trace_normalized;  // tr̄ = tr ∇²f / d
   std::function<Params(const Params&)> trace_normalized_grad;  // ∇tr̄
 };
 

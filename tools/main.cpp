@@ -1,13 +1,13 @@
 // flatmin: one executable, one subcommand per file (see command.hpp).
+#include <tbb/global_control.h>
+#include <unistd.h>
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <exception>
 #include <memory>
 #include <string>
-#include <tbb/global_control.h>
 #include <thread>
-#include <unistd.h>
 
 #include "autodiff/tensor.hpp"
 #include "distributed/world.hpp"
@@ -45,8 +45,10 @@ static std::unique_ptr<tbb::global_control> join_world(int* argc, char*** argv) 
       std::fprintf(errors, "flatmin: rank %d cannot silence its output\n", w.rank());
   }
   size_t threads = 0;
-  if (const char* t = std::getenv("FLATMIN_THREADS"); t && *t) threads = size_t(std::max(1, std::atoi(t)));
-  else if (w.local_size() > 1) threads = std::max<size_t>(1, std::thread::hardware_concurrency() / size_t(w.local_size()));
+  if (const char* t = std::getenv("FLATMIN_THREADS"); t && *t)
+    threads = size_t(std::max(1, std::atoi(t)));
+  else if (w.local_size() > 1)
+    threads = std::max<size_t>(1, std::thread::hardware_concurrency() / size_t(w.local_size()));
   if (threads == 0) return nullptr;
   return std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism, threads);
 }

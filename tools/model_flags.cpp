@@ -26,9 +26,9 @@ int64_t resnet18_parameter_count(const nn::ResNetOptions& o) {
   int64_t in = w;
   for (int s = 0; s < 4; ++s) {
     const int64_t out = mul(w, int64_t(1) << s);
-    const int64_t block = add(mul(9, mul(out, out)), norm(out));  // conv 3x3 + norm
-    n = add(n, add(mul(9, mul(in, out)), norm(out)));             // block 0, conv1
-    n = add(n, mul(3, block));                                     // block 0 conv2, block 1 conv1 + conv2
+    const int64_t block = add(mul(9, mul(out, out)), norm(out));       // conv 3x3 + norm
+    n = add(n, add(mul(9, mul(in, out)), norm(out)));                  // block 0, conv1
+    n = add(n, mul(3, block));                                         // block 0 conv2, block 1 conv1 + conv2
     if (s > 0 || in != out) n = add(n, add(mul(in, out), norm(out)));  // 1x1 downsample
     in = out;
   }
@@ -43,8 +43,8 @@ int64_t mlp_parameter_count(const std::vector<int64_t>& sizes) {
 
 void check_parameter_count(int64_t count, const std::string& model) {
   if (count > kMaxParameters)
-    throw Error(model + ": " + std::to_string(count) + " parameters exceed the limit of " + std::to_string(kMaxParameters) +
-                " (lower the width or the hidden sizes)");
+    throw Error(model + ": " + std::to_string(count) + " parameters exceed the limit of " +
+                std::to_string(kMaxParameters) + " (lower the width or the hidden sizes)");
 }
 
 void ModelFlags::add_to(CLI::App& app) {
@@ -52,9 +52,11 @@ void ModelFlags::add_to(CLI::App& app) {
   app.add_option("--stem", stem, "cifar | imagenet")->check(CLI::IsMember({"cifar", "imagenet"}));
   app.add_option("--in-channels", in_channels, "input channels")->check(CLI::Range(int64_t(1), kMaxChannels));
   app.add_option("--classes", classes, "number of classes")->check(CLI::Range(int64_t(1), kMaxClasses));
-  app.add_option("--width", width, "first-stage width (stages w, 2w, 4w, 8w)")->check(CLI::Range(int64_t(1), kMaxWidth));
+  app.add_option("--width", width, "first-stage width (stages w, 2w, 4w, 8w)")
+      ->check(CLI::Range(int64_t(1), kMaxWidth));
   app.add_option("--norm", norm, "batch | group | none")->check(CLI::IsMember({"batch", "group", "none"}));
-  app.add_option("--activation", activation, "relu | tanh | softplus")->check(CLI::IsMember({"relu", "tanh", "softplus"}));
+  app.add_option("--activation", activation, "relu | tanh | softplus")
+      ->check(CLI::IsMember({"relu", "tanh", "softplus"}));
   app.add_option("--weights", weights, "state dict (.safetensors) with the model's names")->required();
   app.add_option("--batch", batch, "batch (.safetensors): input (N,C,H,W), target (N) int64")->required();
   app.add_option("--mode", mode, "train (batch statistics) | eval (running statistics)")
@@ -91,7 +93,8 @@ Problem load_problem(const ModelFlags& flags) {
                 dtype_name(p.target.dtype()) + " " + to_string(p.target.shape()));
   for (int64_t label : p.target.to_int_vector())
     if (label < 0 || label >= flags.classes)
-      throw Error(flags.batch + ": label " + std::to_string(label) + " outside [0, " + std::to_string(flags.classes) + ")");
+      throw Error(flags.batch + ": label " + std::to_string(label) + " outside [0, " + std::to_string(flags.classes) +
+                  ")");
   p.input = p.input.to(dtype).to(device);
   p.target = p.target.to(device);
   for (auto& [name, t] : p.net->named_parameters()) p.names.push_back(name);

@@ -11,10 +11,10 @@
 namespace flatmin::tools {
 
 // ---- bounds of the size flags of every command, checked before anything is allocated ----
-inline constexpr int64_t kMaxWidth = 1024;            // ResNet-18 first-stage width (torchvision: 64)
-inline constexpr int64_t kMaxChannels = 4096;         // input channels
+inline constexpr int64_t kMaxWidth = 1024;     // ResNet-18 first-stage width (torchvision: 64)
+inline constexpr int64_t kMaxChannels = 4096;  // input channels
 inline constexpr int64_t kMaxClasses = 1 << 20;
-inline constexpr int64_t kMaxHidden = 1 << 20;        // one MLP hidden layer
+inline constexpr int64_t kMaxHidden = 1 << 20;               // one MLP hidden layer
 inline constexpr int64_t kMaxParameters = int64_t(1) << 28;  // 1 GiB of float32 weights (ResNet-18: 11.2 M)
 // Parameter counts from the options alone (checked arithmetic; nothing is built).
 int64_t resnet18_parameter_count(const nn::ResNetOptions& o);

@@ -13,8 +13,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "autodiff/tensor.hpp"
 
@@ -138,7 +138,7 @@ struct Series {
   std::string label;
   std::vector<double> x, y;
   std::vector<double> lo, hi;  // bands: y ∓ its standard error; error bars: the y_low, y_high keys
-  size_t split = 0;  // example1: points from here on are the refine phase
+  size_t split = 0;            // example1: points from here on are the refine phase
 };
 
 // One line per (file, group value), in first-seen order; rows lacking y are left out.
@@ -168,7 +168,9 @@ std::vector<Series> collect(const std::vector<std::vector<Row>>& files, const Pl
         s.hi.push_back(*y + se);
       } else if (!o.y_low.empty()) {
         std::optional<double> lo = number(r, o.y_low), hi = number(r, o.y_high);
-        if (!lo || !hi) throw Error("plot: " + r.where() + ": has '" + yk + "' but no numeric '" + o.y_low + "' and '" + o.y_high + "'");
+        if (!lo || !hi)
+          throw Error("plot: " + r.where() + ": has '" + yk + "' but no numeric '" + o.y_low + "' and '" + o.y_high +
+                      "'");
         s.lo.push_back(*lo);
         s.hi.push_back(*hi);
       }
@@ -190,8 +192,8 @@ void drop_non_positive(Series& s, const std::string& key, bool bars) {
       s.y[kept++] = s.y[i];
     }
   if (kept < s.y.size())
-    std::fprintf(stderr, "plot: %s: left %zu values <= 0 of '%s' off the log scale\n", s.label.c_str(), s.y.size() - kept,
-                 key.c_str());
+    std::fprintf(stderr, "plot: %s: left %zu values <= 0 of '%s' off the log scale\n", s.label.c_str(),
+                 s.y.size() - kept, key.c_str());
   s.x.resize(kept);
   s.y.resize(kept);
   if (!s.lo.empty()) s.lo.resize(kept), s.hi.resize(kept);
@@ -249,7 +251,8 @@ struct TempDir {
   fs::path path;
   TempDir() {
     std::string t = (fs::temp_directory_path() / "flatmin-plot-XXXXXX").string();
-    if (!::mkdtemp(t.data())) throw Error("plot: cannot create a temporary folder: " + std::string(std::strerror(errno)));
+    if (!::mkdtemp(t.data()))
+      throw Error("plot: cannot create a temporary folder: " + std::string(std::strerror(errno)));
     path = t;
   }
   ~TempDir() {
@@ -268,7 +271,8 @@ void render(const json& plots, const std::string& python) {
   const int rc = spawn({python, (tmp.path / "render.py").string(), (tmp.path / "plots.json").string()}, false);
   if (rc == 127) throw Error("plot: cannot run " + python + " (install the Debian package python3)");
   if (rc == 3) throw Error("plot: " + python + " has no matplotlib (install the Debian package python3-matplotlib)");
-  if (rc != 0) throw Error("plot: the renderer failed with exit status " + std::to_string(rc) + " (its messages are above)");
+  if (rc != 0)
+    throw Error("plot: the renderer failed with exit status " + std::to_string(rc) + " (its messages are above)");
 }
 
 }  // namespace
@@ -306,7 +310,8 @@ std::vector<std::string> plot_metrics(const PlotOptions& o) {
     std::vector<std::string> keys = o.y.empty() ? numeric_keys(files, o) : o.y;
     if (keys.empty()) throw Error("plot: no numeric keys besides '" + o.x + "' in the metrics files");
     for (const auto& k : o.log_y)
-      if (std::find(keys.begin(), keys.end(), k) == keys.end()) throw Error("plot: --log-y '" + k + "' is not a plotted key");
+      if (std::find(keys.begin(), keys.end(), k) == keys.end())
+        throw Error("plot: --log-y '" + k + "' is not a plotted key");
     for (const auto& k : keys) {
       std::vector<Series> s = collect(files, o, o.x, k);
       if (s.empty()) throw Error("plot: no numeric values for '" + k + "' in the metrics files");
@@ -329,8 +334,13 @@ std::vector<std::string> plot_metrics(const PlotOptions& o) {
         if (p.final_path.filename() == o.file_prefix + file_name(k))
           throw Error("plot: the keys '" + k + "' and another one would both be written to " + file_name(k));
       planned.push_back({fs::path(o.out_dir) / (o.file_prefix + file_name(k)),
-                         {{"kind", "lines"}, {"title", prefix + k + " vs " + o.x}, {"xlabel", o.x}, {"ylabel", k},
-                          {"logy", logy}, {"logx", o.log_x}, {"series", series}}});
+                         {{"kind", "lines"},
+                          {"title", prefix + k + " vs " + o.x},
+                          {"xlabel", o.x},
+                          {"ylabel", k},
+                          {"logy", logy},
+                          {"logx", o.log_x},
+                          {"series", series}}});
     }
   }
 

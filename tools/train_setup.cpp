@@ -1,7 +1,7 @@
 #include "tools/train_setup.hpp"
 
-#include "train/data_parallel.hpp"
 #include "tools/command.hpp"
+#include "train/data_parallel.hpp"
 
 #include <signal.h>
 #include <unistd.h>
@@ -22,19 +22,24 @@ void ModelSpec::add_to(CLI::App& app) {
   app.add_option("--norm", norm, "resnet18 normalization: group | batch | none (batch couples the examples of a batch)")
       ->check(CLI::IsMember({"group", "batch", "none"}));
   app.add_option("--width", width, "resnet18 stage width (64 = torchvision)")->check(CLI::Range(int64_t(1), kMaxWidth));
-  app.add_option("--hidden", hidden, "mlp hidden layer sizes")->delimiter(',')->check(CLI::Range(int64_t(1), kMaxHidden));
-  app.add_option("--activation", activation, "relu | tanh | softplus")->check(CLI::IsMember({"relu", "tanh", "softplus"}));
+  app.add_option("--hidden", hidden, "mlp hidden layer sizes")
+      ->delimiter(',')
+      ->check(CLI::Range(int64_t(1), kMaxHidden));
+  app.add_option("--activation", activation, "relu | tanh | softplus")
+      ->check(CLI::IsMember({"relu", "tanh", "softplus"}));
   app.add_option("--model-seed", seed, "seed of the initial weights")->check(NotNegative);
 }
 nlohmann::json ModelSpec::json() const {
-  return {{"model", model}, {"norm", norm}, {"width", width}, {"hidden", hidden}, {"activation", activation}, {"seed", seed}};
+  return {{"model", model},           {"norm", norm}, {"width", width}, {"hidden", hidden},
+          {"activation", activation}, {"seed", seed}};
 }
 
 void DataSpec::add_to(CLI::App& app) {
   app.add_option("--dataset", dataset, "fashion-mnist | cifar10 | blobs")
       ->check(CLI::IsMember({"fashion-mnist", "cifar10", "blobs"}));
   app.add_option("--data-dir", dir, "folder of the IDX files (cifar10: of cifar-10-batches-bin's .bin files)");
-  app.add_option("--train-subset", train_subset, "use the first N training examples (0: all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--train-subset", train_subset, "use the first N training examples (0: all)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--test-subset", test_subset, "use the first N test examples (0: all)")->check(CLI::NonNegativeNumber);
 }
 nlohmann::json DataSpec::json() const {
@@ -46,7 +51,8 @@ void flatten_for(const ModelSpec& m, data::Dataset& ds) {
 static data::Dataset first(data::Dataset ds, int64_t n) { return n > 0 && n < ds.size() ? ds.head(n) : ds; }
 // CIFAR-10 is not packaged: its folder must be named (the default folder is Fashion-MNIST's).
 static const std::string& cifar_dir(const std::string& dir) {
-  if (dir == data::kFashionMnistDir) throw Error("--dataset cifar10 needs --data-dir (the folder of data_batch_1.bin ... test_batch.bin)");
+  if (dir == data::kFashionMnistDir)
+    throw Error("--dataset cifar10 needs --data-dir (the folder of data_batch_1.bin ... test_batch.bin)");
   return dir;
 }
 data::Dataset DataSpec::train() const {
@@ -71,23 +77,40 @@ void OptimSpec::add_to(CLI::App& app) {
   app.add_flag("--adaptive", adaptive, "adaptive SAM");
   app.add_option("--lr-perturb", lr_perturb, "η' for rs/sa (default η)");
   app.add_option("--eps0", eps0, "rs/sa perturb only when ‖g‖ ≤ ε0 (default +inf)");
-  app.add_option("--sa-batch", sa_batch, "sa perturbation batch size b (1: per example; at most --batch-size with step sampling)");
+  app.add_option("--sa-batch", sa_batch,
+                 "sa perturbation batch size b (1: per example; at most --batch-size with step sampling)");
   app.add_option("--sa-sampling", sa_sampling,
-                 "sa: step (i drawn within the step's batch) | all (Algorithm 2 as written: g the full-batch gradient, i over all n)")
+                 "sa: step (i drawn within the step's batch) | all (Algorithm 2 as written: g the full-batch gradient, "
+                 "i over all n)")
       ->check(CLI::IsMember({"step", "all"}));
   app.add_option("--seed", seed, "seed of the optimizer's random draws")->check(NotNegative);
 }
 nlohmann::json OptimSpec::json() const {
-  return {{"optimizer", name}, {"lr", lr}, {"momentum", momentum}, {"dampening", dampening}, {"nesterov", nesterov},
-          {"weight_decay", weight_decay}, {"rho", rho}, {"adaptive", adaptive}, {"lr_perturb", lr_perturb.value_or(lr)},
-          {"eps0", std::isfinite(eps0) ? nlohmann::json(eps0) : nlohmann::json("inf")}, {"sa_batch", sa_batch}, {"sa_sampling", sa_sampling}, {"seed", seed}};
+  return {{"optimizer", name},
+          {"lr", lr},
+          {"momentum", momentum},
+          {"dampening", dampening},
+          {"nesterov", nesterov},
+          {"weight_decay", weight_decay},
+          {"rho", rho},
+          {"adaptive", adaptive},
+          {"lr_perturb", lr_perturb.value_or(lr)},
+          {"eps0", std::isfinite(eps0) ? nlohmann::json(eps0) : nlohmann::json("inf")},
+          {"sa_batch", sa_batch},
+          {"sa_sampling", sa_sampling},
+          {"seed", seed}};
 }
 optim::OptimizerConfig OptimSpec::config() const {
   optim::OptimizerConfig c;
   c.name = name;
   c.sgd = {.lr = lr, .momentum = momentum, .dampening = dampening, .nesterov = nesterov, .weight_decay = weight_decay};
   c.sam = {.rho = rho, .adaptive = adaptive};
-  c.perturb = {.lr = lr, .lr_perturb = lr_perturb, .rho = rho, .eps0 = eps0, .seed = seed, .batch = sa_batch,
+  c.perturb = {.lr = lr,
+               .lr_perturb = lr_perturb,
+               .rho = rho,
+               .eps0 = eps0,
+               .seed = seed,
+               .batch = sa_batch,
                .sampling = sa_sampling == "all" ? optim::SaSampling::all_examples : optim::SaSampling::step_batch};
   if (sa_sampling != "step" && sa_sampling != "all") throw Error("--sa-sampling: '" + sa_sampling + "' (step, all)");
   optim::validate(c);
@@ -103,15 +126,19 @@ void ScheduleSpec::add_to(CLI::App& app) {
   app.add_option("--steps", steps, "optimizer steps in all (counting resumed ones)")->check(CLI::NonNegativeNumber);
   app.add_option("--epochs", epochs, "alternatively, epochs of the training set")->check(CLI::NonNegativeNumber);
   app.add_option("--batch-size", batch_size, "mini-batch size")->check(CLI::PositiveNumber);
-  app.add_option("--eval-every", eval_every, "evaluate every N steps (0: only at the end)")->check(CLI::NonNegativeNumber);
+  app.add_option("--eval-every", eval_every, "evaluate every N steps (0: only at the end)")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--eval-trace", eval_trace, "also measure tr̄ (Hutchinson) at each evaluation");
   app.add_option("--trace-subset", trace_subset, "training examples for tr̄")->check(CLI::PositiveNumber);
-  app.add_option("--trace-samples", trace_samples, "Hutchinson sample cap (PyHessian: 100)")->check(CLI::PositiveNumber);
-  app.add_option("--trace-tol", trace_tol, "Hutchinson relative tolerance (PyHessian: 1e-3)")->check(CLI::NonNegativeNumber);
+  app.add_option("--trace-samples", trace_samples, "Hutchinson sample cap (PyHessian: 100)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--trace-tol", trace_tol, "Hutchinson relative tolerance (PyHessian: 1e-3)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--loader-seed", loader_seed, "seed of the shuffling")->check(NotNegative);
   app.add_option("--metrics", metrics, "append metrics as JSON lines to this file");
   app.add_option("--checkpoint", checkpoint, "checkpoint file (written atomically)");
-  app.add_option("--checkpoint-every", checkpoint_every, "checkpoint every N steps (and at the end)")->check(CLI::NonNegativeNumber);
+  app.add_option("--checkpoint-every", checkpoint_every, "checkpoint every N steps (and at the end)")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--resume", resume, "continue from --checkpoint bit for bit");
   app.add_option("--dtype", dtype, "f32 | f64")->check(CLI::IsMember({"f32", "f64"}));
   app.add_option("--loss", loss, "ce (cross-entropy) | mse (squared error to one-hot labels, the paper's Setting 1)")
@@ -150,8 +177,10 @@ void load_weights(nn::Module& net, const std::string& file) {
   nn::NamedTensors state;
   const bool is_ckpt = st.metadata.count("format") && st.metadata.at("format") == "flatmin-checkpoint";
   for (auto& [name, t] : st.tensors) {
-    if (!is_ckpt) state.emplace_back(name, t);
-    else if (name.rfind("model.", 0) == 0) state.emplace_back(name.substr(6), t);
+    if (!is_ckpt)
+      state.emplace_back(name, t);
+    else if (name.rfind("model.", 0) == 0)
+      state.emplace_back(name.substr(6), t);
   }
   nn::load_state_dict(net, state, file);
 }
@@ -173,7 +202,8 @@ CheckpointModel load_checkpoint_model(const ModelSpec& m, const DataSpec& d, con
 }
 
 std::unique_ptr<nn::Module> build_model(const ModelSpec& m, const data::Dataset& like) {
-  if (!like.is_classification()) throw Error("build_model: the data set '" + like.name + "' is not a classification set");
+  if (!like.is_classification())
+    throw Error("build_model: the data set '" + like.name + "' is not a classification set");
   if (m.model == "mlp") {
     if (m.hidden.empty()) throw Error("--hidden: at least one hidden layer");
     std::vector<int64_t> sizes = {numel(like.example_shape())};
@@ -189,8 +219,13 @@ std::unique_ptr<nn::Module> build_model(const ModelSpec& m, const data::Dataset&
   Shape s = like.example_shape();
   if (s.size() != 3) throw Error("resnet18 needs images (C,H,W), the data set has examples of shape " + to_string(s));
   if (m.width < 1 || m.width > kMaxWidth) throw Error("--width: must be in [1, " + std::to_string(kMaxWidth) + "]");
-  const nn::ResNetOptions options{.in_channels = s[0], .classes = like.classes, .stem = nn::Stem::cifar, .width = m.width,
-                                  .norm = nn::parse_norm(m.norm), .activation = nn::parse_act(m.activation), .seed = m.seed};
+  const nn::ResNetOptions options{.in_channels = s[0],
+                                  .classes = like.classes,
+                                  .stem = nn::Stem::cifar,
+                                  .width = m.width,
+                                  .norm = nn::parse_norm(m.norm),
+                                  .activation = nn::parse_act(m.activation),
+                                  .seed = m.seed};
   check_parameter_count(resnet18_parameter_count(options), "resnet18");
   return std::make_unique<nn::ResNet>(options);
 }
@@ -231,7 +266,8 @@ bool MetricsLog::rewind_to(const std::string& phase, int64_t step) {
     keep = end + 1;
   }
   if (std::fflush(f_) != 0 || ::ftruncate(::fileno(f_), off_t(keep)) != 0)
-    throw Error("cannot cut the metrics file " + path_ + " back to step " + std::to_string(step) + ": " + std::strerror(errno));
+    throw Error("cannot cut the metrics file " + path_ + " back to step " + std::to_string(step) + ": " +
+                std::strerror(errno));
   return found;
 }
 
@@ -251,16 +287,18 @@ void Progress::update(int64_t step, const std::string& extra) {
   char buf[256];
   std::snprintf(buf, sizeof buf, "%s step %lld/%lld  %.1f steps/s  ETA %02d:%02d", label_.c_str(), (long long)step,
                 (long long)total_, rate, int(eta) / 60, int(eta) % 60);
-  if (tty_) std::fprintf(stderr, "\r\033[K%s  %s", buf, extra.c_str());
-  else std::fprintf(stderr, "%s  %s\n", buf, extra.c_str());
+  if (tty_)
+    std::fprintf(stderr, "\r\033[K%s  %s", buf, extra.c_str());
+  else
+    std::fprintf(stderr, "%s  %s\n", buf, extra.c_str());
   last_print_ = t;
 }
 void Progress::done() {
   if (tty_ && distributed::world().rank() == 0) std::fprintf(stderr, "\n");
 }
 
-PhaseResult evaluate_all(nn::Module& net, const data::Dataset& train, const data::Dataset& test, const ScheduleSpec& sched,
-                         bool with_trace) {
+PhaseResult evaluate_all(nn::Module& net, const data::Dataset& train, const data::Dataset& test,
+                         const ScheduleSpec& sched, bool with_trace) {
   const DType dt = parse_dtype(sched.dtype);
   const optim::ClassifierLoss loss = optim::parse_classifier_loss(sched.loss);
   PhaseResult r;
@@ -290,8 +328,10 @@ static nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v
 nlohmann::json measured_json(const PhaseResult& r, bool with_trace) {
   const bool now = r.evaluated_step >= 0 && r.evaluated_step == r.outcome.steps;
   auto of = [&](const optim::ClassifierMetrics& m, double v) { return now && m.examples > 0 ? num(v) : nullptr; };
-  nlohmann::json j = {{"train_loss", of(r.train, r.train.loss)}, {"train_accuracy", of(r.train, r.train.accuracy)},
-                      {"test_loss", of(r.test, r.test.loss)}, {"test_accuracy", of(r.test, r.test.accuracy)}};
+  nlohmann::json j = {{"train_loss", of(r.train, r.train.loss)},
+                      {"train_accuracy", of(r.train, r.train.accuracy)},
+                      {"test_loss", of(r.test, r.test.loss)},
+                      {"test_accuracy", of(r.test, r.test.accuracy)}};
   if (with_trace) {
     j["trace_normalized"] = now ? num(r.trace_normalized) : nullptr;
     j["trace_normalized_stderr"] = now ? num(r.trace_normalized_stderr) : nullptr;
@@ -306,8 +346,8 @@ static uint64_t bytes_sent_by(const nn::Module& net) {
 }
 
 PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dataset& train, const data::Dataset& test,
-                      const OptimSpec& optim_spec, const ScheduleSpec& sched, const nlohmann::json& config, MetricsLog& log,
-                      const std::function<bool(int64_t step, const PhaseResult&)>& stop_early) {
+                      const OptimSpec& optim_spec, const ScheduleSpec& sched, const nlohmann::json& config,
+                      MetricsLog& log, const std::function<bool(int64_t step, const PhaseResult&)>& stop_early) {
   const DType dt = parse_dtype(sched.dtype);
   const optim::ClassifierLoss loss = optim::parse_classifier_loss(sched.loss);
   optim::OptimizerConfig oc = optim_spec.config();  // refuses bad hyperparameters first
@@ -315,7 +355,8 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
   if (sched.steps > 0 && sched.epochs > 0) throw Error("give --steps or --epochs, not both");
   data::LoaderOptions lo{.batch_size = sched.batch_size, .shuffle = true, .seed = sched.loader_seed, .dtype = dt};
   if (sched.batch_size > train.size())
-    throw Error("--batch-size " + std::to_string(sched.batch_size) + " exceeds the " + std::to_string(train.size()) + " training examples");
+    throw Error("--batch-size " + std::to_string(sched.batch_size) + " exceeds the " + std::to_string(train.size()) +
+                " training examples");
   net.to(dt);
   net.to(device_for_rank(sched.device));  // a clear error here if the device is not usable
   optim::validate(sched.parallel(), sched.batch_size, net.parameters().at(0).device());
@@ -325,20 +366,22 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
     throw Error("--epochs " + std::to_string(sched.epochs) + ": " + std::to_string(loader.batches_per_epoch()) +
                 " steps per epoch overflow the step count");
   if (total <= 0) throw Error("nothing to do: give --steps or --epochs");
-  auto opt = optim::make_optimizer(oc, net.parameters(), optim::data_parallel_batch_closure(net, train, dt, sched.parallel(), loss),
-                                   train.size());
+  auto opt = optim::make_optimizer(
+      oc, net.parameters(), optim::data_parallel_batch_closure(net, train, dt, sched.parallel(), loss), train.size());
   int64_t start = 0;
   double resumed_loss = NAN;  // the batch loss of the checkpoint's step
   const std::string config_str = with_parallel(config, sched).dump();
-  distributed::require_same(distributed::world(), "the configuration or the data",
-                            config_str + std::to_string(distributed::hash_tensor(train.images, distributed::hash_tensor(train.labels))) +
-                                std::to_string(distributed::hash_tensor(test.images, distributed::hash_tensor(test.labels))) +
-                                phase + std::to_string(distributed::hash_tensor(flatten(detach(net.parameters())))));
+  distributed::require_same(
+      distributed::world(), "the configuration or the data",
+      config_str + std::to_string(distributed::hash_tensor(train.images, distributed::hash_tensor(train.labels))) +
+          std::to_string(distributed::hash_tensor(test.images, distributed::hash_tensor(test.labels))) + phase +
+          std::to_string(distributed::hash_tensor(flatten(detach(net.parameters())))));
   if (sched.resume) {
     if (sched.checkpoint.empty()) throw Error("--resume needs --checkpoint");
     optim::CheckpointInfo info = optim::load_checkpoint(sched.checkpoint, net, *opt);
     if (info.config != config_str)
-      throw Error(sched.checkpoint + ": the checkpoint was made with another configuration:\n  " + info.config + "\nnow:\n  " + config_str);
+      throw Error(sched.checkpoint + ": the checkpoint was made with another configuration:\n  " + info.config +
+                  "\nnow:\n  " + config_str);
     if (info.step > total)
       throw Error(sched.checkpoint + ": the checkpoint is at step " + std::to_string(info.step) + ", past the " +
                   std::to_string(total) + " steps asked for: nothing to do");
@@ -389,11 +432,17 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
     }
   }
   while (at < total && !stopped_early) {
-    const int64_t chunk_end = sched.eval_every > 0 ? std::min(total, (at / sched.eval_every + 1) * sched.eval_every) : total;
+    const int64_t chunk_end =
+        sched.eval_every > 0 ? std::min(total, (at / sched.eval_every + 1) * sched.eval_every) : total;
     out = optim::train_loop(net, loader, *opt, at,
-                            {.total_steps = chunk_end, .checkpoint_every = sched.checkpoint_every,
-                             .checkpoint = sched.checkpoint, .config = config_str, .save_at_end = chunk_end == total,
-                             .known_checkpoint = known_checkpoint, .loss = loss, .parallel = sched.parallel()},
+                            {.total_steps = chunk_end,
+                             .checkpoint_every = sched.checkpoint_every,
+                             .checkpoint = sched.checkpoint,
+                             .config = config_str,
+                             .save_at_end = chunk_end == total,
+                             .known_checkpoint = known_checkpoint,
+                             .loss = loss,
+                             .parallel = sched.parallel()},
                             [&](int64_t step, double) { progress.update(step, ""); });
     known_checkpoint = out.last_checkpoint;
     if (!out.finished) break;
@@ -405,8 +454,10 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
   progress.done();
   if (distributed::world().size() > 1 && out.steps > start) {  // the cost measurements of docs/distributed.md
     const double sent = double(bytes_sent_by(net) - sent_before);
-    std::fprintf(stderr, "%s: %d processes, %lld micro-shards: rank 0 sent %.3f MB (%.3f MB per step, evaluations included)\n",
-                 phase.c_str(), distributed::world().size(), (long long)sched.micro_shards, sent / 1e6, sent / 1e6 / double(out.steps - start));
+    std::fprintf(stderr,
+                 "%s: %d processes, %lld micro-shards: rank 0 sent %.3f MB (%.3f MB per step, evaluations included)\n",
+                 phase.c_str(), distributed::world().size(), (long long)sched.micro_shards, sent / 1e6,
+                 sent / 1e6 / double(out.steps - start));
   }
   const int64_t evaluated = last.evaluated_step;
   last.outcome = out;

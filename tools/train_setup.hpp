@@ -10,15 +10,15 @@
 
 #include "datasets/datasets.hpp"
 #include "nn/nn.hpp"
-#include "train/training.hpp"
 #include "tools/model_flags.hpp"
+#include "train/training.hpp"
 
 namespace flatmin::tools {
 
 struct ModelSpec {
-  std::string model = "mlp";  // mlp | resnet18
-  std::string norm = "group";  // resnet18: batch | group | none
-  int64_t width = 64;          // resnet18 stage width
+  std::string model = "mlp";            // mlp | resnet18
+  std::string norm = "group";           // resnet18: batch | group | none
+  int64_t width = 64;                   // resnet18 stage width
   std::vector<int64_t> hidden = {256};  // mlp hidden sizes
   std::string activation = "relu";
   uint64_t seed = 0;
@@ -139,10 +139,9 @@ nlohmann::json measured_json(const PhaseResult& r, bool with_trace);
 // One training phase: net on train (evaluated on test) with the optimizer and schedule;
 // metrics rows carry {"phase": phase}. Resumes from schedule.checkpoint when asked.
 // stop_early(step, result) runs after each evaluation; true ends the phase there.
-PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dataset& train,
-                      const data::Dataset& test, const OptimSpec& optim_spec, const ScheduleSpec& sched,
-                      const nlohmann::json& config, MetricsLog& log,
-                      const std::function<bool(int64_t step, const PhaseResult&)>& stop_early = {});
+PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dataset& train, const data::Dataset& test,
+                      const OptimSpec& optim_spec, const ScheduleSpec& sched, const nlohmann::json& config,
+                      MetricsLog& log, const std::function<bool(int64_t step, const PhaseResult&)>& stop_early = {});
 // Train/test evaluation and (when asked) tr̄ on the first trace_subset training examples.
 PhaseResult evaluate_all(nn::Module& net, const data::Dataset& train, const data::Dataset& test,
                          const ScheduleSpec& sched, bool with_trace);

@@ -18,8 +18,8 @@ struct Shard {
 // Σ over `shards` shards (computed where they are owned) of the weighted loss and gradient,
 // added in the fixed tree; shard 0 alone updates BatchNorm's running statistics, which its
 // owner then sends to every process.
-Evaluation sharded_evaluation(nn::Module& net, int64_t shards, const DataParallel& p, const EvalOptions& o, ClassifierLoss loss,
-                              const std::function<Shard(int64_t)>& shard) {
+Evaluation sharded_evaluation(nn::Module& net, int64_t shards, const DataParallel& p, const EvalOptions& o,
+                              ClassifierLoss loss, const std::function<Shard(int64_t)>& shard) {
   const Params params = net.parameters();
   const Device dev = params.at(0).device();
   const World& w = p.comm(dev);
@@ -59,7 +59,8 @@ void validate(const DataParallel& p, int64_t batch_size, const Device& d) {
                 " processes: give --micro-shards >= " + std::to_string(size) +
                 " (the results depend on it, not on the number of processes)");
   if (p.micro_shards > batch_size)
-    throw Error("--micro-shards " + std::to_string(p.micro_shards) + " exceeds the batch size " + std::to_string(batch_size));
+    throw Error("--micro-shards " + std::to_string(p.micro_shards) + " exceeds the batch size " +
+                std::to_string(batch_size));
 }
 
 Closure data_parallel_closure(nn::Module& net, const Tensor& images, const Tensor& labels, const DataParallel& p,
@@ -74,8 +75,8 @@ Closure data_parallel_closure(nn::Module& net, const Tensor& images, const Tenso
   };
 }
 
-BatchClosure data_parallel_batch_closure(nn::Module& net, const data::Dataset& train, DType dtype, const DataParallel& p,
-                                         ClassifierLoss loss) {
+BatchClosure data_parallel_batch_closure(nn::Module& net, const data::Dataset& train, DType dtype,
+                                         const DataParallel& p, ClassifierLoss loss) {
   if (!p.active(model_device(net))) return classifier_batch_closure(net, train, dtype, loss);
   return [&net, &train, dtype, p, loss](const std::vector<int64_t>& idx, const EvalOptions& o) {
     if (idx.empty()) throw Error("SA: empty mini-batch");

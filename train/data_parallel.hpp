@@ -29,8 +29,8 @@ Closure data_parallel_closure(nn::Module& net, const Tensor& images, const Tenso
                               ClassifierLoss loss = ClassifierLoss::cross_entropy);
 // SA's ∇f_i: the mini-batch i split into min(micro_shards, |i|) shards the same way (b = 1:
 // one shard, computed by rank 0 and sent to the others).
-BatchClosure data_parallel_batch_closure(nn::Module& net, const data::Dataset& train, DType dtype, const DataParallel& p,
-                                         ClassifierLoss loss = ClassifierLoss::cross_entropy);
+BatchClosure data_parallel_batch_closure(nn::Module& net, const data::Dataset& train, DType dtype,
+                                         const DataParallel& p, ClassifierLoss loss = ClassifierLoss::cross_entropy);
 // evaluate_classifier with its batches dealt out in contiguous ranges; the per-batch sums
 // are gathered and added in batch order, so the metrics equal the one-process ones.
 ClassifierMetrics evaluate_classifier(nn::Module& net, const data::Dataset& ds, int64_t batch_size, DType dtype,

@@ -62,12 +62,12 @@ Evaluation classifier_evaluation(nn::Module& net, const Tensor& images, const Te
 Tensor images_for(const nn::Module& net, const Tensor& images, DType dtype) {
   return images.to(dtype).to(net.parameters().at(0).device());
 }
-Tensor labels_for(const nn::Module& net, const Tensor& labels) {
-  return labels.to(net.parameters().at(0).device());
-}
+Tensor labels_for(const nn::Module& net, const Tensor& labels) { return labels.to(net.parameters().at(0).device()); }
 
 Closure classifier_closure(nn::Module& net, const Tensor& images, const Tensor& labels, ClassifierLoss loss) {
-  return [&net, images, labels, loss](const EvalOptions& o) { return classifier_evaluation(net, images, labels, o, loss); };
+  return [&net, images, labels, loss](const EvalOptions& o) {
+    return classifier_evaluation(net, images, labels, o, loss);
+  };
 }
 
 BatchClosure classifier_batch_closure(nn::Module& net, const data::Dataset& train, DType dtype, ClassifierLoss loss) {
@@ -80,7 +80,8 @@ BatchClosure classifier_batch_closure(nn::Module& net, const data::Dataset& trai
 ClassifierMetrics evaluate_classifier(nn::Module& net, const data::Dataset& ds, int64_t batch_size, DType dtype,
                                       ClassifierLoss loss) {
   if (batch_size < 1) throw Error("evaluate_classifier: batch size must be >= 1");
-  return metrics_of(evaluate_batches(net, ds, batch_size, dtype, 0, (ds.size() + batch_size - 1) / batch_size, loss), ds.size());
+  return metrics_of(evaluate_batches(net, ds, batch_size, dtype, 0, (ds.size() + batch_size - 1) / batch_size, loss),
+                    ds.size());
 }
 
 std::vector<BatchSums> evaluate_batches(nn::Module& net, const data::Dataset& ds, int64_t batch_size, DType dtype,
@@ -142,7 +143,8 @@ void validate(const OptimizerConfig& c) {
   throw Error("optimizer: unknown name '" + c.name + "' (sgd, sam, rs, sa)");
 }
 
-std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& c, const Params& params, BatchClosure examples, int64_t n) {
+std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& c, const Params& params, BatchClosure examples,
+                                          int64_t n) {
   validate(c);
   if (c.name == "sgd") return std::make_unique<Sgd>(params, c.sgd);
   if (c.name == "sam") return std::make_unique<Sam>(std::make_unique<Sgd>(params, c.sgd), c.sam);
@@ -201,16 +203,18 @@ void save_checkpoint(const std::string& path, const nn::Module& net, const Optim
   const nn::NamedTensors tensors = checkpoint_tensors(net, s);
   const std::string bad = first_non_finite(tensors);
   if (!bad.empty()) throw Error(path + ": not saved: tensor '" + bad + "' holds a non-finite value");
-  nlohmann::json meta = {{"step", info.step},
-                         {"loader", {{"seed", info.loader.seed}, {"epoch", info.loader.epoch}, {"position", info.loader.position}}},
-                         {"optim_integers", s.integers},
-                         {"optim_reals", s.reals}};
+  nlohmann::json meta = {
+      {"step", info.step},
+      {"loader", {{"seed", info.loader.seed}, {"epoch", info.loader.epoch}, {"position", info.loader.position}}},
+      {"optim_integers", s.integers},
+      {"optim_reals", s.reals}};
   if (std::isfinite(info.batch_loss)) meta["batch_loss"] = info.batch_loss;
   const std::string state = meta.dump();
   nlohmann::json sums = {{"state", crc32_of(state)}, {"config", crc32_of(info.config)}};
   for (const auto& [name, t] : tensors) sums["tensors"][name] = crc32_of(t);
-  nn::save_safetensors(path, tensors,
-                       {{"format", "flatmin-checkpoint"}, {"state", state}, {"config", info.config}, {"crc32", sums.dump()}});
+  nn::save_safetensors(
+      path, tensors,
+      {{"format", "flatmin-checkpoint"}, {"state", state}, {"config", info.config}, {"crc32", sums.dump()}});
 }
 
 CheckpointInfo load_checkpoint(const std::string& path, nn::Module& net, Optimizer& opt) {
@@ -237,7 +241,8 @@ CheckpointInfo load_checkpoint(const std::string& path, nn::Module& net, Optimiz
         throw Error(path + ": damaged checkpoint: " + std::to_string(st.tensors.size()) + " tensors, " +
                     std::to_string(per_tensor.size()) + " checksums");
       for (const auto& [name, t] : st.tensors) {
-        if (!per_tensor.contains(name)) throw Error(path + ": damaged checkpoint: no checksum for tensor '" + name + "'");
+        if (!per_tensor.contains(name))
+          throw Error(path + ": damaged checkpoint: no checksum for tensor '" + name + "'");
         expect("tensor '" + name + "'", per_tensor.at(name).get<uint64_t>(), crc32_of(t));
       }
     } catch (const nlohmann::json::exception& e) {
@@ -249,9 +254,12 @@ CheckpointInfo load_checkpoint(const std::string& path, nn::Module& net, Optimiz
   nn::NamedTensors model;
   OptimizerState s;
   for (auto& [name, t] : st.tensors) {
-    if (name.rfind("model.", 0) == 0) model.emplace_back(name.substr(6), t);
-    else if (name.rfind("optim.", 0) == 0) s.tensors[name.substr(6)] = t;
-    else throw Error(path + ": unexpected tensor '" + name + "'");
+    if (name.rfind("model.", 0) == 0)
+      model.emplace_back(name.substr(6), t);
+    else if (name.rfind("optim.", 0) == 0)
+      s.tensors[name.substr(6)] = t;
+    else
+      throw Error(path + ": unexpected tensor '" + name + "'");
   }
   CheckpointInfo info;
   try {
@@ -309,9 +317,13 @@ TrainOutcome train_loop(nn::Module& net, data::Loader& loader, Optimizer& opt, i
   auto stop = [&](int64_t step, const std::string& what) {
     r.stopped_non_finite = true;
     r.message = what + " at step " + std::to_string(step);
-    if (o.checkpoint.empty()) r.message += " (no checkpoint was asked for)";
-    else if (r.last_checkpoint < 0) r.message += "; no checkpoint had been written yet";
-    else r.message += "; the last good checkpoint (step " + std::to_string(r.last_checkpoint) + ") is kept in " + o.checkpoint;
+    if (o.checkpoint.empty())
+      r.message += " (no checkpoint was asked for)";
+    else if (r.last_checkpoint < 0)
+      r.message += "; no checkpoint had been written yet";
+    else
+      r.message +=
+          "; the last good checkpoint (step " + std::to_string(r.last_checkpoint) + ") is kept in " + o.checkpoint;
     return r;
   };
   // SA's sampling (the header says why): checked and prepared before the first step.
@@ -323,14 +335,16 @@ TrainOutcome train_loop(nn::Module& net, data::Loader& loader, Optimizer& opt, i
   Closure full_batch;
   if (sa && !sa_step_batch) {
     const data::Dataset& all = loader.dataset();
-    full_batch = data_parallel_closure(net, images_for(net, all.images, dtype), labels_for(net, all.labels), o.parallel, o.loss);
+    full_batch =
+        data_parallel_closure(net, images_for(net, all.images, dtype), labels_for(net, all.labels), o.parallel, o.loss);
   }
   net.train();
   for (int64_t step = start_step + 1; step <= o.total_steps; ++step) {
     data::Batch b = loader.next_batch();
     if (sa_step_batch) sa->set_step_examples(b.indices);
-    const double loss = opt.step(
-        full_batch ? full_batch : data_parallel_closure(net, images_for(net, b.images, dtype), labels_for(net, b.labels), o.parallel, o.loss));
+    const double loss = opt.step(full_batch ? full_batch
+                                            : data_parallel_closure(net, images_for(net, b.images, dtype),
+                                                                    labels_for(net, b.labels), o.parallel, o.loss));
     r.last_loss = loss;
     if (!std::isfinite(loss)) return stop(step, "the training loss became " + std::to_string(loss));
     r.steps = step;

@@ -10,9 +10,9 @@
 
 #include "autodiff/nn_ops.hpp"
 #include "datasets/loader.hpp"
+#include "distributed/world.hpp"
 #include "nn/module.hpp"
 #include "optim/perturbation.hpp"
-#include "distributed/world.hpp"
 #include "optim/sam.hpp"
 #include "optim/sgd.hpp"
 #include "optim/sharpness.hpp"
@@ -59,7 +59,8 @@ struct BatchSums {
   int64_t correct = 0;
 };
 std::vector<BatchSums> evaluate_batches(nn::Module& net, const data::Dataset& ds, int64_t batch_size, DType dtype,
-                                        int64_t first, int64_t last, ClassifierLoss loss = ClassifierLoss::cross_entropy);
+                                        int64_t first, int64_t last,
+                                        ClassifierLoss loss = ClassifierLoss::cross_entropy);
 // The sums added in batch order.
 ClassifierMetrics metrics_of(const std::vector<BatchSums>& batches, int64_t examples);
 // tr̄ of the training loss on `subset` (training-mode forward without updating statistics).
@@ -90,7 +91,7 @@ std::string first_non_finite(const nn::NamedTensors& tensors);
 struct CheckpointInfo {
   int64_t step = 0;
   data::LoaderState loader;
-  std::string config;  // the run's configuration (JSON), checked on resume
+  std::string config;       // the run's configuration (JSON), checked on resume
   double batch_loss = NAN;  // the loss of step `step`'s batch (metrics rows of a resumed run); NaN: unknown
 };
 // Atomic (temp file, fsync, rename). One safetensors file: "model.<name>" tensors (parameters
@@ -115,21 +116,21 @@ struct DataParallel {
 
 // ---- the loop ----
 struct TrainLoopOptions {
-  int64_t total_steps = 0;       // run until this many steps in all (counting resumed ones)
-  int64_t checkpoint_every = 0;  // 0: only at the end
-  std::string checkpoint;        // path; empty: no checkpoints
-  std::string config;            // stored in checkpoints
-  bool save_at_end = true;       // also checkpoint after the last step
-  int64_t known_checkpoint = -1; // step of a checkpoint saved before this call (-1: none)
+  int64_t total_steps = 0;        // run until this many steps in all (counting resumed ones)
+  int64_t checkpoint_every = 0;   // 0: only at the end
+  std::string checkpoint;         // path; empty: no checkpoints
+  std::string config;             // stored in checkpoints
+  bool save_at_end = true;        // also checkpoint after the last step
+  int64_t known_checkpoint = -1;  // step of a checkpoint saved before this call (-1: none)
   ClassifierLoss loss = ClassifierLoss::cross_entropy;
-  DataParallel parallel{};       // rank 0 alone writes the checkpoints
+  DataParallel parallel{};  // rank 0 alone writes the checkpoints
 };
 struct TrainOutcome {
-  int64_t steps = 0;     // steps done in all
+  int64_t steps = 0;  // steps done in all
   bool finished = false;
   bool stopped_non_finite = false;
   std::string message;
-  double last_loss = NAN;  // NaN until a step ran
+  double last_loss = NAN;        // NaN until a step ran
   int64_t last_checkpoint = -1;  // step of the newest good checkpoint (-1: none)
 };
 // SA with step_batch sampling is told each step's examples (b larger than the loader's

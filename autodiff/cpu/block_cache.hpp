@@ -85,8 +85,10 @@ class BlockCache {
     return p == MAP_FAILED ? nullptr : p;
   }
   static void release(void* p, size_t size) {
-    if (size >= mmap_min) ::munmap(p, size);
-    else std::free(p);
+    if (size >= mmap_min)
+      ::munmap(p, size);
+    else
+      std::free(p);
   }
 
   std::mutex mutex_;

@@ -22,7 +22,6 @@ namespace flatmin::cpu {
 namespace {
 using kernels::dispatch_float;
 
-
 using Geometry = kernels::ConvGeometry;
 Geometry geometry(const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p) {
   return kernels::conv_geometry(x, w, y, p);
@@ -60,7 +59,8 @@ template <class T> void im2col(const T* x, T* col, int64_t ld, int64_t col0, con
           T* r = row + oh * g.OW;
           const T* xs = x + (c * g.H + oh * g.sh - g.ph + kh) * g.W - g.pw + kw;
           std::fill(r, r + w0, T(0));
-          if (g.sw == 1) std::memcpy(r + w0, xs + w0, size_t(w1 - w0) * sizeof(T));
+          if (g.sw == 1)
+            std::memcpy(r + w0, xs + w0, size_t(w1 - w0) * sizeof(T));
           else
             for (int64_t ow = w0; ow < w1; ++ow) r[ow] = xs[ow * g.sw];
           std::fill(r + w1, r + g.OW, T(0));
@@ -92,11 +92,13 @@ template <class T> void col2im(const T* col, int64_t ld, int64_t col0, T* x, con
 // Copies per-image [rows, P] blocks (image stride `stride`) into a [rows, G*P] matrix, and back.
 template <class T> void pack_images(const T* src, int64_t stride, int64_t G, int64_t rows, int64_t P, T* dst) {
   for (int64_t i = 0; i < G; ++i)
-    for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * G * P + i * P, src + i * stride + r * P, size_t(P) * sizeof(T));
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(dst + r * G * P + i * P, src + i * stride + r * P, size_t(P) * sizeof(T));
 }
 template <class T> void unpack_images(const T* src, int64_t G, int64_t rows, int64_t P, T* dst, int64_t stride) {
   for (int64_t i = 0; i < G; ++i)
-    for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + i * stride + r * P, src + r * G * P + i * P, size_t(P) * sizeof(T));
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(dst + i * stride + r * P, src + r * G * P + i * P, size_t(P) * sizeof(T));
 }
 
 // Runs body(n0, n1) for each group of images, groups in parallel.
@@ -122,7 +124,8 @@ template <class T> void forward_impl(const T* x, const T* w, T* y, const Geometr
       return;
     }
     T* col = cols.get();
-    if (g.pointwise()) pack_images(x + n0 * g.C * g.HW(), g.C * g.HW(), gn, g.C, P, col);
+    if (g.pointwise())
+      pack_images(x + n0 * g.C * g.HW(), g.C * g.HW(), gn, g.C, P, col);
     else
       for (int64_t i = 0; i < gn; ++i) im2col(x + (n0 + i) * g.C * g.HW(), col, cols_n, i * P, g);
     if (gn == 1) {
@@ -137,8 +140,7 @@ template <class T> void forward_impl(const T* x, const T* w, T* y, const Geometr
 
 // gx[n] = col2im(W^T [K, O] @ gy[n] [O, P])
 template <class T> void input_grad_impl(const T* gy, const T* w, T* gx, const Geometry& g) {
-  if (g.winograd())
-    return winograd_conv3x3(gy, w, true, gx, {g.N, g.O, g.OH, g.OW, g.C, g.H, g.W, 2 - g.ph, 2 - g.pw});
+  if (g.winograd()) return winograd_conv3x3(gy, w, true, gx, {g.N, g.O, g.OH, g.OW, g.C, g.H, g.W, 2 - g.ph, 2 - g.pw});
   const int64_t G = images_per_group(g, sizeof(T)), P = g.P(), K = g.K();
   // col[K, n] = W^T[K, O] @ gy[O, n]
   auto product = [&](const T* gym, int64_t n, T* col) { gemm<T>(true, false, K, n, g.O, 1, w, K, gym, n, 0, col, n); };
@@ -201,7 +203,8 @@ template <class T> void weight_grad_impl(const T* x, const T* gy, T* gw, const G
           pack_images(gym, g.O * P, gn, g.O, P, gyp);
           gym = gyp;
         }
-        if (g.pointwise()) pack_images(x + n0 * g.C * g.HW(), g.C * g.HW(), gn, g.C, P, col);
+        if (g.pointwise())
+          pack_images(x + n0 * g.C * g.HW(), g.C * g.HW(), gn, g.C, P, col);
         else
           for (int64_t i = 0; i < gn; ++i) im2col(x + (n0 + i) * g.C * g.HW(), col, cols_n, i * P, g);
         // acc[O, K] += gy[O, n] @ col[K, n]^T
@@ -219,8 +222,8 @@ template <class T> void weight_grad_impl(const T* x, const T* gy, T* gw, const G
 }
 
 // ---- pooling: one task per (image, channel) plane
-using kernels::PoolGeometry;
 using kernels::pool_geometry;
+using kernels::PoolGeometry;
 // Calls f(oh, ow, h0, h1, w0, w1) for every output position with its window clipped to the input.
 template <class F> void for_each_window(const PoolGeometry& g, F&& f) {
   for (int64_t oh = 0; oh < g.OH; ++oh) {

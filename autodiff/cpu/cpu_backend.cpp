@@ -3,11 +3,11 @@
 // kernels of one file per area, as autodiff/cuda/ does: elementwise.cpp, reduce.cpp,
 // layout.cpp, conv.cpp and winograd.cpp (convolution and pooling), norm.cpp (fused batch
 // norm), with memory from block_cache.hpp; plus the parallel loop and the batched GEMM.
-#include <algorithm>
-#include <cstring>
 #include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
+#include <algorithm>
+#include <cstring>
 
 #include "autodiff/backend.hpp"
 #include "autodiff/cpu/block_cache.hpp"
@@ -35,12 +35,20 @@ class CpuBackend final : public Backend {
   }
   void deallocate(void* p, size_t bytes) override {
     if (!p) return;
-    if (bytes <= detail::small_block_max) detail::small_free(p, bytes);
-    else cache_.deallocate(p, bytes);
+    if (bytes <= detail::small_block_max)
+      detail::small_free(p, bytes);
+    else
+      cache_.deallocate(p, bytes);
   }
-  void copy_from_host(void* d, const void* s, size_t n) override { if (n) std::memcpy(d, s, n); }
-  void copy_to_host(void* d, const void* s, size_t n) override { if (n) std::memcpy(d, s, n); }
-  void copy(void* d, const void* s, size_t n) override { if (n && d != s) std::memmove(d, s, n); }
+  void copy_from_host(void* d, const void* s, size_t n) override {
+    if (n) std::memcpy(d, s, n);
+  }
+  void copy_to_host(void* d, const void* s, size_t n) override {
+    if (n) std::memcpy(d, s, n);
+  }
+  void copy(void* d, const void* s, size_t n) override {
+    if (n && d != s) std::memmove(d, s, n);
+  }
 
   void fill(Tensor& out, double v) override { cpu::fill(out, v); }
   void cast(const Tensor& in, Tensor& out) override { cpu::cast(in, out); }
@@ -63,7 +71,9 @@ class CpuBackend final : public Backend {
   void index_add(const Tensor& src, int64_t axis, const Tensor& idx, Tensor& out) override {
     cpu::index_add(src, axis, idx, out);
   }
-  void gather(const Tensor& x, int64_t axis, const Tensor& idx, Tensor& out) override { cpu::gather(x, axis, idx, out); }
+  void gather(const Tensor& x, int64_t axis, const Tensor& idx, Tensor& out) override {
+    cpu::gather(x, axis, idx, out);
+  }
   void scatter_add(const Tensor& src, int64_t axis, const Tensor& idx, Tensor& out) override {
     cpu::scatter_add(src, axis, idx, out);
   }
@@ -79,19 +89,18 @@ class CpuBackend final : public Backend {
     cpu::random(kind, out, seed, offset);
   }
 
-  bool batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y, Tensor& mean,
-                          Tensor& var) override {
+  bool batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y,
+                          Tensor& mean, Tensor& var) override {
     flatmin::cpu::batch_norm_forward(x, weight, bias, eps, y, mean, var);
     return true;
   }
-  bool batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& var,
-                           double eps, Tensor& gx, Tensor& gw, Tensor& gb) override {
+  bool batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                           const Tensor& var, double eps, Tensor& gx, Tensor& gw, Tensor& gb) override {
     flatmin::cpu::batch_norm_backward(g, x, weight, mean, var, eps, gx, gw, gb);
     return true;
   }
-  bool batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& w,
-                                 const Tensor& mean, const Tensor& var, double eps, Tensor& dg, Tensor& dx,
-                                 Tensor& dw) override {
+  bool batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean,
+                                 const Tensor& var, double eps, Tensor& dg, Tensor& dx, Tensor& dw) override {
     flatmin::cpu::batch_norm_input_grad_vjp(a, g, x, w, mean, var, eps, dg, dx, dw);
     return true;
   }
@@ -112,9 +121,7 @@ class CpuBackend final : public Backend {
   void max_pool2d(const Tensor& x, Tensor& out, Tensor& indices, const Pool2dParams& p) override {
     flatmin::cpu::max_pool2d(x, out, indices, p);
   }
-  void avg_pool2d(const Tensor& x, Tensor& out, const Pool2dParams& p) override {
-    flatmin::cpu::avg_pool2d(x, out, p);
-  }
+  void avg_pool2d(const Tensor& x, Tensor& out, const Pool2dParams& p) override { flatmin::cpu::avg_pool2d(x, out, p); }
   void avg_pool2d_adjoint(const Tensor& gy, Tensor& gx, const Pool2dParams& p) override {
     flatmin::cpu::avg_pool2d_adjoint(gy, gx, p);
   }
@@ -146,9 +153,9 @@ template <class T> void gemm_batched(const T* a, const T* b, T* c, const Backend
   }
   // Few large products: split each into one column block per thread (the BLAS runs one
   // thread per call); fewer blocks pack the left operand fewer times.
-  const int64_t threads = int64_t(std::min<size_t>(
-      size_t(tbb::this_task_arena::max_concurrency()),
-      tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)));
+  const int64_t threads =
+      int64_t(std::min<size_t>(size_t(tbb::this_task_arena::max_concurrency()),
+                               tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)));
   const int64_t cols_per_task =
       flops < 4e6 ? g.n : std::max<int64_t>(64, (g.n / std::max<int64_t>(threads, 1) + 63) / 64 * 64);
   for (int64_t bi = 0; bi < g.batch; ++bi) {

@@ -16,8 +16,10 @@ Backend& instance();
 void parallel_for_tbb(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
 template <class F> void parallel_for(int64_t n, int64_t grain, F&& body) {
   if (n <= 0) return;
-  if (n <= grain) body(int64_t(0), n);
-  else parallel_for_tbb(n, grain, body);
+  if (n <= grain)
+    body(int64_t(0), n);
+  else
+    parallel_for_tbb(n, grain, body);
 }
 
 // Batched row-major GEMM (see Backend::MatmulArgs) on gemm.hpp, parallel over batch or columns.

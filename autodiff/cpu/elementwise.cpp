@@ -38,11 +38,16 @@ template <class T> void unary_span(UnaryOp op, const T* x, T* y, int64_t n, doub
     case UnaryOp::abs: Y = X.abs(); break;
     case UnaryOp::sign: Y = X.sign(); break;
     case UnaryOp::pow_scalar:
-      if (param == 2.0) Y = X.square();
-      else if (param == 3.0) Y = X.cube();
-      else if (param == 0.5) Y = X.sqrt();
-      else if (param == -1.0) Y = X.inverse();
-      else Y = X.pow(p);
+      if (param == 2.0)
+        Y = X.square();
+      else if (param == 3.0)
+        Y = X.cube();
+      else if (param == 0.5)
+        Y = X.sqrt();
+      else if (param == -1.0)
+        Y = X.inverse();
+      else
+        Y = X.pow(p);
       break;
     case UnaryOp::add_scalar: Y = X + p; break;
     case UnaryOp::mul_scalar: Y = X * p; break;
@@ -52,13 +57,30 @@ template <class T> void unary_span(UnaryOp op, const T* x, T* y, int64_t n, doub
 }
 
 // One row of a broadcast binary op, with the common stride patterns as vectorizable loops.
-template <class T>
-void binary_row(BinaryOp op, const T* a, int64_t sa, const T* b, int64_t sb, T* y, int64_t n) {
-#define FM_ROW(EXPR)                                                   \
-  if (sa == 1 && sb == 1) for (int64_t i = 0; i < n; ++i) { const T x = a[i], z = b[i]; y[i] = EXPR; } \
-  else if (sa == 1) { const T z = b[0]; for (int64_t i = 0; i < n; ++i) { const T x = a[i]; y[i] = EXPR; } } \
-  else if (sb == 1) { const T x = a[0]; for (int64_t i = 0; i < n; ++i) { const T z = b[i]; y[i] = EXPR; } } \
-  else { const T x = a[0], z = b[0]; const T v = EXPR; for (int64_t i = 0; i < n; ++i) y[i] = v; }
+template <class T> void binary_row(BinaryOp op, const T* a, int64_t sa, const T* b, int64_t sb, T* y, int64_t n) {
+#define FM_ROW(EXPR)                          \
+  if (sa == 1 && sb == 1)                     \
+    for (int64_t i = 0; i < n; ++i) {         \
+      const T x = a[i], z = b[i];             \
+      y[i] = EXPR;                            \
+    }                                         \
+  else if (sa == 1) {                         \
+    const T z = b[0];                         \
+    for (int64_t i = 0; i < n; ++i) {         \
+      const T x = a[i];                       \
+      y[i] = EXPR;                            \
+    }                                         \
+  } else if (sb == 1) {                       \
+    const T x = a[0];                         \
+    for (int64_t i = 0; i < n; ++i) {         \
+      const T z = b[i];                       \
+      y[i] = EXPR;                            \
+    }                                         \
+  } else {                                    \
+    const T x = a[0], z = b[0];               \
+    const T v = EXPR;                         \
+    for (int64_t i = 0; i < n; ++i) y[i] = v; \
+  }
   switch (op) {
     case BinaryOp::add: FM_ROW(x + z) break;
     case BinaryOp::sub: FM_ROW(x - z) break;
@@ -126,11 +148,17 @@ void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) {
     Shape shape = out.shape();
     std::vector<int64_t> sa = broadcast_strides(a.shape(), shape), sb = broadcast_strides(b.shape(), shape);
     std::vector<int64_t> so(shape.size());
-    for (int64_t i = int64_t(shape.size()) - 1, s = 1; i >= 0; --i) { so[i] = s; s *= shape[i]; }
+    for (int64_t i = int64_t(shape.size()) - 1, s = 1; i >= 0; --i) {
+      so[i] = s;
+      s *= shape[i];
+    }
     collapse(shape, {&sa, &sb, &so});
     const T *pa = ptr<T>(a), *pb = ptr<T>(b);
     T* y = ptr<T>(out);
-    if (shape.empty()) { y[0] = binary_value(op, pa[0], pb[0]); return; }
+    if (shape.empty()) {
+      y[0] = binary_value(op, pa[0], pb[0]);
+      return;
+    }
     const int64_t inner = shape.back(), ia = sa.back(), ib = sb.back();
     if (shape.size() == 1) {  // one long row: split it across threads
       parallel_for(inner, 32768, [&](int64_t i0, int64_t i1) {
@@ -150,11 +178,17 @@ void where(const Tensor& c, const Tensor& a, const Tensor& b, Tensor& out) {
     Shape shape = out.shape();
     std::vector<int64_t> sc = broadcast_strides(c.shape(), shape), sa = broadcast_strides(a.shape(), shape),
                          sb = broadcast_strides(b.shape(), shape), so(shape.size());
-    for (int64_t i = int64_t(shape.size()) - 1, s = 1; i >= 0; --i) { so[i] = s; s *= shape[i]; }
+    for (int64_t i = int64_t(shape.size()) - 1, s = 1; i >= 0; --i) {
+      so[i] = s;
+      s *= shape[i];
+    }
     collapse(shape, {&sc, &sa, &sb, &so});
     const T *pc = ptr<T>(c), *pa = ptr<T>(a), *pb = ptr<T>(b);
     T* y = ptr<T>(out);
-    if (shape.empty()) { y[0] = pc[0] != T(0) ? pa[0] : pb[0]; return; }
+    if (shape.empty()) {
+      y[0] = pc[0] != T(0) ? pa[0] : pb[0];
+      return;
+    }
     const int64_t inner = shape.back(), ic = sc.back(), ia = sa.back(), ib = sb.back();
     for_each_row<4>(shape, {&sc, &sa, &sb, &so}, [&](int64_t, const std::array<int64_t, 4>& off) {
       for (int64_t i = 0; i < inner; ++i)

@@ -21,7 +21,10 @@ void permute(const Tensor& x, Tensor& out, const std::vector<int64_t>& perm) {
   dispatch(x.dtype(), [&](auto z) {
     using T = decltype(z);
     std::vector<int64_t> sx(x.dim()), st(x.dim());
-    for (int64_t i = x.dim() - 1, s = 1; i >= 0; --i) { sx[i] = s; s *= x.shape()[i]; }
+    for (int64_t i = x.dim() - 1, s = 1; i >= 0; --i) {
+      sx[i] = s;
+      s *= x.shape()[i];
+    }
     for (size_t i = 0; i < perm.size(); ++i) st[i] = sx[perm[i]];
     strided_copy(ptr<T>(x), 0, st, out.shape(), ptr<T>(out));
   });
@@ -30,7 +33,10 @@ void slice(const Tensor& x, Tensor& out, int64_t axis, int64_t start, int64_t st
   dispatch(x.dtype(), [&](auto z) {
     using T = decltype(z);
     std::vector<int64_t> sx(x.dim());
-    for (int64_t i = x.dim() - 1, s = 1; i >= 0; --i) { sx[i] = s; s *= x.shape()[i]; }
+    for (int64_t i = x.dim() - 1, s = 1; i >= 0; --i) {
+      sx[i] = s;
+      s *= x.shape()[i];
+    }
     const int64_t offset = start * sx[axis];
     sx[axis] *= step;
     strided_copy(ptr<T>(x), offset, sx, out.shape(), ptr<T>(out));

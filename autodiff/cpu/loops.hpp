@@ -53,22 +53,25 @@ void for_each_row(const Shape& shape, const std::array<const std::vector<int64_t
   parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(inner, 1)), body);
 }
 
-
 template <class T> T* ptr(Tensor& t) { return data_ptr<T>(t); }
 template <class T> const T* ptr(const Tensor& t) { return data_ptr<T>(t); }
 
 // out (contiguous, shape `shape`) = in[offset + Σ i_d * strides_d]
-template <class T>
-void strided_copy(const T* in, int64_t offset, std::vector<int64_t> strides, Shape shape, T* out) {
+template <class T> void strided_copy(const T* in, int64_t offset, std::vector<int64_t> strides, Shape shape, T* out) {
   std::vector<int64_t> so(shape.size());
-  for (int64_t i = int64_t(shape.size()) - 1, s = 1; i >= 0; --i) { so[i] = s; s *= shape[i]; }
+  for (int64_t i = int64_t(shape.size()) - 1, s = 1; i >= 0; --i) {
+    so[i] = s;
+    s *= shape[i];
+  }
   collapse(shape, {&strides, &so});
   const int64_t inner = shape.empty() ? 1 : shape.back(), is = strides.empty() ? 0 : strides.back();
   for_each_row<2>(shape, {&strides, &so}, [&](int64_t, const std::array<int64_t, 2>& off) {
     const T* src = in + offset + off[0];
     T* dst = out + off[1];
-    if (is == 1) std::memcpy(dst, src, size_t(inner) * sizeof(T));
-    else for (int64_t i = 0; i < inner; ++i) dst[i] = src[i * is];
+    if (is == 1)
+      std::memcpy(dst, src, size_t(inner) * sizeof(T));
+    else
+      for (int64_t i = 0; i < inner; ++i) dst[i] = src[i * is];
   });
 }
 

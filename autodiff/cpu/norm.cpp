@@ -50,7 +50,10 @@ void forward_impl(const T* x, const T* w, const T* b, double eps, T* y, T* mean,
       double v = 0;
       for (int64_t n = 0; n < L.N; ++n) {
         const T* xs = x + L.at(n, c);
-        v += span_sum(L.S, [&](int64_t i) { const double d = double(xs[i]) - mu; return d * d; });
+        v += span_sum(L.S, [&](int64_t i) {
+          const double d = double(xs[i]) - mu;
+          return d * d;
+        });
       }
       v /= M;
       // centre first: x·scale + (b − μ·scale) would cancel when |μ| ≫ σ
@@ -68,9 +71,8 @@ void forward_impl(const T* x, const T* w, const T* b, double eps, T* y, T* mean,
 
 // With x̂ = (x − μ)·r, r = 1/√(σ² + ε): gb = Σg, gw = Σ g·x̂, and
 // gx = w·r·(g − mean(g) − x̂·mean(g·x̂)).
-template <class T>
-void backward_impl(const T* g, const T* x, const T* w, const T* mean, const T* var, double eps, T* gx, T* gw, T* gb,
-                   const Layout& L) {
+template <class T> void backward_impl(const T* g, const T* x, const T* w, const T* mean, const T* var, double eps,
+                                      T* gx, T* gw, T* gb, const Layout& L) {
   const double M = double(L.count());
   parallel_for(L.C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -102,9 +104,8 @@ void backward_impl(const T* g, const T* x, const T* w, const T* mean, const T* v
 //   input grad, cotangent a:  dg = w·r·(a − ⟨a⟩ − x̂⟨a·x̂⟩),  dw = Σ g·r·(a − ⟨a⟩ − x̂⟨a·x̂⟩),
 //     dx = −r²·(x̂·k + (gh − ⟨gh⟩)·⟨a·x̂⟩ + ⟨gh·x̂⟩·(a − ⟨a⟩)),  k = ⟨a·gh⟩ − ⟨gh⟩⟨a⟩ − 3⟨gh·x̂⟩⟨a·x̂⟩;
 //   weight grad, cotangent β:  dg = β·x̂,  dx = β·r·(g − ⟨g⟩ − x̂⟨g·x̂⟩).
-template <class T>
-void input_grad_vjp_impl(const T* a, const T* g, const T* x, const T* w, const T* mean, const T* var, double eps,
-                         T* dg, T* dx, T* dw, const Layout& L) {
+template <class T> void input_grad_vjp_impl(const T* a, const T* g, const T* x, const T* w, const T* mean, const T* var,
+                                            double eps, T* dg, T* dx, T* dw, const Layout& L) {
   const double M = double(L.count());
   parallel_for(L.C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -139,9 +140,8 @@ void input_grad_vjp_impl(const T* a, const T* g, const T* x, const T* w, const T
   });
 }
 
-template <class T>
-void weight_grad_vjp_impl(const T* beta, const T* g, const T* x, const T* mean, const T* var, double eps, T* dg,
-                          T* dx, const Layout& L) {
+template <class T> void weight_grad_vjp_impl(const T* beta, const T* g, const T* x, const T* mean, const T* var,
+                                             double eps, T* dg, T* dx, const Layout& L) {
   const double M = double(L.count());
   parallel_for(L.C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -186,8 +186,8 @@ void batch_norm_weight_grad_vjp(const Tensor& beta, const Tensor& g, const Tenso
                                 const Tensor& var, double eps, Tensor& dg, Tensor& dx) {
   dispatch_float(x.dtype(), "batch_norm_weight_grad", [&](auto z) {
     using T = decltype(z);
-    weight_grad_vjp_impl<T>(data_ptr<T>(beta), data_ptr<T>(g), data_ptr<T>(x), data_ptr<T>(mean), data_ptr<T>(var),
-                            eps, maybe_out<T>(dg), maybe_out<T>(dx), layout(x));
+    weight_grad_vjp_impl<T>(data_ptr<T>(beta), data_ptr<T>(g), data_ptr<T>(x), data_ptr<T>(mean), data_ptr<T>(var), eps,
+                            maybe_out<T>(dg), maybe_out<T>(dx), layout(x));
   });
 }
 

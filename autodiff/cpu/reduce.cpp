@@ -24,10 +24,13 @@ template <class T> void reduce_impl(ReduceOp op, const Tensor& xt, Tensor& outt)
   T* out = ptr<T>(outt);
   Shape shape = xt.shape();
   std::vector<int64_t> sin(shape.size()), sout = broadcast_strides(outt.shape(), shape);
-  for (int64_t i = int64_t(shape.size()) - 1, s = 1; i >= 0; --i) { sin[i] = s; s *= shape[i]; }
+  for (int64_t i = int64_t(shape.size()) - 1, s = 1; i >= 0; --i) {
+    sin[i] = s;
+    s *= shape[i];
+  }
   collapse(shape, {&sin, &sout});
   const int64_t nout = outt.numel(), nin = xt.numel();
-  const Acc init = op == ReduceOp::sum ? Acc(0)
+  const Acc init = op == ReduceOp::sum   ? Acc(0)
                    : op == ReduceOp::max ? Acc(-std::numeric_limits<T>::infinity())
                                          : Acc(std::numeric_limits<T>::infinity());
   auto combine = [op](Acc a, Acc b) {
@@ -40,8 +43,13 @@ template <class T> void reduce_impl(ReduceOp op, const Tensor& xt, Tensor& outt)
   // Kept and reduced axes, each with its input stride.
   std::vector<int64_t> kext, kstr, rext, rstr;
   for (size_t d = 0; d < shape.size(); ++d) {
-    if (sout[d] == 0 && shape[d] != 1) { rext.push_back(shape[d]); rstr.push_back(sin[d]); }
-    else { kext.push_back(shape[d]); kstr.push_back(sin[d]); }
+    if (sout[d] == 0 && shape[d] != 1) {
+      rext.push_back(shape[d]);
+      rstr.push_back(sin[d]);
+    } else {
+      kext.push_back(shape[d]);
+      kstr.push_back(sin[d]);
+    }
   }
   const int64_t R = nin / nout;
   // Pattern [R, K] (reduce a leading axis, keep a contiguous trailing one): add rows.
@@ -65,17 +73,25 @@ template <class T> void reduce_impl(ReduceOp op, const Tensor& xt, Tensor& outt)
     int64_t r = r0;
     while (r < r1) {
       int64_t off = base, rem = r / inner;
-      for (int64_t d = nr - 2; d >= 0; --d) { off += (rem % rext[d]) * rstr[d]; rem /= rext[d]; }
+      for (int64_t d = nr - 2; d >= 0; --d) {
+        off += (rem % rext[d]) * rstr[d];
+        rem /= rext[d];
+      }
       const int64_t i0 = r % inner, i1 = std::min(inner, i0 + (r1 - r));
-      if (istr == 1) for (int64_t i = i0; i < i1; ++i) acc = combine(acc, Acc(x[off + i]));
-      else for (int64_t i = i0; i < i1; ++i) acc = combine(acc, Acc(x[off + i * istr]));
+      if (istr == 1)
+        for (int64_t i = i0; i < i1; ++i) acc = combine(acc, Acc(x[off + i]));
+      else
+        for (int64_t i = i0; i < i1; ++i) acc = combine(acc, Acc(x[off + i * istr]));
       r += i1 - i0;
     }
     return acc;
   };
   auto base_of = [&](int64_t o) {
     int64_t off = 0, rem = o;
-    for (int64_t d = int64_t(kext.size()) - 1; d >= 0; --d) { off += (rem % kext[d]) * kstr[d]; rem /= kext[d]; }
+    for (int64_t d = int64_t(kext.size()) - 1; d >= 0; --d) {
+      off += (rem % kext[d]) * kstr[d];
+      rem /= kext[d];
+    }
     return off;
   };
   constexpr int64_t block = 16384;

@@ -59,14 +59,16 @@ using Tiles = kernels::WinogradTiles;
 // B^T runs along each padded input row once (tile rows overlap by two input rows), on the
 // row split into even and odd columns so that every load is unit-stride; then down the
 // columns for each tile row. `scratch` holds input_scratch(tl) elements.
-size_t input_scratch(const Tiles& tl) { return size_t((2 * tl.TW + 2) + 2 * (tl.TW + 1) + (2 * tl.TH + 2) * 4 * tl.TW); }
+size_t input_scratch(const Tiles& tl) {
+  return size_t((2 * tl.TW + 2) + 2 * (tl.TW + 1) + (2 * tl.TH + 2) * 4 * tl.TW);
+}
 template <class T>
 void transform_input(const T* x, const WinogradShape& s, const Tiles& tl, T* V, int64_t ldv, int64_t t0, T* scratch) {
   const int64_t TW = tl.TW, RW = 2 * TW + 2, RJ = 2 * tl.TH + 2;  // padded columns and rows the tiles read
   T* row = scratch;
-  T* ev = row + RW;       // row[0], row[2], ...
-  T* od = ev + TW + 1;    // row[1], row[3], ...
-  T* H = od + TW + 1;     // H[j][k][tw] = (B^T along padded row j)[k] of tile column tw
+  T* ev = row + RW;     // row[0], row[2], ...
+  T* od = ev + TW + 1;  // row[1], row[3], ...
+  T* H = od + TW + 1;   // H[j][k][tw] = (B^T along padded row j)[k] of tile column tw
   const int64_t j0 = std::clamp<int64_t>(s.pw, 0, RW), j1 = std::clamp<int64_t>(s.W + s.pw, j0, RW);
   for (int64_t c = 0; c < s.C; ++c) {
     const T* xc = x + c * s.H * s.W;
@@ -151,9 +153,8 @@ void transform_output(const T* M, int64_t ldm, int64_t t0, const WinogradShape& 
 // Ŷ[ξ][o][t0 + th*TW + tw] = (A dY A^T)[ξ] for output channel o of one image's output
 // gradient gy [O, OH, OW] (2x2 tiles, zero past the edge), A = [1 0; 1 1; 1 -1; 0 -1];
 // `tmp` is scratch of 8 * TW elements.
-template <class T>
-void transform_grad_output(const T* gy, const WinogradShape& s, const Tiles& tl, T* Y, int64_t ldy, int64_t t0,
-                           T* tmp) {
+template <class T> void transform_grad_output(const T* gy, const WinogradShape& s, const Tiles& tl, T* Y, int64_t ldy,
+                                              int64_t t0, T* tmp) {
   const int64_t ystride = s.O * ldy;  // from Ŷ[ξ] to Ŷ[ξ + 1]
   for (int64_t o = 0; o < s.O; ++o) {
     const T* go = gy + o * s.OH * s.OW;
@@ -209,8 +210,8 @@ template <class T> void transform_filter_grads(const T* dU, int64_t cout, int64_
 // whole bank dU, so fewer, larger groups run one after the other, in parallel phases
 // (transforms over images, the 16 GEMMs over ξ). For the forward, tasks won on every layer.
 struct Plan {
-  int64_t G;      // images per group
-  bool phases;    // phase mode (see above)
+  int64_t G;    // images per group
+  bool phases;  // phase mode (see above)
   int64_t groups;
   int64_t T_max;  // tiles of the largest group
 };
@@ -286,8 +287,8 @@ template <class T> void filter_gradient(const T* x, const T* gy, T* gw, const Wi
     transform_grad_output(gy + (n0 + i) * s.O * s.OH * s.OW, s, tl, Y, T_n, i * tiles, rows);
   };
   auto product = [&](int64_t xi, const T* V, const T* Y, int64_t T_n, T beta, T* dU) {  // dU[ξ] += Ŷ[ξ] · V[ξ]^T
-    gemm<T>(false, true, s.O, s.C, T_n, 1, Y + xi * s.O * T_n, T_n, V + xi * s.C * T_n, T_n, beta,
-            dU + xi * s.O * s.C, s.C);
+    gemm<T>(false, true, s.O, s.C, T_n, 1, Y + xi * s.O * T_n, T_n, V + xi * s.C * T_n, T_n, beta, dU + xi * s.O * s.C,
+            s.C);
   };
   if (!pl.phases) {
     int64_t chunks = std::min<int64_t>(pl.groups, 8);

@@ -21,9 +21,8 @@ int64_t chunk_images(int64_t N, size_t per_image) {
 
 // col[n * img_stride + row * row_stride + p] = x[n0 + n, c, h, w] (0 in the padding), with
 // row = (c * KH + kh) * KW + kw and p = oh * OW + ow.
-template <class T>
-__global__ void im2col_kernel(const T* x, T* col, ConvGeom g, int64_t n0, int64_t nb, int64_t img_stride,
-                              int64_t row_stride) {
+template <class T> __global__ void im2col_kernel(const T* x, T* col, ConvGeom g, int64_t n0, int64_t nb,
+                                                 int64_t img_stride, int64_t row_stride) {
   const int64_t ohw = g.OH * g.OW, rows = g.C * g.KH * g.KW;
   FM_GRID_LOOP(e, nb * rows * ohw) {
     const int64_t p = e % ohw, row = (e / ohw) % rows, n = e / (ohw * rows);
@@ -59,7 +58,8 @@ template <class T> __global__ void col2im_kernel(const T* col, T* gx, ConvGeom g
 }
 
 // dst[o, n, p] = gy[n0 + n, o, p]: a chunk of gy with the image axis moved inside.
-template <class T> __global__ void gather_rows_kernel(const T* gy, T* dst, int64_t O, int64_t nb, int64_t ohw, int64_t n0) {
+template <class T>
+__global__ void gather_rows_kernel(const T* gy, T* dst, int64_t O, int64_t nb, int64_t ohw, int64_t n0) {
   FM_GRID_LOOP(e, O * nb * ohw) {
     const int64_t p = e % ohw, n = (e / ohw) % nb, o = e / (ohw * nb);
     dst[e] = gy[((n0 + n) * O + o) * ohw + p];
@@ -144,7 +144,7 @@ void conv2d(const Ctx& c, const Tensor& x, const Tensor& w, Tensor& out, const C
       const T* cols = ptr<T>(x) + n0 * g.C * g.H * g.W;  // a 1x1 convolution reads x directly
       if (!g.pointwise()) {
         im2col_kernel<T><<<grid_for(nb * ckk * ohw), kThreads, 0, c.stream>>>(ptr<T>(x), static_cast<T*>(col.ptr), g,
-                                                                               n0, nb, ckk * ohw, ohw);
+                                                                              n0, nb, ckk * ohw, ohw);
         after_launch(c, "conv2d (im2col)");
         cols = static_cast<const T*>(col.ptr);
       }

@@ -27,8 +27,7 @@ void after_launch(const Ctx& c, const char* op) {
   if (c.sync_each) check(cudaStreamSynchronize(c.stream), op);
 }
 
-template <int K>
-Indexer<K> make_indexer(Shape shape, std::array<std::vector<int64_t>, K> strides, const char* op) {
+template <int K> Indexer<K> make_indexer(Shape shape, std::array<std::vector<int64_t>, K> strides, const char* op) {
   // Merge axis i into the previous one when, for every operand, stepping the previous axis
   // equals stepping axis i by its full extent; drop axes of extent 1.
   Shape ns;
@@ -71,8 +70,8 @@ void gemm(const Ctx& c, DType t, const void* a, const void* b, void* out, const 
   }
   constexpr int64_t int_max = 2147483647;
   if (g.m > int_max || g.n > int_max || g.k > int_max)
-    throw Error("matmul: dimensions m=" + std::to_string(g.m) + " n=" + std::to_string(g.n) + " k=" +
-                std::to_string(g.k) + " exceed cuBLAS's int range");
+    throw Error("matmul: dimensions m=" + std::to_string(g.m) + " n=" + std::to_string(g.n) +
+                " k=" + std::to_string(g.k) + " exceed cuBLAS's int range");
   // Row-major C (m x n) = op(A) op(B) is column-major C^T (n x m) = op(B)^T op(A)^T: the
   // row-major buffers are already the column-major transposes, so no copy is made.
   const cublasOperation_t op_b = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, op_a = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -138,8 +137,9 @@ class CachingAllocator {
       (void)cudaMemGetInfo(&free_b, &total_b);
       (void)cudaGetLastError();
       throw Error("cuda:" + std::to_string(c.device) + ": out of memory allocating " + std::to_string(bytes) +
-                  " bytes (" + cudaGetErrorString(e) + "; " + std::to_string(in_use_ >> 20) + " MiB in use by flatmin, " +
-                  std::to_string(free_b >> 20) + " of " + std::to_string(total_b >> 20) + " MiB free on the device)");
+                  " bytes (" + cudaGetErrorString(e) + "; " + std::to_string(in_use_ >> 20) +
+                  " MiB in use by flatmin, " + std::to_string(free_b >> 20) + " of " + std::to_string(total_b >> 20) +
+                  " MiB free on the device)");
     }
     in_use_ += r;
     return p;
@@ -216,91 +216,127 @@ class CudaBackend final : public Backend {
     check(cudaStreamSynchronize(c_.stream), "synchronize");
   }
 
-  void fill(Tensor& out, double v) override { guard(); cuda::fill(c_, out, v); }
-  void cast(const Tensor& in, Tensor& out) override { guard(); cuda::cast(c_, in, out); }
-  void arange(Tensor& out) override { guard(); cuda::arange(c_, out); }
-  void unary(UnaryOp op, const Tensor& x, Tensor& out, double p) override { guard(); cuda::unary(c_, op, x, out, p); }
+  void fill(Tensor& out, double v) override {
+    guard();
+    cuda::fill(c_, out, v);
+  }
+  void cast(const Tensor& in, Tensor& out) override {
+    guard();
+    cuda::cast(c_, in, out);
+  }
+  void arange(Tensor& out) override {
+    guard();
+    cuda::arange(c_, out);
+  }
+  void unary(UnaryOp op, const Tensor& x, Tensor& out, double p) override {
+    guard();
+    cuda::unary(c_, op, x, out, p);
+  }
   void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) override {
-    guard(); cuda::binary(c_, op, a, b, out);
+    guard();
+    cuda::binary(c_, op, a, b, out);
   }
   void where(const Tensor& c, const Tensor& a, const Tensor& b, Tensor& out) override {
-    guard(); cuda::where(c_, c, a, b, out);
+    guard();
+    cuda::where(c_, c, a, b, out);
   }
-  void reduce(ReduceOp op, const Tensor& x, Tensor& out) override { guard(); cuda::reduce(c_, op, x, out); }
+  void reduce(ReduceOp op, const Tensor& x, Tensor& out) override {
+    guard();
+    cuda::reduce(c_, op, x, out);
+  }
 
   void expand(const Tensor& x, Tensor& out) override {
-    guard(); strided_copy(c_, x, 0, broadcast_strides(x.shape(), out.shape()), out, "expand");
+    guard();
+    strided_copy(c_, x, 0, broadcast_strides(x.shape(), out.shape()), out, "expand");
   }
   void permute(const Tensor& x, Tensor& out, const std::vector<int64_t>& perm) override {
     const std::vector<int64_t> sx = contiguous_strides(x.shape());
     std::vector<int64_t> st(perm.size());
     for (size_t i = 0; i < perm.size(); ++i) st[i] = sx[size_t(perm[i])];
-    guard(); strided_copy(c_, x, 0, st, out, "permute");
+    guard();
+    strided_copy(c_, x, 0, st, out, "permute");
   }
   void slice(const Tensor& x, Tensor& out, int64_t axis, int64_t start, int64_t step) override {
     std::vector<int64_t> sx = contiguous_strides(x.shape());
     const int64_t offset = start * sx[size_t(axis)];
     sx[size_t(axis)] *= step;
-    guard(); strided_copy(c_, x, offset, sx, out, "slice");
+    guard();
+    strided_copy(c_, x, offset, sx, out, "slice");
   }
   void slice_add(const Tensor& src, Tensor& out, int64_t axis, int64_t start, int64_t step) override {
-    guard(); cuda::slice_add(c_, src, out, axis, start, step);
+    guard();
+    cuda::slice_add(c_, src, out, axis, start, step);
   }
   void index_select(const Tensor& x, int64_t axis, const Tensor& idx, Tensor& out) override {
-    guard(); cuda::index_select(c_, x, axis, idx, out);
+    guard();
+    cuda::index_select(c_, x, axis, idx, out);
   }
   void index_add(const Tensor& src, int64_t axis, const Tensor& idx, Tensor& out) override {
-    guard(); cuda::index_add(c_, src, axis, idx, out);
+    guard();
+    cuda::index_add(c_, src, axis, idx, out);
   }
   void gather(const Tensor& x, int64_t axis, const Tensor& idx, Tensor& out) override {
-    guard(); cuda::gather(c_, x, axis, idx, out);
+    guard();
+    cuda::gather(c_, x, axis, idx, out);
   }
   void scatter_add(const Tensor& src, int64_t axis, const Tensor& idx, Tensor& out) override {
-    guard(); cuda::scatter_add(c_, src, axis, idx, out);
+    guard();
+    cuda::scatter_add(c_, src, axis, idx, out);
   }
   void matmul(const Tensor& a, const Tensor& b, Tensor& out, const MatmulArgs& g) override {
-    guard(); gemm(c_, a.dtype(), a.raw(), b.raw(), out.raw(), g, 0.0, g.m * g.n);
+    guard();
+    gemm(c_, a.dtype(), a.raw(), b.raw(), out.raw(), g, 0.0, g.m * g.n);
   }
   void random(RandomKind kind, Tensor& out, uint64_t seed, uint64_t offset) override {
-    guard(); cuda::random(c_, kind, out, seed, offset);
+    guard();
+    cuda::random(c_, kind, out, seed, offset);
   }
   void conv2d(const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p) override {
-    guard(); cuda::conv2d(c_, x, w, out, p);
+    guard();
+    cuda::conv2d(c_, x, w, out, p);
   }
   void conv2d_input_grad(const Tensor& gy, const Tensor& w, Tensor& gx, const Conv2dParams& p) override {
-    guard(); cuda::conv2d_input_grad(c_, gy, w, gx, p);
+    guard();
+    cuda::conv2d_input_grad(c_, gy, w, gx, p);
   }
   void conv2d_weight_grad(const Tensor& x, const Tensor& gy, Tensor& gw, const Conv2dParams& p) override {
-    guard(); cuda::conv2d_weight_grad(c_, x, gy, gw, p);
+    guard();
+    cuda::conv2d_weight_grad(c_, x, gy, gw, p);
   }
   void max_pool2d(const Tensor& x, Tensor& out, Tensor& indices, const Pool2dParams& p) override {
-    guard(); cuda::max_pool2d(c_, x, out, indices, p);
+    guard();
+    cuda::max_pool2d(c_, x, out, indices, p);
   }
   void avg_pool2d(const Tensor& x, Tensor& out, const Pool2dParams& p) override {
-    guard(); cuda::avg_pool2d(c_, x, out, p);
+    guard();
+    cuda::avg_pool2d(c_, x, out, p);
   }
   void avg_pool2d_adjoint(const Tensor& gy, Tensor& gx, const Pool2dParams& p) override {
-    guard(); cuda::avg_pool2d_adjoint(c_, gy, gx, p);
+    guard();
+    cuda::avg_pool2d_adjoint(c_, gy, gx, p);
   }
   bool batch_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor& y, Tensor& mean,
                           Tensor& var) override {
-    guard(); cuda::batch_norm_forward(c_, x, w, b, eps, y, mean, var);
+    guard();
+    cuda::batch_norm_forward(c_, x, w, b, eps, y, mean, var);
     return true;
   }
   bool batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& var,
                            double eps, Tensor& gx, Tensor& gw, Tensor& gb) override {
-    guard(); cuda::batch_norm_backward(c_, g, x, w, mean, var, eps, gx, gw, gb);
+    guard();
+    cuda::batch_norm_backward(c_, g, x, w, mean, var, eps, gx, gw, gb);
     return true;
   }
-  bool batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& w,
-                                 const Tensor& mean, const Tensor& var, double eps, Tensor& dg, Tensor& dx,
-                                 Tensor& dw) override {
-    guard(); cuda::batch_norm_input_grad_vjp(c_, a, g, x, w, mean, var, eps, dg, dx, dw);
+  bool batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean,
+                                 const Tensor& var, double eps, Tensor& dg, Tensor& dx, Tensor& dw) override {
+    guard();
+    cuda::batch_norm_input_grad_vjp(c_, a, g, x, w, mean, var, eps, dg, dx, dw);
     return true;
   }
   bool batch_norm_weight_grad_vjp(const Tensor& beta, const Tensor& g, const Tensor& x, const Tensor& mean,
                                   const Tensor& var, double eps, Tensor& dg, Tensor& dx) override {
-    guard(); cuda::batch_norm_weight_grad_vjp(c_, beta, g, x, mean, var, eps, dg, dx);
+    guard();
+    cuda::batch_norm_weight_grad_vjp(c_, beta, g, x, mean, var, eps, dg, dx);
     return true;
   }
 

@@ -7,15 +7,11 @@ namespace flatmin::cuda {
 
 namespace {
 
-template <class T> __global__ void fill_kernel(T* y, int64_t n, T v) {
-  FM_GRID_LOOP(i, n) y[i] = v;
-}
+template <class T> __global__ void fill_kernel(T* y, int64_t n, T v) { FM_GRID_LOOP(i, n) y[i] = v; }
 template <class A, class B> __global__ void cast_kernel(const A* x, B* y, int64_t n) {
   FM_GRID_LOOP(i, n) y[i] = B(x[i]);
 }
-template <class T> __global__ void arange_kernel(T* y, int64_t n) {
-  FM_GRID_LOOP(i, n) y[i] = T(i);
-}
+template <class T> __global__ void arange_kernel(T* y, int64_t n) { FM_GRID_LOOP(i, n) y[i] = T(i); }
 
 // Same formulas as cpu_backend.cpp's unary_span (sigmoid and softplus in their stable forms).
 template <class T> __device__ __forceinline__ T unary_value(UnaryOp op, T x, double param) {
@@ -54,16 +50,14 @@ template <class T> __global__ void unary_kernel(UnaryOp op, const T* x, T* y, in
 }
 
 using kernels::binary_value;
-template <class T>
-__global__ void binary_kernel(BinaryOp op, const T* a, const T* b, T* y, int64_t n, Indexer<2> ix) {
+template <class T> __global__ void binary_kernel(BinaryOp op, const T* a, const T* b, T* y, int64_t n, Indexer<2> ix) {
   FM_GRID_LOOP(i, n) {
     int64_t off[2];
     offsets(ix, i, off);
     y[i] = binary_value(op, a[off[0]], b[off[1]]);
   }
 }
-template <class T>
-__global__ void where_kernel(const T* c, const T* a, const T* b, T* y, int64_t n, Indexer<3> ix) {
+template <class T> __global__ void where_kernel(const T* c, const T* a, const T* b, T* y, int64_t n, Indexer<3> ix) {
   FM_GRID_LOOP(i, n) {
     int64_t off[3];
     offsets(ix, i, off);
@@ -131,7 +125,8 @@ void binary(const Ctx& c, BinaryOp op, const Tensor& a, const Tensor& b, Tensor&
   const int64_t n = out.numel();
   if (!n) return;
   const Shape& s = out.shape();
-  const Indexer<2> ix = make_indexer<2>(s, {broadcast_strides(a.shape(), s), broadcast_strides(b.shape(), s)}, "binary");
+  const Indexer<2> ix =
+      make_indexer<2>(s, {broadcast_strides(a.shape(), s), broadcast_strides(b.shape(), s)}, "binary");
   dispatch(out.dtype(), [&](auto z) {
     using T = decltype(z);
     binary_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(op, ptr<T>(a), ptr<T>(b), ptr<T>(out), n, ix);

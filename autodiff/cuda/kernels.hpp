@@ -46,8 +46,7 @@ template <int K> struct Indexer {
 };
 // Builds an Indexer for a loop over `shape` (row-major order), operand k reading with
 // strides[k]; adjacent axes contiguous for every operand are merged. Error past kMaxDims.
-template <int K>
-Indexer<K> make_indexer(Shape shape, std::array<std::vector<int64_t>, K> strides, const char* op);
+template <int K> Indexer<K> make_indexer(Shape shape, std::array<std::vector<int64_t>, K> strides, const char* op);
 // Strides of `in` broadcast against `out` (0 on broadcast axes), and row-major strides.
 using kernels::broadcast_strides;
 using kernels::contiguous_strides;
@@ -85,7 +84,6 @@ struct Workspace {
   Workspace(const Workspace&) = delete;
   Workspace& operator=(const Workspace&) = delete;
 };
-
 
 // ---- elementwise.cu ----
 void fill(const Ctx&, Tensor& out, double value);

@@ -17,45 +17,40 @@ template <class T> __global__ void strided_copy_kernel(const T* in, T* out, int6
   }
 }
 
-template <class T>
-__global__ void slice_add_kernel(const T* src, T* out, int64_t total, int64_t n, int64_t inner, int64_t out_n,
-                                 int64_t start, int64_t step) {
+template <class T> __global__ void slice_add_kernel(const T* src, T* out, int64_t total, int64_t n, int64_t inner,
+                                                    int64_t out_n, int64_t start, int64_t step) {
   FM_GRID_LOOP(r, total) {
     const int64_t i = r % inner, j = (r / inner) % n, o = r / (inner * n);
     out[(o * out_n + start + j * step) * inner + i] += src[r];
   }
 }
 
-template <class T>
-__global__ void index_select_kernel(const T* x, const int64_t* idx, T* out, int64_t total, int64_t k, int64_t inner,
-                                    int64_t n) {
+template <class T> __global__ void index_select_kernel(const T* x, const int64_t* idx, T* out, int64_t total, int64_t k,
+                                                       int64_t inner, int64_t n) {
   FM_GRID_LOOP(r, total) {
     const int64_t i = r % inner, j = (r / inner) % k, o = r / (inner * k);
     out[r] = x[(o * n + idx[j]) * inner + i];
   }
 }
 
-template <class T>
-__global__ void index_add_kernel(const T* src, const int64_t* idx, T* out, int64_t columns, int64_t k, int64_t inner,
-                                 int64_t n) {
+template <class T> __global__ void index_add_kernel(const T* src, const int64_t* idx, T* out, int64_t columns,
+                                                    int64_t k, int64_t inner, int64_t n) {
   FM_GRID_LOOP(col, columns) {
     const int64_t o = col / inner, i = col % inner;
     for (int64_t j = 0; j < k; ++j) out[(o * n + idx[j]) * inner + i] += src[(o * k + j) * inner + i];
   }
 }
 
-template <class T>
-__global__ void gather_kernel(const T* x, const int64_t* idx, T* out, int64_t total, int64_t k, int64_t inner,
-                              int64_t n) {
+template <class T> __global__ void gather_kernel(const T* x, const int64_t* idx, T* out, int64_t total, int64_t k,
+                                                 int64_t inner, int64_t n) {
   FM_GRID_LOOP(r, total) {
     const int64_t i = r % inner, o = r / (inner * k);
     out[r] = x[(o * n + idx[r]) * inner + i];
   }
 }
 
-template <class T>
-__global__ void scatter_add_kernel(const T* src, const int64_t* idx, T* out, int64_t columns, int64_t k,
-                                   int64_t inner, int64_t n) {
+template <class T> __global__ void scatter_add_kernel(const T* src, const int64_t* idx, T* out, int64_t columns,
+                                                      int64_t k, int64_t inner, int64_t n) {
   FM_GRID_LOOP(col, columns) {
     const int64_t o = col / inner, i = col % inner;
     for (int64_t j = 0; j < k; ++j) {
@@ -99,8 +94,8 @@ void slice_add(const Ctx& c, const Tensor& src, Tensor& out, int64_t axis, int64
   split_axis(out.shape(), axis, out_outer, out_n, out_inner);
   dispatch(src.dtype(), [&](auto z) {
     using T = decltype(z);
-    slice_add_kernel<T><<<grid_for(total), kThreads, 0, c.stream>>>(ptr<T>(src), ptr<T>(out), total, n, inner, out_n,
-                                                                     start, step);
+    slice_add_kernel<T>
+        <<<grid_for(total), kThreads, 0, c.stream>>>(ptr<T>(src), ptr<T>(out), total, n, inner, out_n, start, step);
   });
   after_launch(c, "slice_add");
 }
@@ -112,8 +107,8 @@ void index_select(const Ctx& c, const Tensor& x, int64_t axis, const Tensor& idx
   split_axis(x.shape(), axis, outer, n, inner);
   dispatch(x.dtype(), [&](auto z) {
     using T = decltype(z);
-    index_select_kernel<T><<<grid_for(total), kThreads, 0, c.stream>>>(ptr<T>(x), ptr<int64_t>(idx), ptr<T>(out),
-                                                                        total, idx.numel(), inner, n);
+    index_select_kernel<T><<<grid_for(total), kThreads, 0, c.stream>>>(ptr<T>(x), ptr<int64_t>(idx), ptr<T>(out), total,
+                                                                       idx.numel(), inner, n);
   });
   after_launch(c, "index_select");
 }
@@ -126,7 +121,7 @@ void index_add(const Ctx& c, const Tensor& src, int64_t axis, const Tensor& idx,
   dispatch(src.dtype(), [&](auto z) {
     using T = decltype(z);
     index_add_kernel<T><<<grid_for(columns), kThreads, 0, c.stream>>>(ptr<T>(src), ptr<int64_t>(idx), ptr<T>(out),
-                                                                       columns, idx.numel(), inner, n);
+                                                                      columns, idx.numel(), inner, n);
   });
   after_launch(c, "index_add");
 }
@@ -139,8 +134,8 @@ void gather(const Ctx& c, const Tensor& x, int64_t axis, const Tensor& idx, Tens
   split_axis(idx.shape(), axis, outer, k, idx_inner);
   dispatch(x.dtype(), [&](auto z) {
     using T = decltype(z);
-    gather_kernel<T><<<grid_for(total), kThreads, 0, c.stream>>>(ptr<T>(x), ptr<int64_t>(idx), ptr<T>(out), total, k,
-                                                                  inner, n);
+    gather_kernel<T>
+        <<<grid_for(total), kThreads, 0, c.stream>>>(ptr<T>(x), ptr<int64_t>(idx), ptr<T>(out), total, k, inner, n);
   });
   after_launch(c, "gather");
 }
@@ -154,7 +149,7 @@ void scatter_add(const Ctx& c, const Tensor& src, int64_t axis, const Tensor& id
   dispatch(src.dtype(), [&](auto z) {
     using T = decltype(z);
     scatter_add_kernel<T><<<grid_for(columns), kThreads, 0, c.stream>>>(ptr<T>(src), ptr<int64_t>(idx), ptr<T>(out),
-                                                                         columns, k, inner, n);
+                                                                        columns, k, inner, n);
   });
   after_launch(c, "scatter_add");
 }

@@ -28,9 +28,8 @@ __device__ __forceinline__ double bn_block_sum(double v, double* part) {
   return r;
 }
 
-template <class T>
-__global__ void bn_forward_block_kernel(const T* x, const T* w, const T* b, double eps, T* y, T* mean, T* var,
-                                        BnLayout L) {
+template <class T> __global__ void bn_forward_block_kernel(const T* x, const T* w, const T* b, double eps, T* y,
+                                                           T* mean, T* var, BnLayout L) {
   __shared__ double part[kThreads];
   const int64_t M = L.N * L.S;
   for (int64_t c = blockIdx.x; c < L.C; c += gridDim.x) {
@@ -56,9 +55,8 @@ __global__ void bn_forward_block_kernel(const T* x, const T* w, const T* b, doub
 }
 
 // gb = Σ g, gw = Σ g·x̂, gx = w·r·(g − mean(g) − x̂·mean(g·x̂)), x̂ = (x − μ)·r.
-template <class T>
-__global__ void bn_backward_block_kernel(const T* g, const T* x, const T* w, const T* mean, const T* var, double eps,
-                                         T* gx, T* gw, T* gb, BnLayout L) {
+template <class T> __global__ void bn_backward_block_kernel(const T* g, const T* x, const T* w, const T* mean,
+                                                            const T* var, double eps, T* gx, T* gw, T* gb, BnLayout L) {
   __shared__ double part[kThreads];
   const int64_t M = L.N * L.S;
   for (int64_t c = blockIdx.x; c < L.C; c += gridDim.x) {
@@ -86,9 +84,9 @@ __global__ void bn_backward_block_kernel(const T* g, const T* x, const T* w, con
 
 // The second-order rules (formulas in nn_ops.cpp and autodiff/cpu/norm.cpp), for sweeps
 // that do not record. input grad, cotangent a: dg, dx, dw; weight grad, cotangent beta: dg, dx.
-template <class T>
-__global__ void bn_input_grad_vjp_block_kernel(const T* a, const T* g, const T* x, const T* w, const T* mean,
-                                               const T* var, double eps, T* dg, T* dx, T* dw, BnLayout L) {
+template <class T> __global__ void bn_input_grad_vjp_block_kernel(const T* a, const T* g, const T* x, const T* w,
+                                                                  const T* mean, const T* var, double eps, T* dg, T* dx,
+                                                                  T* dw, BnLayout L) {
   __shared__ double part[kThreads];
   const int64_t M = L.N * L.S;
   for (int64_t c = blockIdx.x; c < L.C; c += gridDim.x) {
@@ -122,9 +120,8 @@ __global__ void bn_input_grad_vjp_block_kernel(const T* a, const T* g, const T* 
   }
 }
 
-template <class T>
-__global__ void bn_weight_grad_vjp_block_kernel(const T* beta, const T* g, const T* x, const T* mean, const T* var,
-                                                double eps, T* dg, T* dx, BnLayout L) {
+template <class T> __global__ void bn_weight_grad_vjp_block_kernel(const T* beta, const T* g, const T* x, const T* mean,
+                                                                   const T* var, double eps, T* dg, T* dx, BnLayout L) {
   __shared__ double part[kThreads];
   const int64_t M = L.N * L.S;
   for (int64_t c = blockIdx.x; c < L.C; c += gridDim.x) {
@@ -201,9 +198,9 @@ void batch_norm_weight_grad_vjp(const Ctx& c, const Tensor& beta, const Tensor& 
   if (L.C == 0) return;
   dispatch_float(x.dtype(), "batch_norm_weight_grad", [&](auto z) {
     using T = decltype(z);
-    bn_weight_grad_vjp_block_kernel<T><<<bn_grid(L.C), kThreads, 0, c.stream>>>(
-        data_ptr<T>(beta), data_ptr<T>(g), data_ptr<T>(x), data_ptr<T>(mean), data_ptr<T>(var), eps,
-        maybe_out<T>(dg), maybe_out<T>(dx), L);
+    bn_weight_grad_vjp_block_kernel<T>
+        <<<bn_grid(L.C), kThreads, 0, c.stream>>>(data_ptr<T>(beta), data_ptr<T>(g), data_ptr<T>(x), data_ptr<T>(mean),
+                                                  data_ptr<T>(var), eps, maybe_out<T>(dg), maybe_out<T>(dx), L);
   });
   after_launch(c, "batch_norm_weight_grad (second order)");
 }

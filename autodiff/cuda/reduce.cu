@@ -35,9 +35,9 @@ template <class Acc> __device__ __forceinline__ Acc combine(ReduceOp op, Acc a, 
 // One block per (output, split): threads stride over the split's reduced elements, then a
 // fixed tree. With one split the block writes the output; with several it writes its
 // partial, and reduce_partials_kernel combines each output's partials in split order.
-template <class T, class Acc>
-__global__ void reduce_block_kernel(ReduceOp op, const T* x, T* out, Acc* partial, int64_t nout, int64_t R,
-                                    int64_t splits, int64_t chunk, Axes kept, Axes red, Acc init) {
+template <class T, class Acc> __global__ void reduce_block_kernel(ReduceOp op, const T* x, T* out, Acc* partial,
+                                                                  int64_t nout, int64_t R, int64_t splits,
+                                                                  int64_t chunk, Axes kept, Axes red, Acc init) {
   __shared__ Acc part[kThreads];
   for (int64_t b = blockIdx.x; b < nout * splits; b += gridDim.x) {
     const int64_t o = b / splits, r0 = (b % splits) * chunk, r1 = min(R, r0 + chunk);
@@ -51,14 +51,16 @@ __global__ void reduce_block_kernel(ReduceOp op, const T* x, T* out, Acc* partia
       __syncthreads();
     }
     if (threadIdx.x == 0) {
-      if (partial) partial[b] = part[0];
-      else out[o] = T(part[0]);
+      if (partial)
+        partial[b] = part[0];
+      else
+        out[o] = T(part[0]);
     }
     __syncthreads();
   }
 }
-template <class T, class Acc>
-__global__ void reduce_partials_kernel(ReduceOp op, const Acc* partial, T* out, int64_t nout, int64_t splits, Acc init) {
+template <class T, class Acc> __global__ void reduce_partials_kernel(ReduceOp op, const Acc* partial, T* out,
+                                                                     int64_t nout, int64_t splits, Acc init) {
   FM_GRID_LOOP(o, nout) {
     Acc acc = init;
     for (int64_t s = 0; s < splits; ++s) acc = combine(op, acc, partial[o * splits + s]);
@@ -68,9 +70,8 @@ __global__ void reduce_partials_kernel(ReduceOp op, const Acc* partial, T* out, 
 
 // One thread per output, summing sequentially: used when neighbouring outputs read
 // neighbouring inputs (the innermost axis is kept), so the reads coalesce.
-template <class T, class Acc>
-__global__ void reduce_column_kernel(ReduceOp op, const T* x, T* out, int64_t nout, int64_t R, Axes kept, Axes red,
-                                     Acc init) {
+template <class T, class Acc> __global__ void reduce_column_kernel(ReduceOp op, const T* x, T* out, int64_t nout,
+                                                                   int64_t R, Axes kept, Axes red, Acc init) {
   FM_GRID_LOOP(o, nout) {
     const int64_t base = offset_of(kept, o);
     Acc acc = init;
@@ -102,7 +103,8 @@ void reduce(const Ctx& c, ReduceOp op, const Tensor& x, Tensor& out) {
       a.ext[a.n - 1] *= shape[d];
       a.str[a.n - 1] = sin[d];
     } else {
-      if (a.n == kMaxDims) throw Error("sum/max/min: shape " + to_string(shape) + " alternates kept and reduced axes too often");
+      if (a.n == kMaxDims)
+        throw Error("sum/max/min: shape " + to_string(shape) + " alternates kept and reduced axes too often");
       a.ext[a.n] = shape[d];
       a.str[a.n] = sin[d];
       ++a.n;
@@ -117,7 +119,7 @@ void reduce(const Ctx& c, ReduceOp op, const Tensor& x, Tensor& out) {
     using T = decltype(z);
     using Acc = std::conditional_t<std::is_same_v<T, int64_t>, int64_t, double>;
     using L = std::numeric_limits<Acc>;
-    const Acc init = op == ReduceOp::sum ? Acc(0)
+    const Acc init = op == ReduceOp::sum   ? Acc(0)
                      : op == ReduceOp::max ? (L::has_infinity ? -L::infinity() : L::lowest())
                                            : (L::has_infinity ? L::infinity() : L::max());
     const T* px = data_ptr<T>(x);

@@ -1,9 +1,8 @@
 // Winograd F(2x2, 3x3) on the GPU for 3x3 stride-1 convolutions, the same algorithm as
-// autodiff/cpu/winograd.cpp with the same transforms (autodiff/winograd_math.hpp): one thread per filter pair, per input tile
-// or per output tile for the transforms, and the 16 products M[ξ] = U[ξ] · V[ξ] as one
-// strided-batched cuBLAS GEMM. The batch is cut into chunks of images so that the
-// transformed tiles stay under kTileBudget. No atomics: each output element is written by
-// one thread, and the weight gradient sums the chunks in order (cuBLAS beta = 1).
+// autodiff/cpu/winograd.cpp with the same transforms (autodiff/winograd_math.hpp): one thread per filter pair, per
+// input tile or per output tile for the transforms, and the 16 products M[ξ] = U[ξ] · V[ξ] as one strided-batched
+// cuBLAS GEMM. The batch is cut into chunks of images so that the transformed tiles stay under kTileBudget. No atomics:
+// each output element is written by one thread, and the weight gradient sums the chunks in order (cuBLAS beta = 1).
 #include "autodiff/cuda/kernels.hpp"
 #include "autodiff/winograd_math.hpp"
 
@@ -152,8 +151,8 @@ void winograd_conv3x3(const Ctx& c, const Tensor& x, const Tensor& w, bool adjoi
     using T = decltype(z);
     const int64_t pairs = g.O * g.C;
     Workspace U(c.backend, size_t(16 * pairs) * sizeof(T));
-    wino_filter_kernel<T><<<grid_for(pairs), kThreads, 0, c.stream>>>(ptr<T>(w), static_cast<T*>(U.ptr), g.O, g.C,
-                                                                     adjoint);
+    wino_filter_kernel<T>
+        <<<grid_for(pairs), kThreads, 0, c.stream>>>(ptr<T>(w), static_cast<T*>(U.ptr), g.O, g.C, adjoint);
     after_launch(c, "conv2d (winograd filters)");
     const int64_t nb_max = wino_chunk(g.N, size_t(16 * (g.C + g.O) * g.tiles()) * sizeof(T));
     Workspace VM(c.backend, size_t(16 * (g.C + g.O) * nb_max * g.tiles()) * sizeof(T));
@@ -197,8 +196,8 @@ void winograd_filter_grad3x3(const Ctx& c, const Tensor& x, const Tensor& gy, Te
       gemm(c, x.dtype(), Y, V, dU.ptr, {16, g.O, g.C, T_n, false, true, g.O * T_n, g.C * T_n}, n0 == 0 ? 0.0 : 1.0,
            pairs);
     }
-    wino_filter_grad_kernel<T><<<grid_for(pairs), kThreads, 0, c.stream>>>(static_cast<const T*>(dU.ptr), ptr<T>(gw),
-                                                                          pairs);
+    wino_filter_grad_kernel<T>
+        <<<grid_for(pairs), kThreads, 0, c.stream>>>(static_cast<const T*>(dU.ptr), ptr<T>(gw), pairs);
     after_launch(c, "conv2d_weight_grad (winograd filters)");
   });
 }

@@ -53,9 +53,7 @@ TEST_CASE("small blocks freed on another thread are reused safely") {
 
 TEST_CASE("a reused large block is fully overwritten by the op that gets it") {
   const int64_t n = 1 << 18;  // 1 MiB of float32: the block cache's range
-  {
-    Tensor junk = full({n}, 7.0);
-  }
+  { Tensor junk = full({n}, 7.0); }
   Tensor z = zeros({n});  // very likely the same block
   Tensor s = sum(z);
   CHECK(s.item() == 0.0);

@@ -4,10 +4,10 @@
 // 1-3 against finite differences are in test_derivatives.cpp (the op registry).
 #include <doctest/doctest.h>
 
+#include <tbb/task_arena.h>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <tbb/task_arena.h>
 
 #include "autodiff/autodiff.hpp"
 #include "tests/reference_loops.hpp"
@@ -65,7 +65,8 @@ const json& reference() {
 }
 Tensor ref_tensor(const json& t) {
   Shape s = t["shape"].get<Shape>();
-  if (!t["data"].empty() && t["data"][0].is_number_integer()) return from_ints(t["data"].get<std::vector<int64_t>>(), s);
+  if (!t["data"].empty() && t["data"][0].is_number_integer())
+    return from_ints(t["data"].get<std::vector<int64_t>>(), s);
   return from_vector(t["data"].get<std::vector<double>>(), s, f64);
 }
 void check_ref(const Tensor& got, const json& want, const std::string& what, double tol = 1e-10) {
@@ -81,11 +82,11 @@ Reduction reduction(const std::string& s) {
 
 TEST_CASE("conv kernels match naive loops (float64, strides, paddings, kernels, odd sizes, batch groups)") {
   const std::vector<ConvCase> cases = {
-      {2, 3, 7, 6, 4, 3, 1, 1},   {2, 3, 7, 6, 4, 3, 2, 1},  {1, 2, 6, 7, 3, 3, 2, 0},   {3, 4, 5, 5, 2, 1, 1, 0},
-      {3, 4, 5, 5, 2, 1, 2, 0},   {1, 2, 4, 4, 3, 4, 3, 2},  {2, 2, 3, 3, 2, 3, 1, 0},   // output 1x1
-      {40, 3, 4, 4, 5, 3, 1, 1},  // 16 images per GEMM, last group shorter
-      {37, 6, 4, 4, 3, 1, 1, 0},  // pointwise with packed groups
-      {3, 5, 16, 16, 4, 1, 1, 0}, // pointwise, one image per GEMM (direct GEMM)
+      {2, 3, 7, 6, 4, 3, 1, 1},   {2, 3, 7, 6, 4, 3, 2, 1}, {1, 2, 6, 7, 3, 3, 2, 0}, {3, 4, 5, 5, 2, 1, 1, 0},
+      {3, 4, 5, 5, 2, 1, 2, 0},   {1, 2, 4, 4, 3, 4, 3, 2}, {2, 2, 3, 3, 2, 3, 1, 0},  // output 1x1
+      {40, 3, 4, 4, 5, 3, 1, 1},   // 16 images per GEMM, last group shorter
+      {37, 6, 4, 4, 3, 1, 1, 0},   // pointwise with packed groups
+      {3, 5, 16, 16, 4, 1, 1, 0},  // pointwise, one image per GEMM (direct GEMM)
       {19, 3, 8, 8, 4, 3, 2, 1},
   };
   for (const ConvCase& q : cases) check_conv_against_loops(q, DType::f64, 1e-12);
@@ -127,7 +128,9 @@ TEST_CASE("Winograd convolutions match naive loops (paddings 0-2, odd sizes, bot
 
 TEST_CASE("Winograd convolutions: orders 1-3 match finite differences") {
   Generator g(5);
-  ScalarFn f = [](const Params& p) { return sum(tanh(conv2d(tanh(conv2d(p[0], p[1], {}, {1, 1})), p[2], {}, {1, 1}))); };
+  ScalarFn f = [](const Params& p) {
+    return sum(tanh(conv2d(tanh(conv2d(p[0], p[1], {}, {1, 1})), p[2], {}, {1, 1})));
+  };
   Params p = {g.normal({2, 32, 5, 5}, f64), g.normal({32, 32, 3, 3}, f64, 0, 0.05),
               g.normal({32, 32, 3, 3}, f64, 0, 0.05)};
   DerivativeCheck r = check_derivatives(f, p, {.rtol = 1e-5});
@@ -147,19 +150,19 @@ TEST_CASE("conv with an empty batch: empty outputs, zero weight gradient") {
 TEST_CASE("conv results do not depend on the thread count") {
   Generator g(11);
   for (int64_t ch : {8, 32, 160}) {  // im2col; Winograd tasks; Winograd phases (weight gradient)
-  INFO(ch << " channels");
-  Tensor x = g.normal({24, ch, 8, 8}, {}), w = g.normal({ch, ch, 3, 3}, {});
-  Tensor gy = g.normal({24, ch, 8, 8}, {});
-  auto run = [&] {
-    return std::vector<std::vector<double>>{conv2d(x, w, {}, {1, 1}).to_vector(),
-                                            conv2d_input_grad(gy, w, x.shape(), {1, 1}).to_vector(),
-                                            conv2d_weight_grad(x, gy, w.shape(), {1, 1}).to_vector()};
-  };
-  auto many = run();
-  std::vector<std::vector<double>> one;
-  tbb::task_arena single(1);
-  single.execute([&] { one = run(); });
-  for (size_t i = 0; i < many.size(); ++i) CHECK(many[i] == one[i]);
+    INFO(ch << " channels");
+    Tensor x = g.normal({24, ch, 8, 8}, {}), w = g.normal({ch, ch, 3, 3}, {});
+    Tensor gy = g.normal({24, ch, 8, 8}, {});
+    auto run = [&] {
+      return std::vector<std::vector<double>>{conv2d(x, w, {}, {1, 1}).to_vector(),
+                                              conv2d_input_grad(gy, w, x.shape(), {1, 1}).to_vector(),
+                                              conv2d_weight_grad(x, gy, w.shape(), {1, 1}).to_vector()};
+    };
+    auto many = run();
+    std::vector<std::vector<double>> one;
+    tbb::task_arena single(1);
+    single.execute([&] { one = run(); });
+    for (size_t i = 0; i < many.size(); ++i) CHECK(many[i] == one[i]);
   }
 }
 
@@ -288,7 +291,8 @@ TEST_CASE("batch_norm: the fused first-order backward equals the exact recorded 
     const double tol = dt == DType::f64 ? 1e-12 : 2e-5;
     check_close(y.to_vector(), by_ops().to_vector(), tol, "forward");
     auto fused = grad({y}, {x, w, b}, {.grad_outputs = {gy}});
-    auto recorded = grad({batch_norm(x, w, b, rm, rv, {.training = true})}, {x, w, b}, {.grad_outputs = {gy}, .create_graph = true});
+    auto recorded = grad({batch_norm(x, w, b, rm, rv, {.training = true})}, {x, w, b},
+                         {.grad_outputs = {gy}, .create_graph = true});
     auto composed = grad({by_ops()}, {x, w, b}, {.grad_outputs = {gy}});
     for (size_t i = 0; i < 3; ++i) {
       check_close(fused[i].to_vector(), composed[i].to_vector(), tol, "fused vs composition");
@@ -379,8 +383,8 @@ TEST_CASE("a small conv network: orders 1-3 match finite differences through eve
     h = adaptive_avg_pool2d(group_norm(h, 2, {}, {}), 1, 1);
     return cross_entropy(matmul(reshape(h, {3, 4}), p[5]), labels);
   };
-  Params p = {g.normal({3, 2, 7, 7}, f64),     g.normal({4, 2, 3, 3}, f64, 0, 0.5), g.normal({4}, f64),
-              g.normal({4}, f64, 1, 0.2),       g.normal({4, 4, 3, 3}, f64, 0, 0.4), g.normal({4, 3}, f64)};
+  Params p = {g.normal({3, 2, 7, 7}, f64), g.normal({4, 2, 3, 3}, f64, 0, 0.5), g.normal({4}, f64),
+              g.normal({4}, f64, 1, 0.2),  g.normal({4, 4, 3, 3}, f64, 0, 0.4), g.normal({4, 3}, f64)};
   DerivativeCheck r = check_derivatives(f, p, {.rtol = 1e-5});
   INFO(r.message);
   CHECK(r.ok);
@@ -407,7 +411,7 @@ TEST_CASE("network ops: bad inputs are errors that name the problem") {
   Tensor rm = zeros({3}), rv = ones({3});
   CHECK_THROWS_WITH_AS(batch_norm(x, {}, {}, rm, rv, {.training = true}), doctest::Contains("running_mean"), Error);
   Tensor rm2 = zeros({2}), rv2 = ones({2});
-  CHECK_THROWS_WITH_AS(batch_norm(zeros({1, 2}), {}, {}, rm2, rv2, {.training = true}), doctest::Contains("more than one value"),
-                       Error);
+  CHECK_THROWS_WITH_AS(batch_norm(zeros({1, 2}), {}, {}, rm2, rv2, {.training = true}),
+                       doctest::Contains("more than one value"), Error);
   CHECK_THROWS_WITH_AS(group_norm(x, 3, {}, {}), doctest::Contains("groups"), Error);
 }

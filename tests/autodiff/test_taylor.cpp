@@ -96,7 +96,8 @@ TEST_CASE("Example 1: tr ∇²f = 2(x1² + x2²) and its gradient 4x") {
   Tensor H = hessian(f, x);
   auto h = H.to_vector();
   CHECK(h[0] + h[3] == doctest::Approx(2 * (16 + 0.0625)).epsilon(1e-13));
-  Params e0 = {from_vector(std::vector<double>{1, 0}, {2}, f64)}, e1 = {from_vector(std::vector<double>{0, 1}, {2}, f64)};
+  Params e0 = {from_vector(std::vector<double>{1, 0}, {2}, f64)},
+         e1 = {from_vector(std::vector<double>{0, 1}, {2}, f64)};
   Params gt = axpy(1.0, third(f, x, e0, e0), third(f, x, e1, e1));
   auto v = gt[0].to_vector();
   CHECK(v[0] == doctest::Approx(16.0).epsilon(1e-13));

@@ -72,7 +72,10 @@ TEST_CASE("Philox random numbers: reproducible, moments right, sphere unit norm"
   Generator g(3);
   auto n = g.normal({200000}, {DType::f64}).to_vector();
   double m = 0, m2 = 0;
-  for (double v : n) { m += v; m2 += v * v; }
+  for (double v : n) {
+    m += v;
+    m2 += v * v;
+  }
   m /= n.size();
   m2 /= n.size();
   CHECK(std::fabs(m) < 0.01);

@@ -29,7 +29,8 @@ inline Bytes idx(const std::vector<uint32_t>& dims, const Bytes& values) {
 // gzip member of `in` (zlib's deflate with a gzip wrapper), independent of the reader.
 inline Bytes gzip(const Bytes& in) {
   z_stream z{};
-  if (deflateInit2(&z, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) != Z_OK) throw std::runtime_error("deflateInit2");
+  if (deflateInit2(&z, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+    throw std::runtime_error("deflateInit2");
   Bytes out(deflateBound(&z, uLong(in.size())) + 32);
   z.next_in = const_cast<Bytef*>(in.data());
   z.avail_in = uInt(in.size());

@@ -106,7 +106,8 @@ TEST_CASE("noisy_copies: k copies per image, exactly round(f*H*W) pixels zeroed 
 
 TEST_CASE("channel_stats: per-channel mean and population std") {
   // channel 0 values {1, 3, 5, 7}: mean 4, std sqrt(5); channel 1 all 2: mean 2, std 0
-  const Dataset d{from_vector(std::vector<float>{1, 3, 2, 2, 5, 7, 2, 2}, {2, 2, 1, 2}), from_ints({0, 1}, {2}), 2, "s"};
+  const Dataset d{from_vector(std::vector<float>{1, 3, 2, 2, 5, 7, 2, 2}, {2, 2, 1, 2}), from_ints({0, 1}, {2}), 2,
+                  "s"};
   const ChannelStats s = channel_stats(d);
   CHECK(s.mean[0] == doctest::Approx(4.0));
   CHECK(s.std[0] == doctest::Approx(std::sqrt(5.0)));

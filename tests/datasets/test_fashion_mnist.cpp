@@ -20,7 +20,8 @@ TEST_CASE("fashion-mnist (Debian package): counts, labels and pixels") {
   CHECK(train.classes == 10);
   CHECK(label_histogram(train) == std::vector<int64_t>(10, 6000));
   const auto labels = train.labels.to_int_vector();
-  CHECK(std::vector<int64_t>(labels.begin(), labels.begin() + 10) == std::vector<int64_t>{9, 0, 0, 3, 0, 2, 7, 2, 5, 5});
+  CHECK(std::vector<int64_t>(labels.begin(), labels.begin() + 10) ==
+        std::vector<int64_t>{9, 0, 0, 3, 0, 2, 7, 2, 5, 5});
   const float* p = train.images.data<float>();
   const auto [lo, hi] = std::minmax_element(p, p + train.images.numel());
   CHECK(*lo == 0.0f);

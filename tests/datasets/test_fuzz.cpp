@@ -59,8 +59,10 @@ Bytes mutate(const Bytes& in, std::mt19937_64& rng, size_t header_bytes) {
       case 6: {  // duplicate or drop a slice
         if (b.size() < 2) break;
         const size_t from = pick(b.size()), len = 1 + pick(std::min<size_t>(b.size() - from, 32));
-        if (rng() % 2) b.insert(b.begin() + long(from), b.begin() + long(from), b.begin() + long(from + len));
-        else b.erase(b.begin() + long(from), b.begin() + long(from + len));
+        if (rng() % 2)
+          b.insert(b.begin() + long(from), b.begin() + long(from), b.begin() + long(from + len));
+        else
+          b.erase(b.begin() + long(from), b.begin() + long(from + len));
         break;
       }
     }

@@ -38,8 +38,10 @@ struct Seen {
 Seen take(Loader& l, int count) {
   Seen s;
   for (int i = 0; i < count; ++i) {
-    if (auto b = l.next()) s.add(*b);
-    else s.indices.push_back({}), s.images.push_back({}), s.labels.push_back({});
+    if (auto b = l.next())
+      s.add(*b);
+    else
+      s.indices.push_back({}), s.images.push_back({}), s.labels.push_back({});
   }
   return s;
 }
@@ -77,7 +79,8 @@ TEST_CASE("loader: every index once per epoch, batch sizes, drop_last") {
   CHECK(dl.batches_per_epoch() == 3);
   Loader plain(d, {.batch_size = 4, .shuffle = false, .prefetch = 0});
   CHECK(plain.next()->indices == std::vector<int64_t>{0, 1, 2, 3});
-  CHECK_THROWS_WITH_AS(Loader(d, {.batch_size = 11}), doctest::Contains("larger than the dataset (10 examples)"), Error);
+  CHECK_THROWS_WITH_AS(Loader(d, {.batch_size = 11}), doctest::Contains("larger than the dataset (10 examples)"),
+                       Error);
   CHECK_THROWS_AS(Loader(d, {.batch_size = 0}), Error);
   CHECK_THROWS_AS(Loader(d, {.mean = {0.5, 0.5}, .std = {1, 1}}), Error);  // 1 channel
 }
@@ -119,7 +122,8 @@ TEST_CASE("loader: pad-crop and flip give shifted, mirrored copies with zero bor
             for (int64_t y = 0; y < h && ok; ++y)
               for (int64_t x = 0; x < w && ok; ++x) {
                 const int64_t sy = y + dy, sx = (f ? w - 1 - x : x) + dx;
-                const float want = (sy >= 0 && sy < h && sx >= 0 && sx < w) ? src[((i * 2 + c) * h + sy) * w + sx] : 0.0f;
+                const float want =
+                    (sy >= 0 && sy < h && sx >= 0 && sx < w) ? src[((i * 2 + c) * h + sy) * w + sx] : 0.0f;
                 ok = out[((j * 2 + c) * h + y) * w + x] == want;
               }
           if (ok) {
@@ -135,8 +139,8 @@ TEST_CASE("loader: pad-crop and flip give shifted, mirrored copies with zero bor
   CHECK(flipped > 5);
   CHECK(flipped < 35);
   CHECK(shifted > 20);
-  CHECK_THROWS_AS(Loader(Dataset{zeros({4, 3}), from_ints({0, 1, 0, 1}, {4}), 2, "flat"}, {.batch_size = 2, .flip = true}),
-                  Error);
+  CHECK_THROWS_AS(
+      Loader(Dataset{zeros({4, 3}), from_ints({0, 1, 0, 1}, {4}), 2, "flat"}, {.batch_size = 2, .flip = true}), Error);
 }
 
 TEST_CASE("loader: per-channel normalization and output dtype") {
@@ -213,8 +217,8 @@ TEST_CASE("loader: a failure while prefetching reaches the caller in order; shut
   CHECK(l.next().has_value());
   CHECK_THROWS_WITH_AS(l.next(), "transform failed on batch 2", Error);
   CHECK_THROWS_WITH_AS(l.next(), "transform failed on batch 2", Error);  // stays failed
-  CHECK(calls.load() == 3);  // the worker stopped at the failure
-  l.restore({1, 0, 3});      // skip past it
+  CHECK(calls.load() == 3);                                              // the worker stopped at the failure
+  l.restore({1, 0, 3});                                                  // skip past it
   CHECK(l.next()->index == 3);
   // destroyed with a full queue and with the worker blocked: returns promptly
   for (int k = 0; k < 20; ++k) {

@@ -77,13 +77,14 @@ TEST_CASE("idx: bad inputs are named errors") {
   CHECK(error_of([&] { parse_idx(Bytes{0, 0}, "s"); }).find("truncated IDX header") != std::string::npos);
   CHECK(error_of([&] { parse_idx(testdata::idx({0, 2, 3}, {}), "z"); }).find("dimension 0 is 0") != std::string::npos);
   const auto lab = parse_idx(labels_file(7, 10), "l");
-  CHECK(error_of([&] { idx_dataset(parse_idx(images_file(), "i"), lab, 10, "set"); })
-            .find("label 10 of example 1 is outside [0, 10)") != std::string::npos);
+  CHECK(error_of([&] {
+          idx_dataset(parse_idx(images_file(), "i"), lab, 10, "set");
+        }).find("label 10 of example 1 is outside [0, 10)") != std::string::npos);
   const auto three = parse_idx(testdata::idx({3}, {1, 2, 3}), "l3");
-  CHECK(error_of([&] { idx_dataset(parse_idx(images_file(), "i"), three, 10, "set"); })
-            .find("2 images but 3 labels") != std::string::npos);
-  CHECK(error_of([&] { idx_dataset(parse_idx(labels_file(), "i"), three, 10, "set"); })
-            .find("3-d IDX array") != std::string::npos);
+  CHECK(error_of([&] { idx_dataset(parse_idx(images_file(), "i"), three, 10, "set"); }).find("2 images but 3 labels") !=
+        std::string::npos);
+  CHECK(error_of([&] { idx_dataset(parse_idx(labels_file(), "i"), three, 10, "set"); }).find("3-d IDX array") !=
+        std::string::npos);
 }
 
 TEST_CASE("idx: a header claiming 2^31 images costs no memory, plain or gzip") {
@@ -145,15 +146,19 @@ TEST_CASE("cifar-100: fine and coarse labels") {
 
 TEST_CASE("cifar: bad inputs are named errors") {
   Bytes b = testdata::cifar({{3}, {4}});
-  CHECK(error_of([&] { parse_cifar(Bytes(b.begin(), b.end() - 1), "b1", CifarKind::cifar10); })
-            .find("b1: size 6145 bytes is not a multiple of the CIFAR-10 record size 3073") == 0);
+  CHECK(error_of([&] {
+          parse_cifar(Bytes(b.begin(), b.end() - 1), "b1", CifarKind::cifar10);
+        }).find("b1: size 6145 bytes is not a multiple of the CIFAR-10 record size 3073") == 0);
   CHECK(error_of([&] { parse_cifar(Bytes{}, "e", CifarKind::cifar10); }).find("empty") != std::string::npos);
-  CHECK(error_of([&] { parse_cifar(testdata::cifar({{1}, {10}}), "l", CifarKind::cifar10); })
-            .find("label 10 of record 1 is outside [0, 10)") != std::string::npos);
-  CHECK(error_of([&] { parse_cifar(testdata::cifar({{20, 1}}), "c", CifarKind::cifar100_fine); })
-            .find("coarse label 20 of record 0") != std::string::npos);
-  CHECK(error_of([&] { parse_cifar(testdata::cifar({{2, 100}}), "f", CifarKind::cifar100_coarse); })
-            .find("label 100 of record 0 is outside [0, 100)") != std::string::npos);
+  CHECK(error_of([&] {
+          parse_cifar(testdata::cifar({{1}, {10}}), "l", CifarKind::cifar10);
+        }).find("label 10 of record 1 is outside [0, 10)") != std::string::npos);
+  CHECK(error_of([&] {
+          parse_cifar(testdata::cifar({{20, 1}}), "c", CifarKind::cifar100_fine);
+        }).find("coarse label 20 of record 0") != std::string::npos);
+  CHECK(error_of([&] {
+          parse_cifar(testdata::cifar({{2, 100}}), "f", CifarKind::cifar100_coarse);
+        }).find("label 100 of record 0 is outside [0, 100)") != std::string::npos);
   CHECK(error_of([&] { parse_cifar(b, "n", CifarKind::cifar10, 10000); }).find("2 records, expected 10000") !=
         std::string::npos);
   // A CIFAR-10 file read as CIFAR-100 has the wrong record size.
@@ -256,20 +261,26 @@ TEST_CASE("cifar-10 and cifar-100 folders") {
   const Dataset test = load_cifar10(dir10.string(), Split::test, {.check_counts = false});
   CHECK(test.labels.to_int_vector() == std::vector<int64_t>{6});
   CHECK(test.images.data<float>()[0] == float(testdata::cifar_pixel(100, 0, 0, 0)) / 255.0f);
-  CHECK(error_of([&] { load_cifar10(tmp.path.string(), Split::train); }).find("data_batch_1.bin: 2 records, expected 10000") !=
-        std::string::npos);
+  CHECK(error_of([&] {
+          load_cifar10(tmp.path.string(), Split::train);
+        }).find("data_batch_1.bin: 2 records, expected 10000") != std::string::npos);
   std::filesystem::remove(dir10 / "data_batch_4.bin");
-  CHECK(error_of([&] { load_cifar10(tmp.path.string(), Split::train, {.check_counts = false}); }).find("data_batch_4.bin: no such file") !=
-        std::string::npos);
+  CHECK(error_of([&] {
+          load_cifar10(tmp.path.string(), Split::train, {.check_counts = false});
+        }).find("data_batch_4.bin: no such file") != std::string::npos);
   CHECK(error_of([&] { load_cifar10((tmp.path / "nowhere").string(), Split::train); }).find("holds neither") !=
         std::string::npos);
 
   const auto dir100 = tmp.path / "cifar-100-binary";
   testdata::write(dir100 / "train.bin", testdata::cifar({{1, 11}, {2, 22}, {3, 33}}));
   testdata::write(dir100 / "test.bin", testdata::cifar({{4, 44}}));
-  CHECK(load_cifar100(tmp.path.string(), Split::train, {.check_counts = false}).labels.to_int_vector() == std::vector<int64_t>{11, 22, 33});
-  CHECK(load_cifar100(tmp.path.string(), Split::train, {.coarse = true, .check_counts = false}).labels.to_int_vector() == std::vector<int64_t>{1, 2, 3});
-  CHECK(load_cifar100(dir100.string(), Split::test, {.check_counts = false}).labels.to_int_vector() == std::vector<int64_t>{44});
+  CHECK(load_cifar100(tmp.path.string(), Split::train, {.check_counts = false}).labels.to_int_vector() ==
+        std::vector<int64_t>{11, 22, 33});
+  CHECK(
+      load_cifar100(tmp.path.string(), Split::train, {.coarse = true, .check_counts = false}).labels.to_int_vector() ==
+      std::vector<int64_t>{1, 2, 3});
+  CHECK(load_cifar100(dir100.string(), Split::test, {.check_counts = false}).labels.to_int_vector() ==
+        std::vector<int64_t>{44});
   CHECK(error_of([&] { load_cifar100(tmp.path.string(), Split::test); }).find("1 records, expected 10000") !=
         std::string::npos);
 }
@@ -293,8 +304,9 @@ TEST_CASE("mnist layout: plain and gzip files, and the Fashion-MNIST hint") {
   CHECK(error_of([&] { read_file((tmp.path / "missing.bin").string()); }).find("missing.bin: no such file") !=
         std::string::npos);
   testdata::write(tmp.path / "t10k-labels-idx1-ubyte.gz", testdata::gzip(testdata::idx({1}, {12})));
-  CHECK(error_of([&] { load_mnist_layout(tmp.path.string(), false, "mini"); })
-            .find("t10k-labels-idx1-ubyte.gz: mini-test: label 12 of example 0 is outside [0, 10)") != std::string::npos);
+  CHECK(error_of([&] {
+          load_mnist_layout(tmp.path.string(), false, "mini");
+        }).find("t10k-labels-idx1-ubyte.gz: mini-test: label 12 of example 0 is outside [0, 10)") != std::string::npos);
   std::filesystem::remove(tmp.path / "t10k-labels-idx1-ubyte.gz");
   CHECK(error_of([&] { load_mnist_layout(tmp.path.string(), false, "mini"); }).find("no t10k-labels-idx1-ubyte") !=
         std::string::npos);
@@ -325,9 +337,11 @@ TEST_CASE("mnist layout: the labels are bounded by the images' header before any
   Bytes short_file = zeros;
   short_file.resize(short_file.size() - 1);
   testdata::write(tmp.path / "train-images-idx3-ubyte.gz", testdata::gzip(short_file));
-  CHECK(error_of([&] { load_mnist_layout(tmp.path.string(), true, "bomb"); }).find("truncated IDX data") != std::string::npos);
+  CHECK(error_of([&] { load_mnist_layout(tmp.path.string(), true, "bomb"); }).find("truncated IDX data") !=
+        std::string::npos);
   Bytes long_file = zeros;
   long_file.push_back(0);
   testdata::write(tmp.path / "train-images-idx3-ubyte.gz", testdata::gzip(long_file));
-  CHECK(error_of([&] { load_mnist_layout(tmp.path.string(), true, "bomb"); }).find("unexpected bytes after") != std::string::npos);
+  CHECK(error_of([&] { load_mnist_layout(tmp.path.string(), true, "bomb"); }).find("unexpected bytes after") !=
+        std::string::npos);
 }

@@ -50,7 +50,8 @@ TEST_CASE("teacher_student: y = w2 · tanh(W1 x), seeded") {
   CHECK(r.data.images.dtype() == DType::f32);
   const auto rx = r.data.images.to_vector(), rw1 = r.w1.to_vector(), rw2 = r.w2.to_vector();
   double out = 0;
-  for (int j = 0; j < 5; ++j) out += rw2[size_t(j)] * std::max(0.0, rw1[size_t(2 * j)] * rx[0] + rw1[size_t(2 * j + 1)] * rx[1]);
+  for (int j = 0; j < 5; ++j)
+    out += rw2[size_t(j)] * std::max(0.0, rw1[size_t(2 * j)] * rx[0] + rw1[size_t(2 * j + 1)] * rx[1]);
   CHECK(r.data.labels.to_vector()[0] == doctest::Approx(out).epsilon(1e-5));
   CHECK_THROWS_AS(teacher_student({.d = 0}), Error);
 }

@@ -30,7 +30,8 @@ static void expect(bool ok, const std::string& what) {
 // Leaf k's vector: values whose float sums depend on the order of the additions.
 static std::vector<float> leaf_values(int64_t k, int64_t len) {
   std::vector<float> v(static_cast<size_t>(len));
-  for (int64_t i = 0; i < len; ++i) v[size_t(i)] = float(std::ldexp(1.0 + 0.1 * double(i % 7), int((k * 7 + i) % 29) - 14) * ((k + i) % 3 ? 1 : -1));
+  for (int64_t i = 0; i < len; ++i)
+    v[size_t(i)] = float(std::ldexp(1.0 + 0.1 * double(i % 7), int((k * 7 + i) % 29) - 14) * ((k + i) % 3 ? 1 : -1));
   return v;
 }
 // The reference: the same tree, written independently with plain floats.
@@ -65,9 +66,10 @@ static int bench(const dist::World& w, int64_t len) {
   const double ring = median_ms([&] { dist::all_reduce_sum(w, v); });
   const double ring_mb = double(w.bytes_sent() - sent1) / 8 / 1e6;
   if (w.rank() == 0)
-    std::printf("%d processes, %lld floats (%.1f MB): fixed_order_sum %.1f ms (rank 0 sent %.1f MB), MPI_Allreduce %.1f ms "
-                "(%.1f MB by the ring formula)\n",
-                w.size(), (long long)len, double(len) * 4 / 1e6, fixed, fixed_mb, ring, ring_mb);
+    std::printf(
+        "%d processes, %lld floats (%.1f MB): fixed_order_sum %.1f ms (rank 0 sent %.1f MB), MPI_Allreduce %.1f ms "
+        "(%.1f MB by the ring formula)\n",
+        w.size(), (long long)len, double(len) * 4 / 1e6, fixed, fixed_mb, ring, ring_mb);
   dist::finalize();
   return 0;
 }
@@ -90,7 +92,8 @@ int main(int argc, char** argv) {
   expect(s.to_vector() == std::vector<double>(2, n * (n + 1) / 2.0), "all_reduce_sum");
   Tensor g = dist::all_gather(w, full({2}, double(r)));
   expect(g.shape() == Shape{n, 2}, "all_gather shape");
-  for (int k = 0; k < n; ++k) expect(g.to_vector()[size_t(2 * k)] == k, "all_gather value of rank " + std::to_string(k));
+  for (int k = 0; k < n; ++k)
+    expect(g.to_vector()[size_t(2 * k)] == k, "all_gather value of rank " + std::to_string(k));
   Params ps = {full({2}, double(r)), full({1}, 10.0 + r)};
   dist::broadcast(w, ps, n - 1);
   expect(ps[1].item() == 10.0 + n - 1, "broadcast of a parameter list");
@@ -98,7 +101,8 @@ int main(int argc, char** argv) {
   dist::broadcast(w, ints, 1);
   expect(ints.to_int_vector() == std::vector<int64_t>{1, 11}, "broadcast of an int64 tensor");
   std::vector<Params> gathered = dist::all_gather(w, Params{from_ints({r}, {1})});
-  for (int k = 0; k < n; ++k) expect(gathered[size_t(k)][0].to_int_vector() == std::vector<int64_t>{k}, "all_gather of int64 tensors");
+  for (int k = 0; k < n; ++k)
+    expect(gathered[size_t(k)][0].to_int_vector() == std::vector<int64_t>{k}, "all_gather of int64 tensors");
   std::vector<std::string> names = dist::all_gather(w, std::string(size_t(r + 1), 'x'));
   for (int k = 0; k < n; ++k) expect(names[size_t(k)] == std::string(size_t(k + 1), 'x'), "all_gather of strings");
 
@@ -109,7 +113,8 @@ int main(int argc, char** argv) {
       int64_t calls = 0;
       const dist::Range mine = dist::owned(items, r, n);
       Tensor got = dist::fixed_order_sum(w, items, Device::cpu(), [&](int64_t k) {
-        expect(mine.begin <= k && k < mine.end, "leaf " + std::to_string(k) + " computed by a rank that does not own it");
+        expect(mine.begin <= k && k < mine.end,
+               "leaf " + std::to_string(k) + " computed by a rank that does not own it");
         ++calls;
         return from_vector(leaf_values(k, len), {len});
       });
@@ -130,7 +135,8 @@ int main(int argc, char** argv) {
         };
         want_scalar = t(0, items);
       }
-      expect(dist::fixed_order_sum(w, items, mine_values) == want_scalar, "scalar fixed_order_sum of " + std::to_string(items));
+      expect(dist::fixed_order_sum(w, items, mine_values) == want_scalar,
+             "scalar fixed_order_sum of " + std::to_string(items));
     }
   }
   // start-up agreement: equal values pass; a value that differs on the last rank is refused

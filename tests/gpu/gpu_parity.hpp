@@ -81,7 +81,8 @@ inline Tensor distinct_values(const Shape& s, uint64_t seed, double scale = 0.37
   const int64_t n = numel(s);
   auto perm = g.permutation(n);
   std::vector<double> v(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) v[size_t(i)] = (double(perm[size_t(i)]) - double(n) / 2 + 0.5) * scale / std::sqrt(double(n));
+  for (int64_t i = 0; i < n; ++i)
+    v[size_t(i)] = (double(perm[size_t(i)]) - double(n) / 2 + 0.5) * scale / std::sqrt(double(n));
   return from_vector(v, s, {DType::f64});
 }
 

@@ -42,7 +42,8 @@ TEST_SUITE("gpu") {
       const auto nc = gc.normal({4099}, {t}).to_vector(), ng = gg.normal({4099}, {t, kCuda}).to_vector();
       // Box-Muller through log/cos: the device's libm may differ from glibc's in the last bit
       double worst = 0;
-      for (size_t i = 0; i < nc.size(); ++i) worst = std::max(worst, std::fabs(nc[i] - ng[i]) / std::max(1.0, std::fabs(nc[i])));
+      for (size_t i = 0; i < nc.size(); ++i)
+        worst = std::max(worst, std::fabs(nc[i] - ng[i]) / std::max(1.0, std::fabs(nc[i])));
       INFO(dtype_name(t) << " normal: worst relative difference " << worst);
       CHECK(worst <= (t == DType::f64 ? 1e-14 : 2.4e-7));
       CHECK(gc.offset() == gg.offset());
@@ -170,8 +171,8 @@ TEST_SUITE("gpu") {
     const Shape xs = {2, 3, 7, 6};
     const Tensor x = distinct_values(xs, 4, 5.0);
     const auto xv = x.to_vector();
-    for (const Pool2dParams& p : {Pool2dParams{2, 2, 2, 2, 0, 0}, Pool2dParams{3, 3, 2, 2, 1, 1},
-                                  Pool2dParams{3, 2, 1, 2, 1, 0}}) {
+    for (const Pool2dParams& p :
+         {Pool2dParams{2, 2, 2, 2, 0, 0}, Pool2dParams{3, 3, 2, 2, 1, 1}, Pool2dParams{3, 2, 1, 2, 1, 0}}) {
       const test::PoolReference r = test::naive_pool2d(xv, xs, p);
       const Shape& ys = r.y_shape;
       const std::vector<double>&mx = r.max, &av = r.avg;
@@ -199,7 +200,8 @@ TEST_SUITE("gpu") {
   TEST_CASE("device errors: mixing devices, bad index, int64 where floats are needed") {
     const Tensor a = ones({2}, {DType::f32}), b = ones({2}, {DType::f32, kCuda});
     CHECK_THROWS_WITH_AS(add(a, b), doctest::Contains("different devices"), Error);
-    CHECK_THROWS_WITH_AS(matmul(ones({2, 2}), ones({2, 2}, {DType::f32, kCuda})), doctest::Contains("different devices"), Error);
+    CHECK_THROWS_WITH_AS(matmul(ones({2, 2}), ones({2, 2}, {DType::f32, kCuda})),
+                         doctest::Contains("different devices"), Error);
     CHECK_THROWS_WITH_AS(zeros({2}, {DType::f32, Device::cuda(63)}), doctest::Contains("cuda:63 is not usable"), Error);
     CHECK_THROWS_AS(exp(ones({2}, {DType::i64, kCuda})), Error);
     CHECK(Device::parse("cuda:0") == kCuda);

@@ -15,8 +15,10 @@ Params inputs(const OpCase& c, uint64_t seed) {
   Generator g(seed);
   Params xs;
   for (size_t i = 0; i < c.shapes.size(); ++i) {
-    if (c.distinct) xs.push_back(add_scalar(distinct_values(c.shapes[i], seed + i, 3.0), 0.013 * double(i + 1)));
-    else xs.push_back(g.uniform(c.shapes[i], {DType::f64}, c.low, c.high));
+    if (c.distinct)
+      xs.push_back(add_scalar(distinct_values(c.shapes[i], seed + i, 3.0), 0.013 * double(i + 1)));
+    else
+      xs.push_back(g.uniform(c.shapes[i], {DType::f64}, c.low, c.high));
   }
   return xs;
 }

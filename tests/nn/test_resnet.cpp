@@ -71,7 +71,10 @@ TEST_CASE("resnet18: loss, gradient and HVP agree with PyTorch to 1e-8 (float64,
     for (auto [norm, mode] : {std::pair{"batch", "train"}, {"batch", "eval"}, {"group", "train"}, {"none", "train"}}) {
       const std::string cfg = std::string(stem) + "_" + norm + "_" + mode;
       INFO(cfg);
-      auto net = nn::resnet18({.in_channels = std::string(stem) == "cifar" ? 3 : 1, .classes = 5, .stem = nn::parse_stem(stem), .width = 2,
+      auto net = nn::resnet18({.in_channels = std::string(stem) == "cifar" ? 3 : 1,
+                               .classes = 5,
+                               .stem = nn::parse_stem(stem),
+                               .width = 2,
                                .norm = nn::parse_norm(norm)});
       net.to(DType::f64);
       nn::load_safetensors(net, reference_dir + cfg + ".weights.safetensors");
@@ -83,7 +86,8 @@ TEST_CASE("resnet18: loss, gradient and HVP agree with PyTorch to 1e-8 (float64,
       for (auto& [name, p] : net.named_parameters()) v.push_back(v_file.at(name));
       ScalarFn f = nn::classification_loss(net, batch.at("input"), batch.at("target"));
       const Params x = net.parameters();
-      CHECK(std::fabs(value(f, x).item() - expected.at("loss").item()) <= 1e-12 * std::fabs(expected.at("loss").item()));
+      CHECK(std::fabs(value(f, x).item() - expected.at("loss").item()) <=
+            1e-12 * std::fabs(expected.at("loss").item()));
       Params g = gradient(f, x), hv = hvp(f, x, v);
       auto named = net.named_parameters();
       double worst = 0;
@@ -106,10 +110,12 @@ TEST_CASE("resnet18: HVP and third-order contraction against finite differences 
   Generator g(3);
   Tensor x = g.normal({4, 3, 8, 8}, {DType::f64});
   Tensor y = from_ints({0, 2, 1, 2}, {4});
-  for (auto [norm, act] : {std::pair{nn::Norm::batch, nn::Act::tanh}, {nn::Norm::group, nn::Act::softplus},
+  for (auto [norm, act] : {std::pair{nn::Norm::batch, nn::Act::tanh},
+                           {nn::Norm::group, nn::Act::softplus},
                            {nn::Norm::none, nn::Act::tanh}}) {
     INFO("norm " << int(norm) << " activation " << nn::act_name(act));
-    auto net = nn::resnet18({.classes = 3, .stem = nn::Stem::cifar, .width = 2, .norm = norm, .activation = act, .seed = 7});
+    auto net =
+        nn::resnet18({.classes = 3, .stem = nn::Stem::cifar, .width = 2, .norm = norm, .activation = act, .seed = 7});
     net.to(DType::f64).train().update_running_stats(false);  // training-mode batch norm: batch statistics
     DerivativeCheck c = check_derivatives(nn::classification_loss(net, x, y), net.parameters(),
                                           {.max_order = 3, .directions = 1, .seed = 11});
@@ -120,14 +126,15 @@ TEST_CASE("resnet18: HVP and third-order contraction against finite differences 
 }
 
 TEST_CASE("resnet18: the README example (define, forward, loss, gradient, HVP, third order)") {
-  auto net = nn::resnet18({.in_channels = 3, .classes = 10, .stem = nn::Stem::cifar, .width = 4, .norm = nn::Norm::group});
+  auto net =
+      nn::resnet18({.in_channels = 3, .classes = 10, .stem = nn::Stem::cifar, .width = 4, .norm = nn::Norm::group});
   Generator gen(0);
   Tensor x = gen.normal({8, 3, 32, 32});
   Tensor y = from_ints({0, 1, 2, 3, 4, 5, 6, 7}, {8});
   Tensor logits = net(x);  // (8, 10)
   Tensor loss = cross_entropy(logits, y);
   Params p = net.parameters();
-  Params g = grad({loss}, p, {.create_graph = true});   // differentiable gradient
+  Params g = grad({loss}, p, {.create_graph = true});  // differentiable gradient
   Params v = gen.sphere_like(p);
   Params Hv = grad({dot(g, v)}, p, {.create_graph = true});  // H v
   Params T = grad({dot(Hv, v)}, p);                          // ∇³f[v, v]

@@ -112,7 +112,8 @@ TEST_CASE("safetensors: malformed files fail with an Error naming the file and t
     std::memcpy(f.data(), &over, 8);
     expect_error(f, "header length");
   }
-  expect_error(make_file(ok_header, data).substr(0, 8 + ok_header.size() + 9), "outside the data buffer");  // truncated data
+  expect_error(make_file(ok_header, data).substr(0, 8 + ok_header.size() + 9),
+               "outside the data buffer");  // truncated data
   expect_error(make_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,16]})", data), "not valid JSON");
   expect_error(make_file(R"([1,2])", ""), "not a JSON object");
   expect_error(make_file(R"({"a":{"dtype":"Q8","shape":[2],"data_offsets":[0,16]}})", data), "unsupported dtype 'Q8'");
@@ -123,8 +124,10 @@ TEST_CASE("safetensors: malformed files fail with an Error naming the file and t
   expect_error(make_file(R"({"a":{"dtype":"F64","shape":[3],"data_offsets":[0,16]}})", data), "needs 24 bytes");
   expect_error(make_file(R"({"a":{"dtype":"F64","shape":[4611686018427387904,4],"data_offsets":[0,16]}})", data),
                "overflows");
-  expect_error(make_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[8,24]}})", data), "outside the data buffer");
-  expect_error(make_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[16,0]}})", data), "outside the data buffer");
+  expect_error(make_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[8,24]}})", data),
+               "outside the data buffer");
+  expect_error(make_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[16,0]}})", data),
+               "outside the data buffer");
   expect_error(make_file(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0]}})", data), "data_offsets");
   expect_error(make_file(R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}})", data), "cover 8 of the 16");
   expect_error(make_file(R"({"a":{"dtype":"F64","shape":[1],"data_offsets":[8,16]}})", data), "gap");
@@ -159,13 +162,26 @@ TEST_CASE("safetensors: 100,000 seeded mutations of a valid file never crash") {
       const size_t in_header = 8 + size_t(g.randint(int64_t(std::max<uint64_t>(header_len, 1))));
       const size_t pos = g.randint(4) == 0 ? size_t(g.randint(int64_t(limit))) : std::min(in_header, limit - 1);
       switch (g.randint(7)) {
-        case 0: if (!f.empty()) f[pos] = char(g.randint(256)); break;
-        case 1: if (!f.empty()) f[pos] = "0123456789[]{},:\"-.eE"[g.randint(21)]; break;
+        case 0:
+          if (!f.empty()) f[pos] = char(g.randint(256));
+          break;
+        case 1:
+          if (!f.empty()) f[pos] = "0123456789[]{},:\"-.eE"[g.randint(21)];
+          break;
         case 2: f.resize(size_t(g.randint(int64_t(f.size() + 1)))); break;
-        case 3: if (f.size() >= 8) { uint64_t n = g.randint(4) == 0 ? uint64_t(g.randint(1 << 30)) * 4096 : header_len + g.randint(17) - 8; std::memcpy(f.data(), &n, 8); } break;
+        case 3:
+          if (f.size() >= 8) {
+            uint64_t n = g.randint(4) == 0 ? uint64_t(g.randint(1 << 30)) * 4096 : header_len + g.randint(17) - 8;
+            std::memcpy(f.data(), &n, 8);
+          }
+          break;
         case 4: f.insert(std::min(pos, f.size()), 1, char(g.randint(256))); break;
-        case 5: if (!f.empty()) f.erase(std::min(pos, f.size() - 1), 1); break;
-        case 6: if (!f.empty()) f[pos] ^= char(1 << g.randint(8)); break;
+        case 5:
+          if (!f.empty()) f.erase(std::min(pos, f.size() - 1), 1);
+          break;
+        case 6:
+          if (!f.empty()) f[pos] ^= char(1 << g.randint(8));
+          break;
       }
     }
     try {

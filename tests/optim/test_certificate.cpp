@@ -14,7 +14,9 @@ using namespace flatmin::optim;
 namespace {
 const TensorOptions f64{DType::f64};
 Tensor vec(std::vector<double> v) { return from_vector(v, {int64_t(v.size())}, f64); }
-Tensor example1(const Params& p) { return sum(square(add_scalar(mul(slice(p[0], 0, 0, 1), slice(p[0], 0, 1, 2)), -1.0))); }
+Tensor example1(const Params& p) {
+  return sum(square(add_scalar(mul(slice(p[0], 0, 0, 1), slice(p[0], 0, 1, 2)), -1.0)));
+}
 ScalarFn quadratic(std::vector<double> c) {  // f = ½ Σ c_i x_i²
   Tensor cc = vec(c);
   return [cc](const Params& p) { return mul_scalar(sum(mul(cc, square(p[0]))), 0.5); };
@@ -40,9 +42,11 @@ TEST_SUITE("certificate") {
     CHECK(o.eps0 == r.eps0);
     CHECK(o.eta_prime() == r.lr_perturb);
     for (double bad : std::initializer_list<double>{0.0, -1.0, NAN, INFINITY})
-      CHECK_THROWS_WITH_AS(rs_theorem_settings(bad, 1, 0.5), doctest::Contains("ε must be a positive finite number"), Error);
+      CHECK_THROWS_WITH_AS(rs_theorem_settings(bad, 1, 0.5), doctest::Contains("ε must be a positive finite number"),
+                           Error);
     for (double bad : std::initializer_list<double>{0.0, -2.0, NAN})
-      CHECK_THROWS_WITH_AS(sa_theorem_settings(0.1, bad, 0.5, 4), doctest::Contains("L must be a positive finite number"), Error);
+      CHECK_THROWS_WITH_AS(sa_theorem_settings(0.1, bad, 0.5, 4),
+                           doctest::Contains("L must be a positive finite number"), Error);
     CHECK_THROWS_WITH_AS(rs_theorem_settings(0.1, 1, 0), doctest::Contains("δ must be in (0, 1]"), Error);
     CHECK_THROWS_WITH_AS(rs_theorem_settings(0.1, 1, 1.5), doctest::Contains("δ must be in (0, 1]"), Error);
     CHECK_THROWS_WITH_AS(sa_theorem_settings(0.1, 1, 0.5, 0), doctest::Contains("d must be >= 1"), Error);
@@ -66,7 +70,9 @@ TEST_SUITE("certificate") {
   }
 
   TEST_CASE("exact tangent projector of Example 1 and certificates by hand") {
-    VectorFn r = [](const Params& p) { return reshape(add_scalar(mul(slice(p[0], 0, 0, 1), slice(p[0], 0, 1, 2)), -1.0), {1}); };
+    VectorFn r = [](const Params& p) {
+      return reshape(add_scalar(mul(slice(p[0], 0, 0, 1), slice(p[0], 0, 1, 2)), -1.0), {1});
+    };
     Params x = {vec({2, 0.5})};
     ProjectorFn P = residual_tangent_projector(r, x);
     // Tangent of x1 x2 = 1 at (2, 0.5): t = (2, −0.5)/√4.25; P w = ⟨t, w⟩ t.
@@ -91,7 +97,8 @@ TEST_SUITE("certificate") {
     CHECK(c2.flat.grad_norm == doctest::Approx(2 * 0.21 * std::sqrt(2.42)));
     CHECK_FALSE(c2.flat.gradient_ok);
     CHECK_THROWS_WITH_AS(certify(example1, one, 0, P), doctest::Contains("ε must be a positive finite number"), Error);
-    CHECK_THROWS_WITH_AS(certify(example1, one, NAN, P), doctest::Contains("ε must be a positive finite number"), Error);
+    CHECK_THROWS_WITH_AS(certify(example1, one, NAN, P), doctest::Contains("ε must be a positive finite number"),
+                         Error);
     CHECK_THROWS_WITH_AS(residual_tangent_projector(r, {vec({0, 0})}), doctest::Contains("rank-deficient"), Error);
     // Redundant residuals (r, 2r): J has rank 1 < n = 2. Stated, the projector is Example 1's;
     // unstated (full row rank assumed), 2 normal directions leave none in R²; a stated rank
@@ -172,7 +179,9 @@ TEST_SUITE("certificate") {
     CHECK(a.flat.projected_trace_grad_norm > 0.01);  // a sharp minimum: not flat
     CHECK(a.flat.grad_norm < 1e-12);
     CHECK(a.trace_grad_stderr == doctest::Approx(b.trace_grad_stderr).epsilon(1e-8));
-    CHECK_THROWS_WITH_AS(certify_leaves(loss, lv, 0.01, {.top_k = 4}, {.trace_samples = 0}), doctest::Contains("trace_samples"), Error);
-    CHECK_THROWS_WITH_AS(certify_leaves(loss, lv, -1, {.top_k = 4}, {.trace_samples = 2}), doctest::Contains("ε must be"), Error);
+    CHECK_THROWS_WITH_AS(certify_leaves(loss, lv, 0.01, {.top_k = 4}, {.trace_samples = 0}),
+                         doctest::Contains("trace_samples"), Error);
+    CHECK_THROWS_WITH_AS(certify_leaves(loss, lv, -1, {.top_k = 4}, {.trace_samples = 2}),
+                         doctest::Contains("ε must be"), Error);
   }
 }

@@ -48,8 +48,9 @@ TEST_CASE("Example 1: GD stays at the sharp minimum; RS and SA drift to (1, 1), 
 
   Params xr = start(), xs = start();
   RandomlySmoothedPerturbation rs(xr, {.lr = 0.01, .rho = 0.3, .seed = 0});
-  SharpnessAwarePerturbation sa(xs, {.lr = 0.01, .rho = 0.3, .seed = 0},
-                                function_batch_closure([](const std::vector<int64_t>&, const Params& p) { return ex1(p); }, xs), 1);
+  SharpnessAwarePerturbation sa(
+      xs, {.lr = 0.01, .rho = 0.3, .seed = 0},
+      function_batch_closure([](const std::vector<int64_t>&, const Params& p) { return ex1(p); }, xs), 1);
   const int64_t steps_rs = run(rs, xr, 4000, 2000), steps_sa = run(sa, xs, 4000, 2000);
   INFO("RS " << steps_rs << " steps, SA " << steps_sa << " steps");
   for (const Params* x : {&xr, &xs}) {

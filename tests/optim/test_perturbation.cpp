@@ -41,7 +41,8 @@ Tensor examples_loss(const std::vector<int64_t>& idx, const Params& p) {
   Tensor total;
   for (int64_t i : idx) {
     Tensor a = vec({A[i][0], A[i][1], A[i][2]});
-    Tensor fi = add(mul_scalar(square(add_scalar(dot(a, p[0]), -Yv[i])), 0.5), mul_scalar(sum(pow(p[0], 4.0)), C[i] / 4));
+    Tensor fi =
+        add(mul_scalar(square(add_scalar(dot(a, p[0]), -Yv[i])), 0.5), mul_scalar(sum(pow(p[0], 4.0)), C[i] / 4));
     total = total.defined() ? add(total, fi) : fi;
   }
   return total / double(idx.size());
@@ -203,7 +204,8 @@ namespace {
 Tensor poly4(const Params& p) {
   Tensor x = p[0];
   Tensor x0 = slice(x, 0, 0, 1), x1 = slice(x, 0, 1, 2), x2 = slice(x, 0, 2, 3);
-  return add(add(sum(mul(vec({1.0, 2.0, 0.5}), pow(x, 4.0))) / 4.0, sum(mul(mul(x0, x1), x2))), sum(square(mul(x0, x2))));
+  return add(add(sum(mul(vec({1.0, 2.0, 0.5}), pow(x, 4.0))) / 4.0, sum(mul(mul(x0, x1), x2))),
+             sum(square(mul(x0, x2))));
 }
 struct Stats {  // running mean and the standard error of the mean vector's norm
   std::vector<double> sum, sum_sq;

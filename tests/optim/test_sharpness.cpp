@@ -125,7 +125,8 @@ TEST_CASE("power iteration finds the dense Hessian's largest eigenvalue") {
     Tensor y = sub(p[0], mul(w, mul_scalar(dot(w, p[0]), 2.0)));
     return sum(mul(vec({0.5, 3.5, -1.0, 2.0}), square(y))) / 2.0;
   };
-  EigenEstimate k = top_eigenvalue(hvp_fn(known, {vec({0, 0, 0, 0})}), {vec({0, 0, 0, 0})}, {.max_iter = 2000, .tol = 1e-12});
+  EigenEstimate k =
+      top_eigenvalue(hvp_fn(known, {vec({0, 0, 0, 0})}), {vec({0, 0, 0, 0})}, {.max_iter = 2000, .tol = 1e-12});
   CHECK(k.value == doctest::Approx(3.5).epsilon(1e-6));
 }
 
@@ -141,14 +142,16 @@ TEST_CASE("∇tr̄: exact third-order sum and the Rademacher estimate vs finite 
     std::vector<double> up = flat.to_vector(), dn = up;
     up[size_t(k)] += h;
     dn[size_t(k)] -= h;
-    fd[size_t(k)] = (dense_trace(f, unflatten(vec(up), x)) - dense_trace(f, unflatten(vec(dn), x))) / (2 * h) / double(d);
+    fd[size_t(k)] =
+        (dense_trace(f, unflatten(vec(up), x)) - dense_trace(f, unflatten(vec(dn), x))) / (2 * h) / double(d);
   }
   std::vector<double> exact = flatten(trace_gradient_exact(third_fn(f, x), x)).to_vector();
   for (int64_t k = 0; k < d; ++k) CHECK(exact[size_t(k)] == doctest::Approx(fd[size_t(k)]).epsilon(1e-5).scale(1e-6));
   TraceGradientEstimate est = trace_gradient(third_fn(f, x), x, 400, 6);
   std::vector<double> m = flatten(est.mean).to_vector();
   double dist = 0, fn = 0;
-  for (int64_t k = 0; k < d; ++k) dist += (m[size_t(k)] - fd[size_t(k)]) * (m[size_t(k)] - fd[size_t(k)]), fn += fd[size_t(k)] * fd[size_t(k)];
+  for (int64_t k = 0; k < d; ++k)
+    dist += (m[size_t(k)] - fd[size_t(k)]) * (m[size_t(k)] - fd[size_t(k)]), fn += fd[size_t(k)] * fd[size_t(k)];
   INFO("‖estimate − fd‖ " << std::sqrt(dist) << " stderr " << est.stderr_norm << " ‖fd‖ " << std::sqrt(fn));
   CHECK(est.stderr_norm > 0);
   CHECK(std::sqrt(dist) < 4 * est.stderr_norm);

@@ -107,13 +107,18 @@ TEST_SUITE("spectrum") {
   TEST_CASE("bad requests are refused before any product") {
     Net n;
     int calls = 0;
-    HvpFn counted = [&](const Params& v) { ++calls; return hvp(n.f(), n.x, v); };
+    HvpFn counted = [&](const Params& v) {
+      ++calls;
+      return hvp(n.f(), n.x, v);
+    };
     CHECK_THROWS_WITH_AS(top_eigenpairs(counted, n.x, {.k = 0}), doctest::Contains("k must be >= 1"), Error);
     CHECK_THROWS_WITH_AS(top_eigenpairs(counted, n.x, {.k = -2}), doctest::Contains("k must be >= 1"), Error);
-    CHECK_THROWS_WITH_AS(top_eigenpairs(counted, n.x, {.k = 6, .iterations = 5}), doctest::Contains("at least k Lanczos iterations"), Error);
+    CHECK_THROWS_WITH_AS(top_eigenpairs(counted, n.x, {.k = 6, .iterations = 5}),
+                         doctest::Contains("at least k Lanczos iterations"), Error);
     CHECK_THROWS_WITH_AS(top_eigenpairs(counted, n.x, {.k = 22}), doctest::Contains("exceeds the dimension 21"), Error);
     CHECK_THROWS_WITH_AS(spectral_density(counted, n.x, {.bins = 1}), doctest::Contains("bins"), Error);
-    CHECK_THROWS_WITH_AS(spectral_density(counted, n.x, {.sigma_squared = 0}), doctest::Contains("sigma_squared"), Error);
+    CHECK_THROWS_WITH_AS(spectral_density(counted, n.x, {.sigma_squared = 0}), doctest::Contains("sigma_squared"),
+                         Error);
     CHECK_THROWS_WITH_AS(lanczos(counted, zeros_like(n.x), {.iterations = 3}), doctest::Contains("zero"), Error);
     CHECK(calls == 0);
   }
@@ -152,7 +157,8 @@ TEST_SUITE("spectrum") {
     Eigen::MatrixXd H = dense(n.f(), n.x);
     const Eigen::Index d = H.rows();
     const int runs = 60;
-    SpectralDensity s = spectral_density(hvp_fn(n.f(), n.x), n.x, {.iterations = 8, .runs = runs, .bins = 4000, .seed = 2});
+    SpectralDensity s =
+        spectral_density(hvp_fn(n.f(), n.x), n.x, {.iterations = 8, .runs = runs, .bins = 4000, .seed = 2});
     REQUIRE(s.grid.size() == 4000);
     const double step = s.grid[1] - s.grid[0];
     double mass = 0, mean = 0;
@@ -177,7 +183,8 @@ TEST_SUITE("spectrum") {
     // is the quadrature weight there, and over many runs ≈ multiplicity / d.
     Generator g(9);
     std::vector<double> r = g.normal({5, 5}, f64).to_vector();
-    Eigen::MatrixXd Q = Eigen::HouseholderQR<Eigen::MatrixXd>(Eigen::Map<Eigen::MatrixXd>(r.data(), 5, 5)).householderQ();
+    Eigen::MatrixXd Q =
+        Eigen::HouseholderQR<Eigen::MatrixXd>(Eigen::Map<Eigen::MatrixXd>(r.data(), 5, 5)).householderQ();
     Eigen::VectorXd lam(5);
     lam << -1, 0.5, 2, 2, 5;
     Eigen::MatrixXd M = Q * lam.asDiagonal() * Q.transpose();
@@ -209,10 +216,14 @@ TEST_SUITE("spectrum") {
     CHECK(groups[0].members == std::vector<size_t>{0, 1});
     CHECK(groups[1].name == "out");
     // hidden: coordinates 0..14, out: 15..20 of the flattened parameters.
-    struct Block { size_t g; Eigen::Index at, size; };
+    struct Block {
+      size_t g;
+      Eigen::Index at, size;
+    };
     for (Block b : {Block{0, 0, 15}, Block{1, 15, 6}}) {
       Eigen::MatrixXd B = H.block(b.at, b.at, b.size, b.size);
-      GroupSpectrum s = group_spectrum(hvp_fn(n.f(), n.x), n.x, groups[b.g], {.max_samples = 400, .tol = 0, .seed = 1}, 40, 3);
+      GroupSpectrum s =
+          group_spectrum(hvp_fn(n.f(), n.x), n.x, groups[b.g], {.max_samples = 400, .tol = 0, .seed = 1}, 40, 3);
       CHECK(s.dim == b.size);
       Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(B);
       CHECK(s.top_eigenvalue == doctest::Approx(es.eigenvalues()(b.size - 1)).epsilon(1e-9));

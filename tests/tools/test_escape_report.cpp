@@ -10,7 +10,12 @@ using namespace flatmin::tools::escape;
 
 namespace {
 Point at(int64_t step, double loss, double trace, double test_acc = 0.4) {
-  return {.step = step, .train_loss = loss, .train_accuracy = 1.0, .test_loss = 2.0, .test_accuracy = test_acc, .trace = trace};
+  return {.step = step,
+          .train_loss = loss,
+          .train_accuracy = 1.0,
+          .test_loss = 2.0,
+          .test_accuracy = test_acc,
+          .trace = trace};
 }
 }  // namespace
 
@@ -53,7 +58,9 @@ TEST_CASE("escape report: summary of two seeds, matched loss and the claims draw
   e.start = at(0, 0.04, 4.0, 0.40);
   e.batch_size = 128;
   e.reference = "sgd+";
-  e.arms = {{.label = "sgd", .kind = "sgd"}, {.label = "sgd+", .kind = "sgd"}, {.label = "rs", .kind = "rs", .rho = 2},
+  e.arms = {{.label = "sgd", .kind = "sgd"},
+            {.label = "sgd+", .kind = "sgd"},
+            {.label = "rs", .kind = "rs", .rho = 2},
             {.label = "sa128", .kind = "sa", .b = 128, .rho = 0.1}};
   for (uint64_t s = 0; s < 2; ++s) {
     const double d = 0.01 * s;  // the second seed is a little different
@@ -104,13 +111,14 @@ TEST_CASE("escape report: tr̄ is compared only between minima (the start's crit
   e.batch_size = 64;
   e.reference = "sgd+";
   e.minimum_loss = 0.01;
-  e.arms = {{.label = "sgd", .kind = "sgd"}, {.label = "rs", .kind = "rs", .rho = 2},
+  e.arms = {{.label = "sgd", .kind = "sgd"},
+            {.label = "rs", .kind = "rs", .rho = 2},
             {.label = "sa64", .kind = "sa", .b = 64, .rho = 0.1}};
   for (uint64_t s = 0; s < 2; ++s) {
     const double d = 0.01 * s;
     e.runs.push_back({"sgd", s, {e.start, at(100, 0.005, 4.0 + d, 0.50)}});
     e.runs.push_back({"rs", s, {e.start, at(100, 0.009, 3.0 + d, 0.50)}});  // still a minimum: comparable
-    Point off = at(100, 0.7, 1.0 + d, 0.30);                                 // loss 0.7 > 0.01: left the minima set
+    Point off = at(100, 0.7, 1.0 + d, 0.30);                                // loss 0.7 > 0.01: left the minima set
     e.runs.push_back({"sa64", s, {e.start, off}});
   }
   nlohmann::json sum = summarize(e);

@@ -11,8 +11,8 @@
 #include "tools/plot.hpp"
 
 namespace fs = std::filesystem;
-using flatmin::tools::PlotOptions;
 using flatmin::tools::plot_metrics;
+using flatmin::tools::PlotOptions;
 
 namespace {
 
@@ -39,7 +39,9 @@ void check_png(const std::string& path, uint32_t width, uint32_t height) {
   const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
   CHECK(std::equal(sig, sig + 8, b));
   CHECK(std::string(reinterpret_cast<char*>(b) + 12, 4) == "IHDR");
-  auto be32 = [&](int i) { return uint32_t(b[i]) << 24 | uint32_t(b[i + 1]) << 16 | uint32_t(b[i + 2]) << 8 | b[i + 3]; };
+  auto be32 = [&](int i) {
+    return uint32_t(b[i]) << 24 | uint32_t(b[i + 1]) << 16 | uint32_t(b[i + 2]) << 8 | b[i + 3];
+  };
   CHECK(be32(16) == width);
   CHECK(be32(20) == height);
   CHECK(fs::file_size(path) > 10000);  // axes, text and lines, not an empty canvas
@@ -61,12 +63,15 @@ std::string error_of(const PlotOptions& o) {
   return "(no error)";
 }
 
-const char* kEscapeLike =
-    R"({"phase":"sgd","step":0,"train_loss":0.9,"test_accuracy":0.5,"batch_loss":null})" "\n"
-    R"({"phase":"sgd","step":10,"train_loss":0.4,"test_accuracy":0.7,"batch_loss":0.5})" "\n"
-    "\n"
-    R"({"phase":"sa","step":0,"train_loss":0.9,"test_accuracy":0.5,"batch_loss":0.8})" "\n"
-    R"({"phase":"sa","step":10,"train_loss":0.2,"test_accuracy":0.8,"batch_loss":0.3})" "\n";
+const char* kEscapeLike = R"({"phase":"sgd","step":0,"train_loss":0.9,"test_accuracy":0.5,"batch_loss":null})"
+                          "\n"
+                          R"({"phase":"sgd","step":10,"train_loss":0.4,"test_accuracy":0.7,"batch_loss":0.5})"
+                          "\n"
+                          "\n"
+                          R"({"phase":"sa","step":0,"train_loss":0.9,"test_accuracy":0.5,"batch_loss":0.8})"
+                          "\n"
+                          R"({"phase":"sa","step":10,"train_loss":0.2,"test_accuracy":0.8,"batch_loss":0.3})"
+                          "\n";
 
 }  // namespace
 
@@ -91,10 +96,12 @@ TEST_CASE("plot: one PNG per key, one line per group; Example 1 over its contour
   for (auto& e : fs::directory_iterator(s.dir / "plots")) entries += e.path().extension() == ".png" ? 1 : 100;
   CHECK(entries == 2);  // no temporary files left behind
 
-  const std::string ex = s.write("sa.jsonl",
-                                 R"({"step":0,"phase":"sa","x1":4.0,"x2":0.25,"loss":0})" "\n"
-                                 R"({"step":100,"phase":"sa","x1":2.0,"x2":0.6,"loss":0.04})" "\n"
-                                 R"({"step":200,"phase":"refine","x1":1.2,"x2":0.83,"loss":0})" "\n");
+  const std::string ex = s.write("sa.jsonl", R"({"step":0,"phase":"sa","x1":4.0,"x2":0.25,"loss":0})"
+                                             "\n"
+                                             R"({"step":100,"phase":"sa","x1":2.0,"x2":0.6,"loss":0.04})"
+                                             "\n"
+                                             R"({"step":200,"phase":"refine","x1":1.2,"x2":0.83,"loss":0})"
+                                             "\n");
   PlotOptions e1 = options({ex}, (s.dir / "plots").string());
   e1.example1 = true;
   auto traj = plot_metrics(e1);
@@ -129,14 +136,16 @@ TEST_CASE("plot: bad input is refused with the file, line and key named") {
   const std::string nox = s.write("nox.jsonl", "{\"step\":0,\"loss\":1}\n{\"loss\":0.5}\n");
   CHECK(with({nox}, none).find("nox.jsonl:2: has 'loss' but no numeric 'step'") != std::string::npos);
 
-  CHECK(with({good}, [](PlotOptions& o) { o.y = {"trace_normalized"}; }).find("no numeric values for 'trace_normalized'") !=
-        std::string::npos);
+  CHECK(with({good}, [](PlotOptions& o) {
+          o.y = {"trace_normalized"};
+        }).find("no numeric values for 'trace_normalized'") != std::string::npos);
   CHECK(with({s.write("empty.jsonl", "\n")}, none).find("holds no metrics lines") != std::string::npos);
   CHECK(with({good}, [](PlotOptions& o) { o.example1 = true; }).find("needs lines with numeric 'x1' and 'x2'") !=
         std::string::npos);
 
   const std::string neg = s.write("neg.jsonl", "{\"step\":0,\"loss\":0}\n{\"step\":1,\"loss\":-1}\n");
-  CHECK(with({neg}, [](PlotOptions& o) { o.log_y = {"loss"}; }).find("--log-y 'loss': no values > 0") != std::string::npos);
+  CHECK(with({neg}, [](PlotOptions& o) { o.log_y = {"loss"}; }).find("--log-y 'loss': no values > 0") !=
+        std::string::npos);
   CHECK(with({good}, [](PlotOptions& o) {
           o.y = {"train_loss"};
           o.log_y = {"loss"};
@@ -158,11 +167,14 @@ TEST_CASE("plot: bands of ± standard error, and a prefix on the file names") {
     return;
   }
   Scratch s;
-  const std::string curves = s.write("curves.jsonl",
-                                     R"({"arm":"sgd","step":0,"trace":2.0,"trace_se":0.1})" "\n"
-                                     R"({"arm":"sgd","step":10,"trace":1.8,"trace_se":null})" "\n"
-                                     R"({"arm":"sa","step":0,"trace":2.0,"trace_se":0.2})" "\n"
-                                     R"({"arm":"sa","step":10,"trace":1.1,"trace_se":0.3})" "\n");
+  const std::string curves = s.write("curves.jsonl", R"({"arm":"sgd","step":0,"trace":2.0,"trace_se":0.1})"
+                                                     "\n"
+                                                     R"({"arm":"sgd","step":10,"trace":1.8,"trace_se":null})"
+                                                     "\n"
+                                                     R"({"arm":"sa","step":0,"trace":2.0,"trace_se":0.2})"
+                                                     "\n"
+                                                     R"({"arm":"sa","step":10,"trace":1.1,"trace_se":0.3})"
+                                                     "\n");
   PlotOptions o = options({curves}, (s.dir / "plots").string());
   o.y = {"trace"};
   o.group = "arm";
@@ -176,10 +188,12 @@ TEST_CASE("plot: bands of ± standard error, and a prefix on the file names") {
 
 TEST_CASE("plot: error bars and a log x axis; bad error-bar and log-x input refused") {
   Scratch s;
-  const std::string pts = s.write("pts.jsonl",
-                                  R"({"series":"a","inv_eps":10,"q":100,"lo":80,"hi":130})" "\n"
-                                  R"({"series":"a","inv_eps":100,"q":1000,"lo":900,"hi":1500})" "\n"
-                                  R"({"series":"b","inv_eps":10,"q":50,"lo":40,"hi":60})" "\n");
+  const std::string pts = s.write("pts.jsonl", R"({"series":"a","inv_eps":10,"q":100,"lo":80,"hi":130})"
+                                               "\n"
+                                               R"({"series":"a","inv_eps":100,"q":1000,"lo":900,"hi":1500})"
+                                               "\n"
+                                               R"({"series":"b","inv_eps":10,"q":50,"lo":40,"hi":60})"
+                                               "\n");
   auto base = [&] {
     PlotOptions o = options({pts}, (s.dir / "plots").string());
     o.x = "inv_eps";
@@ -197,7 +211,8 @@ TEST_CASE("plot: error bars and a log x axis; bad error-bar and log-x input refu
   PlotOptions missing = base();
   missing.y_high = "upper";
   CHECK(error_of(missing).find("pts.jsonl:1: has 'q' but no numeric 'lo' and 'upper'") != std::string::npos);
-  const std::string zero = s.write("zero.jsonl", R"({"series":"a","inv_eps":0,"q":1,"lo":1,"hi":1})" "\n");
+  const std::string zero = s.write("zero.jsonl", R"({"series":"a","inv_eps":0,"q":1,"lo":1,"hi":1})"
+                                                 "\n");
   PlotOptions zx = base();
   zx.inputs = {zero};
   CHECK(error_of(zx).find("log_x: 'inv_eps' has the value 0") != std::string::npos);

@@ -6,8 +6,8 @@
 #include <unistd.h>
 
 #include <cmath>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -16,9 +16,9 @@
 #include "nn/layers.hpp"
 #include "nn/resnet.hpp"
 #include "nn/safetensors.hpp"
-#include "train/training.hpp"
 #include "tools/model_flags.hpp"
 #include "tools/train_setup.hpp"
+#include "train/training.hpp"
 
 using namespace flatmin;
 using namespace flatmin::optim;
@@ -45,8 +45,8 @@ struct BnRun {
   explicit BnRun(uint64_t seed = 1) {
     Generator g(seed);
     ds = {g.normal({16, 3, 8, 8}), from_ints({0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1}, {16}), 2, "noise"};
-    net = std::make_unique<nn::ResNet>(nn::resnet18({.in_channels = 3, .classes = 2, .stem = nn::Stem::cifar, .width = 1,
-                                                     .norm = nn::Norm::batch}));
+    net = std::make_unique<nn::ResNet>(
+        nn::resnet18({.in_channels = 3, .classes = 2, .stem = nn::Stem::cifar, .width = 1, .norm = nn::Norm::batch}));
     loader = std::make_unique<data::Loader>(ds, data::LoaderOptions{.batch_size = 4, .shuffle = true, .seed = 2});
     OptimizerConfig c;
     c.sgd = {.lr = 0.01, .momentum = 0.9};
@@ -59,7 +59,8 @@ TEST_CASE("sizes: element counts, bytes and fans are checked; an overflow names 
   CHECK(numel({3, 4, 5}) == 60);
   CHECK(numel({int64_t(1) << 62, int64_t(1) << 62, 0}) == 0);  // empty, not an overflow
   CHECK_THROWS_WITH_AS(numel({int64_t(1) << 62, 4}), doctest::Contains("[4611686018427387904, 4]"), Error);
-  CHECK_THROWS_WITH_AS(numel({int64_t(1) << 31, int64_t(1) << 31, int64_t(1) << 31}), doctest::Contains("overflows"), Error);
+  CHECK_THROWS_WITH_AS(numel({int64_t(1) << 31, int64_t(1) << 31, int64_t(1) << 31}), doctest::Contains("overflows"),
+                       Error);
   CHECK_THROWS_WITH_AS(numel({2, -3}), doctest::Contains("negative extent -3"), Error);
   // 2^61 float64 elements fit in int64 as a count but not as bytes.
   CHECK_THROWS_WITH_AS(empty({int64_t(1) << 61}, {DType::f64}), doctest::Contains("overflows int64 bytes"), Error);
@@ -85,7 +86,8 @@ TEST_CASE("sizes: parameter counts from the options equal the built models'; the
   Generator g(0);
   CHECK(tools::mlp_parameter_count({784, 32, 16, 10}) == nn::MLP({784, 32, 16, 10}, nn::Act::relu, g).num_parameters());
   CHECK_NOTHROW(tools::check_parameter_count(tools::kMaxParameters, "mlp"));
-  CHECK_THROWS_WITH_AS(tools::check_parameter_count(tools::kMaxParameters + 1, "mlp"), doctest::Contains("exceed the limit"), Error);
+  CHECK_THROWS_WITH_AS(tools::check_parameter_count(tools::kMaxParameters + 1, "mlp"),
+                       doctest::Contains("exceed the limit"), Error);
   CHECK_THROWS_AS(tools::mlp_parameter_count({int64_t(1) << 62, int64_t(1) << 62}), Error);
   // build_model refuses before allocating: 784·2^20 + 2^40 parameters
   data::Dataset like{zeros({1, 784}), from_ints({0}, {1}), 10, "like"};
@@ -104,8 +106,8 @@ TEST_CASE("NaN guard: a non-finite buffer stops the run; no checkpoint holds it;
   // variance does not.
   for (auto& [name, t] : a.net->named_buffers())
     if (name == "layer2.0.bn1.running_var") t.fill_(INFINITY);
-  TrainOutcome out = train_loop(*a.net, *a.loader, *a.opt, 2, {.total_steps = 6, .checkpoint_every = 1, .checkpoint = ck,
-                                                                .known_checkpoint = 2});
+  TrainOutcome out = train_loop(*a.net, *a.loader, *a.opt, 2,
+                                {.total_steps = 6, .checkpoint_every = 1, .checkpoint = ck, .known_checkpoint = 2});
   CHECK_FALSE(out.finished);
   CHECK(out.stopped_non_finite);
   CHECK(out.message.find("model.layer2.0.bn1.running_var") != std::string::npos);
@@ -126,7 +128,8 @@ TEST_CASE("NaN guard: a non-finite buffer stops the run; no checkpoint holds it;
     if (name == "model.fc.bias") t = full(t.shape(), INFINITY);
   st.metadata.erase("crc32");
   nn::save_safetensors(ck, st.tensors, st.metadata);
-  CHECK_THROWS_WITH_AS(load_checkpoint(ck, *c.net, *c.opt), doctest::Contains("model.fc.bias' holds a non-finite value"), Error);
+  CHECK_THROWS_WITH_AS(load_checkpoint(ck, *c.net, *c.opt),
+                       doctest::Contains("model.fc.bias' holds a non-finite value"), Error);
   std::remove(ck.c_str());
 }
 
@@ -158,7 +161,8 @@ TEST_CASE("checkpoints: damaged data or metadata is refused naming what is wrong
     REQUIRE(at != std::string::npos);
     bad[at + 9] = '9';
     write_text(ck, bad);
-    CHECK_THROWS_WITH_AS(load_checkpoint(ck, *b.net, *b.opt), doctest::Contains("the checksum of the state metadata"), Error);
+    CHECK_THROWS_WITH_AS(load_checkpoint(ck, *b.net, *b.opt), doctest::Contains("the checksum of the state metadata"),
+                         Error);
   }
   SUBCASE("old checkpoints (no checksums): load with a warning, fields still range-checked") {
     nn::SafeTensors st = nn::load_safetensors(ck);
@@ -171,8 +175,10 @@ TEST_CASE("checkpoints: damaged data or metadata is refused naming what is wrong
       const std::string f = field;
       const std::string key = f.substr(1, f.find('"', 1) - 1);
       const int64_t v = std::stoll(f.substr(f.find(':') + 1));
-      if (key == "step") meta["step"] = v;
-      else meta["loader"][key] = v;
+      if (key == "step")
+        meta["step"] = v;
+      else
+        meta["loader"][key] = v;
       nn::SafeTensors damaged = st;
       damaged.metadata["state"] = meta.dump();
       nn::save_safetensors(ck, damaged.tensors, damaged.metadata);
@@ -202,7 +208,8 @@ TEST_CASE("output paths: a missing folder, a folder as the file, a read-only fil
   CHECK_THROWS_WITH_AS(nn::check_output_path("--save-model", dir.string()), doctest::Contains("is a folder"), Error);
   if (::geteuid() != 0) {  // root writes anywhere
     fs::permissions(dir, fs::perms::owner_read | fs::perms::owner_exec);
-    CHECK_THROWS_WITH_AS(nn::check_output_path("--metrics", (dir / "m.jsonl").string()), doctest::Contains("cannot create"), Error);
+    CHECK_THROWS_WITH_AS(nn::check_output_path("--metrics", (dir / "m.jsonl").string()),
+                         doctest::Contains("cannot create"), Error);
     fs::permissions(dir, fs::perms::owner_all);
   }
   fs::remove_all(dir);
@@ -223,8 +230,9 @@ TEST_CASE("metrics log: rewinding to a checkpoint's step drops later rows and a 
     CHECK(log.rewind_to("b", 20));
     log.write({{"phase", "b"}, {"step", 30}});
   }
-  CHECK(read_text(p) == "{\"phase\":\"a\",\"step\":5}\n{\"phase\":\"b\",\"step\":10}\n{\"phase\":\"b\",\"step\":20}\n"
-                        "{\"phase\":\"b\",\"step\":30}\n");
+  CHECK(read_text(p) ==
+        "{\"phase\":\"a\",\"step\":5}\n{\"phase\":\"b\",\"step\":10}\n{\"phase\":\"b\",\"step\":20}\n"
+        "{\"phase\":\"b\",\"step\":30}\n");
   {
     tools::MetricsLog log(p, {.resume = true});
     CHECK_FALSE(log.rewind_to("b", 15));  // a checkpoint between two evaluations
@@ -241,7 +249,8 @@ TEST_CASE("summaries: what was not measured is null, never 0") {
   tools::PhaseResult r;
   r.outcome.steps = 40;
   nlohmann::json j = tools::measured_json(r, true);
-  for (const char* k : {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "trace_normalized"}) CHECK(j[k].is_null());
+  for (const char* k : {"train_loss", "train_accuracy", "test_loss", "test_accuracy", "trace_normalized"})
+    CHECK(j[k].is_null());
   r.train = {.loss = 0.5, .accuracy = 0.75, .examples = 8};
   r.evaluated_step = 30;  // an evaluation, then a stop at step 40
   CHECK(tools::measured_json(r, false)["train_accuracy"].is_null());

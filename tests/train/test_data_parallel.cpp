@@ -15,7 +15,9 @@ namespace dist = flatmin::distributed;
 
 namespace {
 // Values spread over 2^-14..2^14 so that the order of float additions shows.
-float leaf_value(int64_t k) { return float(std::ldexp(1.0 + 0.1 * double(k % 7), int(k * 11 % 29) - 14) * (k % 3 ? 1 : -1)); }
+float leaf_value(int64_t k) {
+  return float(std::ldexp(1.0 + 0.1 * double(k % 7), int(k * 11 % 29) - 14) * (k % 3 ? 1 : -1));
+}
 float reference_tree(int64_t lo, int64_t hi) {
   if (hi - lo == 1) return leaf_value(lo);
   const int64_t mid = lo + (hi - lo) / 2;
@@ -63,7 +65,8 @@ TEST_SUITE("distributed") {
     REQUIRE(w.size() == 1);
     bool some_order_shows = false;
     for (int64_t n = 1; n <= 13; ++n) {
-      Tensor got = dist::fixed_order_sum(w, n, Device::cpu(), [](int64_t k) { return full({2}, double(leaf_value(k))); });
+      Tensor got =
+          dist::fixed_order_sum(w, n, Device::cpu(), [](int64_t k) { return full({2}, double(leaf_value(k))); });
       CHECK(float(got.to_vector()[0]) == reference_tree(0, n));
       float left_to_right = 0;
       for (int64_t k = 0; k < n; ++k) left_to_right += leaf_value(k);
@@ -89,11 +92,13 @@ TEST_SUITE("distributed") {
     net.to(DType::f64);
     Tensor x = ds.images.to(DType::f64);
     optim::Evaluation plain = optim::classifier_closure(net, x, ds.labels)({.update_stats = false});
-    optim::Evaluation one = optim::data_parallel_closure(net, x, ds.labels, {.micro_shards = 1})({.update_stats = false});
+    optim::Evaluation one =
+        optim::data_parallel_closure(net, x, ds.labels, {.micro_shards = 1})({.update_stats = false});
     CHECK(one.loss == plain.loss);
     CHECK(flat(one.grad) == flat(plain.grad));
     for (int64_t shards : {2, 5, 24}) {
-      optim::Evaluation sh = optim::data_parallel_closure(net, x, ds.labels, {.micro_shards = shards})({.update_stats = false});
+      optim::Evaluation sh =
+          optim::data_parallel_closure(net, x, ds.labels, {.micro_shards = shards})({.update_stats = false});
       CHECK(sh.loss == doctest::Approx(plain.loss).epsilon(1e-13));
       std::vector<double> a = flat(sh.grad), b = flat(plain.grad);
       REQUIRE(a.size() == b.size());
@@ -102,7 +107,8 @@ TEST_SUITE("distributed") {
     // SA's mini-batch closure: 5 examples in 3 shards equal the plain ∇f_i of those examples.
     std::vector<int64_t> idx = {3, 17, 4, 9, 20};
     optim::Evaluation pb = optim::classifier_batch_closure(net, ds, DType::f64)(idx, {.update_stats = false});
-    optim::Evaluation sb = optim::data_parallel_batch_closure(net, ds, DType::f64, {.micro_shards = 3})(idx, {.update_stats = false});
+    optim::Evaluation sb =
+        optim::data_parallel_batch_closure(net, ds, DType::f64, {.micro_shards = 3})(idx, {.update_stats = false});
     CHECK(sb.loss == doctest::Approx(pb.loss).epsilon(1e-13));
     std::vector<double> ga = flat(sb.grad), gb = flat(pb.grad);
     REQUIRE(ga.size() == gb.size());

@@ -50,18 +50,21 @@ TEST_CASE("training: a resumed run equals an uninterrupted one bit for bit") {
     // uninterrupted: 13 steps (crosses an epoch boundary: 5 batches per epoch)
     auto netA = tiny_net(4);
     data::Loader la(ds, loader_options());
-    auto oa = make_optimizer(config(name), netA->parameters(), classifier_batch_closure(*netA, ds, DType::f32), ds.size());
+    auto oa =
+        make_optimizer(config(name), netA->parameters(), classifier_batch_closure(*netA, ds, DType::f32), ds.size());
     REQUIRE(train_loop(*netA, la, *oa, 0, {.total_steps = 13}).finished);
     // interrupted after 7 steps (checkpoint), resumed with fresh objects
     {
       auto netB = tiny_net(4);
       data::Loader lb(ds, loader_options());
-      auto ob = make_optimizer(config(name), netB->parameters(), classifier_batch_closure(*netB, ds, DType::f32), ds.size());
+      auto ob =
+          make_optimizer(config(name), netB->parameters(), classifier_batch_closure(*netB, ds, DType::f32), ds.size());
       REQUIRE(train_loop(*netB, lb, *ob, 0, {.total_steps = 7, .checkpoint = ck}).finished);
     }
     auto netC = tiny_net(99);  // different initial values: everything must come from the file
     data::Loader lc(ds, loader_options());
-    auto oc = make_optimizer(config(name), netC->parameters(), classifier_batch_closure(*netC, ds, DType::f32), ds.size());
+    auto oc =
+        make_optimizer(config(name), netC->parameters(), classifier_batch_closure(*netC, ds, DType::f32), ds.size());
     CheckpointInfo info = load_checkpoint(ck, *netC, *oc);
     CHECK(info.step == 7);
     lc.restore(info.loader);
@@ -85,12 +88,13 @@ TEST_CASE("training: a non-finite loss stops the run and keeps the last good che
   auto opt = make_optimizer(c, net.parameters());
   REQUIRE(train_loop(net, loader, *opt, 0, {.total_steps = 3, .checkpoint = ck}).finished);
   set_learning_rate(*opt, 1e30);  // the next steps overflow
-  TrainOutcome out =
-      train_loop(net, loader, *opt, 3, {.total_steps = 50, .checkpoint_every = 1, .checkpoint = ck, .known_checkpoint = 3});
+  TrainOutcome out = train_loop(net, loader, *opt, 3,
+                                {.total_steps = 50, .checkpoint_every = 1, .checkpoint = ck, .known_checkpoint = 3});
   CHECK_FALSE(out.finished);
   CHECK(out.stopped_non_finite);
   INFO(out.message);
-  CHECK(out.message.find("last good checkpoint (step " + std::to_string(out.last_checkpoint) + ")") != std::string::npos);
+  CHECK(out.message.find("last good checkpoint (step " + std::to_string(out.last_checkpoint) + ")") !=
+        std::string::npos);
   CHECK(out.last_checkpoint >= 3);
   Generator g2(6);
   nn::MLP back({2, 8, 2}, nn::Act::relu, g2);
@@ -178,7 +182,8 @@ TEST_CASE("training: SA with step sampling draws its b examples within each step
   auto opt = make_optimizer(perturbed("sa", 3, SaSampling::step_batch, 0.05), net->parameters(),
                             classifier_batch_closure(*net, ds, DType::f32), ds.size());
   auto& sa = dynamic_cast<SharpnessAwarePerturbation&>(*opt);
-  CHECK_THROWS_WITH_AS(sa.step(classifier_closure(*net, ds.images, ds.labels)), doctest::Contains("set_step_examples"), Error);
+  CHECK_THROWS_WITH_AS(sa.step(classifier_closure(*net, ds.images, ds.labels)), doctest::Contains("set_step_examples"),
+                       Error);
   for (int step = 0; step < 10; ++step) {
     data::Batch b = loader.next_batch();
     sa.set_step_examples(b.indices);
@@ -208,8 +213,8 @@ TEST_CASE("training: SA with b larger than the batch is refused before the first
   data::Loader loader(ds, loader_options());
   auto opt = make_optimizer(perturbed("sa", 9, SaSampling::step_batch, 0.05), net->parameters(),
                             classifier_batch_closure(*net, ds, DType::f32), ds.size());
-  CHECK_THROWS_WITH_AS(train_loop(*net, loader, *opt, 0, {.total_steps = 5}), doctest::Contains("exceeds the batch size 8"),
-                       Error);
+  CHECK_THROWS_WITH_AS(train_loop(*net, loader, *opt, 0, {.total_steps = 5}),
+                       doctest::Contains("exceeds the batch size 8"), Error);
   CHECK(values(*net) == before);
   CHECK(loader.state().position == 0);
 }
@@ -221,8 +226,10 @@ TEST_CASE("training: the mse loss on one-hot labels, its value and derivatives a
   Tensor labels = from_ints({1, 0, 1}, {3});
   // by hand: (1² + 1²) = 2, (1² + 0²) = 1, (0.5² + 2²) = 4.25; mean 7.25 / 3
   CHECK(classifier_loss(logits, labels, ClassifierLoss::mse).item() == doctest::Approx(7.25 / 3).epsilon(1e-14));
-  CHECK(classifier_loss(logits, labels, ClassifierLoss::mse, Reduction::sum).item() == doctest::Approx(7.25).epsilon(1e-14));
-  CHECK(classifier_loss(from_vector(std::vector<double>{0, 1, 1, 0}, {2, 2}, f64), from_ints({1, 0}, {2}), ClassifierLoss::mse)
+  CHECK(classifier_loss(logits, labels, ClassifierLoss::mse, Reduction::sum).item() ==
+        doctest::Approx(7.25).epsilon(1e-14));
+  CHECK(classifier_loss(from_vector(std::vector<double>{0, 1, 1, 0}, {2, 2}, f64), from_ints({1, 0}, {2}),
+                        ClassifierLoss::mse)
             .item() == 0.0);  // a true minimum at the labels
   CHECK(parse_classifier_loss("mse") == ClassifierLoss::mse);
   CHECK_THROWS_WITH_AS(parse_classifier_loss("hinge"), doctest::Contains("unknown loss 'hinge'"), Error);
