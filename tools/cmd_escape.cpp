@@ -77,10 +77,10 @@ struct Settings {
     const StartLrs d = loss == "mse" ? StartLrs{0.01, 0.02} : StartLrs{0.05, 0.05};
     return {memorize_lr.value_or(d.memorize), clean_lr.value_or(d.clean)};
   }
-  json start_lrs_json() const {
-    json m, c;
-    for (const char* l : {"ce", "mse"}) m[l] = start_lrs(l).memorize, c[l] = start_lrs(l).clean;
-    return {m, c};
+  json start_lrs_by_loss(double StartLrs::*which) const {  // {"ce": lr, "mse": lr} for summary.json
+    json j;
+    for (const char* l : {"ce", "mse"}) j[l] = start_lrs(l).*which;
+    return j;
   }
   json json_value() const {
     return {{"preset", preset},
@@ -92,10 +92,10 @@ struct Settings {
             {"memorize_steps", memorize_steps},
             {"memorize_eval_every", memorize_eval},
             {"memorize_acc", memorize_acc},
-            {"memorize_lr", start_lrs_json()[0]},
+            {"memorize_lr", start_lrs_by_loss(&StartLrs::memorize)},
             {"clean_steps", clean_steps},
             {"clean_eval_every", clean_eval},
-            {"clean_lr", start_lrs_json()[1]},
+            {"clean_lr", start_lrs_by_loss(&StartLrs::clean)},
             {"start_loss", start_loss},
             {"escape_steps", escape_steps},
             {"escape_eval_every", escape_eval},
@@ -335,7 +335,7 @@ nn::NamedTensors make_start(Context& c, nn::Module& net, const std::string& loss
   MetricsLog& log = c.log;
   const json config = {{"model", s.model.json()}, {"data", s.data.json()}, {"loss", loss}};
   auto is_global_minimum = [&](const PhaseResult& r) {
-    return r.train.accuracy >= 1.0 && r.train.loss <= s.start_loss;
+    return escape::at_global_minimum(r.train.accuracy, r.train.loss, s.start_loss);
   };
   int64_t clean_done = 0;
   if (s.load_start.empty()) {
@@ -390,7 +390,7 @@ nn::NamedTensors make_start(Context& c, nn::Module& net, const std::string& loss
              {"test_loss", start.test_loss},
              {"trace_normalized", start.trace},
              {"trace_normalized_stderr", start.trace_se}});
-  if (!(start.train_accuracy >= 1.0 && start.train_loss <= s.start_loss)) {
+  if (!escape::at_global_minimum(start.train_accuracy, start.train_loss, s.start_loss)) {
     char buf[400];
     std::snprintf(buf, sizeof buf,
                   "the start is not a global minimum of the training set (train accuracy %.4f, train loss %.4g; needed "

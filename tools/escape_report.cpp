@@ -66,7 +66,7 @@ std::string left_minima(const Experiment& e, const std::string& label) {
   for (uint64_t s : e.seeds())
     if (const Run* r = find_run(e, label, s); r && !r->points.empty()) {
       const Point& p = r->points.back();
-      if (p.train_accuracy >= 1.0 && p.train_loss <= e.minimum_loss) continue;
+      if (at_global_minimum(p.train_accuracy, p.train_loss, e.minimum_loss)) continue;
       char buf[160];
       std::snprintf(buf, sizeof buf, "not comparable: %s left the minima set (seed %llu: train acc %.4g, loss %.3g)",
                     label.c_str(), (unsigned long long)s, p.train_accuracy, p.train_loss);

@@ -45,6 +45,11 @@ MeanSe mean_se(const std::vector<double>& values);  // non-finite values are lef
 // evaluations whose losses bracket it (the first such pair in step order); NaN outside the
 // range of losses the reference went through: no extrapolation.
 double trace_at_loss(const std::vector<Point>& reference, double loss);
+// The one criterion of a global minimum of the training set, for the start and for the arms'
+// final points: 100% train accuracy and train loss <= minimum_loss (--start-loss).
+inline bool at_global_minimum(double train_accuracy, double train_loss, double minimum_loss) {
+  return train_accuracy >= 1.0 && train_loss <= minimum_loss;
+}
 
 // Everything a run of one loss produced; `reference` names the arm of tr̄ at matched loss.
 struct Experiment {
