@@ -10,7 +10,7 @@ namespace flatmin::bench {
 // Mean cross-entropy of logits (N, K) against int64 labels (N).
 Tensor classification_loss(const Tensor& logits, const Tensor& labels);
 
-// ResNet-18 workloads (4, 5, 7, 8 of the benchmark).
+// ResNet-18 workloads: width 64 (CIFAR shapes) and the shape of `flatmin escape`'s model.
 std::vector<Group> resnet_groups();
 
 }  // namespace flatmin::bench
