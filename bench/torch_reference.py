@@ -1,12 +1,27 @@
 #!/usr/bin/python3
-"""PyTorch side of the flatmin benchmark: the workloads of bench/bench.cpp with the same
-shapes, dtypes, metric keys and JSON layout. Run with Debian's python3-torch and OpenBLAS:
+"""PyTorch side of the flatmin benchmark: the workloads of bench/bench.cpp and bench/resnet.cpp
+with the same shapes, dtypes, metric keys and JSON layout, in one of PyTorch's CPU settings:
+
+  --mode eager                  float32, NCHW (works with Debian's torch 1.13)
+  --mode channels_last          float32, model and input in channels-last (NHWC) memory format
+  --mode compile                float32, torch.compile(model) (default inductor backend)
+  --mode compile_channels_last  both of the above
+  --mode bf16                   torch.autocast("cpu", dtype=torch.bfloat16) + channels_last
+
+A mode is a setup step applied to the ResNet-18 workloads' model and input (class Mode); the
+other groups (GEMM, small ops, MLP, tanh) run in eager mode only and are listed as skipped in
+the other modes. With torch.compile the first call (compilation + one run) is reported as its
+own metric KEY_compile_s and is not one of the timed repetitions. A measurement that fails in a
+mode (e.g. double backward through a compiled model) gives no number: its key is listed under
+"skipped" in the JSON with the error. Run by bench/compare.sh; by hand, e.g.
 
   LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-openmp /usr/bin/python3 bench/torch_reference.py --json
+  ~/.cache/flatmin/torch2/bin/python bench/torch_reference.py --mode compile --only resnet_eval_b32
 
 Each workload group runs in a forked child, so its peak RSS (VmHWM) is its own.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -24,26 +39,38 @@ clock = time.perf_counter
 
 
 def time_reps(reps, f):
-    f()  # warm-up
+    """One warm-up call, then `reps` timed calls: (seconds of the warm-up call, [seconds])."""
+    t0 = clock()
+    f()
+    first = clock() - t0
     out = []
     for _ in range(reps):
         t0 = clock()
         f()
         out.append(clock() - t0)
-    return out
+    return first, out
 
 
 def metric(key, unit, higher, samples):
     return {"key": key, "unit": unit, "higher_is_better": higher, "samples": samples}
 
 
+class Skipped(Exception):
+    """A measurement this mode cannot run; the group reports its other metrics."""
+
+
+def skip_reason(e):
+    lines = [s for s in str(e).strip().splitlines() if s.strip()]
+    return "%s: %s" % (type(e).__name__, lines[0] if lines else "")
+
+
 # ---- 1. GEMM ----
-def gemm(reps):
+def gemm(reps, skipped):
     torch.manual_seed(0)
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
     with torch.no_grad():
-        s = time_reps(reps, lambda: torch.mm(a, b))
+        s = time_reps(reps, lambda: torch.mm(a, b))[1]
     return [metric("gemm_2048_f32", "GFLOP/s", True, [2.0 * n ** 3 / 1e9 / t for t in s])]
 
 
@@ -66,7 +93,7 @@ def chain(x, a, b):
     return y
 
 
-def small_ops(reps):
+def small_ops(reps, skipped):
     torch.manual_seed(0)
     x = torch.randn(10, requires_grad=True)
     a, b = torch.rand(10) + 0.5, torch.randn(10)
@@ -81,12 +108,12 @@ def small_ops(reps):
             chain(x, a, b).sum().backward()
             x.grad = None
 
-    return [metric("chain_forward_f32", "us/op", False, [t * us_per_op for t in time_reps(reps, fwd)]),
-            metric("chain_fwd_bwd_f32", "us/op", False, [t * us_per_op for t in time_reps(reps, fwd_bwd)])]
+    return [metric("chain_forward_f32", "us/op", False, [t * us_per_op for t in time_reps(reps, fwd)[1]]),
+            metric("chain_fwd_bwd_f32", "us/op", False, [t * us_per_op for t in time_reps(reps, fwd_bwd)[1]])]
 
 
 # ---- 3. MLP 784-256-10, batch 64, one SGD step ----
-def mlp(reps):
+def mlp(reps, skipped):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
     x, y = torch.randn(64, 784), torch.randint(0, 10, (64,))
@@ -100,12 +127,12 @@ def mlp(reps):
                 p.grad = None
 
     steps = 20
-    s = time_reps(reps, lambda: [step() for _ in range(steps)])
+    s = time_reps(reps, lambda: [step() for _ in range(steps)])[1]
     return [metric("mlp_step_f32", "us/step", False, [t * 1e6 / steps for t in s])]
 
 
 # ---- 6. derivatives of f(x) = sum(tanh(A x)), A 50x50, float64 ----
-def tanh_orders(reps):
+def tanh_orders(reps, skipped):
     torch.manual_seed(0)
     A = torch.randn(50, 50, dtype=torch.float64) / math.sqrt(50)
     x0, u, v = (torch.randn(50, dtype=torch.float64) for _ in range(3))
@@ -147,16 +174,27 @@ def tanh_orders(reps):
 
 
 # ---- ResNet-18, torchvision's structure with the CIFAR stem (3x3 conv, no max-pool) ----
+def default_groups(c):  # nn::default_groups: the largest divisor of c up to 32
+    for g in range(min(32, c), 1, -1):
+        if c % g == 0:
+            return g
+    return 1
+
+
+def make_norm(norm, c):
+    return nn.BatchNorm2d(c) if norm == "batch" else nn.GroupNorm(default_groups(c), c)
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
+    def __init__(self, cin, cout, stride, norm):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
+        self.bn1 = make_norm(norm, cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.bn2 = make_norm(norm, cout)
         self.downsample = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), make_norm(norm, cout))
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -166,14 +204,14 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    def __init__(self, in_channels=3, classes=10, width=64):
+    def __init__(self, in_channels=3, classes=10, width=64, norm="batch"):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = make_norm(norm, width)
         layers, cin = [], width
         for i, w in enumerate([width, 2 * width, 4 * width, 8 * width]):
             stride = 1 if i == 0 else 2
-            layers.append(nn.Sequential(BasicBlock(cin, w, stride), BasicBlock(w, w, 1)))
+            layers.append(nn.Sequential(BasicBlock(cin, w, stride, norm), BasicBlock(w, w, 1, norm)))
             cin = w
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.fc = nn.Linear(8 * width, classes)
@@ -187,88 +225,186 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def resnet_setup(batch, channels=3, size=32):
+class Mode:
+    """One of PyTorch's CPU settings, applied to a ResNet workload's model and input."""
+    NAMES = ("eager", "channels_last", "compile", "compile_channels_last", "bf16")
+
+    def __init__(self, name):
+        self.name = name
+        self.channels_last = name in ("channels_last", "compile_channels_last", "bf16")
+        self.compiles = name in ("compile", "compile_channels_last")
+        self.bf16 = name == "bf16"
+
+    def missing(self):
+        """Why this torch cannot run the mode ('' when it can)."""
+        if self.compiles and not hasattr(torch, "compile"):
+            return "torch %s has no torch.compile (PyTorch 2.0 and later)" % torch.__version__
+        if self.bf16 and not hasattr(torch, "autocast"):
+            return "torch %s has no torch.autocast" % torch.__version__
+        return ""
+
+    def model(self, net):
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        return torch.compile(net) if self.compiles else net
+
+    def input(self, x):
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self):
+        # bf16: the forward (and the loss) under autocast; the backward follows its dtypes
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+
+MODE = Mode("eager")
+
+
+def resnet_setup(batch, channels=3, size=32, width=64, norm="batch", train=True):
     torch.manual_seed(0)
-    net = ResNet18(channels).train()
+    net = ResNet18(channels, width=width, norm=norm).train(train)
     x, y = torch.randn(batch, channels, size, size), torch.randint(0, 10, (batch,))
-    return net, list(net.parameters()), x, y
+    net = MODE.model(net)
+    return net, list(net.parameters()), MODE.input(x), y
+
+
+def loss_of(net, x, y):
+    with MODE.autocast():
+        return F.cross_entropy(net(x), y)
 
 
 def sgd_step(net, params, x, y):
-    F.cross_entropy(net(x), y).backward()
+    loss_of(net, x, y).backward()
     with torch.no_grad():
         for p in params:
             p.add_(p.grad, alpha=-0.01)
             p.grad = None
 
 
+def rademacher(params):
+    return [torch.randint(0, 2, p.shape).float() * 2 - 1 for p in params]
+
+
+def hvp_once(net, params, x, y, v):
+    """One HVP, reverse over reverse."""
+    g = torch.autograd.grad(loss_of(net, x, y), params, create_graph=True)
+    return torch.autograd.grad(sum((gi * vi).sum() for gi, vi in zip(g, v)), params)
+
+
+def timed_metrics(reps, key, unit, higher, f, convert):
+    """Metric `key` from `reps` timed calls of f (seconds -> unit by convert), and with
+    torch.compile the first call (compilation + one run) as KEY_compile_s."""
+    first, s = time_reps(reps, f)
+    ms = [metric(key, unit, higher, [convert(t) for t in s])]
+    if MODE.compiles:
+        ms.append(metric(key + "_compile_s", "s", False, [first]))
+    return ms
+
+
+def unless_fails(skipped, keys, measure):
+    """measure()'s metrics; in a mode other than eager a failure gives none, and each key
+    is listed as skipped with the error (eager failing is a real error)."""
+    try:
+        return measure()
+    except Exception as e:
+        if MODE.name == "eager":
+            raise
+        for k in keys:
+            skipped[k] = "%s: %s" % (MODE.name, skip_reason(e))
+        return []
+
+
 def resnet_step(key, batch, channels=3, size=32):
-    def run(reps):
+    def run(reps, skipped):
         net, params, x, y = resnet_setup(batch, channels, size)
-        s = time_reps(reps, lambda: sgd_step(net, params, x, y))
-        return [metric(key, "img/s", True, [batch / t for t in s])]
+        return unless_fails(skipped, [key], lambda: timed_metrics(reps, key, "img/s", True,
+                                                          lambda: sgd_step(net, params, x, y), lambda t: batch / t))
     return run
 
 
-def resnet_eval_b128(reps):
-    net, _, x, _ = resnet_setup(128)
-    net.eval()
-    with torch.no_grad():
-        s = time_reps(reps, lambda: net(x))
-    return [metric("resnet18_eval_b128", "img/s", True, [128 / t for t in s])]
+def resnet_eval(key, batch):
+    def run(reps, skipped):
+        net, _, x, _ = resnet_setup(batch, train=False)
+
+        def forward():
+            with torch.no_grad(), MODE.autocast():
+                net(x)
+        return unless_fails(skipped, [key], lambda: timed_metrics(reps, key, "img/s", True, forward, lambda t: batch / t))
+    return run
 
 
-def resnet_second_order_b32(reps):
-    """One forward+backward, and as ratios to it: the gradient with create_graph, one HVP
-    (reverse over reverse), one Hutchinson sample v^T H v with Rademacher v."""
+def resnet_second_order_b32(reps, skipped):
+    """One forward+backward, the gradient with create_graph, one HVP and one Hutchinson
+    sample v^T H v with a fresh Rademacher v, back to back in each repetition: in seconds,
+    and as ratios to the forward+backward of the same repetition."""
     net, params, x, y = resnet_setup(32)
     grad = torch.autograd.grad
-    v = [torch.randint(0, 2, p.shape).float() * 2 - 1 for p in params]
-
-    def fwd_bwd():
-        grad(F.cross_entropy(net(x), y), params)
-
-    def grad_cg():
-        grad(F.cross_entropy(net(x), y), params, create_graph=True)
-
-    def hvp():
-        g = grad(F.cross_entropy(net(x), y), params, create_graph=True)
-        return grad(sum((gi * vi).sum() for gi, vi in zip(g, v)), params)
+    v = rademacher(params)
 
     def hutchinson():
-        w = [torch.randint(0, 2, p.shape).float() * 2 - 1 for p in params]
-        g = grad(F.cross_entropy(net(x), y), params, create_graph=True)
-        hw = grad(sum((gi * wi).sum() for gi, wi in zip(g, w)), params)
+        w = rademacher(params)
+        hw = hvp_once(net, params, x, y, w)
         return sum((hi * wi).sum() for hi, wi in zip(hw, w)).item()
 
-    for f in (fwd_bwd, grad_cg, hvp, hutchinson):
-        f()
-    base, rc, rh, rt = [], [], [], []
+    # name: (function, its key in seconds or None, its ratio key or None)
+    work = {"fwd_bwd": (lambda: grad(loss_of(net, x, y), params), "resnet18_fwd_bwd_b32", None),
+            "grad_cg": (lambda: grad(loss_of(net, x, y), params, create_graph=True), None,
+                        "resnet18_grad_create_graph_ratio_b32"),
+            "hvp": (lambda: hvp_once(net, params, x, y, v), "resnet18_hvp_b32", "resnet18_hvp_ratio_b32"),
+            "hutchinson": (hutchinson, "resnet18_hutchinson_b32", "resnet18_hutchinson_ratio_b32")}
+    first, ms = {}, []
+    for name, (f, key, ratio) in work.items():  # warm-up; a mode that cannot run one skips it
+        t0 = clock()
+        if unless_fails(skipped, [k for k in (key, ratio) if k], lambda: [f()]):
+            first[name] = clock() - t0
+    secs = {name: [] for name in first}
     for _ in range(reps):
-        t0 = clock(); fwd_bwd(); tb = clock() - t0
-        t0 = clock(); grad_cg(); tc = clock() - t0
-        t0 = clock(); hvp(); th = clock() - t0
-        t0 = clock(); hutchinson(); tt = clock() - t0
-        base.append(tb)
-        rc.append(tc / tb)
-        rh.append(th / tb)
-        rt.append(tt / tb)
-    return [metric("resnet18_fwd_bwd_b32", "s", False, base),
-            metric("resnet18_grad_create_graph_ratio_b32", "x fwd+bwd", False, rc),
-            metric("resnet18_hvp_ratio_b32", "x fwd+bwd", False, rh),
-            metric("resnet18_hutchinson_ratio_b32", "x fwd+bwd", False, rt)]
+        for name in first:
+            t0 = clock()
+            work[name][0]()
+            secs[name].append(clock() - t0)
+    for name, (f, key, ratio) in work.items():
+        if name not in first:
+            continue
+        if key:
+            ms.append(metric(key, "s", False, secs[name]))
+            if MODE.compiles:
+                ms.append(metric(key + "_compile_s", "s", False, [first[name]]))
+        if ratio and "fwd_bwd" not in first:
+            skipped.setdefault(ratio, "%s: needs resnet18_fwd_bwd_b32" % MODE.name)
+        elif ratio:
+            ms.append(metric(ratio, "x fwd+bwd", False, [t / b for t, b in zip(secs[name], secs["fwd_bwd"])]))
+    return ms
 
 
+def escape_shape(prefix, norm):
+    """`flatmin escape`'s default model and batch (tools/cmd_escape.cpp Settings): ResNet-18
+    width 8 on 1x28x28, batch 64: an SGD step and one HVP."""
+    def run(reps, skipped):
+        net, params, x, y = resnet_setup(64, 1, 28, width=8, norm=norm)
+        ms = unless_fails(skipped, [prefix + "_step_b64"],
+                          lambda: timed_metrics(reps, prefix + "_step_b64", "img/s", True, lambda: sgd_step(net, params, x, y),
+                                        lambda t: 64 / t))
+        v = rademacher(params)
+        return ms + unless_fails(skipped, [prefix + "_hvp_b64"],
+                                 lambda: timed_metrics(reps, prefix + "_hvp_b64", "s", False,
+                                               lambda: hvp_once(net, params, x, y, v), lambda t: t))
+    return run
+
+
+# name: (function(reps, skipped) -> metrics, whether the mode applies to it)
 GROUPS = {
-    "gemm": gemm,
-    "small_ops": small_ops,
-    "mlp": mlp,
-    "tanh_orders": tanh_orders,
-    "resnet_step_b32": resnet_step("resnet18_step_b32", 32),
-    "resnet_step_b128": resnet_step("resnet18_step_b128", 128),
-    "resnet_eval_b128": resnet_eval_b128,
-    "resnet_second_order_b32": resnet_second_order_b32,
-    "resnet_1x28_step_b128": resnet_step("resnet18_1x28_step_b128", 128, 1, 28),
+    "gemm": (gemm, False),
+    "small_ops": (small_ops, False),
+    "mlp": (mlp, False),
+    "tanh_orders": (tanh_orders, False),
+    "resnet_step_b32": (resnet_step("resnet18_step_b32", 32), True),
+    "resnet_step_b128": (resnet_step("resnet18_step_b128", 128), True),
+    "resnet_eval_b128": (resnet_eval("resnet18_eval_b128", 128), True),
+    "resnet_eval_b32": (resnet_eval("resnet18_eval_b32", 32), True),
+    "resnet_second_order_b32": (resnet_second_order_b32, True),
+    "resnet_1x28_step_b128": (resnet_step("resnet18_1x28_step_b128", 128, 1, 28), True),
+    "escape_shape": (escape_shape("escape_w8_gn", "group"), True),
+    "escape_shape_bn": (escape_shape("escape_w8_bn", "batch"), True),
 }
 
 
@@ -280,18 +416,20 @@ def status_mib(field):
     return 0.0
 
 
-def run_in_child(name, fn, threads, reps):
+def run_in_child(fn, threads, reps):
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(r)
+        skipped = {}
         try:
             torch.set_num_threads(threads)
             base = status_mib("VmRSS")
-            ms = fn(reps)
+            ms = fn(reps, skipped)
             out = {"metrics": ms, "base_rss_mib": base, "peak_rss_mib": status_mib("VmHWM"), "error": ""}
         except Exception as e:  # reported, the other groups still run
             out = {"metrics": [], "base_rss_mib": 0, "peak_rss_mib": 0, "error": repr(e)}
+        out["skipped"] = skipped
         with os.fdopen(w, "w") as f:
             json.dump(out, f)
         os._exit(0)
@@ -302,30 +440,60 @@ def run_in_child(name, fn, threads, reps):
     try:
         return json.loads(text)
     except ValueError:
-        return {"metrics": [], "base_rss_mib": 0, "peak_rss_mib": 0, "error": "child process died"}
+        return {"metrics": [], "base_rss_mib": 0, "peak_rss_mib": 0, "error": "child process died", "skipped": {}}
+
+
+def torch_config():
+    """The lines of torch's build configuration that say which CPU kernels it uses."""
+    out = []
+    for line in torch.__config__.show().splitlines():
+        line = line.strip(" -")
+        if line.startswith("Build settings:"):
+            out += [s.strip() for s in line.split(":", 1)[1].split(",")
+                    if s.strip().split("=")[0] in ("BLAS_INFO", "LAPACK_INFO", "USE_MKLDNN", "USE_OPENMP")]
+        elif any(k in line for k in ("Math Kernel Library", "MKL-DNN", "oneDNN", "OpenMP", "CPU capability")):
+            out.append(line)
+    if hasattr(torch.backends, "cpu") and hasattr(torch.backends.cpu, "get_cpu_capability"):
+        out.append("runtime CPU capability: " + torch.backends.cpu.get_cpu_capability())
+    if os.environ.get("LD_LIBRARY_PATH"):
+        out.append("LD_LIBRARY_PATH=" + os.environ["LD_LIBRARY_PATH"])
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--mode", default="eager", choices=Mode.NAMES)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--only", default="", help="comma-separated group names")
     ap.add_argument("--cpu-time", action="store_true", help="process CPU time instead of wall time")
     args = ap.parse_args()
+    if args.threads < 1 or args.reps < 1:
+        print("torch_reference.py: --threads and --reps need a positive integer", file=sys.stderr)
+        sys.exit(2)
+    global clock, MODE
     if args.cpu_time:
-        global clock
         clock = time.process_time
+    MODE = Mode(args.mode)
+    if MODE.missing():
+        print("torch_reference.py: --mode %s: %s" % (args.mode, MODE.missing()), file=sys.stderr)
+        sys.exit(2)
     only = [s for s in args.only.split(",") if s]
     unknown = [s for s in only if s not in GROUPS]
     if unknown:
-        sys.exit("torch_reference.py: unknown group(s) %s; groups: %s" % (unknown, ", ".join(GROUPS)))
-    groups, metrics = {}, {}
-    for name, fn in GROUPS.items():
+        print("torch_reference.py: unknown group(s) %s; groups: %s" % (unknown, ", ".join(GROUPS)), file=sys.stderr)
+        sys.exit(2)
+    groups, metrics, skipped = {}, {}, {}
+    for name, (fn, moded) in GROUPS.items():
         if only and name not in only:
             continue
-        res = run_in_child(name, fn, args.threads, args.reps)
+        if MODE.name != "eager" and not moded:
+            skipped[name] = "%s: a ResNet-18 setting; this group runs in eager mode only" % MODE.name
+            continue
+        res = run_in_child(fn, args.threads, args.reps)
         groups[name] = {"base_rss_mib": res["base_rss_mib"], "peak_rss_mib": res["peak_rss_mib"], "error": res["error"]}
+        skipped.update(res["skipped"])
         for m in res["metrics"]:
             s = m["samples"]
             metrics[m["key"]] = {"group": name, "unit": m["unit"], "higher_is_better": m["higher_is_better"],
@@ -336,11 +504,16 @@ def main():
         if not args.json:
             print("  %-36s %12.1f MiB (at start %.1f) %s" % ("peak RSS of " + name, res["peak_rss_mib"],
                                                               res["base_rss_mib"], res["error"]), flush=True)
-    if args.json:
-        print(json.dumps({"engine": "pytorch " + torch.__version__, "threads": args.threads, "reps": args.reps,
-                          "cpu_time": args.cpu_time,
-                          "groups": groups, "metrics": metrics}, indent=2))
+    if not args.json:
+        for k, why in skipped.items():
+            print("  %-36s skipped: %s" % (k, why))
+    else:
+        print(json.dumps({"engine": "pytorch %s %s" % (torch.__version__, MODE.name), "torch_version": torch.__version__,
+                          "mode": MODE.name, "python": sys.executable, "config": torch_config(),
+                          "threads": args.threads, "reps": args.reps, "cpu_time": args.cpu_time,
+                          "groups": groups, "metrics": metrics, "skipped": skipped}, indent=2))
+    return 1 if any(g["error"] for g in groups.values()) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
