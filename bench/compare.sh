@@ -97,13 +97,12 @@ json.dump({"command": command, "start": datetime.datetime.now(datetime.timezone.
 PY
 : > "$out/load.jsonl"
 
-run_engine() {  # ENGINE ROUND: its JSON on stdout
-  local round=$2
+run_engine() {  # ENGINE: its JSON on stdout
   case "$1" in
     flatmin) ./build/bench/flatmin_bench "${args[@]}" ;;
-    torch2_*) # a fresh inductor cache per run: every compile time is a cold one
-      TORCHINDUCTOR_CACHE_DIR="$out/inductor/round$round-$1" \
-        "$venv/bin/python" bench/torch_reference.py --mode "${1#torch2_}" "${args[@]}" ;;
+    # one inductor cache per invocation: round 1 compiles cold, later rounds reuse its kernels
+    torch2_*) TORCHINDUCTOR_CACHE_DIR="$out/inductor-cache" \
+      "$venv/bin/python" bench/torch_reference.py --mode "${1#torch2_}" "${args[@]}" ;;
     # Debian's default reference BLAS is ~50x slower at GEMM: not a fair peer; use OpenBLAS.
     torch113_eager) LD_LIBRARY_PATH="$openblas" /usr/bin/python3 bench/torch_reference.py --mode eager "${args[@]}" ;;
   esac
@@ -116,7 +115,7 @@ for ((r = 1; r <= rounds; r++)); do
     file="$out/round$r-$e.json"
     echo "round $r/$rounds: $e -> $file" >&2
     before=$(load1) t0=$(date +%s.%N) start=$(date -u +%H:%M:%S) rc=0
-    run_engine "$e" "$r" > "$file.tmp" 2> "$out/round$r-$e.log" || rc=$?
+    run_engine "$e" > "$file.tmp" 2> "$out/round$r-$e.log" || rc=$?
     after=$(load1) t1=$(date +%s.%N)
     if [ -s "$file.tmp" ]; then mv "$file.tmp" "$file"; else rm -f "$file.tmp"; fi
     if [ "$rc" -ne 0 ]; then

@@ -246,7 +246,7 @@ def main():
     if ckeys:
         cengines = [e for e in engines if "compile" in e]
         print("### torch.compile: the first call (compilation + one run), s, per round (median); "
-              "a fresh inductor cache per run")
+              "round 1 with an empty inductor cache, later rounds reuse it")
         print()
         print("| workload | " + " | ".join(LABEL[e] for e in cengines) + " |")
         print("|" + "---|" * (len(cengines) + 1))
