@@ -109,6 +109,25 @@ TEST_CASE("conv kernels match naive loops in float32 at a ResNet-like size") {
   check_conv_against_loops({2, 16, 8, 8, 32, 1, 2, 0}, DType::f32, 2e-5);
 }
 
+// float32 convolutions run on oneDNN in builds that have it (autodiff/cpu/onednn_conv.cpp),
+// on flatmin's own kernels otherwise: the same geometries as the float64 tests above, plus
+// the shapes oneDNN picks special kernels for (1x1, 7x7 stride 2, one input channel).
+TEST_CASE("float32 conv kernels match naive loops on every geometry of the float64 tests") {
+  std::vector<ConvCase> cases = {
+      {2, 3, 7, 6, 4, 3, 1, 1},  {2, 3, 7, 6, 4, 3, 2, 1},  {1, 2, 6, 7, 3, 3, 2, 0},  {3, 4, 5, 5, 2, 1, 1, 0},
+      {3, 4, 5, 5, 2, 1, 2, 0},  {1, 2, 4, 4, 3, 4, 3, 2},  {2, 2, 3, 3, 2, 3, 1, 0},  {40, 3, 4, 4, 5, 3, 1, 1},
+      {37, 6, 4, 4, 3, 1, 1, 0}, {3, 5, 16, 16, 4, 1, 1, 0}, {19, 3, 8, 8, 4, 3, 2, 1}, {2, 3, 17, 17, 16, 7, 2, 3},
+      {5, 1, 28, 28, 8, 3, 1, 1}, {3, 32, 6, 6, 48, 3, 1, 1}, {1, 64, 4, 4, 64, 3, 1, 1}};
+  Generator g(17);
+  auto pick = [&](int64_t lo, int64_t hi) { return lo + g.randint(hi - lo + 1); };
+  for (int i = 0; i < 40; ++i) {
+    ConvCase q{pick(1, 20), pick(1, 4), pick(1, 9), pick(1, 9), pick(1, 4), pick(1, 5), pick(1, 3), 0};
+    q.pad = pick(0, q.K);
+    if (q.H + 2 * q.pad >= q.K && q.W + 2 * q.pad >= q.K) cases.push_back(q);
+  }
+  for (const ConvCase& q : cases) check_conv_against_loops(q, DType::f32, 1e-4);
+}
+
 // 3x3 stride-1 convolutions with at least 32 channels each way take the Winograd
 // F(2x2,3x3) kernels (autodiff/cpu/winograd.cpp) for all three products.
 TEST_CASE("Winograd convolutions match naive loops (paddings 0-2, odd sizes, both batching modes)") {
