@@ -20,6 +20,7 @@
 #include <map>
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 #include <vector>
@@ -32,13 +33,13 @@ namespace flatmin::cpu::onednn {
 #if !FLATMIN_HAVE_ONEDNN
 
 bool enabled() { return false; }
-void forward(const float*, const float*, float*, const kernels::ConvGeometry&) {
+void forward(const float*, const float*, float*, const kernels::ConvGeometry&, bool) {
   throw Error("conv2d: this build has no oneDNN");
 }
-void input_grad(const float*, const float*, float*, const kernels::ConvGeometry&) {
+void input_grad(const float*, const float*, float*, const kernels::ConvGeometry&, bool) {
   throw Error("conv2d_input_grad: this build has no oneDNN");
 }
-void weight_grad(const float*, const float*, float*, const kernels::ConvGeometry&) {
+void weight_grad(const float*, const float*, float*, const kernels::ConvGeometry&, bool) {
   throw Error("conv2d_weight_grad: this build has no oneDNN");
 }
 
@@ -81,8 +82,14 @@ struct Primitive {
 // Each argument's layout is left to oneDNN ("any"): its fast kernels want channel-blocked
 // activations and weights, and a reorder costs a few percent of the convolution (0.4 ms for
 // 8 MB at 2 threads, against ~10 ms for the convolution that reads it).
-template <class PD> Primitive with_args(dnnl::primitive run, const PD& pd, std::vector<std::pair<int, bool>> ids,
+template <class PD> Primitive with_args(dnnl::primitive run, const PD& pd, std::vector<std::pair<int, bool> > ids,
                                         const std::vector<memory::desc>& users) {
+  // oneDNN falls back to plain reference loops ("ref:any") where no JIT kernel fits: for
+  // bfloat16 (no AVX-512 on this CPU) that would be silently ~100x slower, so refuse it.
+  const std::string impl = pd.impl_info_str();
+  if (impl.rfind("ref", 0) == 0 && users.size() == 3 &&
+      pd.query_md(dnnl::query::exec_arg_md, ids[0].first).data_type() == memory::data_type::bf16)
+    throw Error("bfloat16 convolutions: oneDNN has no fast bfloat16 kernel on this CPU (only \"" + impl + "\")");
   Primitive p{std::move(run), pd.scratchpad_desc(), {}};
   for (size_t i = 0; i < ids.size(); ++i) {
     const auto [id, output] = ids[i];
@@ -97,18 +104,25 @@ template <class PD> Primitive with_args(dnnl::primitive run, const PD& pd, std::
   return p;
 }
 
-Primitive build(Direction d, const kernels::ConvGeometry& g) {
+Primitive build(Direction d, const kernels::ConvGeometry& g, bool bf16) {
   const memory::dims xd{g.N, g.C, g.H, g.W}, wd{g.O, g.C, g.KH, g.KW}, yd{g.N, g.O, g.OH, g.OW};
   const memory::dims strides{g.sh, g.sw}, pad{g.ph, g.pw};
   // Padding on the far side: what makes the output extent come out as OH x OW.
   const memory::dims pad_r{(g.OH - 1) * g.sh + g.KH - g.H - g.ph, (g.OW - 1) * g.sw + g.KW - g.W - g.pw};
   const auto f32 = memory::data_type::f32;
   const memory::desc x(xd, f32, Tag::nchw), w(wd, f32, Tag::oihw), y(yd, f32, Tag::nchw);
-  const memory::desc xa(xd, f32, Tag::any), wa(wd, f32, Tag::any), ya(yd, f32, Tag::any);
+  // Each direction reads two operands (in bf16 mode rounded to bfloat16 by the reorder into
+  // oneDNN's layout) and writes one, always float32. The gradients' primitives take the
+  // forward one as a hint of the layouts to use.
+  const auto in = bf16 ? memory::data_type::bf16 : f32;
+  const memory::desc xa(xd, d == Direction::input_grad ? f32 : in, Tag::any),
+      wa(wd, d == Direction::weight_grad ? f32 : in, Tag::any), ya(yd, d == Direction::forward ? f32 : in, Tag::any);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   const auto algo = dnnl::algorithm::convolution_direct;
-  const dnnl::convolution_forward::desc fd(dnnl::prop_kind::forward_training, algo, xa, wa, ya, strides, pad, pad_r);
+  const dnnl::convolution_forward::desc fd(dnnl::prop_kind::forward_training, algo, memory::desc(xd, in, Tag::any),
+                                           memory::desc(wd, in, Tag::any), memory::desc(yd, f32, Tag::any), strides,
+                                           pad, pad_r);
   const dnnl::convolution_forward::primitive_desc fpd(fd, attr, engine());
   switch (d) {
     case Direction::forward:
@@ -130,32 +144,39 @@ Primitive build(Direction d, const kernels::ConvGeometry& g) {
   throw Error("onednn: unknown direction");
 }
 
-const Primitive& primitive(Direction d, const kernels::ConvGeometry& g) {
-  using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+const Primitive& primitive(Direction d, const kernels::ConvGeometry& g, bool bf16) {
+  using Key = std::tuple<int, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                          int64_t, int64_t, int64_t, int64_t>;
   static std::mutex mutex;
   static std::map<Key, Primitive> cache;  // the shapes of one model: a few dozen entries
-  const Key key{int(d), g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.sh, g.sw, g.ph, g.pw};
+  const Key key{int(d), bf16, g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.sh, g.sw, g.ph, g.pw};
   std::lock_guard lock(mutex);
   auto it = cache.find(key);
-  if (it == cache.end()) it = cache.emplace(key, build(d, g)).first;
+  if (it == cache.end()) {
+    try {
+      it = cache.emplace(key, build(d, g, bf16)).first;
+    } catch (const dnnl::error& e) {
+      throw Error(std::string("conv2d: oneDNN cannot run this convolution") + (bf16 ? " in bfloat16" : "") + ": " +
+                  e.what());
+    }
+  }
   return it->second;  // std::map never moves its elements
 }
 
 // Runs a primitive on the caller's thread budget; its scratchpad and the arguments' copies in
 // the primitive's own layouts come from flatmin's allocator (block cache, peak-memory bound).
 // `user` holds the three arguments' pointers in the order of Primitive::args.
-void execute(Direction d, const kernels::ConvGeometry& g, const std::array<float*, 3>& user) {
-  const Primitive& p = primitive(d, g);
+void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::array<float*, 3>& user) {
+  const Primitive& p = primitive(d, g, bf16);
   const int threads =
       int(std::min<size_t>(size_t(tbb::this_task_arena::max_concurrency()),
                            tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)));
   if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
   dnnl::stream stream(engine());
-  std::deque<Workspace<std::byte>> buffers;  // not movable; a deque never moves its elements
+  std::deque<Workspace<std::byte> > buffers;  // not movable; a deque never moves its elements
   buffers.emplace_back(p.scratchpad.get_size());
   std::unordered_map<int, memory> args{{DNNL_ARG_SCRATCHPAD, memory(p.scratchpad, engine(), buffers[0].data())}};
-  std::vector<std::pair<const Arg*, memory>> outputs;
+  std::vector<std::pair<const Arg*, memory> > outputs;
   for (size_t i = 0; i < p.args.size(); ++i) {
     const Arg& a = p.args[i];
     const memory mine(a.user, engine(), user[i]);
@@ -178,14 +199,14 @@ void execute(Direction d, const kernels::ConvGeometry& g, const std::array<float
 
 }  // namespace
 
-void forward(const float* x, const float* w, float* y, const kernels::ConvGeometry& g) {
-  execute(Direction::forward, g, {const_cast<float*>(x), const_cast<float*>(w), y});
+void forward(const float* x, const float* w, float* y, const kernels::ConvGeometry& g, bool bf16) {
+  execute(Direction::forward, g, bf16, {const_cast<float*>(x), const_cast<float*>(w), y});
 }
-void input_grad(const float* gy, const float* w, float* gx, const kernels::ConvGeometry& g) {
-  execute(Direction::input_grad, g, {const_cast<float*>(gy), const_cast<float*>(w), gx});
+void input_grad(const float* gy, const float* w, float* gx, const kernels::ConvGeometry& g, bool bf16) {
+  execute(Direction::input_grad, g, bf16, {const_cast<float*>(gy), const_cast<float*>(w), gx});
 }
-void weight_grad(const float* x, const float* gy, float* gw, const kernels::ConvGeometry& g) {
-  execute(Direction::weight_grad, g, {const_cast<float*>(x), const_cast<float*>(gy), gw});
+void weight_grad(const float* x, const float* gy, float* gw, const kernels::ConvGeometry& g, bool bf16) {
+  execute(Direction::weight_grad, g, bf16, {const_cast<float*>(x), const_cast<float*>(gy), gw});
 }
 
 #endif

@@ -12,9 +12,10 @@ namespace flatmin::cpu::onednn {
 bool enabled();
 
 // NCHW float32 tensors, OIHW weights, all contiguous; the same contracts as conv.cpp's kernels
-// (the gradients overwrite their outputs).
-void forward(const float* x, const float* w, float* y, const kernels::ConvGeometry& g);
-void input_grad(const float* gy, const float* w, float* gx, const kernels::ConvGeometry& g);
-void weight_grad(const float* x, const float* gy, float* gw, const kernels::ConvGeometry& g);
+// (the gradients overwrite their outputs). bf16: the two operands are rounded to bfloat16 on
+// their way into oneDNN's layout; accumulation and the output stay float32.
+void forward(const float* x, const float* w, float* y, const kernels::ConvGeometry& g, bool bf16);
+void input_grad(const float* gy, const float* w, float* gx, const kernels::ConvGeometry& g, bool bf16);
+void weight_grad(const float* x, const float* gy, float* gw, const kernels::ConvGeometry& g, bool bf16);
 
 }  // namespace flatmin::cpu::onednn
