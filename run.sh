@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 
 packages=(meson ninja-build pkg-config g++ libeigen3-dev libtbb-dev doctest-dev nlohmann-json3-dev
           libcli11-dev zlib1g-dev libopenblas-pthread-dev dataset-fashion-mnist python3-matplotlib
-          libopenmpi-dev openmpi-bin clang-format)
+          libopenmpi-dev openmpi-bin clang-format libdnnl-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
