@@ -1,8 +1,8 @@
 // float32 convolutions on oneDNN (see onednn_conv.hpp). One primitive per (direction, shape),
 // built on first use and kept: building a oneDNN primitive JIT-compiles its kernel (~1 ms),
-// running one is what every later call pays. oneDNN threads with OpenMP; each call runs it on
-// as many threads as the caller's oneTBB arena allows, so flatmin's thread limit (tools'
-// FLATMIN_THREADS, a tbb::global_control, a task_arena) holds for convolutions too.
+// running one is what every later call pays. oneDNN is called single-threaded on chunks of
+// the batch that run in parallel on oneTBB (see chunk_count), so flatmin's thread limit
+// (FLATMIN_THREADS, a tbb::global_control, a task_arena) holds for convolutions too.
 #include "autodiff/cpu/onednn_conv.hpp"
 
 #include <cstdlib>
@@ -12,9 +12,8 @@
 
 #if FLATMIN_HAVE_ONEDNN
 #include <omp.h>
-#include <tbb/global_control.h>
-#include <tbb/task_arena.h>
 
+#include <algorithm>
 #include <array>
 #include <deque>
 #include <map>
@@ -25,6 +24,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "autodiff/cpu/cpu_kernels.hpp"
 #include "autodiff/cpu/scratch.hpp"
 #endif
 
@@ -163,15 +163,13 @@ const Primitive& primitive(Direction d, const kernels::ConvGeometry& g, bool bf1
   return it->second;  // std::map never moves its elements
 }
 
-// Runs a primitive on the caller's thread budget; its scratchpad and the arguments' copies in
-// the primitive's own layouts come from flatmin's allocator (block cache, peak-memory bound).
+// Runs one primitive on one thread; its scratchpad and the arguments' copies in the
+// primitive's own layouts come from flatmin's allocator (block cache, peak-memory bound).
 // `user` holds the three arguments' pointers in the order of Primitive::args.
-void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::array<float*, 3>& user) {
-  const Primitive& p = primitive(d, g, bf16);
-  const int threads =
-      int(std::min<size_t>(size_t(tbb::this_task_arena::max_concurrency()),
-                           tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)));
-  if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
+// `shared`: argument 1 (the weights, for the forward and the input gradient) already in the
+// primitive's own layout, converted once for all chunks; null to convert it here.
+void run_one(const Primitive& p, const std::array<float*, 3>& user, const void* shared = nullptr) {
+  if (omp_get_max_threads() != 1) omp_set_num_threads(1);  // per thread: this one runs serially
   dnnl::stream stream(engine());
   std::deque<Workspace<std::byte> > buffers;  // not movable; a deque never moves its elements
   buffers.emplace_back(p.scratchpad.get_size());
@@ -180,6 +178,10 @@ void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::
   for (size_t i = 0; i < p.args.size(); ++i) {
     const Arg& a = p.args[i];
     const memory mine(a.user, engine(), user[i]);
+    if (i == 1 && shared) {
+      args.emplace(a.id, memory(a.own, engine(), const_cast<void*>(shared)));
+      continue;
+    }
     if (!a.reorder) {
       args.emplace(a.id, mine);
       continue;
@@ -195,6 +197,80 @@ void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::
   p.run.execute(stream, args);
   for (auto& [a, mine] : outputs) a->reorder.execute(stream, {{DNNL_ARG_FROM, args.at(a->id)}, {DNNL_ARG_TO, mine}});
   stream.wait();
+}
+
+// The batch runs as a number of chunks fixed by the shape (never by the thread count), each
+// a single-threaded oneDNN call, the chunks in parallel on oneTBB: results never depend on
+// the thread count, and no OpenMP team waits at a barrier for a thread the OS descheduled
+// (with oneDNN's own OpenMP threads a width-8 ResNet step ran 4x slower on a busy machine).
+// Chunks keep at least ~4 MFLOP each; the forward and the input gradient use at most 8, the
+// weight gradient at most 2: its chunks' partial sums cost one more pass over the weights
+// each (added in chunk order afterwards), and on 2 cores 2 chunks keep both busy.
+int64_t chunk_count(Direction d, const kernels::ConvGeometry& g) {
+  const double flops = 2.0 * double(g.O) * double(g.P()) * double(g.K()) * double(g.N);
+  const int64_t most = d == Direction::weight_grad ? 2 : 8;
+  return std::clamp<int64_t>(std::min<int64_t>(int64_t(flops / 4e6), most), 1, g.N);
+}
+
+void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::array<float*, 3>& user) {
+  const int64_t chunks = chunk_count(d, g), base = g.N / chunks, extra = g.N % chunks;
+  auto first_image = [&](int64_t c) { return c * base + std::min(c, extra); };
+  const int64_t x_image = g.C * g.H * g.W, y_image = g.O * g.OH * g.OW, w_size = g.O * g.K();
+  // Weight gradient: chunk 0 writes the output, chunk c > 0 its own partial sum.
+  std::deque<Workspace<float> > partials;
+  if (d == Direction::weight_grad)
+    for (int64_t c = 1; c < chunks; ++c) partials.emplace_back(size_t(w_size));
+  // The forward and the input gradient read the weights in the primitive's layout: converted
+  // once per chunk size (at most two), not once per chunk.
+  auto chunk_primitive = [&](int64_t n) {
+    kernels::ConvGeometry gc = g;
+    gc.N = n;
+    return &primitive(d, gc, bf16);
+  };
+  const Primitive* by_size[2] = {chunk_primitive(base + (extra ? 1 : 0)), chunk_primitive(std::max<int64_t>(base, 1))};
+  std::deque<Workspace<std::byte> > weights;
+  const void* shared[2] = {nullptr, nullptr};
+  if (d != Direction::weight_grad && chunks > 1)
+    for (int k = 0; k < 2; ++k) {
+      const Arg& a = by_size[k]->args[1];
+      if (!a.reorder) continue;
+      if (k == 1 && by_size[1]->args[1].own == by_size[0]->args[1].own) {
+        shared[1] = shared[0];
+        continue;
+      }
+      weights.emplace_back(a.own.get_size());
+      dnnl::stream stream(engine());
+      a.reorder.execute(stream, {{DNNL_ARG_FROM, memory(a.user, engine(), user[1])},
+                                 {DNNL_ARG_TO, memory(a.own, engine(), weights.back().data())}});
+      stream.wait();
+      shared[k] = weights.back().data();
+    }
+  parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t n0 = first_image(c), n = first_image(c + 1) - n0;
+      const int k = n == base + (extra ? 1 : 0) ? 0 : 1;
+      const Primitive& p = *by_size[k];
+      switch (d) {
+        case Direction::forward:  // x, w, y
+          run_one(p, {user[0] + n0 * x_image, user[1], user[2] + n0 * y_image}, shared[k]);
+          break;
+        case Direction::input_grad:  // gy, w, gx
+          run_one(p, {user[0] + n0 * y_image, user[1], user[2] + n0 * x_image}, shared[k]);
+          break;
+        case Direction::weight_grad:  // x, gy, gw
+          run_one(p, {user[0] + n0 * x_image, user[1] + n0 * y_image, c == 0 ? user[2] : partials[c - 1].data()});
+          break;
+      }
+    }
+  });
+  if (partials.empty()) return;
+  float* gw = user[2];
+  parallel_for(w_size, 1 << 14, [&](int64_t i0, int64_t i1) {
+    for (const Workspace<float>& part : partials) {
+      const float* q = part.data();
+      for (int64_t i = i0; i < i1; ++i) gw[i] += q[i];
+    }
+  });
 }
 
 }  // namespace
