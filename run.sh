@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 
 packages=(meson ninja-build pkg-config g++ libeigen3-dev libtbb-dev doctest-dev nlohmann-json3-dev
           libcli11-dev zlib1g-dev libopenblas-pthread-dev dataset-fashion-mnist python3-matplotlib
-          libopenmpi-dev openmpi-bin clang-format)
+          libopenmpi-dev openmpi-bin clang-format libdnnl-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -45,6 +45,6 @@ case "$cmd" in
   test) build build; run_tests build ;;
   build) build build ;;
   asan) build build-asan -Db_sanitize=address,undefined -Dbuildtype=debugoptimized -Dcuda=disabled
-        ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 run_tests build-asan ;;
+        ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS="suppressions=$PWD/tests/lsan_openmpi.supp:print_suppressions=0" UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 run_tests build-asan ;;
   *) build build >&2; shift; exec ./build/tools/flatmin "$cmd" "$@" ;;
 esac

@@ -38,6 +38,9 @@ enum class RandomKind : uint8_t { uniform, normal, rademacher };
 
 struct Conv2dParams {
   int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0;
+  // float32 operands rounded to bfloat16, float32 accumulation and output (Bf16Convolutions,
+  // nn_ops.hpp); only set where supports_bf16_convolutions() said yes.
+  bool bf16 = false;
 };
 struct Pool2dParams {
   int64_t kernel_h = 1, kernel_w = 1, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0;
@@ -47,6 +50,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
+  // Whether Conv2dParams::bf16 can be honoured (the CPU backend built with oneDNN).
+  virtual bool supports_bf16_convolutions() const { return false; }
 
   // memory
   virtual void* allocate(size_t bytes) = 0;

@@ -26,10 +26,18 @@ void check_rank(const char* op, const Shape& s, size_t rank, const char* which) 
 }
 
 // ---- convolution geometry
-Conv2dParams conv_params(const char* op, const Conv2dOptions& o) {
+thread_local bool bf16_convolutions_on = false;
+
+// `x` is the op's first operand: its dtype and device decide whether the bf16 setting applies.
+Conv2dParams conv_params(const char* op, const Conv2dOptions& o, const Tensor& x) {
   if (o.stride < 1) throw Error(std::string(op) + ": stride must be >= 1, got " + std::to_string(o.stride));
   if (o.padding < 0) throw Error(std::string(op) + ": padding must be >= 0, got " + std::to_string(o.padding));
-  return {o.stride, o.stride, o.padding, o.padding};
+  const bool bf16 = bf16_convolutions_on && x.dtype() == DType::f32;
+  if (bf16 && !be(x).supports_bf16_convolutions())
+    throw Error(std::string(op) + ": bfloat16 convolutions (Bf16Convolutions) need the CPU backend with oneDNN; " +
+                (x.device().kind == DeviceKind::cpu ? std::string("this build has none, or FLATMIN_CONV=native")
+                                                    : "the tensor is on " + x.device().str()));
+  return {o.stride, o.stride, o.padding, o.padding, bf16};
 }
 // The output shape of a convolution of an input of shape x with weights of shape w.
 Shape conv_out_shape(const char* op, const Shape& x, const Shape& w, const Conv2dOptions& o) {
@@ -72,13 +80,17 @@ Shape pool_out_shape(const Shape& x, const Pool2dParams& p) {
 }  // namespace
 
 // ---------------------------------------------------------------- convolution
+bool bf16_convolutions() { return bf16_convolutions_on; }
+Bf16Convolutions::Bf16Convolutions(bool on) : prev_(bf16_convolutions_on) { bf16_convolutions_on = on; }
+Bf16Convolutions::~Bf16Convolutions() { bf16_convolutions_on = prev_; }
+
 // y = A_w x. The rules follow from <A_w x, gy> = <x, A_w^T gy> = <w, B_x^T gy>.
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dOptions opt) {
   const char* op = "conv2d";
   check_floating(op, x, "input");
   check_floating(op, w, "weight");
   check_same(op, x, "input", w, "weight");
-  const Conv2dParams p = conv_params(op, opt);
+  const Conv2dParams p = conv_params(op, opt, x);
   Tensor out = empty(conv_out_shape(op, x.shape(), w.shape(), opt), x.options());
   be(x).conv2d(x, w, out, p);
   if (any_requires_grad({&x, &w}))
@@ -108,7 +120,7 @@ Tensor conv2d_input_grad(const Tensor& gy, const Tensor& w, const Shape& x_shape
   check_floating(op, gy, "output gradient");
   check_floating(op, w, "weight");
   check_same(op, gy, "output gradient", w, "weight");
-  const Conv2dParams p = conv_params(op, opt);
+  const Conv2dParams p = conv_params(op, opt, gy);
   check_grad_shape(op, gy, conv_out_shape(op, x_shape, w.shape(), opt));
   Tensor out = empty(x_shape, gy.options());
   be(gy).conv2d_input_grad(gy, w, out, p);
@@ -134,7 +146,7 @@ Tensor conv2d_weight_grad(const Tensor& x, const Tensor& gy, const Shape& w_shap
   check_floating(op, x, "input");
   check_floating(op, gy, "output gradient");
   check_same(op, x, "input", gy, "output gradient");
-  const Conv2dParams p = conv_params(op, opt);
+  const Conv2dParams p = conv_params(op, opt, x);
   check_grad_shape(op, gy, conv_out_shape(op, x.shape(), w_shape, opt));
   Tensor out = empty(w_shape, x.options());
   be(x).conv2d_weight_grad(x, gy, out, p);

@@ -18,6 +18,24 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias = {}, Conv2dO
 Tensor conv2d_input_grad(const Tensor& gy, const Tensor& w, const Shape& x_shape, Conv2dOptions opt);
 Tensor conv2d_weight_grad(const Tensor& x, const Tensor& gy, const Shape& w_shape, Conv2dOptions opt);
 
+// bfloat16 convolutions: inside this scope, on this thread, the float32 conv2d and its two
+// gradient ops (so the forward, the backward and second-order rules alike) read their
+// operands rounded to bfloat16 and accumulate and return float32 — PyTorch's CPU bf16
+// autocast for convolutions, with float32 outputs. Every other op, every float64 op and the
+// parameters are unchanged. Needs the CPU backend built with oneDNN (a conv op throws
+// otherwise, and on CUDA tensors). Scopes nest; the outer setting comes back on exit.
+bool bf16_convolutions();
+class Bf16Convolutions {
+ public:
+  explicit Bf16Convolutions(bool on = true);
+  ~Bf16Convolutions();
+  Bf16Convolutions(const Bf16Convolutions&) = delete;
+  Bf16Convolutions& operator=(const Bf16Convolutions&) = delete;
+
+ private:
+  bool prev_;
+};
+
 struct Pool2dOptions {
   int64_t kernel = 2;
   int64_t stride = 0;  // 0: equal to kernel (PyTorch's default)

@@ -35,6 +35,7 @@ class TimedBackend final : public Backend {
  public:
   explicit TimedBackend(Backend& b) : b_(b) {}
   const char* name() const override { return b_.name(); }
+  bool supports_bf16_convolutions() const override { return b_.supports_bf16_convolutions(); }
   void* allocate(size_t bytes) override {
     Scope s("allocate");
     return b_.allocate(bytes);

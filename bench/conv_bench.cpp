@@ -1,6 +1,6 @@
 // Times the CPU convolution kernels (forward, input gradient, weight gradient) on the 20
 // convolutions of ResNet-18 in its CIFAR form (3x32x32 input), float32.
-//   ./build/bench/conv_bench [--batch 128] [--threads 2] [--reps 3] [--input 32] [--layer l4]
+//   ./build/bench/conv_bench [--batch 128] [--threads 2] [--reps 3] [--input 32] [--layer l4] [--bf16 1]
 // --input 28 gives the 1x28x28 (Fashion-MNIST) variant's planes (28, 14, 7, 4) with a
 // 1-channel stem; --layer keeps the layers whose name starts with the given text.
 // Prints per layer the median wall time of each kernel and its GFLOP/s, the GFLOP/s of one
@@ -63,6 +63,7 @@ int main(int argc, char** argv) {
   int threads = 2, reps = 3;
   int64_t input = 32;
   std::string only;
+  bool bf16 = false;  // --bf16 1: inside a Bf16Convolutions scope (bfloat16 operands)
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--batch")
@@ -73,19 +74,23 @@ int main(int argc, char** argv) {
       only = argv[i + 1];
     else if (a == "--threads")
       threads = std::stoi(argv[i + 1]);
+    else if (a == "--bf16")
+      bf16 = std::stoi(argv[i + 1]) != 0;
     else if (a == "--reps")
       reps = std::stoi(argv[i + 1]);
     else {
-      std::fprintf(stderr, "unknown option %s (use --batch N --threads T --reps R --input 32|28 --layer NAME)\n",
+      std::fprintf(stderr,
+                   "unknown option %s (use --batch N --threads T --reps R --input 32|28 --layer NAME --bf16 0|1)\n",
                    a.c_str());
       return 2;
     }
   }
   tbb::global_control limit(tbb::global_control::max_allowed_parallelism, size_t(threads));
   NoGrad ng;
+  Bf16Convolutions precision(bf16);
   Generator g(1);
-  std::printf("ResNet-18 (CIFAR) convolutions, batch %lld, float32, %d threads, median of %d\n", (long long)batch,
-              threads, reps);
+  std::printf("ResNet-18 (CIFAR) convolutions, batch %lld, %s, %d threads, median of %d\n", (long long)batch,
+              bf16 ? "float32 with bfloat16 operands" : "float32", threads, reps);
   std::printf("%-16s %5s | %9s %7s | %9s %7s | %9s %7s | %7s\n", "layer", "count", "fwd ms", "GF/s", "gin ms", "GF/s",
               "gw ms", "GF/s", "GEMM");
   double total[3] = {0, 0, 0}, flops_total = 0;

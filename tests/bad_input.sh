@@ -75,6 +75,9 @@ expect "--start-loss must be > 0" escape --start-loss nan --out "$tmp/e3"
 expect "--memorize-lr must be a finite number > 0, got nan" escape --memorize-lr nan --out "$tmp/e4"
 expect "--clean-lr must be a finite number > 0, got -1" escape --clean-lr -1 --out "$tmp/e5"
 expect "--methods: unknown method 'bogus'" escape --methods bogus --out "$tmp/e4"
+# bfloat16 convolutions only where they can run: float32, on the CPU
+expect "--bf16-convolutions needs --dtype f32, got f64" train "${blobs[@]}" --bf16-convolutions --dtype f64
+expect "--bf16-convolutions runs on the CPU only, got --device cuda" train "${blobs[@]}" --bf16-convolutions --device cuda
 rm -rf "$tmp/escape-full" "$tmp/escape-file"
 [ -z "$(ls -A "$tmp")" ] || { echo "FAIL: files left behind: $(ls -A "$tmp")"; failed=1; }
 # 3. a stop on a non-finite loss: exit 3 and null for what was not measured

@@ -25,6 +25,7 @@ int run(int argc, char** argv) {
   app.add_option("--save-model", save_model, "write the final model's state dict (safetensors)");
   CLI11_PARSE(app, argc, argv);
   sched.check_outputs();
+  sched.check_precision();
   nn::check_output_path("--save-model", save_model);
   optim_spec.config();  // bad hyperparameters are refused before any data is read
   optim_spec.check_batch(sched.batch_size);

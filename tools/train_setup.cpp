@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "autodiff/backend.hpp"
 #include "nn/safetensors.hpp"
 
 namespace flatmin::tools {
@@ -148,6 +149,9 @@ void ScheduleSpec::add_to(CLI::App& app) {
                  "split each batch into N fixed parts (>= the number of processes under mpirun); results depend on N, "
                  "not on the number of processes")
       ->check(CLI::PositiveNumber);
+  app.add_flag("--bf16-convolutions", bf16_convolutions,
+               "float32 convolutions with bfloat16 operands and float32 accumulation (CPU with oneDNN; everything "
+               "else stays float32)");
 }
 
 Device device_for_rank(const std::string& device) {
@@ -158,12 +162,22 @@ Device device_for_rank(const std::string& device) {
 
 nlohmann::json with_parallel(nlohmann::json config, const ScheduleSpec& sched) {
   if (sched.micro_shards != 1) config["micro_shards"] = sched.micro_shards;
+  if (sched.bf16_convolutions) config["bf16_convolutions"] = true;
   return config;
 }
 
 void ScheduleSpec::check_outputs() const {
   nn::check_output_path("--metrics", metrics);
   nn::check_output_path("--checkpoint", checkpoint);
+}
+
+void ScheduleSpec::check_precision() const {
+  if (!bf16_convolutions) return;
+  if (dtype != "f32") throw Error("--bf16-convolutions needs --dtype f32, got " + dtype);
+  if (Device::parse(device).kind != DeviceKind::cpu)
+    throw Error("--bf16-convolutions runs on the CPU only, got --device " + device);
+  if (!backend(Device::cpu()).supports_bf16_convolutions())
+    throw Error("--bf16-convolutions: this build has no oneDNN (or FLATMIN_CONV=native is set)");
 }
 
 DType parse_dtype(const std::string& s) {
@@ -300,6 +314,8 @@ void Progress::done() {
 PhaseResult evaluate_all(nn::Module& net, const data::Dataset& train, const data::Dataset& test,
                          const ScheduleSpec& sched, bool with_trace) {
   const DType dt = parse_dtype(sched.dtype);
+  sched.check_precision();
+  const Bf16Convolutions precision(sched.bf16_convolutions);
   const optim::ClassifierLoss loss = optim::parse_classifier_loss(sched.loss);
   PhaseResult r;
   r.evaluated_step = r.outcome.steps;  // measured now; run_phase sets the step

@@ -58,18 +58,21 @@ struct ScheduleSpec {
   std::string metrics, checkpoint;
   bool resume = false;
   std::string dtype = "f32";
-  std::string device = "cpu";  // cpu | cuda | cuda:N
-  std::string loss = "ce";     // ce | mse (optim::ClassifierLoss)
-  int64_t micro_shards = 1;    // data parallelism (train/data_parallel.hpp)
+  std::string device = "cpu";      // cpu | cuda | cuda:N
+  std::string loss = "ce";         // ce | mse (optim::ClassifierLoss)
+  int64_t micro_shards = 1;        // data parallelism (train/data_parallel.hpp)
+  bool bf16_convolutions = false;  // run_phase inside a Bf16Convolutions scope (nn_ops.hpp)
   void add_to(CLI::App& app);
   // Before any work: --metrics and --checkpoint can be written (nn::check_output_path).
   void check_outputs() const;
+  // Before any work: --bf16-convolutions has float32 on a CPU backend that can run it.
+  void check_precision() const;
   optim::DataParallel parallel() const { return {.micro_shards = micro_shards}; }
 };
 // Under mpirun: "cuda" means cuda:<local rank>; anything else as given.
 Device device_for_rank(const std::string& device);
-// The run's configuration for checkpoints: micro_shards enters it only when it is not 1, so
-// that checkpoints written before data parallelism existed still resume.
+// The run's configuration for checkpoints: micro_shards and bf16_convolutions enter it only
+// when not at their defaults, so that checkpoints written before they existed still resume.
 nlohmann::json with_parallel(nlohmann::json config, const ScheduleSpec& sched);
 
 // An MLP reads flat feature vectors: images (N,C,H,W) become (N,C·H·W).

@@ -13,6 +13,7 @@
 
 #include "autodiff/cpu/cpu_kernels.hpp"
 #include "autodiff/cpu/gemm.hpp"
+#include "autodiff/cpu/onednn_conv.hpp"
 #include "autodiff/cpu/scratch.hpp"
 #include "autodiff/cpu/winograd.hpp"
 #include "autodiff/kernel_util.hpp"
@@ -240,11 +241,18 @@ template <class F> void for_each_plane(const PoolGeometry& g, F&& f) {
   });
 }
 
+// float32 on oneDNN when the build has it (onednn_conv.hpp); an empty batch stays here, where
+// the weight gradient comes out as zeros.
+// (p.bf16 is only ever set when oneDNN is enabled: Backend::supports_bf16_convolutions.)
+bool use_onednn(DType t, const Geometry& g) { return t == DType::f32 && g.N > 0 && onednn::enabled(); }
+
 }  // namespace
 
 void conv2d_forward(const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p) {
   const Geometry g = geometry(x.shape(), w.shape(), out.shape(), p);
   if (out.numel() == 0) return;
+  if (use_onednn(x.dtype(), g))
+    return onednn::forward(data_ptr<float>(x), data_ptr<float>(w), data_ptr<float>(out), g, p.bf16);
   dispatch_float(x.dtype(), "conv2d", [&](auto t) {
     using T = decltype(t);
     forward_impl<T>(data_ptr<T>(x), data_ptr<T>(w), data_ptr<T>(out), g);
@@ -253,6 +261,8 @@ void conv2d_forward(const Tensor& x, const Tensor& w, Tensor& out, const Conv2dP
 void conv2d_input_grad(const Tensor& gy, const Tensor& w, Tensor& gx, const Conv2dParams& p) {
   const Geometry g = geometry(gx.shape(), w.shape(), gy.shape(), p);
   if (gx.numel() == 0) return;
+  if (use_onednn(gy.dtype(), g))
+    return onednn::input_grad(data_ptr<float>(gy), data_ptr<float>(w), data_ptr<float>(gx), g, p.bf16);
   dispatch_float(gy.dtype(), "conv2d_input_grad", [&](auto t) {
     using T = decltype(t);
     input_grad_impl<T>(data_ptr<T>(gy), data_ptr<T>(w), data_ptr<T>(gx), g);
@@ -261,6 +271,8 @@ void conv2d_input_grad(const Tensor& gy, const Tensor& w, Tensor& gx, const Conv
 void conv2d_weight_grad(const Tensor& x, const Tensor& gy, Tensor& gw, const Conv2dParams& p) {
   const Geometry g = geometry(x.shape(), gw.shape(), gy.shape(), p);
   if (gw.numel() == 0) return;
+  if (use_onednn(x.dtype(), g))
+    return onednn::weight_grad(data_ptr<float>(x), data_ptr<float>(gy), data_ptr<float>(gw), g, p.bf16);
   dispatch_float(x.dtype(), "conv2d_weight_grad", [&](auto t) {
     using T = decltype(t);
     weight_grad_impl<T>(data_ptr<T>(x), data_ptr<T>(gy), data_ptr<T>(gw), g);

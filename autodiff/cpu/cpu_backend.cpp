@@ -13,6 +13,7 @@
 #include "autodiff/cpu/block_cache.hpp"
 #include "autodiff/cpu/cpu_kernels.hpp"
 #include "autodiff/cpu/gemm.hpp"
+#include "autodiff/cpu/onednn_conv.hpp"
 #include "autodiff/kernel_util.hpp"
 #include "autodiff/small_alloc.hpp"
 
@@ -25,6 +26,7 @@ using kernels::dispatch_float;
 class CpuBackend final : public Backend {
  public:
   const char* name() const override { return "cpu"; }
+  bool supports_bf16_convolutions() const override { return onednn::enabled(); }
 
   // Tiny tensors come from the engine's per-thread block cache (kernels never assume more
   // than element alignment: views have offsets); the rest is 64-byte aligned for AVX-512.

@@ -6,6 +6,7 @@
 
 #include <tbb/task_arena.h>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -107,6 +108,87 @@ TEST_CASE("conv kernels match naive loops in float32 at a ResNet-like size") {
   check_conv_against_loops({2, 16, 8, 8, 32, 3, 1, 1}, DType::f32, 2e-5);
   check_conv_against_loops({2, 16, 8, 8, 32, 3, 2, 1}, DType::f32, 2e-5);
   check_conv_against_loops({2, 16, 8, 8, 32, 1, 2, 0}, DType::f32, 2e-5);
+}
+
+// float32 convolutions run on oneDNN in builds that have it (autodiff/cpu/onednn_conv.cpp),
+// on flatmin's own kernels otherwise: the same geometries as the float64 tests above, plus
+// the shapes oneDNN picks special kernels for (1x1, 7x7 stride 2, one input channel).
+TEST_CASE("float32 conv kernels match naive loops on every geometry of the float64 tests") {
+  std::vector<ConvCase> cases = {{2, 3, 7, 6, 4, 3, 1, 1},   {2, 3, 7, 6, 4, 3, 2, 1},   {1, 2, 6, 7, 3, 3, 2, 0},
+                                 {3, 4, 5, 5, 2, 1, 1, 0},   {3, 4, 5, 5, 2, 1, 2, 0},   {1, 2, 4, 4, 3, 4, 3, 2},
+                                 {2, 2, 3, 3, 2, 3, 1, 0},   {40, 3, 4, 4, 5, 3, 1, 1},  {37, 6, 4, 4, 3, 1, 1, 0},
+                                 {3, 5, 16, 16, 4, 1, 1, 0}, {19, 3, 8, 8, 4, 3, 2, 1},  {2, 3, 17, 17, 16, 7, 2, 3},
+                                 {5, 1, 28, 28, 8, 3, 1, 1}, {3, 32, 6, 6, 48, 3, 1, 1}, {1, 64, 4, 4, 64, 3, 1, 1}};
+  Generator g(17);
+  auto pick = [&](int64_t lo, int64_t hi) { return lo + g.randint(hi - lo + 1); };
+  for (int i = 0; i < 40; ++i) {
+    ConvCase q{pick(1, 20), pick(1, 4), pick(1, 9), pick(1, 9), pick(1, 4), pick(1, 5), pick(1, 3), 0};
+    q.pad = pick(0, q.K);
+    if (q.H + 2 * q.pad >= q.K && q.W + 2 * q.pad >= q.K) cases.push_back(q);
+  }
+  for (const ConvCase& q : cases) check_conv_against_loops(q, DType::f32, 1e-4);
+}
+
+// bfloat16 rounding of a float (round to nearest even), as oneDNN's reorder does it.
+double to_bf16(double v) {
+  float f = float(v);
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  b = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+
+// Bf16Convolutions: the three conv ops equal the exact convolution of operands rounded to
+// bfloat16 (float32 accumulation: tight tolerance), differ from the float32 result, and the
+// setting is scoped; where the build cannot run them, a conv op says so.
+TEST_CASE("bfloat16 convolutions round their operands and accumulate in float32") {
+  Generator g(5);
+  const ConvCase q{3, 16, 9, 9, 24, 3, 1, 1};
+  Tensor x = g.normal({q.N, q.C, q.H, q.W}), w = g.normal({q.O, q.C, q.K, q.K});
+  Tensor gy = g.normal({q.N, q.O, q.H, q.W});
+  const Conv2dOptions co{q.stride, q.pad};
+  auto run = [&] {
+    return std::vector<std::vector<double>>{conv2d(x, w, {}, co).to_vector(),
+                                            conv2d_input_grad(gy, w, x.shape(), co).to_vector(),
+                                            conv2d_weight_grad(x, gy, w.shape(), co).to_vector()};
+  };
+  CHECK_FALSE(bf16_convolutions());
+  if (!backend(Device::cpu()).supports_bf16_convolutions()) {
+    Bf16Convolutions on;
+    CHECK_THROWS_WITH_AS(conv2d(x, w, {}, co), doctest::Contains("need the CPU backend with oneDNN"), Error);
+    return;
+  }
+  const auto exact = run();
+  std::vector<std::vector<double>> low;
+  {
+    Bf16Convolutions on;
+    CHECK(bf16_convolutions());
+    {
+      Bf16Convolutions off(false);
+      CHECK(run() == exact);  // an inner scope turns it off
+    }
+    low = run();
+  }
+  CHECK_FALSE(bf16_convolutions());
+  CHECK(run() == exact);
+  auto round = [](std::vector<double> v) {
+    for (double& e : v) e = to_bf16(e);
+    return v;
+  };
+  const auto xr = round(x.to_vector()), wr = round(w.to_vector()), gyr = round(gy.to_vector());
+  const test::ConvReference r = test::naive_conv2d(xr, wr, x.shape(), w.shape(), {1, 1, 1, 1}, gyr);
+  check_close(low[0], r.y, 1e-5, "bf16 forward");
+  check_close(low[1], r.gx, 1e-5, "bf16 input gradient");
+  check_close(low[2], r.gw, 1e-5, "bf16 weight gradient");
+  double diff = 0;
+  for (size_t i = 0; i < low[0].size(); ++i) diff = std::max(diff, std::fabs(low[0][i] - exact[0][i]));
+  CHECK(diff > 1e-3);  // bfloat16 has 8 significant bits: the rounding shows
+  // float64 ignores the setting: exact as ever.
+  Tensor x64 = x.to(DType::f64), w64 = w.to(DType::f64);
+  Tensor y64 = conv2d(x64, w64, {}, co);
+  Bf16Convolutions on;
+  CHECK(conv2d(x64, w64, {}, co).to_vector() == y64.to_vector());
 }
 
 // 3x3 stride-1 convolutions with at least 32 channels each way take the Winograd

@@ -80,7 +80,8 @@ case "$what" in
     mpirun --oversubscribe --allow-run-as-root -np 2 "$flatmin" train "${common[@]}" "${flags[@]}" --steps 1000000 \
       --checkpoint "$d/ckpt" --checkpoint-every 200 > "$d/out" 2> "$d/err" &
     launcher=$!
-    for _ in $(seq 600); do [ -f "$d/ckpt" ] && break; sleep 0.1; done
+    # Polled for up to 5 minutes: the sanitized build (./run.sh asan) reaches step 200 slowly.
+    for _ in $(seq 3000); do [ -f "$d/ckpt" ] && break; sleep 0.1; done
     [ -f "$d/ckpt" ] || { kill "$launcher"; fail "no checkpoint appeared"; }
     victim=""
     for p in $(pgrep -P "$launcher"); do

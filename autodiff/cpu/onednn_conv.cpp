@@ -1,0 +1,290 @@
+// float32 convolutions on oneDNN (see onednn_conv.hpp). One primitive per (direction, shape),
+// built on first use and kept: building a oneDNN primitive JIT-compiles its kernel (~1 ms),
+// running one is what every later call pays. oneDNN is called single-threaded on chunks of
+// the batch that run in parallel on oneTBB (see chunk_count), so flatmin's thread limit
+// (FLATMIN_THREADS, a tbb::global_control, a task_arena) holds for convolutions too.
+#include "autodiff/cpu/onednn_conv.hpp"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "autodiff/tensor.hpp"
+
+#if FLATMIN_HAVE_ONEDNN
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "autodiff/cpu/cpu_kernels.hpp"
+#include "autodiff/cpu/scratch.hpp"
+#endif
+
+namespace flatmin::cpu::onednn {
+
+#if !FLATMIN_HAVE_ONEDNN
+
+bool enabled() { return false; }
+void forward(const float*, const float*, float*, const kernels::ConvGeometry&, bool) {
+  throw Error("conv2d: this build has no oneDNN");
+}
+void input_grad(const float*, const float*, float*, const kernels::ConvGeometry&, bool) {
+  throw Error("conv2d_input_grad: this build has no oneDNN");
+}
+void weight_grad(const float*, const float*, float*, const kernels::ConvGeometry&, bool) {
+  throw Error("conv2d_weight_grad: this build has no oneDNN");
+}
+
+#else
+
+bool enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("FLATMIN_CONV");
+    if (!v || !*v || std::strcmp(v, "onednn") == 0) return true;
+    if (std::strcmp(v, "native") == 0) return false;
+    throw Error(std::string("FLATMIN_CONV must be \"onednn\" or \"native\", got \"") + v + "\"");
+  }();
+  return on;
+}
+
+namespace {
+using dnnl::memory;
+using Tag = memory::format_tag;
+enum class Direction { forward, input_grad, weight_grad };
+
+dnnl::engine& engine() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+
+// One argument of a primitive: its user layout (plain nchw / oihw) and the primitive's own
+// (blocked, chosen by oneDNN for this shape and machine), with the reorder between them.
+struct Arg {
+  int id;
+  bool output;
+  memory::desc user, own;
+  dnnl::primitive reorder;  // user -> own for inputs, own -> user for outputs; empty if equal
+};
+struct Primitive {
+  dnnl::primitive run;
+  memory::desc scratchpad;
+  std::vector<Arg> args;
+};
+
+// Each argument's layout is left to oneDNN ("any"): its fast kernels want channel-blocked
+// activations and weights, and a reorder costs a few percent of the convolution (0.4 ms for
+// 8 MB at 2 threads, against ~10 ms for the convolution that reads it).
+template <class PD> Primitive with_args(dnnl::primitive run, const PD& pd, std::vector<std::pair<int, bool> > ids,
+                                        const std::vector<memory::desc>& users) {
+  // oneDNN falls back to plain reference loops ("ref:any") where no JIT kernel fits: for
+  // bfloat16 (no AVX-512 on this CPU) that would be silently ~100x slower, so refuse it.
+  const std::string impl = pd.impl_info_str();
+  if (impl.rfind("ref", 0) == 0 && users.size() == 3 &&
+      pd.query_md(dnnl::query::exec_arg_md, ids[0].first).data_type() == memory::data_type::bf16)
+    throw Error("bfloat16 convolutions: oneDNN has no fast bfloat16 kernel on this CPU (only \"" + impl + "\")");
+  Primitive p{std::move(run), pd.scratchpad_desc(), {}};
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const auto [id, output] = ids[i];
+    const memory::desc own = pd.query_md(dnnl::query::exec_arg_md, id);
+    Arg a{id, output, users[i], own, {}};
+    if (own != users[i]) {
+      const memory from(output ? own : users[i], engine(), nullptr), to(output ? users[i] : own, engine(), nullptr);
+      a.reorder = dnnl::reorder(dnnl::reorder::primitive_desc(from, to));
+    }
+    p.args.push_back(std::move(a));
+  }
+  return p;
+}
+
+Primitive build(Direction d, const kernels::ConvGeometry& g, bool bf16) {
+  const memory::dims xd{g.N, g.C, g.H, g.W}, wd{g.O, g.C, g.KH, g.KW}, yd{g.N, g.O, g.OH, g.OW};
+  const memory::dims strides{g.sh, g.sw}, pad{g.ph, g.pw};
+  // Padding on the far side: what makes the output extent come out as OH x OW.
+  const memory::dims pad_r{(g.OH - 1) * g.sh + g.KH - g.H - g.ph, (g.OW - 1) * g.sw + g.KW - g.W - g.pw};
+  const auto f32 = memory::data_type::f32;
+  const memory::desc x(xd, f32, Tag::nchw), w(wd, f32, Tag::oihw), y(yd, f32, Tag::nchw);
+  // Each direction reads two operands (in bf16 mode rounded to bfloat16 by the reorder into
+  // oneDNN's layout) and writes one, always float32. The gradients' primitives take the
+  // forward one as a hint of the layouts to use.
+  const auto in = bf16 ? memory::data_type::bf16 : f32;
+  const memory::desc xa(xd, d == Direction::input_grad ? f32 : in, Tag::any),
+      wa(wd, d == Direction::weight_grad ? f32 : in, Tag::any), ya(yd, d == Direction::forward ? f32 : in, Tag::any);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  const auto algo = dnnl::algorithm::convolution_direct;
+  const dnnl::convolution_forward::desc fd(dnnl::prop_kind::forward_training, algo, memory::desc(xd, in, Tag::any),
+                                           memory::desc(wd, in, Tag::any), memory::desc(yd, f32, Tag::any), strides,
+                                           pad, pad_r);
+  const dnnl::convolution_forward::primitive_desc fpd(fd, attr, engine());
+  switch (d) {
+    case Direction::forward:
+      return with_args(dnnl::convolution_forward(fpd), fpd,
+                       {{DNNL_ARG_SRC, false}, {DNNL_ARG_WEIGHTS, false}, {DNNL_ARG_DST, true}}, {x, w, y});
+    case Direction::input_grad: {
+      const dnnl::convolution_backward_data::desc bd(algo, xa, wa, ya, strides, pad, pad_r);
+      const dnnl::convolution_backward_data::primitive_desc pd(bd, attr, engine(), fpd);
+      return with_args(dnnl::convolution_backward_data(pd), pd,
+                       {{DNNL_ARG_DIFF_DST, false}, {DNNL_ARG_WEIGHTS, false}, {DNNL_ARG_DIFF_SRC, true}}, {y, w, x});
+    }
+    case Direction::weight_grad: {
+      const dnnl::convolution_backward_weights::desc wdd(algo, xa, wa, ya, strides, pad, pad_r);
+      const dnnl::convolution_backward_weights::primitive_desc pd(wdd, attr, engine(), fpd);
+      return with_args(dnnl::convolution_backward_weights(pd), pd,
+                       {{DNNL_ARG_SRC, false}, {DNNL_ARG_DIFF_DST, false}, {DNNL_ARG_DIFF_WEIGHTS, true}}, {x, y, w});
+    }
+  }
+  throw Error("onednn: unknown direction");
+}
+
+const Primitive& primitive(Direction d, const kernels::ConvGeometry& g, bool bf16) {
+  using Key = std::tuple<int, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                         int64_t, int64_t, int64_t, int64_t>;
+  static std::mutex mutex;
+  static std::map<Key, Primitive> cache;  // the shapes of one model: a few dozen entries
+  const Key key{int(d), bf16, g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.sh, g.sw, g.ph, g.pw};
+  std::lock_guard lock(mutex);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    try {
+      it = cache.emplace(key, build(d, g, bf16)).first;
+    } catch (const dnnl::error& e) {
+      throw Error(std::string("conv2d: oneDNN cannot run this convolution") + (bf16 ? " in bfloat16" : "") + ": " +
+                  e.what());
+    }
+  }
+  return it->second;  // std::map never moves its elements
+}
+
+// Runs one primitive on one thread; its scratchpad and the arguments' copies in the
+// primitive's own layouts come from flatmin's allocator (block cache, peak-memory bound).
+// `user` holds the three arguments' pointers in the order of Primitive::args.
+// `shared`: argument 1 (the weights, for the forward and the input gradient) already in the
+// primitive's own layout, converted once for all chunks; null to convert it here.
+void run_one(const Primitive& p, const std::array<float*, 3>& user, const void* shared = nullptr) {
+  if (omp_get_max_threads() != 1) omp_set_num_threads(1);  // per thread: this one runs serially
+  dnnl::stream stream(engine());
+  std::deque<Workspace<std::byte> > buffers;  // not movable; a deque never moves its elements
+  buffers.emplace_back(p.scratchpad.get_size());
+  std::unordered_map<int, memory> args{{DNNL_ARG_SCRATCHPAD, memory(p.scratchpad, engine(), buffers[0].data())}};
+  std::vector<std::pair<const Arg*, memory> > outputs;
+  for (size_t i = 0; i < p.args.size(); ++i) {
+    const Arg& a = p.args[i];
+    const memory mine(a.user, engine(), user[i]);
+    if (i == 1 && shared) {
+      args.emplace(a.id, memory(a.own, engine(), const_cast<void*>(shared)));
+      continue;
+    }
+    if (!a.reorder) {
+      args.emplace(a.id, mine);
+      continue;
+    }
+    buffers.emplace_back(a.own.get_size());
+    const memory own(a.own, engine(), buffers.back().data());
+    if (a.output)
+      outputs.push_back({&a, mine});
+    else
+      a.reorder.execute(stream, {{DNNL_ARG_FROM, mine}, {DNNL_ARG_TO, own}});
+    args.emplace(a.id, own);
+  }
+  p.run.execute(stream, args);
+  for (auto& [a, mine] : outputs) a->reorder.execute(stream, {{DNNL_ARG_FROM, args.at(a->id)}, {DNNL_ARG_TO, mine}});
+  stream.wait();
+}
+
+// The batch runs as a number of chunks fixed by the shape (never by the thread count), each
+// a single-threaded oneDNN call, the chunks in parallel on oneTBB: results never depend on
+// the thread count, and no OpenMP team waits at a barrier for a thread the OS descheduled
+// (with oneDNN's own OpenMP threads a width-8 ResNet step ran 4x slower on a busy machine).
+// Chunks keep at least ~4 MFLOP each; the forward and the input gradient use at most 8, the
+// weight gradient at most 2: its chunks' partial sums cost one more pass over the weights
+// each (added in chunk order afterwards), and on 2 cores 2 chunks keep both busy.
+int64_t chunk_count(Direction d, const kernels::ConvGeometry& g) {
+  const double flops = 2.0 * double(g.O) * double(g.P()) * double(g.K()) * double(g.N);
+  const int64_t most = d == Direction::weight_grad ? 2 : 8;
+  return std::clamp<int64_t>(std::min<int64_t>(int64_t(flops / 4e6), most), 1, g.N);
+}
+
+void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::array<float*, 3>& user) {
+  const int64_t chunks = chunk_count(d, g), base = g.N / chunks, extra = g.N % chunks;
+  auto first_image = [&](int64_t c) { return c * base + std::min(c, extra); };
+  const int64_t x_image = g.C * g.H * g.W, y_image = g.O * g.OH * g.OW, w_size = g.O * g.K();
+  // Weight gradient: chunk 0 writes the output, chunk c > 0 its own partial sum.
+  std::deque<Workspace<float> > partials;
+  if (d == Direction::weight_grad)
+    for (int64_t c = 1; c < chunks; ++c) partials.emplace_back(size_t(w_size));
+  // The forward and the input gradient read the weights in the primitive's layout: converted
+  // once per chunk size (at most two), not once per chunk.
+  auto chunk_primitive = [&](int64_t n) {
+    kernels::ConvGeometry gc = g;
+    gc.N = n;
+    return &primitive(d, gc, bf16);
+  };
+  const Primitive* by_size[2] = {chunk_primitive(base + (extra ? 1 : 0)), chunk_primitive(std::max<int64_t>(base, 1))};
+  std::deque<Workspace<std::byte> > weights;
+  const void* shared[2] = {nullptr, nullptr};
+  if (d != Direction::weight_grad && chunks > 1)
+    for (int k = 0; k < 2; ++k) {
+      const Arg& a = by_size[k]->args[1];
+      if (!a.reorder) continue;
+      if (k == 1 && by_size[1]->args[1].own == by_size[0]->args[1].own) {
+        shared[1] = shared[0];
+        continue;
+      }
+      weights.emplace_back(a.own.get_size());
+      dnnl::stream stream(engine());
+      a.reorder.execute(stream, {{DNNL_ARG_FROM, memory(a.user, engine(), user[1])},
+                                 {DNNL_ARG_TO, memory(a.own, engine(), weights.back().data())}});
+      stream.wait();
+      shared[k] = weights.back().data();
+    }
+  parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t n0 = first_image(c), n = first_image(c + 1) - n0;
+      const int k = n == base + (extra ? 1 : 0) ? 0 : 1;
+      const Primitive& p = *by_size[k];
+      switch (d) {
+        case Direction::forward:  // x, w, y
+          run_one(p, {user[0] + n0 * x_image, user[1], user[2] + n0 * y_image}, shared[k]);
+          break;
+        case Direction::input_grad:  // gy, w, gx
+          run_one(p, {user[0] + n0 * y_image, user[1], user[2] + n0 * x_image}, shared[k]);
+          break;
+        case Direction::weight_grad:  // x, gy, gw
+          run_one(p, {user[0] + n0 * x_image, user[1] + n0 * y_image, c == 0 ? user[2] : partials[c - 1].data()});
+          break;
+      }
+    }
+  });
+  if (partials.empty()) return;
+  float* gw = user[2];
+  parallel_for(w_size, 1 << 14, [&](int64_t i0, int64_t i1) {
+    for (const Workspace<float>& part : partials) {
+      const float* q = part.data();
+      for (int64_t i = i0; i < i1; ++i) gw[i] += q[i];
+    }
+  });
+}
+
+}  // namespace
+
+void forward(const float* x, const float* w, float* y, const kernels::ConvGeometry& g, bool bf16) {
+  execute(Direction::forward, g, bf16, {const_cast<float*>(x), const_cast<float*>(w), y});
+}
+void input_grad(const float* gy, const float* w, float* gx, const kernels::ConvGeometry& g, bool bf16) {
+  execute(Direction::input_grad, g, bf16, {const_cast<float*>(gy), const_cast<float*>(w), gx});
+}
+void weight_grad(const float* x, const float* gy, float* gw, const kernels::ConvGeometry& g, bool bf16) {
+  execute(Direction::weight_grad, g, bf16, {const_cast<float*>(x), const_cast<float*>(gy), gw});
+}
+
+#endif
+
+}  // namespace flatmin::cpu::onednn
