@@ -100,8 +100,8 @@ PY
 run_engine() {  # ENGINE: its JSON on stdout
   case "$1" in
     flatmin) ./build/bench/flatmin_bench "${args[@]}" ;;
-    # an inductor cache per engine and invocation: round 1 compiles cold (not even sharing
-    # kernels with the other compile mode), later rounds reuse its kernels
+    # an inductor cache per engine and invocation (torch_reference.py: and per group): round 1
+    # compiles cold (not even sharing kernels with another mode or group), later rounds reuse it
     torch2_*) TORCHINDUCTOR_CACHE_DIR="$out/inductor-cache/$1" \
       "$venv/bin/python" bench/torch_reference.py --mode "${1#torch2_}" "${args[@]}" ;;
     # Debian's default reference BLAS is ~50x slower at GEMM: not a fair peer; use OpenBLAS.

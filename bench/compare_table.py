@@ -248,8 +248,8 @@ def main():
         first, later = min(rounds), sorted(rounds)[1:]
         print("### torch.compile: the first call (compilation + one run), s")
         print()
-        print("Round %d compiles with an empty inductor cache of the engine's own (a first run); later rounds "
-              "reuse it (a rerun)." % first)
+        print("Round %d compiles with an empty inductor cache of the engine's and group's own (a first run); "
+              "later rounds reuse it (a rerun)." % first)
         print()
         head = []
         for e in cengines:

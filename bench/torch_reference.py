@@ -416,12 +416,14 @@ def status_mib(field):
     return 0.0
 
 
-def run_in_child(fn, threads, reps):
+def run_in_child(name, fn, threads, reps):
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(r)
         skipped = {}
+        if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):  # a cache per group: a group's first compile is cold
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], name)
         try:
             torch.set_num_threads(threads)
             base = status_mib("VmRSS")
@@ -491,7 +493,7 @@ def main():
         if MODE.name != "eager" and not moded:
             skipped[name] = "the mode is a ResNet-18 setting; this group runs in eager mode only"
             continue
-        res = run_in_child(fn, args.threads, args.reps)
+        res = run_in_child(name, fn, args.threads, args.reps)
         groups[name] = {"base_rss_mib": res["base_rss_mib"], "peak_rss_mib": res["peak_rss_mib"], "error": res["error"]}
         skipped.update(res["skipped"])
         for m in res["metrics"]:
