@@ -45,6 +45,6 @@ case "$cmd" in
   test) build build; run_tests build ;;
   build) build build ;;
   asan) build build-asan -Db_sanitize=address,undefined -Dbuildtype=debugoptimized -Dcuda=disabled
-        ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS="suppressions=$PWD/tests/lsan_openmpi.supp:print_suppressions=0" UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 run_tests build-asan ;;
+        ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 run_tests build-asan ;;
   *) build build >&2; shift; exec ./build/tools/flatmin "$cmd" "$@" ;;
 esac

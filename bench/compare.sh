@@ -100,8 +100,9 @@ PY
 run_engine() {  # ENGINE: its JSON on stdout
   case "$1" in
     flatmin) ./build/bench/flatmin_bench "${args[@]}" ;;
-    # one inductor cache per invocation: round 1 compiles cold, later rounds reuse its kernels
-    torch2_*) TORCHINDUCTOR_CACHE_DIR="$out/inductor-cache" \
+    # an inductor cache per engine and invocation: round 1 compiles cold (not even sharing
+    # kernels with the other compile mode), later rounds reuse its kernels
+    torch2_*) TORCHINDUCTOR_CACHE_DIR="$out/inductor-cache/$1" \
       "$venv/bin/python" bench/torch_reference.py --mode "${1#torch2_}" "${args[@]}" ;;
     # Debian's default reference BLAS is ~50x slower at GEMM: not a fair peer; use OpenBLAS.
     torch113_eager) LD_LIBRARY_PATH="$openblas" /usr/bin/python3 bench/torch_reference.py --mode eager "${args[@]}" ;;

@@ -309,7 +309,7 @@ def unless_fails(skipped, keys, measure):
         if MODE.name == "eager":
             raise
         for k in keys:
-            skipped[k] = "%s: %s" % (MODE.name, skip_reason(e))
+            skipped[k] = skip_reason(e)
         return []
 
 
@@ -370,7 +370,7 @@ def resnet_second_order_b32(reps, skipped):
             if MODE.compiles:
                 ms.append(metric(key + "_compile_s", "s", False, [first[name]]))
         if ratio and "fwd_bwd" not in first:
-            skipped.setdefault(ratio, "%s: needs resnet18_fwd_bwd_b32" % MODE.name)
+            skipped.setdefault(ratio, "needs resnet18_fwd_bwd_b32")
         elif ratio:
             ms.append(metric(ratio, "x fwd+bwd", False, [t / b for t, b in zip(secs[name], secs["fwd_bwd"])]))
     return ms
@@ -489,7 +489,7 @@ def main():
         if only and name not in only:
             continue
         if MODE.name != "eager" and not moded:
-            skipped[name] = "%s: a ResNet-18 setting; this group runs in eager mode only" % MODE.name
+            skipped[name] = "the mode is a ResNet-18 setting; this group runs in eager mode only"
             continue
         res = run_in_child(fn, args.threads, args.reps)
         groups[name] = {"base_rss_mib": res["base_rss_mib"], "peak_rss_mib": res["peak_rss_mib"], "error": res["error"]}
