@@ -16,9 +16,9 @@ import re
 import statistics
 import sys
 
-ENGINES = ["flatmin", "torch2_eager", "torch2_channels_last", "torch2_compile", "torch2_compile_channels_last",
+ENGINES = ["flatmin", "flatmin_bf16", "torch2_eager", "torch2_channels_last", "torch2_compile", "torch2_compile_channels_last",
            "torch2_bf16", "torch113_eager"]
-LABEL = {"flatmin": "flatmin", "torch2_eager": "eager", "torch2_channels_last": "channels_last",
+LABEL = {"flatmin": "flatmin", "flatmin_bf16": "flatmin bf16", "torch2_eager": "eager", "torch2_channels_last": "channels_last",
          "torch2_compile": "compile", "torch2_compile_channels_last": "compile + CL", "torch2_bf16": "bf16 + CL",
          "torch113_eager": "1.13 eager"}
 # PyTorch 2.x's float32 settings; the best of them per round is flatmin's target
@@ -133,9 +133,12 @@ class Table:
         if "flatmin" in self.engines:
             cells.append(fmt_ratio(median_or_none([ratio(self.value(r, "flatmin", key), b[0], higher)
                                              for r, b in zip(rs, bests)])))
-            if "torch2_bf16" in self.engines:
-                cells.append(fmt_ratio(median_or_none([ratio(self.value(r, "flatmin", key), self.value(r, "torch2_bf16", key),
-                                                       higher) for r in rs])))
+        if "torch2_bf16" in self.engines:
+            for mine in ("flatmin", "flatmin_bf16"):
+                if mine in self.engines:
+                    cells.append(fmt_ratio(median_or_none([ratio(self.value(r, mine, key),
+                                                                 self.value(r, "torch2_bf16", key), higher)
+                                                           for r in rs])))
         return cells
 
     def print(self, rs, title):
@@ -143,8 +146,8 @@ class Table:
         head = ["workload", "unit"] + [LABEL[e] for e in self.engines] + ["best PyTorch 2.x float32 (which)"]
         if "flatmin" in self.engines:
             head.append("flatmin vs best float32")
-            if "torch2_bf16" in self.engines:
-                head.append("flatmin vs bf16")
+        if "torch2_bf16" in self.engines:
+            head += ["%s vs bf16" % LABEL[m] for m in ("flatmin", "flatmin_bf16") if m in self.engines]
         print("### " + title)
         print()
         print("| " + " | ".join(head) + " |")

@@ -1,5 +1,6 @@
 #include "bench/harness.hpp"
 
+#include "autodiff/nn_ops.hpp"
 #include "autodiff/profile.hpp"
 
 #include <sys/wait.h>
@@ -96,6 +97,7 @@ GroupResult run_in_child(const Group& g, const Config& cfg) {
     try {
       tbb::global_control threads(tbb::global_control::max_allowed_parallelism, size_t(cfg.threads));
       const double base = current_rss_mib();
+      const Bf16Convolutions precision(cfg.bf16);
       std::vector<Metric> ms = g.run(cfg);
       out = serialize(ms, base, peak_rss_mib());
     } catch (const std::exception& e) {
