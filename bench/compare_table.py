@@ -190,7 +190,8 @@ def main():
             print("- PyTorch %s (%s): %s" % (v, res.get("python", "?"), "; ".join(res.get("config", []))))
     print("- Columns: eager, channels_last, compile (`torch.compile`, default inductor), compile + CL "
           "(both), bf16 + CL (`torch.autocast(\"cpu\", dtype=torch.bfloat16)` + channels_last) are PyTorch 2.x; "
-          "1.13 eager is Debian's python3-torch with OpenBLAS. Best PyTorch 2.x float32 is, per round, the "
+          "1.13 eager is Debian's python3-torch with OpenBLAS; flatmin bf16 is `flatmin_bench --bf16` (bfloat16 "
+          "convolutions, float32 everything else). Best PyTorch 2.x float32 is, per round, the "
           "fastest of eager, channels_last, compile and compile + CL (compile time excluded; which one won in "
           "parentheses).")
     print("- **Ratio convention: flatmin vs X = X's time / flatmin's time (throughputs: flatmin / X); > 1 means "
