@@ -1,4 +1,5 @@
-// GEMM through OpenBLAS (Debian's pthread flavor), one thread per call.
+// GEMM through OpenBLAS (Debian's pthread flavor), one thread per call; float32 on oneDNN's
+// sgemm in builds with oneDNN (unless FLATMIN_CONV=native), see onednn_conv.hpp.
 //
 // Why not Eigen: on the machine this was tuned on (2-core AMD EPYC, AVX-512), a one-thread
 // microbenchmark of the shapes a ResNet-18 convolution produces gave OpenBLAS 61-103
@@ -18,6 +19,7 @@
 #include <string>
 #include <type_traits>
 
+#include "autodiff/cpu/onednn_conv.hpp"
 #include "autodiff/tensor.hpp"
 
 extern "C" void openblas_set_num_threads(int);
@@ -44,6 +46,8 @@ int blas_int(int64_t v, const char* what) {
 template <class T> void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
                              int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
+  if constexpr (std::is_same_v<T, float>)
+    if (onednn::enabled()) return onednn::sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   single_threaded_blas();
   const auto ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
   const int M = blas_int(m, "m"), N = blas_int(n, "n"), K = blas_int(k, "k");

@@ -42,6 +42,10 @@ void input_grad(const float*, const float*, float*, const kernels::ConvGeometry&
 void weight_grad(const float*, const float*, float*, const kernels::ConvGeometry&, bool) {
   throw Error("conv2d_weight_grad: this build has no oneDNN");
 }
+void sgemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
+           int64_t) {
+  throw Error("gemm: this build has no oneDNN");
+}
 
 #else
 
@@ -283,6 +287,15 @@ void input_grad(const float* gy, const float* w, float* gx, const kernels::ConvG
 }
 void weight_grad(const float* x, const float* gy, float* gw, const kernels::ConvGeometry& g, bool bf16) {
   execute(Direction::weight_grad, g, bf16, {const_cast<float*>(x), const_cast<float*>(gy), gw});
+}
+
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (omp_get_max_threads() != 1) omp_set_num_threads(1);  // callers split the work on oneTBB
+  const dnnl::status st =
+      dnnl::sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a, std::max<int64_t>(lda, 1), b,
+                  std::max<int64_t>(ldb, 1), beta, c, std::max<int64_t>(ldc, 1));
+  if (st != dnnl::status::success) throw Error("gemm: oneDNN's sgemm failed (status " + std::to_string(int(st)) + ")");
 }
 
 #endif

@@ -18,4 +18,10 @@ void forward(const float* x, const float* w, float* y, const kernels::ConvGeomet
 void input_grad(const float* gy, const float* w, float* gx, const kernels::ConvGeometry& g, bool bf16);
 void weight_grad(const float* x, const float* gy, float* gw, const kernels::ConvGeometry& g, bool bf16);
 
+// gemm.hpp's contract for float32 (row-major, on the calling thread), on oneDNN's JIT sgemm:
+// OpenBLAS picks its kernels by CPU model and runs generic SSE3 code on models it does not
+// know (this session's Xeon: 46 GFLOP/s against oneDNN's ~200 on a 2048² product).
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+
 }  // namespace flatmin::cpu::onednn
