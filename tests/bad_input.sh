@@ -83,5 +83,17 @@ rm -rf "$tmp/escape-full" "$tmp/escape-file"
 # 3. a stop on a non-finite loss: exit 3 and null for what was not measured
 out=$("$flatmin" train "${blobs[@]/1/5}" --lr 1e30 2> /dev/null); rc=$?
 if [ $rc -ne 3 ] || ! grep -q '"train_accuracy":null' <<< "$out"; then echo "FAIL: non-finite stop: exit $rc, $out"; failed=1; fi
+# --bf16-convolutions reaches the training steps: a short ResNet run ends at other weights
+# than float32 (bfloat16 operands), where the build can run it and Fashion-MNIST is installed
+bf16_run=(train --model resnet18 --width 4 --train-subset 16 --test-subset 8 --batch-size 8 --steps 2 --lr 0.1)
+if "$flatmin" "${bf16_run[@]}" --save-model "$tmp/f32.safetensors" > /dev/null 2>&1 &&
+   "$flatmin" "${bf16_run[@]}" --bf16-convolutions --save-model "$tmp/bf16.safetensors" > /dev/null 2> "$tmp/bf16.err"; then
+  if cmp -s "$tmp/f32.safetensors" "$tmp/bf16.safetensors"; then
+    echo "FAIL: --bf16-convolutions trained to the same weights as float32"; failed=1
+  fi
+elif ! grep -q "no oneDNN" "$tmp/bf16.err" 2> /dev/null; then
+  echo "bf16 training check skipped (no Fashion-MNIST?)"
+fi
+rm -f "$tmp/f32.safetensors" "$tmp/bf16.safetensors" "$tmp/bf16.err"
 [ $failed -eq 0 ] && echo "bad_input: OK"
 exit $failed

@@ -314,8 +314,6 @@ void Progress::done() {
 PhaseResult evaluate_all(nn::Module& net, const data::Dataset& train, const data::Dataset& test,
                          const ScheduleSpec& sched, bool with_trace) {
   const DType dt = parse_dtype(sched.dtype);
-  sched.check_precision();
-  const Bf16Convolutions precision(sched.bf16_convolutions);
   const optim::ClassifierLoss loss = optim::parse_classifier_loss(sched.loss);
   PhaseResult r;
   r.evaluated_step = r.outcome.steps;  // measured now; run_phase sets the step
@@ -365,6 +363,8 @@ PhaseResult run_phase(const std::string& phase, nn::Module& net, const data::Dat
                       const OptimSpec& optim_spec, const ScheduleSpec& sched, const nlohmann::json& config,
                       MetricsLog& log, const std::function<bool(int64_t step, const PhaseResult&)>& stop_early) {
   const DType dt = parse_dtype(sched.dtype);
+  sched.check_precision();
+  const Bf16Convolutions precision(sched.bf16_convolutions);  // the steps and their evaluations
   const optim::ClassifierLoss loss = optim::parse_classifier_loss(sched.loss);
   optim::OptimizerConfig oc = optim_spec.config();  // refuses bad hyperparameters first
   optim_spec.check_batch(sched.batch_size);
