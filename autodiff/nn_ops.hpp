@@ -22,7 +22,8 @@ Tensor conv2d_weight_grad(const Tensor& x, const Tensor& gy, const Shape& w_shap
 // gradient ops (so the forward, the backward and second-order rules alike) read their
 // operands rounded to bfloat16 and accumulate and return float32 — PyTorch's CPU bf16
 // autocast for convolutions, with float32 outputs. Every other op, every float64 op and the
-// parameters are unchanged. Needs the CPU backend built with oneDNN (a conv op throws
+// parameters are unchanged. Each op reads the setting when it runs, so a backward run outside
+// the scope runs in float32. Needs the CPU backend built with oneDNN (a conv op throws
 // otherwise, and on CUDA tensors). Scopes nest; the outer setting comes back on exit.
 bool bf16_convolutions();
 class Bf16Convolutions {

@@ -13,7 +13,7 @@
 
 #include "autodiff/cpu/cpu_kernels.hpp"
 #include "autodiff/cpu/gemm.hpp"
-#include "autodiff/cpu/onednn_conv.hpp"
+#include "autodiff/cpu/onednn.hpp"
 #include "autodiff/cpu/scratch.hpp"
 #include "autodiff/cpu/winograd.hpp"
 #include "autodiff/kernel_util.hpp"
@@ -241,7 +241,7 @@ template <class F> void for_each_plane(const PoolGeometry& g, F&& f) {
   });
 }
 
-// float32 on oneDNN when the build has it (onednn_conv.hpp); an empty batch stays here, where
+// float32 on oneDNN when the build has it (onednn.hpp); an empty batch stays here, where
 // the weight gradient comes out as zeros.
 // (p.bf16 is only ever set when oneDNN is enabled: Backend::supports_bf16_convolutions.)
 bool use_onednn(DType t, const Geometry& g) { return t == DType::f32 && g.N > 0 && onednn::enabled(); }

@@ -13,7 +13,7 @@
 #include "autodiff/cpu/block_cache.hpp"
 #include "autodiff/cpu/cpu_kernels.hpp"
 #include "autodiff/cpu/gemm.hpp"
-#include "autodiff/cpu/onednn_conv.hpp"
+#include "autodiff/cpu/onednn.hpp"
 #include "autodiff/kernel_util.hpp"
 #include "autodiff/small_alloc.hpp"
 

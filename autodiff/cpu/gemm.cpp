@@ -1,5 +1,5 @@
 // GEMM through OpenBLAS (Debian's pthread flavor), one thread per call; float32 on oneDNN's
-// sgemm in builds with oneDNN (unless FLATMIN_CONV=native), see onednn_conv.hpp.
+// sgemm in builds with oneDNN (unless FLATMIN_CONV=native), see onednn.hpp.
 //
 // Why not Eigen: on the machine this was tuned on (2-core AMD EPYC, AVX-512), a one-thread
 // microbenchmark of the shapes a ResNet-18 convolution produces gave OpenBLAS 61-103
@@ -19,7 +19,7 @@
 #include <string>
 #include <type_traits>
 
-#include "autodiff/cpu/onednn_conv.hpp"
+#include "autodiff/cpu/onednn.hpp"
 #include "autodiff/tensor.hpp"
 
 extern "C" void openblas_set_num_threads(int);

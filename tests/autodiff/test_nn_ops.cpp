@@ -110,7 +110,7 @@ TEST_CASE("conv kernels match naive loops in float32 at a ResNet-like size") {
   check_conv_against_loops({2, 16, 8, 8, 32, 1, 2, 0}, DType::f32, 2e-5);
 }
 
-// float32 convolutions run on oneDNN in builds that have it (autodiff/cpu/onednn_conv.cpp),
+// float32 convolutions run on oneDNN in builds that have it (autodiff/cpu/onednn.cpp),
 // on flatmin's own kernels otherwise: the same geometries as the float64 tests above, plus
 // the shapes oneDNN picks special kernels for (1x1, 7x7 stride 2, one input channel).
 TEST_CASE("float32 conv kernels match naive loops on every geometry of the float64 tests") {

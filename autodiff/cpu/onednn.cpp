@@ -1,9 +1,9 @@
-// float32 convolutions on oneDNN (see onednn_conv.hpp). One primitive per (direction, shape),
+// float32 convolutions and GEMM on oneDNN (see onednn.hpp). One primitive per (direction, shape),
 // built on first use and kept: building a oneDNN primitive JIT-compiles its kernel (~1 ms),
 // running one is what every later call pays. oneDNN is called single-threaded on chunks of
 // the batch that run in parallel on oneTBB (see chunk_count), so flatmin's thread limit
 // (FLATMIN_THREADS, a tbb::global_control, a task_arena) holds for convolutions too.
-#include "autodiff/cpu/onednn_conv.hpp"
+#include "autodiff/cpu/onednn.hpp"
 
 #include <cstdlib>
 #include <cstring>
@@ -91,7 +91,7 @@ template <class PD> Primitive with_args(dnnl::primitive run, const PD& pd, std::
   // oneDNN falls back to plain reference loops ("ref:any") where no JIT kernel fits: for
   // bfloat16 (no AVX-512 on this CPU) that would be silently ~100x slower, so refuse it.
   const std::string impl = pd.impl_info_str();
-  if (impl.rfind("ref", 0) == 0 && users.size() == 3 &&
+  if (impl.rfind("ref", 0) == 0 &&
       pd.query_md(dnnl::query::exec_arg_md, ids[0].first).data_type() == memory::data_type::bf16)
     throw Error("bfloat16 convolutions: oneDNN has no fast bfloat16 kernel on this CPU (only \"" + impl + "\")");
   Primitive p{std::move(run), pd.scratchpad_desc(), {}};

@@ -1,14 +1,14 @@
-// Internal to the CPU backend: float32 convolutions on oneDNN (the library PyTorch's own CPU
-// convolutions run on), used by conv.cpp when the build found it and FLATMIN_CONV is not
-// "native". float64 always runs flatmin's own kernels (oneDNN has no float64), so the
+// Internal to the CPU backend: float32 convolutions and GEMM on oneDNN (the library PyTorch's
+// own CPU convolutions run on), used by conv.cpp and gemm.cpp when the build found it and
+// FLATMIN_CONV is not "native". float64 always runs flatmin's own kernels (oneDNN has no float64), so the
 // derivative checks in float64 never depend on it; tests compare the two in float32.
 #pragma once
 #include "autodiff/kernel_util.hpp"
 
 namespace flatmin::cpu::onednn {
 
-// Whether float32 convolutions go to oneDNN: built with it, and FLATMIN_CONV unset or "onednn"
-// (read once; "native" selects flatmin's own im2col/Winograd kernels).
+// Whether float32 convolutions and GEMM go to oneDNN: built with it, and FLATMIN_CONV unset or
+// "onednn" (read once; "native" selects flatmin's own im2col/Winograd kernels and OpenBLAS).
 bool enabled();
 
 // NCHW float32 tensors, OIHW weights, all contiguous; the same contracts as conv.cpp's kernels
