@@ -1,8 +1,10 @@
 // Times the CPU convolution kernels (forward, input gradient, weight gradient) on the 20
 // convolutions of ResNet-18 in its CIFAR form (3x32x32 input), float32.
-//   ./build/bench/conv_bench [--batch 128] [--threads 2] [--reps 3] [--input 32] [--layer l4] [--bf16 1]
+//   ./build/bench/conv_bench [--batch 128] [--threads 2] [--reps 3] [--input 32] [--width 64] [--layer l4] [--bf16 1]
 // --input 28 gives the 1x28x28 (Fashion-MNIST) variant's planes (28, 14, 7, 4) with a
-// 1-channel stem; --layer keeps the layers whose name starts with the given text.
+// 1-channel stem; --width W scales the stage widths 64..512 to W..8W (`flatmin escape`'s
+// model: --input 28 --width 8 --batch 64); --layer keeps the layers whose name starts with
+// the given text.
 // Prints per layer the median wall time of each kernel and its GFLOP/s, the GFLOP/s of one
 // plain GEMM of the layer's shape (the ceiling im2col + GEMM can reach, measured under the
 // same conditions), then the totals and the CPU time the same runs took.
@@ -61,7 +63,7 @@ template <class F> double median_seconds(int reps, double* cpu, F&& f) {
 int main(int argc, char** argv) {
   int64_t batch = 128;
   int threads = 2, reps = 3;
-  int64_t input = 32;
+  int64_t input = 32, width = 64;
   std::string only;
   bool bf16 = false;  // --bf16 1: inside a Bf16Convolutions scope (bfloat16 operands)
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -70,6 +72,8 @@ int main(int argc, char** argv) {
       batch = std::stoll(argv[i + 1]);
     else if (a == "--input")
       input = std::stoll(argv[i + 1]);
+    else if (a == "--width")
+      width = std::stoll(argv[i + 1]);
     else if (a == "--layer")
       only = argv[i + 1];
     else if (a == "--threads")
@@ -80,7 +84,7 @@ int main(int argc, char** argv) {
       reps = std::stoi(argv[i + 1]);
     else {
       std::fprintf(stderr,
-                   "unknown option %s (use --batch N --threads T --reps R --input 32|28 --layer NAME --bf16 0|1)\n",
+                   "unknown option %s (use --batch N --threads T --reps R --input 32|28 --width W --layer NAME --bf16 0|1)\n",
                    a.c_str());
       return 2;
     }
@@ -89,8 +93,9 @@ int main(int argc, char** argv) {
   NoGrad ng;
   Bf16Convolutions precision(bf16);
   Generator g(1);
-  std::printf("ResNet-18 (CIFAR) convolutions, batch %lld, %s, %d threads, median of %d\n", (long long)batch,
-              bf16 ? "float32 with bfloat16 operands" : "float32", threads, reps);
+  std::printf("ResNet-18 (CIFAR) convolutions, batch %lld, input %lld, width %lld, %s, %d threads, median of %d\n",
+              (long long)batch, (long long)input, (long long)width, bf16 ? "float32 with bfloat16 operands" : "float32",
+              threads, reps);
   std::printf("%-16s %5s | %9s %7s | %9s %7s | %9s %7s | %7s\n", "layer", "count", "fwd ms", "GF/s", "gin ms", "GF/s",
               "gw ms", "GF/s", "GEMM");
   double total[3] = {0, 0, 0}, flops_total = 0;
@@ -102,6 +107,8 @@ int main(int argc, char** argv) {
       for (int64_t full = 32; full > l.H; full /= 2) h = (h + 1) / 2;
       l.H = h;
     }
+    if (l.C != 3 && l.C != 1) l.C = l.C * width / 64;
+    l.O = l.O * width / 64;
     const Conv2dOptions opt{l.stride, l.K / 2};
     Tensor x = g.normal({batch, l.C, l.H, l.H}), w = g.normal({l.O, l.C, l.K, l.K});
     Tensor y = conv2d(x, w, {}, opt);

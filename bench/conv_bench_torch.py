@@ -33,18 +33,32 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--input", type=int, default=32, help="28: the 1x28x28 variant (1-channel stem)")
+    ap.add_argument("--width", type=int, default=64, help="stage widths W..8W (flatmin escape: --input 28 --width 8)")
+    ap.add_argument("--channels-last", action="store_true", help="activations and weights in channels_last memory format")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
-    print(f"PyTorch {torch.__version__} ResNet-18 (CIFAR) convolutions, batch {a.batch}, float32, {a.threads} threads")
+    print(f"PyTorch {torch.__version__} ResNet-18 (CIFAR) convolutions, batch {a.batch}, input {a.input}, width {a.width}, float32, {a.threads} threads"
+          + (", channels_last" if a.channels_last else ""))
     print(f"{'layer':16s} count |   fwd ms    GF/s |   gin ms    GF/s |    gw ms    GF/s")
     total, cpu, flops_total = [0.0, 0.0, 0.0], 0.0, 0.0
     with torch.no_grad():
         for name, count, c, o, h, k, s in LAYERS:
+            if a.input != 32:  # conv_bench.cpp's rule: a 1-channel stem, each stride-2 stage halves the plane
+                c = 1 if c == 3 else c
+                full, h2 = 32, a.input
+                while full > h:
+                    h2, full = (h2 + 1) // 2, full // 2
+                h = h2
+            c = c if c in (1, 3) else c * a.width // 64
+            o = o * a.width // 64
             p = k // 2
             x, w = torch.randn(a.batch, c, h, h), torch.randn(o, c, k, k)
+            if a.channels_last:
+                x, w = x.to(memory_format=torch.channels_last), w.to(memory_format=torch.channels_last)
             y = F.conv2d(x, w, stride=s, padding=p)
-            gy = torch.randn_like(y)
+            gy = torch.randn_like(y)  # keeps y's memory format
             flops = 2.0 * y.numel() * c * k * k
             # the kernels autograd runs for conv2d's backward, one gradient at a time
             def backward(mask):
