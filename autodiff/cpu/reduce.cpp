@@ -22,6 +22,21 @@ template <class T> void reduce_impl(ReduceOp op, const Tensor& xt, Tensor& outt)
   using Acc = std::conditional_t<std::is_same_v<T, int64_t>, int64_t, double>;
   const T* x = ptr<T>(xt);
   T* out = ptr<T>(outt);
+  const Acc init = op == ReduceOp::sum   ? Acc(0)
+                   : op == ReduceOp::max ? Acc(-std::numeric_limits<T>::infinity())
+                                         : Acc(std::numeric_limits<T>::infinity());
+  auto combine = [op](Acc a, Acc b) {
+    return op == ReduceOp::sum ? a + b : op == ReduceOp::max ? (b > a ? b : a) : (b < a ? b : a);
+  };
+  constexpr int64_t block = 16384;
+  // All of a small tensor to one value: the left-to-right order the general path below takes
+  // for it, without its stride vectors (a dot product of a gradient is this case).
+  if (outt.numel() == 1 && xt.numel() >= 1 && xt.numel() <= block) {
+    Acc acc = init;
+    for (int64_t i = 0, n = xt.numel(); i < n; ++i) acc = combine(acc, Acc(x[i]));
+    out[0] = T(acc);
+    return;
+  }
   Shape shape = xt.shape();
   std::vector<int64_t> sin(shape.size()), sout = broadcast_strides(outt.shape(), shape);
   for (int64_t i = int64_t(shape.size()) - 1, s = 1; i >= 0; --i) {
@@ -30,12 +45,6 @@ template <class T> void reduce_impl(ReduceOp op, const Tensor& xt, Tensor& outt)
   }
   collapse(shape, {&sin, &sout});
   const int64_t nout = outt.numel(), nin = xt.numel();
-  const Acc init = op == ReduceOp::sum   ? Acc(0)
-                   : op == ReduceOp::max ? Acc(-std::numeric_limits<T>::infinity())
-                                         : Acc(std::numeric_limits<T>::infinity());
-  auto combine = [op](Acc a, Acc b) {
-    return op == ReduceOp::sum ? a + b : op == ReduceOp::max ? (b > a ? b : a) : (b < a ? b : a);
-  };
   if (nin == 0) {
     for (int64_t i = 0; i < nout; ++i) out[i] = T(0);
     return;
@@ -94,7 +103,6 @@ template <class T> void reduce_impl(ReduceOp op, const Tensor& xt, Tensor& outt)
     }
     return off;
   };
-  constexpr int64_t block = 16384;
   if (nout >= 16 || R <= block) {
     parallel_for(nout, std::max<int64_t>(1, block / std::max<int64_t>(R, 1)), [&](int64_t o0, int64_t o1) {
       for (int64_t o = o0; o < o1; ++o) out[o] = T(partial(base_of(o), 0, R));
