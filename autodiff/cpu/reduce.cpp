@@ -21,8 +21,9 @@ using kernels::dispatch;
 template <ReduceOp Op> struct Combine {
   template <class A> static A init() {
     if constexpr (Op == ReduceOp::sum) return A(0);
-    if constexpr (Op == ReduceOp::max) return std::numeric_limits<A>::has_infinity ? -std::numeric_limits<A>::infinity()
-                                                                                    : std::numeric_limits<A>::lowest();
+    if constexpr (Op == ReduceOp::max)
+      return std::numeric_limits<A>::has_infinity ? -std::numeric_limits<A>::infinity()
+                                                  : std::numeric_limits<A>::lowest();
     if constexpr (Op == ReduceOp::min)
       return std::numeric_limits<A>::has_infinity ? std::numeric_limits<A>::infinity() : std::numeric_limits<A>::max();
   }
@@ -151,12 +152,9 @@ void reduce(ReduceOp op, const Tensor& x, Tensor& out) {
   dispatch(x.dtype(), [&](auto z) {
     using T = decltype(z);
     switch (op) {
-      case ReduceOp::sum:
-        return reduce_impl<ReduceOp::sum, T>(x, out);
-      case ReduceOp::max:
-        return reduce_impl<ReduceOp::max, T>(x, out);
-      case ReduceOp::min:
-        return reduce_impl<ReduceOp::min, T>(x, out);
+      case ReduceOp::sum: return reduce_impl<ReduceOp::sum, T>(x, out);
+      case ReduceOp::max: return reduce_impl<ReduceOp::max, T>(x, out);
+      case ReduceOp::min: return reduce_impl<ReduceOp::min, T>(x, out);
     }
     throw Error("reduce: unknown reduction");
   });

@@ -78,8 +78,10 @@ TEST_CASE("sum, max and min over every set of axes match naive loops, at any thr
       hi[size_t(o)] = std::max(hi[size_t(o)], v[size_t(i)]);
       lo[size_t(o)] = std::min(lo[size_t(o)], v[size_t(i)]);
     }
-    auto run = [&] { return std::vector<std::vector<double>>{sum(x, axes).to_vector(), max(x, axes).to_vector(),
-                                                             min(x, axes).to_vector()}; };
+    auto run = [&] {
+      return std::vector<std::vector<double>>{sum(x, axes).to_vector(), max(x, axes).to_vector(),
+                                              min(x, axes).to_vector()};
+    };
     const auto many = run();
     std::vector<std::vector<double>> one;
     tbb::task_arena single(1);
