@@ -59,7 +59,7 @@ inline bool use_winograd(int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t
 // read from the tensors' shapes; both devices' conv kernels take it.
 struct ConvGeometry {
   int64_t N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw;
-  bool channels_last;  // activations [N, H, W, C] (only oneDNN's kernels take it)
+  bool channels_last;                              // activations [N, H, W, C] (only oneDNN's kernels take it)
   FM_HD int64_t P() const { return OH * OW; }      // output positions per image
   FM_HD int64_t K() const { return C * KH * KW; }  // rows of an image's column matrix
   FM_HD int64_t HW() const { return H * W; }

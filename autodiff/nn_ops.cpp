@@ -81,12 +81,9 @@ void run_conv_kernel(ConvKernel k, const Tensor& a, const Tensor& b, Tensor& out
     return bk.permute(o2, out, {0, 2, 3, 1});
   }
   switch (k) {
-    case ConvKernel::forward:
-      return bk.conv2d(a, b, out, p);
-    case ConvKernel::input_grad:
-      return bk.conv2d_input_grad(a, b, out, p);
-    case ConvKernel::weight_grad:
-      return bk.conv2d_weight_grad(a, b, out, p);
+    case ConvKernel::forward: return bk.conv2d(a, b, out, p);
+    case ConvKernel::input_grad: return bk.conv2d_input_grad(a, b, out, p);
+    case ConvKernel::weight_grad: return bk.conv2d_weight_grad(a, b, out, p);
   }
 }
 void check_grad_shape(const char* op, const Tensor& gy, const Shape& expect) {

@@ -128,8 +128,8 @@ Primitive build(Direction d, const kernels::ConvGeometry& g, bool bf16) {
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   const auto algo = dnnl::algorithm::convolution_direct;
   const dnnl::convolution_forward::desc fd(dnnl::prop_kind::forward_training, algo, memory::desc(xd, in, act),
-                                           memory::desc(wd, in, Tag::any), memory::desc(yd, f32, act), strides,
-                                           pad, pad_r);
+                                           memory::desc(wd, in, Tag::any), memory::desc(yd, f32, act), strides, pad,
+                                           pad_r);
   const dnnl::convolution_forward::primitive_desc fpd(fd, attr, engine());
   switch (d) {
     case Direction::forward:
