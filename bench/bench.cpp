@@ -140,8 +140,7 @@ void print_json(const std::vector<GroupResult>& rs, const Config& c) {
   std::printf(
       "{\n  \"engine\": \"flatmin\",\n  \"threads\": %d,\n  \"reps\": %d,\n  \"cpu_time\": %s,\n  \"bf16\": %s,\n  "
       "\"channels_last\": %s,\n  \"groups\": {",
-      c.threads, c.reps, c.cpu_time ? "true" : "false", c.bf16 ? "true" : "false",
-      c.channels_last ? "true" : "false");
+      c.threads, c.reps, c.cpu_time ? "true" : "false", c.bf16 ? "true" : "false", c.channels_last ? "true" : "false");
   for (size_t i = 0; i < rs.size(); ++i) {
     const GroupResult& r = rs[i];
     std::printf("%s\n    \"%s\": {\"base_rss_mib\": %.1f, \"peak_rss_mib\": %.1f, \"error\": \"%s\"}", i ? "," : "",
