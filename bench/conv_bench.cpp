@@ -83,9 +83,10 @@ int main(int argc, char** argv) {
     else if (a == "--reps")
       reps = std::stoi(argv[i + 1]);
     else {
-      std::fprintf(stderr,
-                   "unknown option %s (use --batch N --threads T --reps R --input 32|28 --width W --layer NAME --bf16 0|1)\n",
-                   a.c_str());
+      std::fprintf(
+          stderr,
+          "unknown option %s (use --batch N --threads T --reps R --input 32|28 --width W --layer NAME --bf16 0|1)\n",
+          a.c_str());
       return 2;
     }
   }
