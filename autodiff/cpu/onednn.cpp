@@ -69,7 +69,7 @@ dnnl::engine& engine() {
   return e;
 }
 
-// One argument of a primitive: its user layout (plain nchw / oihw) and the primitive's own
+// One argument of a primitive: its user layout (plain nchw or nhwc / oihw) and the primitive's own
 // (blocked, chosen by oneDNN for this shape and machine), with the reorder between them.
 struct Arg {
   int id;
@@ -114,19 +114,22 @@ Primitive build(Direction d, const kernels::ConvGeometry& g, bool bf16) {
   // Padding on the far side: what makes the output extent come out as OH x OW.
   const memory::dims pad_r{(g.OH - 1) * g.sh + g.KH - g.H - g.ph, (g.OW - 1) * g.sw + g.KW - g.W - g.pw};
   const auto f32 = memory::data_type::f32;
-  const memory::desc x(xd, f32, Tag::nchw), w(wd, f32, Tag::oihw), y(yd, f32, Tag::nchw);
+  // Channels-last activations are given to the primitive as they are (its nhwc kernels read
+  // them without a reorder); NCHW ones go through oneDNN's preferred blocked layout ("any").
+  const Tag user_act = g.channels_last ? Tag::nhwc : Tag::nchw, act = g.channels_last ? Tag::nhwc : Tag::any;
+  const memory::desc x(xd, f32, user_act), w(wd, f32, Tag::oihw), y(yd, f32, user_act);
   // Each direction reads two operands (in bf16 mode rounded to bfloat16 by the reorder into
   // oneDNN's layout) and writes one, always float32. The gradients' primitives take the
   // forward one as a hint of the layouts to use.
   const auto in = bf16 ? memory::data_type::bf16 : f32;
-  const memory::desc xa(xd, d == Direction::input_grad ? f32 : in, Tag::any),
-      wa(wd, d == Direction::weight_grad ? f32 : in, Tag::any), ya(yd, d == Direction::forward ? f32 : in, Tag::any);
+  const memory::desc xa(xd, d == Direction::input_grad ? f32 : in, act),
+      wa(wd, d == Direction::weight_grad ? f32 : in, Tag::any), ya(yd, d == Direction::forward ? f32 : in, act);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   const auto algo = dnnl::algorithm::convolution_direct;
-  const dnnl::convolution_forward::desc fd(dnnl::prop_kind::forward_training, algo, memory::desc(xd, in, Tag::any),
-                                           memory::desc(wd, in, Tag::any), memory::desc(yd, f32, Tag::any), strides,
-                                           pad, pad_r);
+  const dnnl::convolution_forward::desc fd(dnnl::prop_kind::forward_training, algo, memory::desc(xd, in, act),
+                                           memory::desc(wd, in, Tag::any), memory::desc(yd, f32, act), strides, pad,
+                                           pad_r);
   const dnnl::convolution_forward::primitive_desc fpd(fd, attr, engine());
   switch (d) {
     case Direction::forward:
@@ -149,11 +152,11 @@ Primitive build(Direction d, const kernels::ConvGeometry& g, bool bf16) {
 }
 
 const Primitive& primitive(Direction d, const kernels::ConvGeometry& g, bool bf16) {
-  using Key = std::tuple<int, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                         int64_t, int64_t, int64_t, int64_t>;
+  using Key = std::tuple<int, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                         int64_t, int64_t, int64_t, int64_t, int64_t>;
   static std::mutex mutex;
   static std::map<Key, Primitive> cache;  // the shapes of one model: a few dozen entries
-  const Key key{int(d), bf16, g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.sh, g.sw, g.ph, g.pw};
+  const Key key{int(d), bf16, g.channels_last, g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.sh, g.sw, g.ph, g.pw};
   std::lock_guard lock(mutex);
   auto it = cache.find(key);
   if (it == cache.end()) {

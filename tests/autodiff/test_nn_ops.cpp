@@ -35,8 +35,9 @@ void check_close(const std::vector<double>& got, const std::vector<double>& want
   CHECK(err <= tol * (1 + scale));
 }
 
-// Forward, input gradient and weight gradient of one case against the naive loops.
-void check_conv_against_loops(const ConvCase& q, DType dt, double tol) {
+// Forward, input gradient and weight gradient of one case against the naive loops; with
+// channels_last the ops run on NHWC copies and their results are permuted back to compare.
+void check_conv_against_loops(const ConvCase& q, DType dt, double tol, bool channels_last = false) {
   Generator g(7);
   const TensorOptions opt{dt};
   Tensor x = g.normal({q.N, q.C, q.H, q.W}, opt), w = g.normal({q.O, q.C, q.K, q.K}, opt);
@@ -46,8 +47,17 @@ void check_conv_against_loops(const ConvCase& q, DType dt, double tol) {
   Tensor gx = conv2d_input_grad(gy, w, x.shape(), co), gw = conv2d_weight_grad(x, gy, w.shape(), co);
   const test::ConvReference r = test::naive_conv2d(x.to_vector(), w.to_vector(), x.shape(), w.shape(),
                                                    {q.stride, q.stride, q.pad, q.pad}, gy.to_vector());
+  if (channels_last) {
+    const Conv2dOptions cl{q.stride, q.pad, true};
+    auto nhwc = [](const Tensor& t) { return permute(t, {0, 2, 3, 1}); };
+    auto nchw = [](const Tensor& t) { return permute(t, {0, 3, 1, 2}); };
+    const Tensor xl = nhwc(x), gyl = nhwc(gy);
+    y = nchw(conv2d(xl, w, {}, cl));
+    gx = nchw(conv2d_input_grad(gyl, w, xl.shape(), cl));
+    gw = conv2d_weight_grad(xl, gyl, w.shape(), cl);
+  }
   INFO("conv N" << q.N << " C" << q.C << " " << q.H << "x" << q.W << " O" << q.O << " k" << q.K << " s" << q.stride
-                << " p" << q.pad);
+                << " p" << q.pad << (channels_last ? " channels-last" : ""));
   check_close(y.to_vector(), r.y, tol, "forward");
   check_close(gx.to_vector(), r.gx, tol, "input gradient");
   check_close(gw.to_vector(), r.gw, tol, "weight gradient");
@@ -90,7 +100,10 @@ TEST_CASE("conv kernels match naive loops (float64, strides, paddings, kernels, 
       {3, 5, 16, 16, 4, 1, 1, 0},  // pointwise, one image per GEMM (direct GEMM)
       {19, 3, 8, 8, 4, 3, 2, 1},
   };
-  for (const ConvCase& q : cases) check_conv_against_loops(q, DType::f64, 1e-12);
+  for (const ConvCase& q : cases) {
+    check_conv_against_loops(q, DType::f64, 1e-12);
+    check_conv_against_loops(q, DType::f64, 1e-12, true);  // channels-last: flatmin's kernels on permuted copies
+  }
 }
 
 TEST_CASE("conv kernels match naive loops on 40 random geometries (even kernels, stride 3, wide padding)") {
@@ -126,7 +139,10 @@ TEST_CASE("float32 conv kernels match naive loops on every geometry of the float
     q.pad = pick(0, q.K);
     if (q.H + 2 * q.pad >= q.K && q.W + 2 * q.pad >= q.K) cases.push_back(q);
   }
-  for (const ConvCase& q : cases) check_conv_against_loops(q, DType::f32, 1e-4);
+  for (const ConvCase& q : cases) {
+    check_conv_against_loops(q, DType::f32, 1e-4);
+    check_conv_against_loops(q, DType::f32, 1e-4, true);  // oneDNN's nhwc kernels (or the permuted fallback)
+  }
 }
 
 // bfloat16 rounding of a float (round to nearest even), as oneDNN's reorder does it.
