@@ -170,13 +170,23 @@ const Primitive& primitive(Direction d, const kernels::ConvGeometry& g, bool bf1
   return it->second;  // std::map never moves its elements
 }
 
+// oneDNN runs single-threaded on every thread that calls it. It fixes a primitive's thread
+// split when the primitive is created (from omp_get_max_threads() then) and runs that many
+// OpenMP threads on every call, whatever the setting at the call: one created on a thread
+// still at the default ran a 2-thread OpenMP team on each call (the 1-channel stem of the
+// main job's model: 16 ms instead of 0.6 ms, its second thread spinning against oneTBB's).
+// So this comes first in every entry point, before any primitive is looked up or built.
+void serial_openmp() {
+  if (omp_get_max_threads() != 1) omp_set_num_threads(1);  // per thread, so checked on each
+}
+
 // Runs one primitive on one thread; its scratchpad and the arguments' copies in the
 // primitive's own layouts come from flatmin's allocator (block cache, peak-memory bound).
 // `user` holds the three arguments' pointers in the order of Primitive::args.
 // `shared`: argument 1 (the weights, for the forward and the input gradient) already in the
 // primitive's own layout, converted once for all chunks; null to convert it here.
 void run_one(const Primitive& p, const std::array<float*, 3>& user, const void* shared = nullptr) {
-  if (omp_get_max_threads() != 1) omp_set_num_threads(1);  // per thread: this one runs serially
+  serial_openmp();  // this thread may be a oneTBB worker that has not called oneDNN yet
   dnnl::stream stream(engine());
   std::deque<Workspace<std::byte> > buffers;  // not movable; a deque never moves its elements
   buffers.emplace_back(p.scratchpad.get_size());
@@ -220,6 +230,7 @@ int64_t chunk_count(Direction d, const kernels::ConvGeometry& g) {
 }
 
 void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::array<float*, 3>& user) {
+  serial_openmp();  // before building primitives and the weights' reorder below
   const int64_t chunks = chunk_count(d, g), base = g.N / chunks, extra = g.N % chunks;
   auto first_image = [&](int64_t c) { return c * base + std::min(c, extra); };
   const int64_t x_image = g.C * g.H * g.W, y_image = g.O * g.OH * g.OW, w_size = g.O * g.K();
@@ -294,7 +305,7 @@ void weight_grad(const float* x, const float* gy, float* gw, const kernels::Conv
 
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  if (omp_get_max_threads() != 1) omp_set_num_threads(1);  // callers split the work on oneTBB
+  serial_openmp();  // callers split the work on oneTBB
   const dnnl::status st =
       dnnl::sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a, std::max<int64_t>(lda, 1), b,
                   std::max<int64_t>(ldb, 1), beta, c, std::max<int64_t>(ldc, 1));
