@@ -41,6 +41,10 @@ struct Conv2dParams {
   // float32 operands rounded to bfloat16, float32 accumulation and output (Bf16Convolutions,
   // nn_ops.hpp); only set where supports_bf16_convolutions() said yes.
   bool bf16 = false;
+  // x and y (and their gradients) are [N, H, W, C] (channels last) instead of [N, C, H, W];
+  // weights stay OIHW. Only set where supports_channels_last_convolutions() said yes: the
+  // ops run other backends' kernels on permuted copies.
+  bool channels_last = false;
 };
 struct Pool2dParams {
   int64_t kernel_h = 1, kernel_w = 1, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0;
@@ -52,6 +56,8 @@ class Backend {
   virtual const char* name() const = 0;
   // Whether Conv2dParams::bf16 can be honoured (the CPU backend built with oneDNN).
   virtual bool supports_bf16_convolutions() const { return false; }
+  // Whether the convolution kernels take Conv2dParams::channels_last for this dtype.
+  virtual bool supports_channels_last_convolutions(DType) const { return false; }
 
   // memory
   virtual void* allocate(size_t bytes) = 0;
@@ -99,7 +105,8 @@ class Backend {
   // counter-based random numbers: element i of out is a function of (seed, offset + i)
   virtual void random(RandomKind kind, Tensor& out, uint64_t seed, uint64_t offset) = 0;
 
-  // convolution (NCHW, weight OIHW, no bias here) and its two gradients
+  // convolution (NCHW, or NHWC with Conv2dParams::channels_last; weight OIHW; no bias here)
+  // and its two gradients
   virtual void conv2d(const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p) = 0;
   virtual void conv2d_input_grad(const Tensor& gy, const Tensor& w, Tensor& gx, const Conv2dParams& p) = 0;
   virtual void conv2d_weight_grad(const Tensor& x, const Tensor& gy, Tensor& gw, const Conv2dParams& p) = 0;

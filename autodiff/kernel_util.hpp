@@ -59,6 +59,7 @@ inline bool use_winograd(int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t
 // read from the tensors' shapes; both devices' conv kernels take it.
 struct ConvGeometry {
   int64_t N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw;
+  bool channels_last;                              // activations [N, H, W, C] (only oneDNN's kernels take it)
   FM_HD int64_t P() const { return OH * OW; }      // output positions per image
   FM_HD int64_t K() const { return C * KH * KW; }  // rows of an image's column matrix
   FM_HD int64_t HW() const { return H * W; }
@@ -66,7 +67,9 @@ struct ConvGeometry {
   bool winograd() const { return use_winograd(KH, KW, sh, sw, ph, pw, C, O); }
 };
 inline ConvGeometry conv_geometry(const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p) {
-  return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], p.stride_h, p.stride_w, p.pad_h, p.pad_w};
+  if (p.channels_last)  // x [N, H, W, C], y [N, OH, OW, O]
+    return {x[0], x[3], x[1], x[2], w[0], w[2], w[3], y[1], y[2], p.stride_h, p.stride_w, p.pad_h, p.pad_w, true};
+  return {x[0], x[1], x[2], x[3], w[0], w[2], w[3], y[2], y[3], p.stride_h, p.stride_w, p.pad_h, p.pad_w, false};
 }
 
 // Pooling over `planes` = N * C planes of H x W into OH x OW.

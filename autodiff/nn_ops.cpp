@@ -37,20 +37,54 @@ Conv2dParams conv_params(const char* op, const Conv2dOptions& o, const Tensor& x
     throw Error(std::string(op) + ": bfloat16 convolutions (Bf16Convolutions) need the CPU backend with oneDNN; " +
                 (x.device().kind == DeviceKind::cpu ? std::string("this build has none, or FLATMIN_CONV=native")
                                                     : "the tensor is on " + x.device().str()));
-  return {o.stride, o.stride, o.padding, o.padding, bf16};
+  return {o.stride, o.stride, o.padding, o.padding, bf16, o.channels_last};
 }
+// An activation's shape [N, H, W, C] as [N, C, H, W] and back (channels-last convolutions).
+Shape nchw_shape(const Shape& s) { return {s[0], s[3], s[1], s[2]}; }
+Shape nhwc_shape(const Shape& s) { return {s[0], s[2], s[3], s[1]}; }
 // The output shape of a convolution of an input of shape x with weights of shape w.
-Shape conv_out_shape(const char* op, const Shape& x, const Shape& w, const Conv2dOptions& o) {
-  check_rank(op, x, 4, "input shape (N, C, H, W)");
+Shape conv_out_shape(const char* op, const Shape& x_given, const Shape& w, const Conv2dOptions& o) {
+  check_rank(op, x_given, 4, o.channels_last ? "input shape (N, H, W, C)" : "input shape (N, C, H, W)");
   check_rank(op, w, 4, "weight shape (O, C, KH, KW)");
+  const Shape x = o.channels_last ? nchw_shape(x_given) : x_given;
   if (x[1] != w[1])
-    throw Error(std::string(op) + ": input " + to_string(x) + " has " + std::to_string(x[1]) + " channels but weight " +
-                to_string(w) + " expects " + std::to_string(w[1]));
+    throw Error(std::string(op) + ": input " + to_string(x_given) + " has " + std::to_string(x[1]) +
+                " channels but weight " + to_string(w) + " expects " + std::to_string(w[1]));
   const int64_t eh = x[2] + 2 * o.padding - w[2], ew = x[3] + 2 * o.padding - w[3];
   if (eh < 0 || ew < 0 || w[2] < 1 || w[3] < 1)
-    throw Error(std::string(op) + ": kernel " + to_string(w) + " is larger than the padded input " + to_string(x) +
-                " (padding " + std::to_string(o.padding) + ")");
-  return {x[0], w[0], eh / o.stride + 1, ew / o.stride + 1};
+    throw Error(std::string(op) + ": kernel " + to_string(w) + " is larger than the padded input " +
+                to_string(x_given) + " (padding " + std::to_string(o.padding) + ")");
+  const Shape y{x[0], w[0], eh / o.stride + 1, ew / o.stride + 1};
+  return o.channels_last ? nhwc_shape(y) : y;
+}
+
+// Runs one of the three convolution kernels. Channels-last operands on a backend without
+// channels-last kernels (float64, flatmin's own kernels, CUDA) run as NCHW on permuted
+// copies: the same numbers, two extra passes.
+enum class ConvKernel { forward, input_grad, weight_grad };
+void run_conv_kernel(ConvKernel k, const Tensor& a, const Tensor& b, Tensor& out, Conv2dParams p) {
+  Backend& bk = be(a);
+  if (p.channels_last && !bk.supports_channels_last_convolutions(a.dtype())) {
+    p.channels_last = false;
+    auto to_nchw = [&](const Tensor& t) {
+      Tensor r = empty(nchw_shape(t.shape()), t.options());
+      bk.permute(t, r, {0, 3, 1, 2});
+      return r;
+    };
+    const Tensor a2 = to_nchw(a), b2 = k == ConvKernel::weight_grad ? to_nchw(b) : b;
+    if (k == ConvKernel::weight_grad) return bk.conv2d_weight_grad(a2, b2, out, p);
+    Tensor o2 = empty(nchw_shape(out.shape()), out.options());
+    if (k == ConvKernel::forward)
+      bk.conv2d(a2, b2, o2, p);
+    else
+      bk.conv2d_input_grad(a2, b2, o2, p);
+    return bk.permute(o2, out, {0, 2, 3, 1});
+  }
+  switch (k) {
+    case ConvKernel::forward: return bk.conv2d(a, b, out, p);
+    case ConvKernel::input_grad: return bk.conv2d_input_grad(a, b, out, p);
+    case ConvKernel::weight_grad: return bk.conv2d_weight_grad(a, b, out, p);
+  }
 }
 void check_grad_shape(const char* op, const Tensor& gy, const Shape& expect) {
   if (gy.shape() != expect)
@@ -92,7 +126,7 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dOption
   check_same(op, x, "input", w, "weight");
   const Conv2dParams p = conv_params(op, opt, x);
   Tensor out = empty(conv_out_shape(op, x.shape(), w.shape(), opt), x.options());
-  be(x).conv2d(x, w, out, p);
+  run_conv_kernel(ConvKernel::forward, x, w, out, p);
   if (any_requires_grad({&x, &w}))
     record(
         out, Op::conv2d, {x, w}, {x, w},
@@ -110,7 +144,8 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias, Conv2dOption
   if (bias.shape() != Shape{w.shape()[0]})
     throw Error("conv2d: bias has shape " + to_string(bias.shape()) + ", expected [" + std::to_string(w.shape()[0]) +
                 "]");
-  return add(out, reshape(bias, {1, w.shape()[0], 1, 1}));
+  const int64_t O = w.shape()[0];
+  return add(out, reshape(bias, opt.channels_last ? Shape{1, 1, 1, O} : Shape{1, O, 1, 1}));
 }
 
 // gx = A_w^T gy, bilinear in (gy, w): <gg, A_w^T gy> = <A_w gg, gy>, so the gradient
@@ -123,7 +158,7 @@ Tensor conv2d_input_grad(const Tensor& gy, const Tensor& w, const Shape& x_shape
   const Conv2dParams p = conv_params(op, opt, gy);
   check_grad_shape(op, gy, conv_out_shape(op, x_shape, w.shape(), opt));
   Tensor out = empty(x_shape, gy.options());
-  be(gy).conv2d_input_grad(gy, w, out, p);
+  run_conv_kernel(ConvKernel::input_grad, gy, w, out, p);
   if (any_requires_grad({&gy, &w}))
     record(
         out, Op::conv2d_input_grad, {gy, w}, {gy, w},
@@ -149,7 +184,7 @@ Tensor conv2d_weight_grad(const Tensor& x, const Tensor& gy, const Shape& w_shap
   const Conv2dParams p = conv_params(op, opt, x);
   check_grad_shape(op, gy, conv_out_shape(op, x.shape(), w_shape, opt));
   Tensor out = empty(w_shape, x.options());
-  be(x).conv2d_weight_grad(x, gy, out, p);
+  run_conv_kernel(ConvKernel::weight_grad, x, gy, out, p);
   if (any_requires_grad({&x, &gy}))
     record(
         out, Op::conv2d_weight_grad, {x, gy}, {x, gy},

@@ -2,7 +2,7 @@
 // losses. Heavy ops whose backward is another kernel make that kernel an op of its own
 // with its own rule (conv2d's input and weight gradients are bilinear, so their rules are
 // again the three conv ops; max-pool's backward is a scatter with fixed indices).
-// Layout NCHW; weights OIHW (PyTorch's).
+// Layout NCHW (convolutions: or NHWC, Conv2dOptions::channels_last); weights OIHW (PyTorch's).
 #pragma once
 #include "autodiff/ops.hpp"
 
@@ -11,6 +11,10 @@ namespace flatmin {
 struct Conv2dOptions {
   int64_t stride = 1;
   int64_t padding = 0;
+  // Activations channels-last: x [N, H, W, C], y [N, OH, OW, O] (weights stay [O, C, KH, KW]).
+  // The same convolution in another memory order (PyTorch's channels_last): oneDNN's float32
+  // kernels read it without reordering; elsewhere the op permutes to NCHW around the kernel.
+  bool channels_last = false;
 };
 // y = conv(x, w) + bias (bias optional: pass an undefined Tensor)
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias = {}, Conv2dOptions opt = {});

@@ -139,8 +139,8 @@ std::string json_escape(const std::string& s) {
 void print_json(const std::vector<GroupResult>& rs, const Config& c) {
   std::printf(
       "{\n  \"engine\": \"flatmin\",\n  \"threads\": %d,\n  \"reps\": %d,\n  \"cpu_time\": %s,\n  \"bf16\": %s,\n  "
-      "\"groups\": {",
-      c.threads, c.reps, c.cpu_time ? "true" : "false", c.bf16 ? "true" : "false");
+      "\"channels_last\": %s,\n  \"groups\": {",
+      c.threads, c.reps, c.cpu_time ? "true" : "false", c.bf16 ? "true" : "false", c.channels_last ? "true" : "false");
   for (size_t i = 0; i < rs.size(); ++i) {
     const GroupResult& r = rs[i];
     std::printf("%s\n    \"%s\": {\"base_rss_mib\": %.1f, \"peak_rss_mib\": %.1f, \"error\": \"%s\"}", i ? "," : "",
@@ -203,6 +203,8 @@ int main(int argc, char** argv) {
       cfg.cpu_time = true;
     else if (a == "--bf16")
       cfg.bf16 = true;
+    else if (a == "--channels-last")
+      cfg.channels_last = true;
     else if (a == "--only" && i + 1 < argc)
       only = std::string(",") + argv[++i] + ",";  // GCC 12 -Wrestrict
     else if (a == "--list") {
@@ -211,15 +213,16 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: flatmin_bench [--json] [--threads N (default 2)] [--reps N (default 5)] "
-                   "[--only group,...] [--list] [--cpu-time] [--bf16]\n");
+                   "[--only group,...] [--list] [--cpu-time] [--bf16] [--channels-last]\n");
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }
   use_cpu_time(cfg.cpu_time);
   std::vector<GroupResult> results;
   if (!json)
-    std::printf("flatmin_bench: %d threads, %d timed repetitions after one warm-up (median, min, max)%s\n", cfg.threads,
-                cfg.reps, cfg.bf16 ? ", bfloat16 convolutions" : "");
+    std::printf("flatmin_bench: %d threads, %d timed repetitions after one warm-up (median, min, max)%s%s\n",
+                cfg.threads, cfg.reps, cfg.bf16 ? ", bfloat16 convolutions" : "",
+                cfg.channels_last ? ", channels-last ResNets" : "");
   bool matched = false;
   for (const Group& g : groups()) {
     if (!only.empty() && only.find("," + g.name + ",") == std::string::npos) continue;

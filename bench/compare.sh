@@ -6,7 +6,8 @@
 #   bench/compare.sh [--rounds R (default 3)] [--reps N (default 5)] [--threads N (default 2)]
 #                    [--only group,...] [--out DIR] [--engines e,...] [--cpu-time]
 # Engines: flatmin (build/bench/flatmin_bench), flatmin_bf16 (the same with --bf16: bfloat16
-# convolutions, float32 everything else); torch2_eager, torch2_channels_last,
+# convolutions, float32 everything else), flatmin_channels_last and flatmin_bf16_channels_last
+# (the same two with --channels-last: NHWC activations in the ResNets); torch2_eager, torch2_channels_last,
 # torch2_compile, torch2_compile_channels_last, torch2_bf16 (bench/torch_reference.py --mode
 # ..., PyTorch 2.x from PyPI in a virtual environment outside the repository); torch113_eager
 # (Debian's python3-torch 1.13 with OpenBLAS). PyTorch is a benchmark-only dependency: it is
@@ -19,7 +20,7 @@
 # shared with other jobs; use it with --threads 1 (CPU time sums over threads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-all_engines="flatmin,flatmin_bf16,torch2_eager,torch2_channels_last,torch2_compile,torch2_compile_channels_last,torch2_bf16,torch113_eager"
+all_engines="flatmin,flatmin_channels_last,flatmin_bf16,flatmin_bf16_channels_last,torch2_eager,torch2_channels_last,torch2_compile,torch2_compile_channels_last,torch2_bf16,torch113_eager"
 usage="usage: bench/compare.sh [--rounds R] [--reps N] [--threads N] [--only group,...] [--out DIR] [--engines e,...] [--cpu-time]
 engines: $all_engines"
 rounds=3 reps=5 threads=2 only="" out="" cpu="" engines="$all_engines"
@@ -73,7 +74,7 @@ if uses torch2_; then
   ) 9> "$cache/install.lock"
 fi
 
-if uses flatmin; then  # also flatmin_bf16
+if uses flatmin; then  # any flatmin engine
   ./run.sh build > /dev/null  # flatmin's own packages (OpenBLAS, Eigen, oneTBB, ...) and the build
   ninja -C build bench/flatmin_bench > /dev/null
 fi
@@ -102,6 +103,8 @@ run_engine() {  # ENGINE: its JSON on stdout
   case "$1" in
     flatmin) ./build/bench/flatmin_bench "${args[@]}" ;;
     flatmin_bf16) ./build/bench/flatmin_bench --bf16 "${args[@]}" ;;
+    flatmin_channels_last) ./build/bench/flatmin_bench --channels-last "${args[@]}" ;;
+    flatmin_bf16_channels_last) ./build/bench/flatmin_bench --bf16 --channels-last "${args[@]}" ;;
     # an inductor cache per engine and invocation (torch_reference.py: and per group): round 1
     # compiles cold (not even sharing kernels with another mode or group), later rounds reuse it
     torch2_*) TORCHINDUCTOR_CACHE_DIR="$out/inductor-cache/$1" \

@@ -16,13 +16,17 @@ import re
 import statistics
 import sys
 
-ENGINES = ["flatmin", "flatmin_bf16", "torch2_eager", "torch2_channels_last", "torch2_compile", "torch2_compile_channels_last",
+ENGINES = ["flatmin", "flatmin_channels_last", "flatmin_bf16", "flatmin_bf16_channels_last", "torch2_eager", "torch2_channels_last", "torch2_compile", "torch2_compile_channels_last",
            "torch2_bf16", "torch113_eager"]
-LABEL = {"flatmin": "flatmin", "flatmin_bf16": "flatmin bf16", "torch2_eager": "eager", "torch2_channels_last": "channels_last",
+LABEL = {"flatmin": "flatmin", "flatmin_channels_last": "flatmin CL", "flatmin_bf16": "flatmin bf16",
+         "flatmin_bf16_channels_last": "flatmin bf16 + CL", "torch2_eager": "eager", "torch2_channels_last": "channels_last",
          "torch2_compile": "compile", "torch2_compile_channels_last": "compile + CL", "torch2_bf16": "bf16 + CL",
          "torch113_eager": "1.13 eager"}
 # PyTorch 2.x's float32 settings; the best of them per round is flatmin's target
 FLOAT32 = ["torch2_eager", "torch2_channels_last", "torch2_compile", "torch2_compile_channels_last"]
+# flatmin's own settings: its side of a ratio is the better of them per round (NCHW or channels-last)
+FLATMIN_FLOAT32 = ["flatmin", "flatmin_channels_last"]
+FLATMIN_BF16 = ["flatmin_bf16", "flatmin_bf16_channels_last"]
 COMPILE_SUFFIX = "_compile_s"
 
 
@@ -97,10 +101,10 @@ class Table:
                     return m.get("group")
         return None
 
-    def best(self, r, key):
-        """(value, engine) of the best PyTorch 2.x float32 setting in round r."""
+    def best(self, r, key, settings=FLOAT32):
+        """(value, engine) of the best of `settings` (PyTorch 2.x's float32 ones) in round r."""
         higher = self.info[key][1]
-        cands = [(self.value(r, e, key), e) for e in FLOAT32 if e in self.engines]
+        cands = [(self.value(r, e, key), e) for e in settings if e in self.engines]
         cands = [c for c in cands if c[0] is not None]
         if not cands:
             return None, None
@@ -130,13 +134,13 @@ class Table:
         which = ", ".join("%s x%d" % (w, winners.count(w)) for w in dict.fromkeys(winners)) if len(rs) > 1 \
             else (winners[0] if winners else "")
         cells.append("%s (%s)" % (fmt(best_v), which) if best_v is not None else "-")
-        if "flatmin" in self.engines:
-            cells.append(fmt_ratio(median_or_none([ratio(self.value(r, "flatmin", key), b[0], higher)
-                                             for r, b in zip(rs, bests)])))
+        if any(e in self.engines for e in FLATMIN_FLOAT32):
+            cells.append(fmt_ratio(median_or_none([ratio(self.best(r, key, FLATMIN_FLOAT32)[0], b[0], higher)
+                                                   for r, b in zip(rs, bests)])))
         if "torch2_bf16" in self.engines:
-            for mine in ("flatmin", "flatmin_bf16"):
-                if mine in self.engines:
-                    cells.append(fmt_ratio(median_or_none([ratio(self.value(r, mine, key),
+            for mine in (FLATMIN_FLOAT32, FLATMIN_BF16):
+                if any(e in self.engines for e in mine):
+                    cells.append(fmt_ratio(median_or_none([ratio(self.best(r, key, mine)[0],
                                                                  self.value(r, "torch2_bf16", key), higher)
                                                            for r in rs])))
         return cells
@@ -144,10 +148,11 @@ class Table:
     def print(self, rs, title):
         notes = []
         head = ["workload", "unit"] + [LABEL[e] for e in self.engines] + ["best PyTorch 2.x float32 (which)"]
-        if "flatmin" in self.engines:
+        if any(e in self.engines for e in FLATMIN_FLOAT32):
             head.append("flatmin vs best float32")
         if "torch2_bf16" in self.engines:
-            head += ["%s vs bf16" % LABEL[m] for m in ("flatmin", "flatmin_bf16") if m in self.engines]
+            head += ["%s vs bf16" % name for name, mine in (("flatmin", FLATMIN_FLOAT32), ("flatmin bf16", FLATMIN_BF16))
+                     if any(e in self.engines for e in mine)]
         print("### " + title)
         print()
         print("| " + " | ".join(head) + " |")
@@ -191,7 +196,8 @@ def main():
     print("- Columns: eager, channels_last, compile (`torch.compile`, default inductor), compile + CL "
           "(both), bf16 + CL (`torch.autocast(\"cpu\", dtype=torch.bfloat16)` + channels_last) are PyTorch 2.x; "
           "1.13 eager is Debian's python3-torch with OpenBLAS; flatmin bf16 is `flatmin_bench --bf16` (bfloat16 "
-          "convolutions, float32 everything else). Best PyTorch 2.x float32 is, per round, the "
+          "convolutions, float32 everything else); CL on flatmin's side is `--channels-last` (NHWC activations in "
+          "the ResNets). In the ratio columns flatmin's value is, per round, the better of its NCHW and CL runs. Best PyTorch 2.x float32 is, per round, the "
           "fastest of eager, channels_last, compile and compile + CL (compile time excluded; which one won in "
           "parentheses).")
     print("- **Ratio convention: flatmin vs X = X's time / flatmin's time (throughputs: flatmin / X); > 1 means "

@@ -1,6 +1,7 @@
 // Times the CPU convolution kernels (forward, input gradient, weight gradient) on the 20
 // convolutions of ResNet-18 in its CIFAR form (3x32x32 input), float32.
 //   ./build/bench/conv_bench [--batch 128] [--threads 2] [--reps 3] [--input 32] [--width 64] [--layer l4] [--bf16 1]
+//                            [--channels-last 1]
 // --input 28 gives the 1x28x28 (Fashion-MNIST) variant's planes (28, 14, 7, 4) with a
 // 1-channel stem; --width W scales the stage widths 64..512 to W..8W (`flatmin escape`'s
 // model: --input 28 --width 8 --batch 64); --layer keeps the layers whose name starts with
@@ -65,7 +66,8 @@ int main(int argc, char** argv) {
   int threads = 2, reps = 3;
   int64_t input = 32, width = 64;
   std::string only;
-  bool bf16 = false;  // --bf16 1: inside a Bf16Convolutions scope (bfloat16 operands)
+  bool bf16 = false;           // --bf16 1: inside a Bf16Convolutions scope (bfloat16 operands)
+  bool channels_last = false;  // --channels-last 1: NHWC activations (Conv2dOptions::channels_last)
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--batch")
@@ -80,12 +82,16 @@ int main(int argc, char** argv) {
       threads = std::stoi(argv[i + 1]);
     else if (a == "--bf16")
       bf16 = std::stoi(argv[i + 1]) != 0;
+    else if (a == "--channels-last")
+      channels_last = std::stoi(argv[i + 1]) != 0;
     else if (a == "--reps")
       reps = std::stoi(argv[i + 1]);
     else {
-      std::fprintf(stderr,
-                   "unknown option %s (use --batch N --threads T --reps R --input 32|28 --width W --layer NAME --bf16 0|1)\n",
-                   a.c_str());
+      std::fprintf(
+          stderr,
+          "unknown option %s (use --batch N --threads T --reps R --input 32|28 --width W --layer NAME --bf16 0|1 "
+          "--channels-last 0|1)\n",
+          a.c_str());
       return 2;
     }
   }
@@ -93,9 +99,9 @@ int main(int argc, char** argv) {
   NoGrad ng;
   Bf16Convolutions precision(bf16);
   Generator g(1);
-  std::printf("ResNet-18 (CIFAR) convolutions, batch %lld, input %lld, width %lld, %s, %d threads, median of %d\n",
+  std::printf("ResNet-18 (CIFAR) convolutions, batch %lld, input %lld, width %lld, %s%s, %d threads, median of %d\n",
               (long long)batch, (long long)input, (long long)width, bf16 ? "float32 with bfloat16 operands" : "float32",
-              threads, reps);
+              channels_last ? ", channels-last" : "", threads, reps);
   std::printf("%-16s %5s | %9s %7s | %9s %7s | %9s %7s | %7s\n", "layer", "count", "fwd ms", "GF/s", "gin ms", "GF/s",
               "gw ms", "GF/s", "GEMM");
   double total[3] = {0, 0, 0}, flops_total = 0;
@@ -109,8 +115,9 @@ int main(int argc, char** argv) {
     }
     if (l.C != 3 && l.C != 1) l.C = l.C * width / 64;
     l.O = l.O * width / 64;
-    const Conv2dOptions opt{l.stride, l.K / 2};
-    Tensor x = g.normal({batch, l.C, l.H, l.H}), w = g.normal({l.O, l.C, l.K, l.K});
+    const Conv2dOptions opt{l.stride, l.K / 2, channels_last};
+    Tensor x = g.normal(channels_last ? Shape{batch, l.H, l.H, l.C} : Shape{batch, l.C, l.H, l.H});
+    Tensor w = g.normal({l.O, l.C, l.K, l.K});
     Tensor y = conv2d(x, w, {}, opt);
     Tensor gy = g.normal(y.shape());
     const double flops = 2.0 * double(y.numel()) * double(l.C * l.K * l.K);
@@ -119,7 +126,7 @@ int main(int argc, char** argv) {
                          median_seconds(reps, &c[1], [&] { conv2d_input_grad(gy, w, x.shape(), opt); }),
                          median_seconds(reps, &c[2], [&] { conv2d_weight_grad(x, gy, w.shape(), opt); })};
     // the ceiling: one plain GEMM of the same [O, K] x [K, cols] shape (cols capped for memory)
-    const int64_t cols = std::min<int64_t>(y.numel() / l.O, 16384);
+    const int64_t cols = std::min<int64_t>(y.numel() / l.O, 16384);  // O is y's channel extent in both layouts
     Tensor A = g.normal({l.O, l.C * l.K * l.K}), B = g.normal({l.C * l.K * l.K, cols});
     double unused;
     const double tg = median_seconds(reps, &unused, [&] { matmul(A, B); });

@@ -14,7 +14,8 @@ struct Config {
   int threads = 2;
   int reps = 5;  // timed repetitions per measurement (after one warm-up)
   bool cpu_time = false;
-  bool bf16 = false;  // --bf16: every group inside a Bf16Convolutions scope (bfloat16 convolutions)
+  bool bf16 = false;           // --bf16: every group inside a Bf16Convolutions scope (bfloat16 convolutions)
+  bool channels_last = false;  // --channels-last: the ResNet workloads with channels-last activations
 };
 
 // --cpu-time: clocks read process CPU time instead of wall time. On a machine shared with

@@ -22,13 +22,14 @@ struct Setup {
   Params params;
   Tensor x, y;
 };
-Setup resnet_setup(const Shape& sh) {
+Setup resnet_setup(const Shape& sh, const Config& c) {
   nn::ResNet net = nn::resnet18({.in_channels = sh.channels,
                                  .classes = 10,
                                  .stem = nn::Stem::cifar,
                                  .width = sh.width,
                                  .norm = sh.norm,
-                                 .seed = 0});
+                                 .seed = 0,
+                                 .channels_last = c.channels_last});
   net.train();
   Generator gen(1);
   Tensor x = gen.normal({sh.batch, sh.channels, sh.size, sh.size});
@@ -55,7 +56,7 @@ void hvp_once(Setup& s, const Params& v) {
 
 Group step_group(const std::string& name, const std::string& key, const Shape& sh) {
   return {name, [=](const Config& c) {
-            Setup s = resnet_setup(sh);
+            Setup s = resnet_setup(sh, c);
             auto t = time_reps(c.reps, [&] { sgd_step(s); });
             return std::vector<Metric>{{key, "img/s", true, per_second(t, double(sh.batch))}};
           }};
@@ -63,7 +64,7 @@ Group step_group(const std::string& name, const std::string& key, const Shape& s
 
 Group eval_group(const std::string& name, const std::string& key, const Shape& sh) {
   return {name, [=](const Config& c) {
-            Setup s = resnet_setup(sh);
+            Setup s = resnet_setup(sh, c);
             s.net.eval();
             NoGrad ng;
             auto t = time_reps(c.reps, [&] { s.net(s.x); });
@@ -75,7 +76,7 @@ Group eval_group(const std::string& name, const std::string& key, const Shape& s
 // vᵀHv with a fresh Rademacher v, measured back to back in each repetition: in seconds, and
 // as ratios to the forward+backward of the same repetition.
 std::vector<Metric> second_order_b32(const Config& c) {
-  Setup s = resnet_setup({.batch = 32});
+  Setup s = resnet_setup({.batch = 32}, c);
   Generator gen(2);
   const Params v = gen.rademacher_like(s.params);
   auto loss = [&] { return classification_loss(s.net(s.x), s.y); };
@@ -112,7 +113,7 @@ std::vector<Metric> second_order_b32(const Config& c) {
 Group escape_group(const std::string& name, const std::string& prefix, nn::Norm norm) {
   const Shape sh{.batch = 64, .channels = 1, .size = 28, .width = 8, .norm = norm};
   return {name, [=](const Config& c) {
-            Setup s = resnet_setup(sh);
+            Setup s = resnet_setup(sh, c);
             auto step = time_reps(c.reps, [&] { sgd_step(s); });
             const Params v = Generator(2).rademacher_like(s.params);
             auto hvp = time_reps(c.reps, [&] { hvp_once(s, v); });

@@ -81,11 +81,13 @@ Conv2d::Conv2d(int64_t in, int64_t out, int64_t kernel, Conv2dOptions opt, Gener
   }
 }
 Tensor Conv2d::forward(const Tensor& x) {
-  const flatmin::Conv2dOptions o{.stride = options.stride, .padding = options.padding};
+  const flatmin::Conv2dOptions o{
+      .stride = options.stride, .padding = options.padding, .channels_last = options.channels_last};
   return conv2d(x, param("weight"), options.bias ? param("bias") : Tensor(), o);
 }
 
-BatchNorm2d::BatchNorm2d(int64_t channels, double eps, double momentum) : eps(eps), momentum(momentum) {
+BatchNorm2d::BatchNorm2d(int64_t channels, double eps, double momentum, bool channels_last)
+    : eps(eps), momentum(momentum), channels_last(channels_last) {
   register_parameter("weight", ones({channels}));
   register_parameter("bias", zeros({channels}));
   register_buffer("running_mean", zeros({channels}));
@@ -94,8 +96,14 @@ BatchNorm2d::BatchNorm2d(int64_t channels, double eps, double momentum) : eps(ep
 }
 Tensor BatchNorm2d::forward(const Tensor& x) {
   const bool update = is_training() && updates_running_stats();
-  Tensor y = batch_norm(x, param("weight"), param("bias"), buffer("running_mean"), buffer("running_var"),
+  if (channels_last && x.dim() != 4)
+    throw Error("BatchNorm2d (channels last): input must be (N, H, W, C), got " + to_string(x.shape()));
+  // Channels last: the statistics per channel over N, H and W are those of the rows of
+  // [N*H*W, C], batch_norm's rank-2 form (a reshape, no copy).
+  const Tensor in = channels_last ? reshape(x, {x.numel() / std::max<int64_t>(x.size(3), 1), x.size(3)}) : x;
+  Tensor y = batch_norm(in, param("weight"), param("bias"), buffer("running_mean"), buffer("running_var"),
                         {.training = is_training(), .update_running = update, .momentum = momentum, .eps = eps});
+  if (channels_last) y = reshape(y, x.shape());
   if (update) {
     Tensor& count = buffer("num_batches_tracked");
     count.fill_(count.item() + 1);
@@ -108,15 +116,19 @@ int64_t default_groups(int64_t channels) {
     if (channels % g == 0) return g;
   return 1;
 }
-GroupNorm::GroupNorm(int64_t channels, int64_t groups_, double eps)
-    : groups(groups_ > 0 ? groups_ : default_groups(channels)), eps(eps) {
+GroupNorm::GroupNorm(int64_t channels, int64_t groups_, double eps, bool channels_last)
+    : groups(groups_ > 0 ? groups_ : default_groups(channels)), eps(eps), channels_last(channels_last) {
   if (channels % groups != 0)
     throw Error("GroupNorm: " + std::to_string(channels) + " channels are not divisible into " +
                 std::to_string(groups) + " groups");
   register_parameter("weight", ones({channels}));
   register_parameter("bias", zeros({channels}));
 }
-Tensor GroupNorm::forward(const Tensor& x) { return group_norm(x, groups, param("weight"), param("bias"), eps); }
+Tensor GroupNorm::forward(const Tensor& x) {
+  if (!channels_last) return group_norm(x, groups, param("weight"), param("bias"), eps);
+  if (x.dim() != 4) throw Error("GroupNorm (channels last): input must be (N, H, W, C), got " + to_string(x.shape()));
+  return permute(group_norm(permute(x, {0, 3, 1, 2}), groups, param("weight"), param("bias"), eps), {0, 2, 3, 1});
+}
 
 Tensor Sequential::forward(const Tensor& x) {
   Tensor y = x;

@@ -43,6 +43,7 @@ struct Conv2dOptions {
   int64_t padding = 0;
   bool bias = true;
   ConvInit init = ConvInit::uniform;
+  bool channels_last = false;  // input and output [N, H, W, C] (flatmin::Conv2dOptions::channels_last)
 };
 class Conv2d : public Module {
  public:
@@ -55,9 +56,11 @@ class Conv2d : public Module {
 class BatchNorm2d : public Module {
  public:
   // weight = 1, bias = 0; buffers running_mean = 0, running_var = 1, num_batches_tracked (i64).
-  explicit BatchNorm2d(int64_t channels, double eps = 1e-5, double momentum = 0.1);
+  // channels_last: x is [N, H, W, C], normalized as the rows of [N*H*W, C].
+  explicit BatchNorm2d(int64_t channels, double eps = 1e-5, double momentum = 0.1, bool channels_last = false);
   Tensor forward(const Tensor& x) override;
   const double eps, momentum;
+  const bool channels_last;
 };
 
 // The default group count: min(32, channels) when it divides channels (PyTorch users'
@@ -65,10 +68,13 @@ class BatchNorm2d : public Module {
 int64_t default_groups(int64_t channels);
 class GroupNorm : public Module {
  public:
-  explicit GroupNorm(int64_t channels, int64_t groups = 0 /* default_groups */, double eps = 1e-5);
+  // channels_last: x is [N, H, W, C] (normalized as NCHW between two permutes: no NHWC kernel yet).
+  explicit GroupNorm(int64_t channels, int64_t groups = 0 /* default_groups */, double eps = 1e-5,
+                     bool channels_last = false);
   Tensor forward(const Tensor& x) override;
   const int64_t groups;
   const double eps;
+  const bool channels_last;
 };
 
 class Activation : public Module {

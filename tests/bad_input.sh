@@ -78,6 +78,8 @@ expect "--methods: unknown method 'bogus'" escape --methods bogus --out "$tmp/e4
 # bfloat16 convolutions only where they can run: float32, on the CPU
 expect "--bf16-convolutions needs --dtype f32, got f64" train "${blobs[@]}" --bf16-convolutions --dtype f64
 expect "--bf16-convolutions runs on the CPU only, got --device cuda" train "${blobs[@]}" --bf16-convolutions --device cuda
+# a channel layout only where there are channels
+expect "--channels-last: only --model resnet18 has a channel layout" train "${blobs[@]}" --channels-last
 rm -rf "$tmp/escape-full" "$tmp/escape-file"
 [ -z "$(ls -A "$tmp")" ] || { echo "FAIL: files left behind: $(ls -A "$tmp")"; failed=1; }
 # 3. a stop on a non-finite loss: exit 3 and null for what was not measured
@@ -91,9 +93,11 @@ if "$flatmin" "${bf16_run[@]}" --save-model "$tmp/f32.safetensors" > /dev/null 2
   if cmp -s "$tmp/f32.safetensors" "$tmp/bf16.safetensors"; then
     echo "FAIL: --bf16-convolutions trained to the same weights as float32"; failed=1
   fi
+  "$flatmin" "${bf16_run[@]}" --channels-last > /dev/null 2> "$tmp/cl.err" ||
+    { echo "FAIL: a --channels-last ResNet run: $(cat "$tmp/cl.err")"; failed=1; }
 elif ! grep -q "no oneDNN" "$tmp/bf16.err" 2> /dev/null; then
   echo "bf16 training check skipped (no Fashion-MNIST?)"
 fi
-rm -f "$tmp/f32.safetensors" "$tmp/bf16.safetensors" "$tmp/bf16.err"
+rm -f "$tmp/f32.safetensors" "$tmp/bf16.safetensors" "$tmp/bf16.err" "$tmp/cl.err"
 [ $failed -eq 0 ] && echo "bad_input: OK"
 exit $failed

@@ -432,6 +432,28 @@ std::vector<OpCase> nn_cases() {
        .shapes = {{2, 3, 3, 4}, {2, 3, 1, 1}},
        .fn = [](P x, D) { return conv2d(x[0], x[1]); },
        .parity = false},
+      // channels-last activations (NHWC): the rules carry the option into the ops they record
+      {.op = Op::conv2d,
+       .label = "conv2d channels-last stride 2 pad 1 + bias, small",
+       .shapes = {{1, 6, 5, 2}, {2, 2, 3, 3}, {2}},
+       .fn = [](P x, D) { return conv2d(x[0], x[1], x[2], C{.stride = 2, .padding = 1, .channels_last = true}); },
+       .parity = false},
+      {.op = Op::conv2d_input_grad,
+       .label = "conv2d_input_grad channels-last stride 2 pad 1",
+       .shapes = {{1, 3, 4, 3}, {3, 2, 3, 3}},
+       .fn =
+           [](P x, D) {
+             return conv2d_input_grad(x[0], x[1], {1, 6, 7, 2}, C{.stride = 2, .padding = 1, .channels_last = true});
+           },
+       .parity = false},
+      {.op = Op::conv2d_weight_grad,
+       .label = "conv2d_weight_grad channels-last stride 2 pad 1",
+       .shapes = {{1, 6, 7, 2}, {1, 3, 4, 3}},
+       .fn =
+           [](P x, D) {
+             return conv2d_weight_grad(x[0], x[1], {3, 2, 3, 3}, C{.stride = 2, .padding = 1, .channels_last = true});
+           },
+       .parity = false},
       {.op = Op::conv2d_input_grad,
        .label = "conv2d_input_grad stride 2 pad 1",
        .shapes = {{1, 3, 3, 4}, {3, 2, 3, 3}},

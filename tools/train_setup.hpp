@@ -22,6 +22,7 @@ struct ModelSpec {
   std::vector<int64_t> hidden = {256};  // mlp hidden sizes
   std::string activation = "relu";
   uint64_t seed = 0;
+  bool channels_last = false;  // resnet18: NHWC activations (nn::ResNetOptions::channels_last)
   void add_to(CLI::App& app);
   nlohmann::json json() const;
 };

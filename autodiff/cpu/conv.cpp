@@ -244,7 +244,13 @@ template <class F> void for_each_plane(const PoolGeometry& g, F&& f) {
 // float32 on oneDNN when the build has it (onednn.hpp); an empty batch stays here, where
 // the weight gradient comes out as zeros.
 // (p.bf16 is only ever set when oneDNN is enabled: Backend::supports_bf16_convolutions.)
-bool use_onednn(DType t, const Geometry& g) { return t == DType::f32 && g.N > 0 && onednn::enabled(); }
+// Channels-last geometry only ever arrives for float32 with oneDNN
+// (Backend::supports_channels_last_convolutions); flatmin's own kernels are NCHW.
+bool use_onednn(DType t, const Geometry& g) {
+  if (g.channels_last && !(t == DType::f32 && onednn::enabled()))
+    throw Error("conv2d: channels-last convolutions need float32 and oneDNN (the op should have permuted)");
+  return t == DType::f32 && g.N > 0 && onednn::enabled();
+}
 
 }  // namespace
 

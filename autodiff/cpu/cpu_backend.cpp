@@ -27,6 +27,7 @@ class CpuBackend final : public Backend {
  public:
   const char* name() const override { return "cpu"; }
   bool supports_bf16_convolutions() const override { return onednn::enabled(); }
+  bool supports_channels_last_convolutions(DType t) const override { return t == DType::f32 && onednn::enabled(); }
 
   // Tiny tensors come from the engine's per-thread block cache (kernels never assume more
   // than element alignment: views have offsets); the rest is 64-byte aligned for AVX-512.

@@ -38,16 +38,28 @@ void for_each_row(const Shape& shape, const std::array<const std::vector<int64_t
   const int64_t nd = int64_t(shape.size());
   const int64_t inner = nd ? shape[nd - 1] : 1;
   const int64_t rows = inner ? numel(shape) / inner : 0;
+  // The first row's offsets by division, then an odometer over the outer axes: short rows
+  // (a broadcast per channel over 4x4 planes) would otherwise pay more for the index
+  // arithmetic than for their work.
   auto body = [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      std::array<int64_t, K> off{};
-      int64_t rem = r;
-      for (int64_t d = nd - 2; d >= 0; --d) {
-        const int64_t i = rem % shape[d];
-        rem /= shape[d];
-        for (size_t k = 0; k < K; ++k) off[k] += i * (*strides[k])[d];
-      }
+    if (r0 >= r1) return;
+    std::array<int64_t, K> off{};
+    std::vector<int64_t> idx(size_t(std::max<int64_t>(nd - 1, 0)));
+    int64_t rem = r0;
+    for (int64_t d = nd - 2; d >= 0; --d) {
+      idx[size_t(d)] = rem % shape[d];
+      rem /= shape[d];
+      for (size_t k = 0; k < K; ++k) off[k] += idx[size_t(d)] * (*strides[k])[d];
+    }
+    for (int64_t r = r0;;) {
       f(r, off);
+      if (++r == r1) break;
+      for (int64_t d = nd - 2; d >= 0; --d) {  // advance: carry into the next-outer axis
+        for (size_t k = 0; k < K; ++k) off[k] += (*strides[k])[d];
+        if (++idx[size_t(d)] < shape[d]) break;
+        for (size_t k = 0; k < K; ++k) off[k] -= shape[d] * (*strides[k])[d];
+        idx[size_t(d)] = 0;
+      }
     }
   };
   parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(inner, 1)), body);

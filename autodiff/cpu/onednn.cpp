@@ -69,7 +69,7 @@ dnnl::engine& engine() {
   return e;
 }
 
-// One argument of a primitive: its user layout (plain nchw / oihw) and the primitive's own
+// One argument of a primitive: its user layout (plain nchw or nhwc / oihw) and the primitive's own
 // (blocked, chosen by oneDNN for this shape and machine), with the reorder between them.
 struct Arg {
   int id;
@@ -114,19 +114,22 @@ Primitive build(Direction d, const kernels::ConvGeometry& g, bool bf16) {
   // Padding on the far side: what makes the output extent come out as OH x OW.
   const memory::dims pad_r{(g.OH - 1) * g.sh + g.KH - g.H - g.ph, (g.OW - 1) * g.sw + g.KW - g.W - g.pw};
   const auto f32 = memory::data_type::f32;
-  const memory::desc x(xd, f32, Tag::nchw), w(wd, f32, Tag::oihw), y(yd, f32, Tag::nchw);
+  // Channels-last activations are given to the primitive as they are (its nhwc kernels read
+  // them without a reorder); NCHW ones go through oneDNN's preferred blocked layout ("any").
+  const Tag user_act = g.channels_last ? Tag::nhwc : Tag::nchw, act = g.channels_last ? Tag::nhwc : Tag::any;
+  const memory::desc x(xd, f32, user_act), w(wd, f32, Tag::oihw), y(yd, f32, user_act);
   // Each direction reads two operands (in bf16 mode rounded to bfloat16 by the reorder into
   // oneDNN's layout) and writes one, always float32. The gradients' primitives take the
   // forward one as a hint of the layouts to use.
   const auto in = bf16 ? memory::data_type::bf16 : f32;
-  const memory::desc xa(xd, d == Direction::input_grad ? f32 : in, Tag::any),
-      wa(wd, d == Direction::weight_grad ? f32 : in, Tag::any), ya(yd, d == Direction::forward ? f32 : in, Tag::any);
+  const memory::desc xa(xd, d == Direction::input_grad ? f32 : in, act),
+      wa(wd, d == Direction::weight_grad ? f32 : in, Tag::any), ya(yd, d == Direction::forward ? f32 : in, act);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   const auto algo = dnnl::algorithm::convolution_direct;
-  const dnnl::convolution_forward::desc fd(dnnl::prop_kind::forward_training, algo, memory::desc(xd, in, Tag::any),
-                                           memory::desc(wd, in, Tag::any), memory::desc(yd, f32, Tag::any), strides,
-                                           pad, pad_r);
+  const dnnl::convolution_forward::desc fd(dnnl::prop_kind::forward_training, algo, memory::desc(xd, in, act),
+                                           memory::desc(wd, in, Tag::any), memory::desc(yd, f32, act), strides, pad,
+                                           pad_r);
   const dnnl::convolution_forward::primitive_desc fpd(fd, attr, engine());
   switch (d) {
     case Direction::forward:
@@ -149,11 +152,11 @@ Primitive build(Direction d, const kernels::ConvGeometry& g, bool bf16) {
 }
 
 const Primitive& primitive(Direction d, const kernels::ConvGeometry& g, bool bf16) {
-  using Key = std::tuple<int, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                         int64_t, int64_t, int64_t, int64_t>;
+  using Key = std::tuple<int, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                         int64_t, int64_t, int64_t, int64_t, int64_t>;
   static std::mutex mutex;
   static std::map<Key, Primitive> cache;  // the shapes of one model: a few dozen entries
-  const Key key{int(d), bf16, g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.sh, g.sw, g.ph, g.pw};
+  const Key key{int(d), bf16, g.channels_last, g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.sh, g.sw, g.ph, g.pw};
   std::lock_guard lock(mutex);
   auto it = cache.find(key);
   if (it == cache.end()) {
@@ -167,13 +170,23 @@ const Primitive& primitive(Direction d, const kernels::ConvGeometry& g, bool bf1
   return it->second;  // std::map never moves its elements
 }
 
+// oneDNN runs single-threaded on every thread that calls it. It fixes a primitive's thread
+// split when the primitive is created (from omp_get_max_threads() then) and runs that many
+// OpenMP threads on every call, whatever the setting at the call: one created on a thread
+// still at the default ran a 2-thread OpenMP team on each call (the 1-channel stem of the
+// main job's model: 16 ms instead of 0.6 ms, its second thread spinning against oneTBB's).
+// So this comes first in every entry point, before any primitive is looked up or built.
+void serial_openmp() {
+  if (omp_get_max_threads() != 1) omp_set_num_threads(1);  // per thread, so checked on each
+}
+
 // Runs one primitive on one thread; its scratchpad and the arguments' copies in the
 // primitive's own layouts come from flatmin's allocator (block cache, peak-memory bound).
 // `user` holds the three arguments' pointers in the order of Primitive::args.
 // `shared`: argument 1 (the weights, for the forward and the input gradient) already in the
 // primitive's own layout, converted once for all chunks; null to convert it here.
 void run_one(const Primitive& p, const std::array<float*, 3>& user, const void* shared = nullptr) {
-  if (omp_get_max_threads() != 1) omp_set_num_threads(1);  // per thread: this one runs serially
+  serial_openmp();  // this thread may be a oneTBB worker that has not called oneDNN yet
   dnnl::stream stream(engine());
   std::deque<Workspace<std::byte> > buffers;  // not movable; a deque never moves its elements
   buffers.emplace_back(p.scratchpad.get_size());
@@ -217,6 +230,7 @@ int64_t chunk_count(Direction d, const kernels::ConvGeometry& g) {
 }
 
 void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::array<float*, 3>& user) {
+  serial_openmp();  // before building primitives and the weights' reorder below
   const int64_t chunks = chunk_count(d, g), base = g.N / chunks, extra = g.N % chunks;
   auto first_image = [&](int64_t c) { return c * base + std::min(c, extra); };
   const int64_t x_image = g.C * g.H * g.W, y_image = g.O * g.OH * g.OW, w_size = g.O * g.K();
@@ -291,7 +305,7 @@ void weight_grad(const float* x, const float* gy, float* gw, const kernels::Conv
 
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  if (omp_get_max_threads() != 1) omp_set_num_threads(1);  // callers split the work on oneTBB
+  serial_openmp();  // callers split the work on oneTBB
   const dnnl::status st =
       dnnl::sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a, std::max<int64_t>(lda, 1), b,
                   std::max<int64_t>(ldb, 1), beta, c, std::max<int64_t>(ldc, 1));

@@ -11,9 +11,9 @@ namespace flatmin::cpu::onednn {
 // "onednn" (read once; "native" selects flatmin's own im2col/Winograd kernels and OpenBLAS).
 bool enabled();
 
-// NCHW float32 tensors, OIHW weights, all contiguous; the same contracts as conv.cpp's kernels
-// (the gradients overwrite their outputs). bf16: the two operands are rounded to bfloat16 on
-// their way into oneDNN's layout; accumulation and the output stay float32.
+// NCHW (NHWC when g.channels_last) float32 tensors, OIHW weights, all contiguous; the same contracts as conv.cpp's
+// kernels (the gradients overwrite their outputs). bf16: the two operands are rounded to bfloat16 on their way into
+// oneDNN's layout; accumulation and the output stay float32.
 void forward(const float* x, const float* w, float* y, const kernels::ConvGeometry& g, bool bf16);
 void input_grad(const float* gy, const float* w, float* gx, const kernels::ConvGeometry& g, bool bf16);
 void weight_grad(const float* x, const float* gy, float* gw, const kernels::ConvGeometry& g, bool bf16);

@@ -1,6 +1,8 @@
 // Tensors, kernels and random numbers.
 #include <doctest/doctest.h>
 
+#include <tbb/task_arena.h>
+
 #include <cmath>
 
 #include "autodiff/autodiff.hpp"
@@ -50,6 +52,48 @@ TEST_CASE("large reductions are deterministic and accurate") {
   for (int i = 0; i < 3; ++i)
     for (int k = 0; k < 7; ++k) r0 += v[(i * 50000 + 0) * 7 + k];
   CHECK(r[0] == doctest::Approx(r0).epsilon(1e-12));
+}
+
+TEST_CASE("sum, max and min over every set of axes match naive loops, at any thread count") {
+  // extents not multiples of the kernel's eight accumulators; strided and contiguous spans
+  const Shape shape{3, 10, 9, 11};
+  Tensor x = Generator(9).normal(shape, {DType::f64});
+  const std::vector<double> v = x.to_vector();
+  for (int mask = 1; mask < 16; ++mask) {
+    Axes axes;
+    for (int64_t d = 0; d < 4; ++d)
+      if (mask >> d & 1) axes.push_back(d);
+    std::vector<double> s(size_t(x.numel()), 0.0), hi(s.size(), -INFINITY), lo(s.size(), INFINITY);
+    Shape kept = shape;
+    for (int64_t d : axes) kept[size_t(d)] = 1;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      int64_t rem = i, o = 0, stride = 1;
+      for (int64_t d = 3; d >= 0; --d) {
+        const int64_t c = rem % shape[size_t(d)];
+        rem /= shape[size_t(d)];
+        if (kept[size_t(d)] != 1) o += c * stride;
+        stride *= kept[size_t(d)];
+      }
+      s[size_t(o)] += v[size_t(i)];
+      hi[size_t(o)] = std::max(hi[size_t(o)], v[size_t(i)]);
+      lo[size_t(o)] = std::min(lo[size_t(o)], v[size_t(i)]);
+    }
+    auto run = [&] {
+      return std::vector<std::vector<double>>{sum(x, axes).to_vector(), max(x, axes).to_vector(),
+                                              min(x, axes).to_vector()};
+    };
+    const auto many = run();
+    std::vector<std::vector<double>> one;
+    tbb::task_arena single(1);
+    single.execute([&] { one = run(); });
+    CAPTURE(mask);
+    CHECK(many == one);
+    for (size_t o = 0; o < many[0].size(); ++o) {
+      CHECK(many[0][o] == doctest::Approx(s[o]).epsilon(1e-12));
+      CHECK(many[1][o] == hi[o]);
+      CHECK(many[2][o] == lo[o]);
+    }
+  }
 }
 
 TEST_CASE("GEMM agrees with a naive product (float32, large enough to split)") {

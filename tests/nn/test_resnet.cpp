@@ -66,44 +66,77 @@ TEST_CASE("resnet18: state-dict names are torchvision's") {
     }
 }
 
-TEST_CASE("resnet18: loss, gradient and HVP agree with PyTorch to 1e-8 (float64, width 2)") {
-  for (const char* stem : {"cifar", "imagenet"})
-    for (auto [norm, mode] : {std::pair{"batch", "train"}, {"batch", "eval"}, {"group", "train"}, {"none", "train"}}) {
-      const std::string cfg = std::string(stem) + "_" + norm + "_" + mode;
-      INFO(cfg);
-      auto net = nn::resnet18({.in_channels = std::string(stem) == "cifar" ? 3 : 1,
-                               .classes = 5,
-                               .stem = nn::parse_stem(stem),
-                               .width = 2,
-                               .norm = nn::parse_norm(norm)});
-      net.to(DType::f64);
-      nn::load_safetensors(net, reference_dir + cfg + ".weights.safetensors");
-      net.train(std::string(mode) == "train").update_running_stats(false);
-      auto batch = nn::load_safetensors(reference_dir + cfg + ".batch.safetensors");
-      auto v_file = nn::load_safetensors(reference_dir + cfg + ".v.safetensors");
-      auto expected = nn::load_safetensors(reference_dir + cfg + ".expected.safetensors");
-      Params v;
-      for (auto& [name, p] : net.named_parameters()) v.push_back(v_file.at(name));
-      ScalarFn f = nn::classification_loss(net, batch.at("input"), batch.at("target"));
-      const Params x = net.parameters();
-      CHECK(std::fabs(value(f, x).item() - expected.at("loss").item()) <=
-            1e-12 * std::fabs(expected.at("loss").item()));
-      Params g = gradient(f, x), hv = hvp(f, x, v);
-      auto named = net.named_parameters();
-      double worst = 0;
-      for (size_t i = 0; i < named.size(); ++i) {
-        INFO(named[i].first);
-        const double dg = rel_diff(g[i], expected.at("grad/" + named[i].first));
-        const double dh = rel_diff(hv[i], expected.at("hvp/" + named[i].first));
-        CHECK(dg < 1e-8);
-        CHECK(dh < 1e-8);
-        worst = std::max({worst, dg, dh});
+TEST_CASE("resnet18: loss, gradient and HVP agree with PyTorch to 1e-8 (float64, width 2, both layouts)") {
+  for (const bool channels_last : {false, true})
+    for (const char* stem : {"cifar", "imagenet"})
+      for (auto [norm, mode] :
+           {std::pair{"batch", "train"}, {"batch", "eval"}, {"group", "train"}, {"none", "train"}}) {
+        const std::string cfg = std::string(stem) + "_" + norm + "_" + mode;
+        INFO(cfg << (channels_last ? " channels-last" : ""));
+        auto net = nn::resnet18({.in_channels = std::string(stem) == "cifar" ? 3 : 1,
+                                 .classes = 5,
+                                 .stem = nn::parse_stem(stem),
+                                 .width = 2,
+                                 .norm = nn::parse_norm(norm),
+                                 .channels_last = channels_last});
+        net.to(DType::f64);
+        nn::load_safetensors(net, reference_dir + cfg + ".weights.safetensors");
+        net.train(std::string(mode) == "train").update_running_stats(false);
+        auto batch = nn::load_safetensors(reference_dir + cfg + ".batch.safetensors");
+        auto v_file = nn::load_safetensors(reference_dir + cfg + ".v.safetensors");
+        auto expected = nn::load_safetensors(reference_dir + cfg + ".expected.safetensors");
+        Params v;
+        for (auto& [name, p] : net.named_parameters()) v.push_back(v_file.at(name));
+        ScalarFn f = nn::classification_loss(net, batch.at("input"), batch.at("target"));
+        const Params x = net.parameters();
+        CHECK(std::fabs(value(f, x).item() - expected.at("loss").item()) <=
+              1e-12 * std::fabs(expected.at("loss").item()));
+        Params g = gradient(f, x), hv = hvp(f, x, v);
+        auto named = net.named_parameters();
+        double worst = 0;
+        for (size_t i = 0; i < named.size(); ++i) {
+          INFO(named[i].first);
+          const double dg = rel_diff(g[i], expected.at("grad/" + named[i].first));
+          const double dh = rel_diff(hv[i], expected.at("hvp/" + named[i].first));
+          CHECK(dg < 1e-8);
+          CHECK(dh < 1e-8);
+          worst = std::max({worst, dg, dh});
+        }
+        MESSAGE(cfg << ": worst relative difference of a gradient or HVP tensor to PyTorch " << worst);
+        // the probe must not have moved the running statistics
+        auto weights = nn::load_safetensors(reference_dir + cfg + ".weights.safetensors");
+        for (auto& [name, b] : net.named_buffers()) CHECK(rel_diff(b, weights.at(name)) == 0);
       }
-      MESSAGE(cfg << ": worst relative difference of a gradient or HVP tensor to PyTorch " << worst);
-      // the probe must not have moved the running statistics
-      auto weights = nn::load_safetensors(reference_dir + cfg + ".weights.safetensors");
-      for (auto& [name, b] : net.named_buffers()) CHECK(rel_diff(b, weights.at(name)) == 0);
+}
+
+// float32 on the CPU: channels-last runs oneDNN's NHWC kernels (where the build has oneDNN)
+// and batch norm's rank-2 kernels, NCHW the blocked kernels: the same function, so loss,
+// gradient and HVP agree to float32 rounding.
+TEST_CASE("resnet18: channels-last and NCHW give the same loss, gradient and HVP (float32)") {
+  Generator g(5);
+  for (auto [norm, stem] : {std::pair{nn::Norm::batch, nn::Stem::cifar},
+                            {nn::Norm::group, nn::Stem::cifar},
+                            {nn::Norm::batch, nn::Stem::imagenet}}) {
+    INFO("norm " << int(norm) << " stem " << int(stem));
+    Tensor x = g.normal({6, 3, 16, 16});
+    Tensor y = from_ints({0, 2, 1, 2, 0, 1}, {6});
+    auto make = [&](bool cl) {
+      auto net = nn::resnet18(
+          {.in_channels = 3, .classes = 3, .stem = stem, .width = 8, .norm = norm, .seed = 9, .channels_last = cl});
+      net.train().update_running_stats(false);
+      return net;
+    };
+    auto plain = make(false), last = make(true);
+    ScalarFn fp = nn::classification_loss(plain, x, y), fl = nn::classification_loss(last, x, y);
+    const Params p = plain.parameters(), q = last.parameters();
+    const Params v = Generator(2).normal_like(p);
+    CHECK(value(fl, q).item() == doctest::Approx(value(fp, p).item()).epsilon(1e-5));
+    const Params gp = gradient(fp, p), gl = gradient(fl, q), hp = hvp(fp, p, v), hl = hvp(fl, q, v);
+    for (size_t i = 0; i < p.size(); ++i) {
+      CHECK(rel_diff(gl[i], gp[i]) < 1e-4);
+      CHECK(rel_diff(hl[i], hp[i]) < 1e-3);
     }
+  }
 }
 
 TEST_CASE("resnet18: HVP and third-order contraction against finite differences (smooth activations)") {
