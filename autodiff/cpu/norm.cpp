@@ -1,8 +1,18 @@
 // Fused batch norm with batch statistics, first order only: the batch_norm op uses these
 // when nothing records, and its differentiable rule when the backward itself is recorded
-// (nn_ops.cpp). One task per channel; every sum runs in double in an order fixed by the
-// shape, so results do not depend on the thread count.
+// (nn_ops.cpp). Every sum runs in double in an order fixed by the shape, so results do not
+// depend on the thread count. Each kernel states its formulas once, as per-channel sums,
+// per-channel coefficients and an elementwise pass; run_channels walks them over x's layout:
+//   [N, C, S] with S > 1 (NCHW): one task per channel, spans of S contiguous values;
+//   S == 1 ([M, C], e.g. channels-last activations reshaped to rank 2): rows of C values,
+//   sums in blocks of rows fixed by the shape (vectorized across channels) added in block
+//   order, then the elementwise pass row by row.
+#include <algorithm>
+#include <array>
 #include <cmath>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "autodiff/cpu/cpu_kernels.hpp"
 #include "autodiff/kernel_util.hpp"
@@ -17,6 +27,7 @@ struct Layout {
   int64_t N, C, S;
   int64_t count() const { return N * S; }  // values per channel
   int64_t at(int64_t n, int64_t c) const { return (n * C + c) * S; }
+  bool rows() const { return S == 1; }  // N rows of C values
 };
 Layout layout(const Tensor& x) {
   const int64_t N = x.shape()[0], C = x.shape()[1];
@@ -34,39 +45,165 @@ template <class F> double span_sum(int64_t n, F&& f) {
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
+template <int K> using Sums = std::array<double, K>;
+
+// One pass of K sums per channel: terms(i, c) gives the K summands at flat index i of channel c;
+// finish(c, sums) uses channel c's totals (the last stage's finish returns its coefficients).
+// When `wanted` is false the sums are skipped and finish sees zeros.
+template <int K, class Terms, class Finish> struct Stage {
+  Terms terms;
+  Finish finish;
+  bool wanted = true;
+};
+template <int K, class Terms, class Finish>
+Stage<K, Terms, Finish> stage(Terms terms, Finish finish, bool wanted = true) {
+  return {std::move(terms), std::move(finish), wanted};
+}
+struct NoStage {};
+
+// Channel c's K sums in the NCHW layout: span by span, as span_sum orders them.
+template <int K, class Terms> Sums<K> span_sums(const Layout& L, int64_t c, Terms& terms) {
+  Sums<K> s{};
+  for (int64_t n = 0; n < L.N; ++n) {
+    const int64_t base = L.at(n, c);
+    // one span_sum loop per sum, each with its summand alone (vectorizes and rounds as a
+    // loop written for that sum)
+    auto add = [&]<size_t... k>(std::index_sequence<k...>) {
+      ((s[k] += span_sum(L.S, [&](int64_t i) { return std::get<k>(terms(base + i, c)); })), ...);
+    };
+    add(std::make_index_sequence<K>());
+  }
+  return s;
+}
+
+// Rows layout: values per block of rows (the block's rows depend on C only, never on threads).
+constexpr int64_t kBlockValues = 8192, kMinBlockRows = 32;
+// channels per task; any split of the channels gives the same sums
+constexpr int64_t kTaskChannels = 256;
+
+// All channels' K sums in the rows layout, sums[k * C + c]: each block of rows adds its rows
+// in order into per-channel accumulators, then the blocks' partial sums add in block order.
+template <int K, class Terms> std::vector<double> row_sums(const Layout& L, Terms& terms) {
+  const int64_t M = L.N, C = L.C;
+  const int64_t rows = std::max(kMinBlockRows, kBlockValues / C), blocks = (M + rows - 1) / rows;
+  const int64_t chunks = (C + kTaskChannels - 1) / kTaskChannels;
+  std::vector<double> part(size_t(blocks * K * C));
+  parallel_for(blocks * chunks, 1, [&](int64_t t0, int64_t t1) {
+    double acc[K][kTaskChannels];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / chunks, c0 = t % chunks * kTaskChannels, nc = std::min(kTaskChannels, C - c0);
+      for (int k = 0; k < K; ++k) std::fill_n(acc[k], nc, 0.0);
+      for (int64_t r = b * rows; r < std::min(M, (b + 1) * rows); ++r) {
+        const int64_t base = r * C + c0;
+        for (int64_t j = 0; j < nc; ++j) {
+          const Sums<K> v = terms(base + j, c0 + j);
+          for (int k = 0; k < K; ++k) acc[k][j] += v[k];
+        }
+      }
+      for (int k = 0; k < K; ++k) std::copy_n(acc[k], nc, &part[size_t((b * K + k) * C + c0)]);
+    }
+  });
+  std::vector<double> sums(size_t(K * C), 0.0);
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t i = 0; i < K * C; ++i) sums[size_t(i)] += part[size_t(b * K * C + i)];
+  return sums;
+}
+template <int K> Sums<K> channel_of(const std::vector<double>& sums, int64_t C, int64_t c) {
+  Sums<K> s;
+  for (int k = 0; k < K; ++k) s[k] = sums[size_t(k * C + c)];
+  return s;
+}
+
+// An elementwise output of a kernel: write(i, co_0, ..., co_{J-1}) sets the value at flat
+// index i from its channel's coefficients; skipped when the output is not wanted.
+template <class F> struct Output {
+  bool wanted;
+  F write;
+};
+template <class T, class F> Output<F> output(T* out, F write) { return {out != nullptr, std::move(write)}; }
+
+// Runs one kernel: the optional stage `pre` (e.g. the mean before the variance), the stage
+// `main`, whose finish returns channel c's J coefficients, then each output's elementwise
+// pass (one loop per output, as separate loops vectorize best).
+template <class T, int J, class Pre, int K, class Terms, class Finish, class... F>
+void run_channels(const Layout& L, Pre pre, Stage<K, Terms, Finish> main, Output<F>... outs) {
+  using Coefs = std::array<T, J>;
+  if (!L.rows()) {
+    parallel_for(L.C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        if constexpr (!std::is_same_v<Pre, NoStage>) pre.finish(c, span_sums<1>(L, c, pre.terms));
+        const Coefs co = main.finish(c, main.wanted ? span_sums<K>(L, c, main.terms) : Sums<K>{});
+        for (int64_t n = 0; n < L.N; ++n) {
+          const int64_t base = L.at(n, c);
+          auto pass = [&]<size_t... j>(auto& out, std::index_sequence<j...>) {
+            if (out.wanted)
+              for (int64_t i = 0; i < L.S; ++i) out.write(base + i, co[j]...);
+          };
+          (pass(outs, std::make_index_sequence<J>()), ...);
+        }
+      }
+    });
+    return;
+  }
+  const int64_t M = L.N, C = L.C;
+  if constexpr (!std::is_same_v<Pre, NoStage>) {
+    const std::vector<double> s = row_sums<1>(L, pre.terms);
+    for (int64_t c = 0; c < C; ++c) pre.finish(c, channel_of<1>(s, C, c));
+  }
+  const std::vector<double> s = main.wanted ? row_sums<K>(L, main.terms) : std::vector<double>(size_t(K * C), 0.0);
+  std::vector<T> coef(size_t(J * C));  // coefficient j of channel c at j * C + c
+  for (int64_t c = 0; c < C; ++c) {
+    const Coefs co = main.finish(c, channel_of<K>(s, C, c));
+    for (int j = 0; j < J; ++j) coef[size_t(j * C + c)] = co[j];
+  }
+  const T* cf = coef.data();
+  parallel_for(M, std::max<int64_t>(1, kBlockValues / C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      auto pass = [&]<size_t... j>(auto& out, std::index_sequence<j...>) {
+        if (out.wanted)
+          for (int64_t c = 0; c < C; ++c) out.write(r * C + c, cf[j * C + c]...);
+      };
+      (pass(outs, std::make_index_sequence<J>()), ...);
+    }
+  });
+}
+
 template <class T> const T* maybe(const Tensor& t) { return t.defined() ? data_ptr<T>(t) : nullptr; }
+
+// Per-channel mean and 1/√(var + ε) from the saved statistics, in double.
+struct Saved {
+  std::vector<double> mu, r;
+};
+template <class T> Saved saved_stats(const T* mean, const T* var, double eps, int64_t C) {
+  Saved s{std::vector<double>(size_t(C)), std::vector<double>(size_t(C))};
+  for (int64_t c = 0; c < C; ++c) {
+    s.mu[size_t(c)] = double(mean[c]);
+    s.r[size_t(c)] = 1.0 / std::sqrt(double(var[c]) + eps);
+  }
+  return s;
+}
 
 template <class T>
 void forward_impl(const T* x, const T* w, const T* b, double eps, T* y, T* mean, T* var, const Layout& L) {
   const double M = double(L.count());
-  parallel_for(L.C, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      double s = 0;
-      for (int64_t n = 0; n < L.N; ++n) {
-        const T* xs = x + L.at(n, c);
-        s += span_sum(L.S, [&](int64_t i) { return double(xs[i]); });
-      }
-      const double mu = s / M;
-      double v = 0;
-      for (int64_t n = 0; n < L.N; ++n) {
-        const T* xs = x + L.at(n, c);
-        v += span_sum(L.S, [&](int64_t i) {
-          const double d = double(xs[i]) - mu;
-          return d * d;
-        });
-      }
-      v /= M;
-      // centre first: x·scale + (b − μ·scale) would cancel when |μ| ≫ σ
-      const T sc = T((w ? double(w[c]) : 1.0) / std::sqrt(v + eps)), sh = T(b ? double(b[c]) : 0.0), m = T(mu);
-      for (int64_t n = 0; n < L.N; ++n) {
-        const T* xs = x + L.at(n, c);
-        T* ys = y + L.at(n, c);
-        for (int64_t i = 0; i < L.S; ++i) ys[i] = (xs[i] - m) * sc + sh;
-      }
-      mean[c] = T(mu);
-      var[c] = T(v);
-    }
-  });
+  std::vector<double> mu(size_t(L.C));
+  run_channels<T, 3>(L,
+                     stage<1>([&](int64_t i, int64_t) { return Sums<1>{double(x[i])}; },
+                              [&](int64_t c, const Sums<1>& s) { mu[size_t(c)] = s[0] / M; }),
+                     stage<1>(
+                         [&](int64_t i, int64_t c) {
+                           const double d = double(x[i]) - mu[size_t(c)];
+                           return Sums<1>{d * d};
+                         },
+                         [&](int64_t c, const Sums<1>& s) {
+                           const double v = s[0] / M;
+                           mean[c] = T(mu[size_t(c)]);
+                           var[c] = T(v);
+                           return std::array<T, 3>{T((w ? double(w[c]) : 1.0) / std::sqrt(v + eps)),
+                                                   T(b ? double(b[c]) : 0.0), T(mu[size_t(c)])};
+                         }),
+                     // centre first: x·scale + (b − μ·scale) would cancel when |μ| ≫ σ
+                     output(y, [&](int64_t i, T sc, T sh, T m) { y[i] = (x[i] - m) * sc + sh; }));
 }
 
 // With x̂ = (x − μ)·r, r = 1/√(σ² + ε): gb = Σg, gw = Σ g·x̂, and
@@ -74,29 +211,21 @@ void forward_impl(const T* x, const T* w, const T* b, double eps, T* y, T* mean,
 template <class T> void backward_impl(const T* g, const T* x, const T* w, const T* mean, const T* var, double eps,
                                       T* gx, T* gw, T* gb, const Layout& L) {
   const double M = double(L.count());
-  parallel_for(L.C, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const double mu = double(mean[c]), r = 1.0 / std::sqrt(double(var[c]) + eps);
-      double sg = 0, sgx = 0;
-      for (int64_t n = 0; n < L.N; ++n) {
-        const T* gs = g + L.at(n, c);
-        const T* xs = x + L.at(n, c);
-        sg += span_sum(L.S, [&](int64_t i) { return double(gs[i]); });
-        sgx += span_sum(L.S, [&](int64_t i) { return double(gs[i]) * (double(xs[i]) - mu); });
-      }
-      if (gb) gb[c] = T(sg);
-      if (gw) gw[c] = T(sgx * r);
-      const double k = (w ? double(w[c]) : 1.0) * r;
-      // gx = k·g − k·mean(g) − k·r²·mean(g·(x−μ))·(x − μ) = α·g + β·(x − μ) + γ
-      const T ta = T(k), tb = T(-k * r * r * sgx / M), tg = T(-k * sg / M), m = T(mu);
-      for (int64_t n = 0; n < L.N; ++n) {
-        const T* gs = g + L.at(n, c);
-        const T* xs = x + L.at(n, c);
-        T* out = gx + L.at(n, c);
-        for (int64_t i = 0; i < L.S; ++i) out[i] = ta * gs[i] + tb * (xs[i] - m) + tg;
-      }
-    }
-  });
+  const Saved st = saved_stats(mean, var, eps, L.C);
+  run_channels<T, 4>(L, NoStage{},
+                     stage<2>(
+                         [&](int64_t i, int64_t c) {
+                           return Sums<2>{double(g[i]), double(g[i]) * (double(x[i]) - st.mu[size_t(c)])};
+                         },
+                         [&](int64_t c, const Sums<2>& s) {
+                           const double sg = s[0], sgx = s[1], r = st.r[size_t(c)];
+                           if (gb) gb[c] = T(sg);
+                           if (gw) gw[c] = T(sgx * r);
+                           const double k = (w ? double(w[c]) : 1.0) * r;
+                           // gx = k·g − k·mean(g) − k·r²·mean(g·(x−μ))·(x − μ) = α·g + β·(x − μ) + γ
+                           return std::array<T, 4>{T(k), T(-k * r * r * sgx / M), T(-k * sg / M), T(st.mu[size_t(c)])};
+                         }),
+                     output(gx, [&](int64_t i, T ta, T tb, T tg, T m) { gx[i] = ta * g[i] + tb * (x[i] - m) + tg; }));
 }
 
 // The second-order rules (formulas in nn_ops.cpp). Per channel, with gh = w·g: one pass of
@@ -107,67 +236,57 @@ template <class T> void backward_impl(const T* g, const T* x, const T* w, const 
 template <class T> void input_grad_vjp_impl(const T* a, const T* g, const T* x, const T* w, const T* mean, const T* var,
                                             double eps, T* dg, T* dx, T* dw, const Layout& L) {
   const double M = double(L.count());
-  parallel_for(L.C, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const double mu = double(mean[c]), r = 1.0 / std::sqrt(double(var[c]) + eps), wc = w ? double(w[c]) : 1.0;
-      double sa = 0, sg = 0, sag = 0, sgx = 0, sax = 0;
-      for (int64_t n = 0; n < L.N; ++n) {
-        const T *as = a + L.at(n, c), *gs = g + L.at(n, c), *xs = x + L.at(n, c);
-        sa += span_sum(L.S, [&](int64_t i) { return double(as[i]); });
-        sg += span_sum(L.S, [&](int64_t i) { return double(gs[i]); });
-        sag += span_sum(L.S, [&](int64_t i) { return double(as[i]) * double(gs[i]); });
-        sgx += span_sum(L.S, [&](int64_t i) { return double(gs[i]) * (double(xs[i]) - mu) * r; });
-        sax += span_sum(L.S, [&](int64_t i) { return double(as[i]) * (double(xs[i]) - mu) * r; });
-      }
-      const double ma = sa / M, max = sax / M, mgh = wc * sg / M, magh = wc * sag / M, mghx = wc * sgx / M;
-      if (dw) dw[c] = T(r * (sag - sg * ma - sgx * max));
-      const double k = magh - mgh * ma - 3.0 * mghx * max, r2 = r * r;
-      // dx = −r²·(x̂·k + gh·⟨a·x̂⟩ + ⟨gh·x̂⟩·a) + r²·(⟨gh⟩⟨a·x̂⟩ + ⟨gh·x̂⟩⟨a⟩), x̂ = (x − μ)·r
-      const T xk = T(-r2 * k * r), gk = T(-r2 * wc * max), ak = T(-r2 * mghx), c0k = T(r2 * (mgh * max + mghx * ma));
-      const T da = T(wc * r), dxh = T(-wc * r * max * r), d0 = T(-wc * r * ma), m = T(mu);
-      for (int64_t n = 0; n < L.N; ++n) {
-        const T *as = a + L.at(n, c), *gs = g + L.at(n, c), *xs = x + L.at(n, c);
-        if (dg) {
-          T* out = dg + L.at(n, c);
-          for (int64_t i = 0; i < L.S; ++i) out[i] = da * as[i] + dxh * (xs[i] - m) + d0;
-        }
-        if (dx) {
-          T* out = dx + L.at(n, c);
-          for (int64_t i = 0; i < L.S; ++i) out[i] = xk * (xs[i] - m) + gk * gs[i] + ak * as[i] + c0k;
-        }
-      }
-    }
-  });
+  const Saved st = saved_stats(mean, var, eps, L.C);
+  run_channels<T, 8>(
+      L, NoStage{},
+      stage<5>(
+          [&](int64_t i, int64_t c) {
+            const double ai = double(a[i]), gi = double(g[i]), xc = double(x[i]) - st.mu[size_t(c)],
+                         r = st.r[size_t(c)];
+            return Sums<5>{ai, gi, ai * gi, gi * xc * r, ai * xc * r};
+          },
+          [&](int64_t c, const Sums<5>& s) {
+            const double sa = s[0], sg = s[1], sag = s[2], sgx = s[3], sax = s[4];
+            const double r = st.r[size_t(c)], wc = w ? double(w[c]) : 1.0;
+            const double ma = sa / M, max = sax / M, mgh = wc * sg / M, magh = wc * sag / M, mghx = wc * sgx / M;
+            if (dw) dw[c] = T(r * (sag - sg * ma - sgx * max));
+            const double k = magh - mgh * ma - 3.0 * mghx * max, r2 = r * r;
+            // dx = −r²·(x̂·k + gh·⟨a·x̂⟩ + ⟨gh·x̂⟩·a) + r²·(⟨gh⟩⟨a·x̂⟩ + ⟨gh·x̂⟩⟨a⟩), x̂ = (x − μ)·r
+            return std::array<T, 8>{T(-r2 * k * r),
+                                    T(-r2 * wc * max),
+                                    T(-r2 * mghx),
+                                    T(r2 * (mgh * max + mghx * ma)),  // dx: xk, gk, ak, c0k
+                                    T(wc * r),
+                                    T(-wc * r * max * r),
+                                    T(-wc * r * ma),  // dg: da, dxh, d0
+                                    T(st.mu[size_t(c)])};
+          }),
+      output(dg, [&](int64_t i, T, T, T, T, T da, T dxh, T d0, T m) { dg[i] = da * a[i] + dxh * (x[i] - m) + d0; }),
+      output(dx, [&](int64_t i, T xk, T gk, T ak, T c0k, T, T, T, T m) {
+        dx[i] = xk * (x[i] - m) + gk * g[i] + ak * a[i] + c0k;
+      }));
 }
 
 template <class T> void weight_grad_vjp_impl(const T* beta, const T* g, const T* x, const T* mean, const T* var,
                                              double eps, T* dg, T* dx, const Layout& L) {
   const double M = double(L.count());
-  parallel_for(L.C, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const double mu = double(mean[c]), r = 1.0 / std::sqrt(double(var[c]) + eps), b = double(beta[c]);
-      double sg = 0, sgx = 0;
-      if (dx)
-        for (int64_t n = 0; n < L.N; ++n) {
-          const T *gs = g + L.at(n, c), *xs = x + L.at(n, c);
-          sg += span_sum(L.S, [&](int64_t i) { return double(gs[i]); });
-          sgx += span_sum(L.S, [&](int64_t i) { return double(gs[i]) * (double(xs[i]) - mu) * r; });
-        }
-      // dx = β·r·g − β·r·⟨g⟩ − β·r²·⟨g·x̂⟩·(x − μ)
-      const T gk = T(b * r), xk = T(-b * r * r * sgx / M), k0 = T(-b * r * sg / M), dk = T(b * r), m = T(mu);
-      for (int64_t n = 0; n < L.N; ++n) {
-        const T *gs = g + L.at(n, c), *xs = x + L.at(n, c);
-        if (dg) {
-          T* out = dg + L.at(n, c);
-          for (int64_t i = 0; i < L.S; ++i) out[i] = dk * (xs[i] - m);
-        }
-        if (dx) {
-          T* out = dx + L.at(n, c);
-          for (int64_t i = 0; i < L.S; ++i) out[i] = gk * gs[i] + xk * (xs[i] - m) + k0;
-        }
-      }
-    }
-  });
+  const Saved st = saved_stats(mean, var, eps, L.C);
+  run_channels<T, 5>(
+      L, NoStage{},
+      stage<2>(
+          [&](int64_t i, int64_t c) {
+            const double gi = double(g[i]);
+            return Sums<2>{gi, gi * (double(x[i]) - st.mu[size_t(c)]) * st.r[size_t(c)]};
+          },
+          [&](int64_t c, const Sums<2>& s) {
+            const double sg = s[0], sgx = s[1], r = st.r[size_t(c)], b = double(beta[c]);
+            // dx = β·r·g − β·r·⟨g⟩ − β·r²·⟨g·x̂⟩·(x − μ)
+            return std::array<T, 5>{T(b * r), T(-b * r * r * sgx / M), T(-b * r * sg / M), T(b * r),
+                                    T(st.mu[size_t(c)])};
+          },
+          dx != nullptr),  // the sums only feed dx
+      output(dg, [&](int64_t i, T, T, T, T dk, T m) { dg[i] = dk * (x[i] - m); }),
+      output(dx, [&](int64_t i, T gk, T xk, T k0, T, T m) { dx[i] = gk * g[i] + xk * (x[i] - m) + k0; }));
 }
 
 template <class T> T* maybe_out(Tensor& t) { return t.defined() ? data_ptr<T>(t) : nullptr; }

@@ -400,30 +400,37 @@ TEST_CASE("batch_norm: update_running=false and eval leave the running statistic
 
 TEST_CASE("batch_norm: the fused first-order backward equals the exact recorded rule and a plain composition") {
   // The same gradient three ways: the fused kernel (recording off), the differentiable rule
-  // (create_graph), and batch norm written out with ops in this test.
-  for (DType dt : {DType::f64, DType::f32}) {
-    Generator g(12);
-    const TensorOptions o{dt};
-    Tensor x = g.normal({6, 4, 5, 3}, o, 0.7, 2.0).requires_grad_(), w = g.normal({4}, o).requires_grad_(),
-           b = g.normal({4}, o).requires_grad_(), gy = g.normal({6, 4, 5, 3}, o);
-    auto by_ops = [&] {
-      Tensor xc = sub(x, mean(x, {0, 2, 3}, true));
-      Tensor y = mul(xc, rsqrt(add_scalar(mean(square(xc), {0, 2, 3}, true), 1e-5)));
-      return add(mul(y, reshape(w, {1, 4, 1, 1})), reshape(b, {1, 4, 1, 1}));
-    };
-    Tensor rm, rv;
-    Tensor y = batch_norm(x, w, b, rm, rv, {.training = true});
-    const double tol = dt == DType::f64 ? 1e-12 : 2e-5;
-    check_close(y.to_vector(), by_ops().to_vector(), tol, "forward");
-    auto fused = grad({y}, {x, w, b}, {.grad_outputs = {gy}});
-    auto recorded = grad({batch_norm(x, w, b, rm, rv, {.training = true})}, {x, w, b},
-                         {.grad_outputs = {gy}, .create_graph = true});
-    auto composed = grad({by_ops()}, {x, w, b}, {.grad_outputs = {gy}});
-    for (size_t i = 0; i < 3; ++i) {
-      check_close(fused[i].to_vector(), composed[i].to_vector(), tol, "fused vs composition");
-      check_close(recorded[i].to_vector(), composed[i].to_vector(), tol, "recorded rule vs composition");
+  // (create_graph), and batch norm written out with ops in this test. Rank 2 ([M, C], the
+  // channels-last form) runs the kernels' row layout: several row blocks, C not a multiple of
+  // anything the kernels block by.
+  for (const Shape& shape : {Shape{6, 4, 5, 3}, Shape{1000, 19}, Shape{300, 70}})
+    for (DType dt : {DType::f64, DType::f32}) {
+      INFO(to_string(shape) << (dt == DType::f64 ? " float64" : " float32"));
+      Generator g(12);
+      const TensorOptions o{dt};
+      const int64_t C = shape[1];
+      const Axes axes = shape.size() == 4 ? Axes{0, 2, 3} : Axes{0};
+      const Shape cs = shape.size() == 4 ? Shape{1, C, 1, 1} : Shape{1, C};
+      Tensor x = g.normal(shape, o, 0.7, 2.0).requires_grad_(), w = g.normal({C}, o).requires_grad_(),
+             b = g.normal({C}, o).requires_grad_(), gy = g.normal(shape, o);
+      auto by_ops = [&] {
+        Tensor xc = sub(x, mean(x, axes, true));
+        Tensor y = mul(xc, rsqrt(add_scalar(mean(square(xc), axes, true), 1e-5)));
+        return add(mul(y, reshape(w, cs)), reshape(b, cs));
+      };
+      Tensor rm, rv;
+      Tensor y = batch_norm(x, w, b, rm, rv, {.training = true});
+      const double tol = dt == DType::f64 ? 1e-12 : 2e-5;
+      check_close(y.to_vector(), by_ops().to_vector(), tol, "forward");
+      auto fused = grad({y}, {x, w, b}, {.grad_outputs = {gy}});
+      auto recorded = grad({batch_norm(x, w, b, rm, rv, {.training = true})}, {x, w, b},
+                           {.grad_outputs = {gy}, .create_graph = true});
+      auto composed = grad({by_ops()}, {x, w, b}, {.grad_outputs = {gy}});
+      for (size_t i = 0; i < 3; ++i) {
+        check_close(fused[i].to_vector(), composed[i].to_vector(), tol, "fused vs composition");
+        check_close(recorded[i].to_vector(), composed[i].to_vector(), tol, "recorded rule vs composition");
+      }
     }
-  }
 }
 
 // Under create_graph the VJP of batch norm is two recorded ops (batch_norm_input_grad,
@@ -431,25 +438,61 @@ TEST_CASE("batch_norm: the fused first-order backward equals the exact recorded 
 // i.e. batch norm's derivatives of orders 2-4, with and without an affine weight.
 TEST_CASE("batch_norm's recorded backward ops: orders 1-3 match finite differences") {
   Generator gen(31);
-  for (bool affine : {true, false}) {
-    INFO("affine " << affine);
-    Tensor cx = gen.normal({4, 3, 2, 2}, f64), cw = gen.normal({3}, f64);
-    ScalarFn f = [affine, cx, cw](const Params& p) {
-      // finite differences call f on plain tensors under NoGrad: record anyway, from leaves
-      EnableGrad on;
-      auto leaf = [](const Tensor& t) { return t.requires_grad() ? t : t.detach().requires_grad_(); };
-      Tensor x = leaf(p[0]), rm, rv, w = affine ? leaf(p[2]) : Tensor();
-      Tensor y = batch_norm(x, w, {}, rm, rv, {.training = true});
-      std::vector<Tensor> wrt = affine ? std::vector<Tensor>{x, w} : std::vector<Tensor>{x};
-      auto gs = grad({y}, wrt, {.grad_outputs = {p[1]}, .create_graph = true});
-      Tensor out = sum(mul(tanh(gs[0]), cx));
-      return affine ? add(out, sum(mul(gs[1], cw))) : out;
+  // NCHW, and rank 2 ([M, C]: the kernels' row layout, several row blocks)
+  for (const Shape& shape : {Shape{4, 3, 2, 2}, Shape{300, 70}})
+    for (bool affine : {true, false}) {
+      INFO(to_string(shape) << " affine " << affine);
+      const int64_t C = shape[1];
+      Tensor cx = gen.normal(shape, f64), cw = gen.normal({C}, f64);
+      ScalarFn f = [affine, cx, cw](const Params& p) {
+        // finite differences call f on plain tensors under NoGrad: record anyway, from leaves
+        EnableGrad on;
+        auto leaf = [](const Tensor& t) { return t.requires_grad() ? t : t.detach().requires_grad_(); };
+        Tensor x = leaf(p[0]), rm, rv, w = affine ? leaf(p[2]) : Tensor();
+        Tensor y = batch_norm(x, w, {}, rm, rv, {.training = true});
+        std::vector<Tensor> wrt = affine ? std::vector<Tensor>{x, w} : std::vector<Tensor>{x};
+        auto gs = grad({y}, wrt, {.grad_outputs = {p[1]}, .create_graph = true});
+        Tensor out = sum(mul(tanh(gs[0]), cx));
+        return affine ? add(out, sum(mul(gs[1], cw))) : out;
+      };
+      Params p = {gen.normal(shape, f64, 0.3, 1.2), gen.normal(shape, f64), gen.normal({C}, f64, 1, 0.3)};
+      if (!affine) p.pop_back();
+      DerivativeCheck r = check_derivatives(f, p, {.rtol = 1e-5});
+      INFO(r.message);
+      CHECK(r.ok);
+    }
+}
+
+// Rank 2 runs the kernels' row layout (blocks of rows fixed by the shape, channels in tasks of
+// 256): the fused second-order kernels (an unrecorded backward through the recorded VJP)
+// against the composite rules (the same backward recorded), and every kernel's results
+// with one thread against the default pool, bit for bit.
+TEST_CASE("batch_norm on [M, C]: fused second-order kernels match the composite rules, any thread count") {
+  for (const Shape& shape : {Shape{1000, 19}, Shape{300, 70}, Shape{40, 300}}) {
+    INFO(to_string(shape));
+    Generator g(17);
+    const int64_t C = shape[1];
+    Tensor x = g.normal(shape, f64, -0.5, 1.5).requires_grad_(), w = g.normal({C}, f64).requires_grad_(),
+           b = g.normal({C}, f64).requires_grad_(), gy = g.normal(shape, f64).requires_grad_();
+    Tensor a = g.normal(shape, f64), beta = g.normal({C}, f64);
+    // y, its VJP (to x, w, b) and the VJP of ⟨a, gx⟩ + ⟨β, gw⟩ (to x, w, gy)
+    auto run = [&](bool record_second) {
+      Tensor rm, rv;
+      Tensor y = batch_norm(x, w, b, rm, rv, {.training = true});
+      auto first = grad({y}, {x, w, b}, {.grad_outputs = {gy}, .create_graph = true});
+      Tensor s = add(sum(mul(first[0], a)), sum(mul(first[1], beta)));
+      auto second = grad({s}, {x, w, gy}, {.create_graph = record_second});
+      std::vector<std::vector<double>> out{y.to_vector()};
+      for (const auto& t : {first, second})
+        for (const Tensor& v : t) out.push_back(v.to_vector());
+      return out;
     };
-    Params p = {gen.normal({4, 3, 2, 2}, f64, 0.3, 1.2), gen.normal({4, 3, 2, 2}, f64), gen.normal({3}, f64, 1, 0.3)};
-    if (!affine) p.pop_back();
-    DerivativeCheck r = check_derivatives(f, p, {.rtol = 1e-5});
-    INFO(r.message);
-    CHECK(r.ok);
+    auto fused = run(false), composite = run(true);
+    for (size_t i = 0; i < fused.size(); ++i) check_close(fused[i], composite[i], 1e-12, "fused vs composite");
+    std::vector<std::vector<double>> one;
+    tbb::task_arena single(1);
+    single.execute([&] { one = run(false); });
+    for (size_t i = 0; i < fused.size(); ++i) CHECK(one[i] == fused[i]);
   }
 }
 
