@@ -119,8 +119,7 @@ template <class PD> Primitive with_args(dnnl::primitive run, const PD& pd, std::
 // gradient with fewer than 16 output channels too (oneDNN blocks both by 8 there: 13 against 14).
 Tag working_layout(Direction d, const kernels::ConvGeometry& g, bool bf16) {
   if (g.channels_last) return Tag::nhwc;
-  const bool nhwc = !bf16 && g.C < 16 &&
-                    (d == Direction::input_grad || (d == Direction::weight_grad && g.O >= 16));
+  const bool nhwc = !bf16 && g.C < 16 && (d == Direction::input_grad || (d == Direction::weight_grad && g.O >= 16));
   return nhwc ? Tag::nhwc : Tag::any;
 }
 
