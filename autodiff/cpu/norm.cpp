@@ -4,9 +4,9 @@
 // depend on the thread count. Each kernel states its formulas once, as per-channel sums,
 // per-channel coefficients and an elementwise pass; run_channels walks them over x's layout:
 //   [N, C, S] with S > 1 (NCHW): one task per channel, spans of S contiguous values;
-//   S == 1 ([M, C], e.g. channels-last activations reshaped to rank 2): rows of C values,
-//   sums in blocks of rows fixed by the shape (vectorized across channels) added in block
-//   order, then the elementwise pass row by row.
+//   S == 1 ([M, C], e.g. channels-last activations reshaped to rank 2): rows of C values
+//   (small C: wide rows of several rows), sums in blocks of rows fixed by the shape
+//   (vectorized across channels) added in block order, then the elementwise pass row by row.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -22,12 +22,20 @@ namespace flatmin::cpu {
 namespace {
 using kernels::dispatch_float;
 
+// Rows layout: at least this many values per wide row (fold() rows of C values), so that
+// loops across channels run long enough to vectorize when C is small.
+constexpr int64_t kWideRow = 128;
+
 // x viewed as [N, C, S]
 struct Layout {
   int64_t N, C, S;
   int64_t count() const { return N * S; }  // values per channel
   int64_t at(int64_t n, int64_t c) const { return (n * C + c) * S; }
   bool rows() const { return S == 1; }  // N rows of C values
+  // Rows layout: rows per wide row. Per-channel arrays that terms(i, c) read have slots()
+  // entries, slot c holding channel c % C (in the NCHW layout slots() == C).
+  int64_t fold() const { return rows() ? std::max<int64_t>(1, kWideRow / C) : 1; }
+  int64_t slots() const { return C * fold(); }
 };
 Layout layout(const Tensor& x) {
   const int64_t N = x.shape()[0], C = x.shape()[1];
@@ -47,8 +55,10 @@ template <class F> double span_sum(int64_t n, F&& f) {
 
 template <int K> using Sums = std::array<double, K>;
 
-// One pass of K sums per channel: terms(i, c) gives the K summands at flat index i of channel c;
-// finish(c, sums) uses channel c's totals (the last stage's finish returns its coefficients).
+// One pass of K sums per channel: terms(i, c) gives the K summands at flat index i, c its slot
+// (see Layout::slots); finish(c, sums) uses channel c's totals (the last stage's finish
+// returns its coefficients; an earlier stage's finish runs for every slot c, with the sums of
+// channel c % C).
 // When `wanted` is false the sums are skipped and finish sees zeros.
 template <int K, class Terms, class Finish> struct Stage {
   Terms terms;
@@ -78,34 +88,37 @@ template <int K, class Terms> Sums<K> span_sums(const Layout& L, int64_t c, Term
 
 // Rows layout: values per block of rows (the block's rows depend on C only, never on threads).
 constexpr int64_t kBlockValues = 8192, kMinBlockRows = 32;
-// channels per task; any split of the channels gives the same sums
-constexpr int64_t kTaskChannels = 256;
+// slots per task; any split of the slots gives the same sums
+constexpr int64_t kTaskSlots = 256;
 
-// All channels' K sums in the rows layout, sums[k * C + c]: each block of rows adds its rows
-// in order into per-channel accumulators, then the blocks' partial sums add in block order.
+// All channels' K sums in the rows layout, sums[k * C + c]. Each block of rows adds its wide
+// rows in order into per-slot accumulators; channel c's partial sum is then its slots' in
+// slot order, and the blocks' partial sums add in block order.
 template <int K, class Terms> std::vector<double> row_sums(const Layout& L, Terms& terms) {
-  const int64_t M = L.N, C = L.C;
-  const int64_t rows = std::max(kMinBlockRows, kBlockValues / C), blocks = (M + rows - 1) / rows;
-  const int64_t chunks = (C + kTaskChannels - 1) / kTaskChannels;
-  std::vector<double> part(size_t(blocks * K * C));
+  const int64_t M = L.N, C = L.C, fold = L.fold(), P = L.slots();
+  const int64_t rows = (std::max(kMinBlockRows, kBlockValues / C) + fold - 1) / fold * fold;
+  const int64_t blocks = (M + rows - 1) / rows, chunks = (P + kTaskSlots - 1) / kTaskSlots;
+  std::vector<double> part(size_t(blocks * K * P));
   parallel_for(blocks * chunks, 1, [&](int64_t t0, int64_t t1) {
-    double acc[K][kTaskChannels];
+    double acc[K][kTaskSlots];
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / chunks, c0 = t % chunks * kTaskChannels, nc = std::min(kTaskChannels, C - c0);
-      for (int k = 0; k < K; ++k) std::fill_n(acc[k], nc, 0.0);
-      for (int64_t r = b * rows; r < std::min(M, (b + 1) * rows); ++r) {
-        const int64_t base = r * C + c0;
-        for (int64_t j = 0; j < nc; ++j) {
-          const Sums<K> v = terms(base + j, c0 + j);
+      const int64_t b = t / chunks, s0 = t % chunks * kTaskSlots, ns = std::min(kTaskSlots, P - s0);
+      for (int k = 0; k < K; ++k) std::fill_n(acc[k], ns, 0.0);
+      for (int64_t r = b * rows; r < std::min(M, (b + 1) * rows); r += fold) {
+        const int64_t base = r * C + s0, n = std::min(ns, (M - r) * C - s0);  // the last wide row may be short
+        for (int64_t j = 0; j < n; ++j) {
+          const Sums<K> v = terms(base + j, s0 + j);
           for (int k = 0; k < K; ++k) acc[k][j] += v[k];
         }
       }
-      for (int k = 0; k < K; ++k) std::copy_n(acc[k], nc, &part[size_t((b * K + k) * C + c0)]);
+      for (int k = 0; k < K; ++k) std::copy_n(acc[k], ns, &part[size_t((b * K + k) * P + s0)]);
     }
   });
   std::vector<double> sums(size_t(K * C), 0.0);
   for (int64_t b = 0; b < blocks; ++b)
-    for (int64_t i = 0; i < K * C; ++i) sums[size_t(i)] += part[size_t(b * K * C + i)];
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t q = 0; q < fold; ++q)
+        for (int64_t c = 0; c < C; ++c) sums[size_t(k * C + c)] += part[size_t((b * K + k) * P + q * C + c)];
   return sums;
 }
 template <int K> Sums<K> channel_of(const std::vector<double>& sums, int64_t C, int64_t c) {
@@ -145,23 +158,26 @@ void run_channels(const Layout& L, Pre pre, Stage<K, Terms, Finish> main, Output
     });
     return;
   }
-  const int64_t M = L.N, C = L.C;
+  const int64_t M = L.N, C = L.C, fold = L.fold(), P = L.slots();
   if constexpr (!std::is_same_v<Pre, NoStage>) {
     const std::vector<double> s = row_sums<1>(L, pre.terms);
-    for (int64_t c = 0; c < C; ++c) pre.finish(c, channel_of<1>(s, C, c));
+    for (int64_t c = 0; c < P; ++c) pre.finish(c, channel_of<1>(s, C, c % C));
   }
   const std::vector<double> s = main.wanted ? row_sums<K>(L, main.terms) : std::vector<double>(size_t(K * C), 0.0);
-  std::vector<T> coef(size_t(J * C));  // coefficient j of channel c at j * C + c
+  std::vector<T> coef(size_t(J * P));  // coefficient j of slot c at j * P + c
   for (int64_t c = 0; c < C; ++c) {
     const Coefs co = main.finish(c, channel_of<K>(s, C, c));
-    for (int j = 0; j < J; ++j) coef[size_t(j * C + c)] = co[j];
+    for (int j = 0; j < J; ++j)
+      for (int64_t q = 0; q < fold; ++q) coef[size_t(j * P + q * C + c)] = co[j];
   }
   const T* cf = coef.data();
-  parallel_for(M, std::max<int64_t>(1, kBlockValues / C), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
+  const int64_t wide = (M + fold - 1) / fold;
+  parallel_for(wide, std::max<int64_t>(1, kBlockValues / P), [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t base = w * P, n = std::min(P, M * C - base);
       auto pass = [&]<size_t... j>(auto& out, std::index_sequence<j...>) {
         if (out.wanted)
-          for (int64_t c = 0; c < C; ++c) out.write(r * C + c, cf[j * C + c]...);
+          for (int64_t c = 0; c < n; ++c) out.write(base + c, cf[j * P + c]...);
       };
       (pass(outs, std::make_index_sequence<J>()), ...);
     }
@@ -170,15 +186,16 @@ void run_channels(const Layout& L, Pre pre, Stage<K, Terms, Finish> main, Output
 
 template <class T> const T* maybe(const Tensor& t) { return t.defined() ? data_ptr<T>(t) : nullptr; }
 
-// Per-channel mean and 1/√(var + ε) from the saved statistics, in double.
+// Per-slot mean and 1/√(var + ε) from the saved statistics, in double.
 struct Saved {
   std::vector<double> mu, r;
 };
-template <class T> Saved saved_stats(const T* mean, const T* var, double eps, int64_t C) {
-  Saved s{std::vector<double>(size_t(C)), std::vector<double>(size_t(C))};
-  for (int64_t c = 0; c < C; ++c) {
-    s.mu[size_t(c)] = double(mean[c]);
-    s.r[size_t(c)] = 1.0 / std::sqrt(double(var[c]) + eps);
+template <class T> Saved saved_stats(const T* mean, const T* var, double eps, const Layout& L) {
+  const int64_t P = L.slots();
+  Saved s{std::vector<double>(size_t(P)), std::vector<double>(size_t(P))};
+  for (int64_t c = 0; c < P; ++c) {
+    s.mu[size_t(c)] = double(mean[c % L.C]);
+    s.r[size_t(c)] = 1.0 / std::sqrt(double(var[c % L.C]) + eps);
   }
   return s;
 }
@@ -186,7 +203,7 @@ template <class T> Saved saved_stats(const T* mean, const T* var, double eps, in
 template <class T>
 void forward_impl(const T* x, const T* w, const T* b, double eps, T* y, T* mean, T* var, const Layout& L) {
   const double M = double(L.count());
-  std::vector<double> mu(size_t(L.C));
+  std::vector<double> mu(size_t(L.slots()));
   run_channels<T, 3>(L,
                      stage<1>([&](int64_t i, int64_t) { return Sums<1>{double(x[i])}; },
                               [&](int64_t c, const Sums<1>& s) { mu[size_t(c)] = s[0] / M; }),
@@ -211,7 +228,7 @@ void forward_impl(const T* x, const T* w, const T* b, double eps, T* y, T* mean,
 template <class T> void backward_impl(const T* g, const T* x, const T* w, const T* mean, const T* var, double eps,
                                       T* gx, T* gw, T* gb, const Layout& L) {
   const double M = double(L.count());
-  const Saved st = saved_stats(mean, var, eps, L.C);
+  const Saved st = saved_stats(mean, var, eps, L);
   run_channels<T, 4>(L, NoStage{},
                      stage<2>(
                          [&](int64_t i, int64_t c) {
@@ -236,7 +253,7 @@ template <class T> void backward_impl(const T* g, const T* x, const T* w, const 
 template <class T> void input_grad_vjp_impl(const T* a, const T* g, const T* x, const T* w, const T* mean, const T* var,
                                             double eps, T* dg, T* dx, T* dw, const Layout& L) {
   const double M = double(L.count());
-  const Saved st = saved_stats(mean, var, eps, L.C);
+  const Saved st = saved_stats(mean, var, eps, L);
   run_channels<T, 8>(
       L, NoStage{},
       stage<5>(
@@ -270,7 +287,7 @@ template <class T> void input_grad_vjp_impl(const T* a, const T* g, const T* x, 
 template <class T> void weight_grad_vjp_impl(const T* beta, const T* g, const T* x, const T* mean, const T* var,
                                              double eps, T* dg, T* dx, const Layout& L) {
   const double M = double(L.count());
-  const Saved st = saved_stats(mean, var, eps, L.C);
+  const Saved st = saved_stats(mean, var, eps, L);
   run_channels<T, 5>(
       L, NoStage{},
       stage<2>(
