@@ -25,8 +25,8 @@ struct ResNetOptions {
   uint64_t seed = 0;  // initial values (torchvision's scheme: kaiming_normal_ fan_out convs)
   // Activations [N, H, W, C] between the layers (PyTorch's channels_last memory format): the
   // input stays (N, C, H, W) and is permuted once; the same function, the same parameters and
-  // state dict. Faster where oneDNN runs the convolutions (float32 on the CPU); GroupNorm and
-  // the ImageNet stem's max-pool permute to NCHW and back around themselves.
+  // state dict. Faster where oneDNN runs the convolutions (float32 on the CPU); the ImageNet
+  // stem's max-pool permutes to NCHW and back around itself.
   bool channels_last = false;
 };
 
