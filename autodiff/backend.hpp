@@ -19,10 +19,10 @@ namespace flatmin {
   X(add_scalar) X(mul_scalar) X(rsub_scalar) X(reciprocal)
 // clang-format on
 // Comparisons give 0/1 in the operands' type; where_positive(a, b) = b > 0 ? a : 0 (ReLU's
-// backward, with b its output).
+// backward, with b its output); tanh_backward(a, b) = a·(1 − b²) (tanh's, b its output).
 // clang-format off
 #define FLATMIN_BINARY_KERNELS(X) \
-  X(add) X(sub) X(mul) X(div) X(maximum) X(minimum) X(gt) X(ge) X(lt) X(le) X(eq) X(where_positive)
+  X(add) X(sub) X(mul) X(div) X(maximum) X(minimum) X(gt) X(ge) X(lt) X(le) X(eq) X(where_positive) X(tanh_backward)
 // clang-format on
 #define FLATMIN_REDUCE_KERNELS(X) X(sum) X(max) X(min)
 
@@ -117,7 +117,10 @@ class Backend {
   virtual void avg_pool2d_adjoint(const Tensor& gy, Tensor& gx, const Pool2dParams& p) = 0;
 
   // Optional fused batch norm with batch statistics, first order only (x is (N, C, ...),
-  // statistics over every axis but 1; weight/bias may be undefined = 1/0). Forward writes
+  // statistics over every axis but 1; weight/bias may be undefined = 1/0). Statistics of
+  // shape [B, C] instead of [C] mean B independent instances: x is [B, N, C, S] with
+  // statistics per (b, c) over N and S, and weight, bias and their gradients are undefined
+  // (group norm of channels-last activations); a backend may return false for them. Forward writes
   // y and the per-channel mean and biased variance; backward writes gx and, where defined,
   // gw and gb. A backend without them returns false and the op runs its composition of
   // differentiable ops instead.
