@@ -108,15 +108,28 @@ template <class PD> Primitive with_args(dnnl::primitive run, const PD& pd, std::
   return p;
 }
 
+// The layout oneDNN works in for a direction's activations. Channels-last ones are used as
+// they are (its nhwc kernels read them without a reorder). For NCHW ones oneDNN's preferred
+// layout ("any") is channel-blocked by 16, which pads fewer than 16 channels with zeros that
+// the kernel then computes on: where the input has fewer than 16 channels, the gradients run
+// faster on nhwc copies, reorders included (single-threaded, per image: the input gradient of
+// the main job's 8-channel 3x3 layers 13 us instead of 32, its 8 -> 16 stride-2 layer 8.5
+// instead of 11, the weight gradient of that layer 5 instead of 7.4). Not the forward (its
+// blocked kernel reads few-channel NCHW inputs directly: 15 us against 18), nor the weight
+// gradient with fewer than 16 output channels too (oneDNN blocks both by 8 there: 13 against 14).
+Tag working_layout(Direction d, const kernels::ConvGeometry& g, bool bf16) {
+  if (g.channels_last) return Tag::nhwc;
+  const bool nhwc = !bf16 && g.C < 16 && (d == Direction::input_grad || (d == Direction::weight_grad && g.O >= 16));
+  return nhwc ? Tag::nhwc : Tag::any;
+}
+
 Primitive build(Direction d, const kernels::ConvGeometry& g, bool bf16) {
   const memory::dims xd{g.N, g.C, g.H, g.W}, wd{g.O, g.C, g.KH, g.KW}, yd{g.N, g.O, g.OH, g.OW};
   const memory::dims strides{g.sh, g.sw}, pad{g.ph, g.pw};
   // Padding on the far side: what makes the output extent come out as OH x OW.
   const memory::dims pad_r{(g.OH - 1) * g.sh + g.KH - g.H - g.ph, (g.OW - 1) * g.sw + g.KW - g.W - g.pw};
   const auto f32 = memory::data_type::f32;
-  // Channels-last activations are given to the primitive as they are (its nhwc kernels read
-  // them without a reorder); NCHW ones go through oneDNN's preferred blocked layout ("any").
-  const Tag user_act = g.channels_last ? Tag::nhwc : Tag::nchw, act = g.channels_last ? Tag::nhwc : Tag::any;
+  const Tag user_act = g.channels_last ? Tag::nhwc : Tag::nchw, act = working_layout(d, g, bf16);
   const memory::desc x(xd, f32, user_act), w(wd, f32, Tag::oihw), y(yd, f32, user_act);
   // Each direction reads two operands (in bf16 mode rounded to bfloat16 by the reorder into
   // oneDNN's layout) and writes one, always float32. The gradients' primitives take the
@@ -220,13 +233,20 @@ void run_one(const Primitive& p, const std::array<float*, 3>& user, const void* 
 // a single-threaded oneDNN call, the chunks in parallel on oneTBB: results never depend on
 // the thread count, and no OpenMP team waits at a barrier for a thread the OS descheduled
 // (with oneDNN's own OpenMP threads a width-8 ResNet step ran 4x slower on a busy machine).
-// Chunks keep at least ~4 MFLOP each; the forward and the input gradient use at most 8, the
-// weight gradient at most 2: its chunks' partial sums cost one more pass over the weights
-// each (added in chunk order afterwards), and on 2 cores 2 chunks keep both busy.
+// A chunk's work counts its arithmetic and its activations' bytes (read, written and
+// reordered): the 1-channel stem and the 1x1 downsamples of the main job's model do ~2-7
+// MFLOP but move 1-2 MB, and ran as a single chunk on one core for 0.1-0.4 ms. Chunks keep
+// at least ~40 us of work each; the forward and the input gradient use at most 8, the weight
+// gradient at most 2: its chunks' partial sums cost one more pass over the weights each
+// (added in chunk order afterwards), and on 2 cores 2 chunks keep both busy.
 int64_t chunk_count(Direction d, const kernels::ConvGeometry& g) {
   const double flops = 2.0 * double(g.O) * double(g.P()) * double(g.K()) * double(g.N);
+  const double bytes = 4.0 * double(g.N) * double(g.C * g.HW() + g.O * g.P());
+  // Single-threaded on this session's Xeon: ~165 GFLOP/s in a 3x3 kernel, 5-10 GB/s where
+  // the bytes dominate; so a byte weighs ~24 flops, and a chunk of 8M such units is ~40 us.
+  const double work = flops + 24 * bytes;
   const int64_t most = d == Direction::weight_grad ? 2 : 8;
-  return std::clamp<int64_t>(std::min<int64_t>(int64_t(flops / 4e6), most), 1, g.N);
+  return std::clamp<int64_t>(std::min<int64_t>(int64_t(work / 8e6), most), 1, g.N);
 }
 
 void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::array<float*, 3>& user) {
