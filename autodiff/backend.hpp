@@ -19,10 +19,10 @@ namespace flatmin {
   X(add_scalar) X(mul_scalar) X(rsub_scalar) X(reciprocal)
 // clang-format on
 // Comparisons give 0/1 in the operands' type; where_positive(a, b) = b > 0 ? a : 0 (ReLU's
-// backward, with b its output).
+// backward, with b its output); tanh_backward(a, b) = a·(1 − b²) (tanh's, b its output).
 // clang-format off
 #define FLATMIN_BINARY_KERNELS(X) \
-  X(add) X(sub) X(mul) X(div) X(maximum) X(minimum) X(gt) X(ge) X(lt) X(le) X(eq) X(where_positive)
+  X(add) X(sub) X(mul) X(div) X(maximum) X(minimum) X(gt) X(ge) X(lt) X(le) X(eq) X(where_positive) X(tanh_backward)
 // clang-format on
 #define FLATMIN_REDUCE_KERNELS(X) X(sum) X(max) X(min)
 

@@ -14,6 +14,22 @@ static void check_lists(const char* op, const Params& a, const Params& b) {
                   " and " + to_string(b[i].shape()));
 }
 
+// x and a direction of x's shapes, dtypes and devices (else Error naming `what`).
+static void check_direction(const char* op, const char* what, const Params& x, const Params& d) {
+  if (x.size() != d.size())
+    throw Error(std::string(op) + ": " + what + " has " + std::to_string(d.size()) + " tensors for " +
+                std::to_string(x.size()) + " inputs");
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (!d[i].defined() || d[i].shape() != x[i].shape())
+      throw Error(std::string(op) + ": " + what + "[" + std::to_string(i) + "] has shape " +
+                  (d[i].defined() ? to_string(d[i].shape()) : std::string("undefined")) + " but x[" +
+                  std::to_string(i) + "] has shape " + to_string(x[i].shape()));
+    if (d[i].dtype() != x[i].dtype() || d[i].device() != x[i].device())
+      throw Error(std::string(op) + ": " + what + "[" + std::to_string(i) + "] is " + dtype_name(d[i].dtype()) +
+                  " on " + d[i].device().str() + " but x[" + std::to_string(i) + "] is " + dtype_name(x[i].dtype()) +
+                  " on " + x[i].device().str());
+  }
+}
 Tensor dot(const Params& a, const Params& b) {
   check_lists("dot", a, b);
   if (a.empty()) throw Error("dot: empty lists");
@@ -108,8 +124,25 @@ Params grad_or_zeros(const Tensor& s, const Params& xs, bool create_graph) {
 Params gradient_at(const ScalarFn& f, const Params& xs, bool create_graph) {
   return grad_or_zeros(checked_scalar("gradient", f(xs)), xs, create_graph);
 }
+// d/dx Σ_i ⟨ys[i], ws[i]⟩ with the ws constant: one sweep seeded with the ws (the
+// vector-Jacobian product), so no dot product is recorded, swept and differentiated again;
+// zeros where nothing depends on xs.
+Params vjp_or_zeros(const Params& ys, const Params& ws, const Params& xs, bool create_graph) {
+  std::vector<Tensor> outputs, seeds;
+  for (size_t i = 0; i < ys.size(); ++i)
+    if (ys[i].requires_grad()) {
+      outputs.push_back(ys[i]);
+      seeds.push_back(ws[i].detach());
+    }
+  Params g(xs.size());
+  if (!outputs.empty())
+    g = grad(outputs, xs, {.grad_outputs = seeds, .create_graph = create_graph, .allow_unused = true});
+  for (size_t i = 0; i < g.size(); ++i)
+    if (!g[i].defined()) g[i] = zeros_like(xs[i].detach());
+  return g;
+}
 Params hvp_at(const ScalarFn& f, const Params& xs, const Params& v, bool create_graph) {
-  return grad_or_zeros(dot(gradient_at(f, xs, true), detach(v)), xs, create_graph);
+  return vjp_or_zeros(gradient_at(f, xs, true), v, xs, create_graph);
 }
 // With create_graph the caller's own tensors are differentiated (so the result stays
 // connected to them); otherwise fresh leaves are.
@@ -128,17 +161,17 @@ Params gradient(const ScalarFn& f, const Params& x, DiffOptions opt) {
 }
 
 Params hvp(const ScalarFn& f, const Params& x, const Params& v, DiffOptions opt) {
-  check_lists("hvp", x, v);
+  check_direction("hvp", "v", x, v);
   EnableGrad on;
   return hvp_at(f, inputs_for(x, opt.create_graph), v, opt.create_graph);
 }
 
 Params third(const ScalarFn& f, const Params& x, const Params& u, const Params& v, DiffOptions opt) {
-  check_lists("third", x, u);
-  check_lists("third", x, v);
+  check_direction("third", "u", x, u);
+  check_direction("third", "v", x, v);
   EnableGrad on;
   Params xs = inputs_for(x, opt.create_graph);
-  return grad_or_zeros(dot(hvp_at(f, xs, u, true), detach(v)), xs, opt.create_graph);
+  return vjp_or_zeros(hvp_at(f, xs, u, true), v, xs, opt.create_graph);
 }
 
 Tensor jvp(const VectorFn& f, const Params& x, const Params& v, DiffOptions opt) {
@@ -225,22 +258,6 @@ DirectionalDerivatives directional_derivatives(const ScalarFn& f, const Params& 
 }
 
 // ---- forward mode and Taylor mode ----
-// x and a direction of x's shapes, dtypes and devices (else Error naming `what`).
-static void check_direction(const char* op, const char* what, const Params& x, const Params& d) {
-  if (x.size() != d.size())
-    throw Error(std::string(op) + ": " + what + " has " + std::to_string(d.size()) + " tensors for " +
-                std::to_string(x.size()) + " inputs");
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (!d[i].defined() || d[i].shape() != x[i].shape())
-      throw Error(std::string(op) + ": " + what + "[" + std::to_string(i) + "] has shape " +
-                  (d[i].defined() ? to_string(d[i].shape()) : std::string("undefined")) + " but x[" +
-                  std::to_string(i) + "] has shape " + to_string(x[i].shape()));
-    if (d[i].dtype() != x[i].dtype() || d[i].device() != x[i].device())
-      throw Error(std::string(op) + ": " + what + "[" + std::to_string(i) + "] is " + dtype_name(d[i].dtype()) +
-                  " on " + d[i].device().str() + " but x[" + std::to_string(i) + "] is " + dtype_name(x[i].dtype()) +
-                  " on " + x[i].device().str());
-  }
-}
 // x's tensors carrying the series x + t·u of order K (no graph).
 static Params seeded(const Params& x, const Params& u, size_t order) {
   Params r;

@@ -95,6 +95,7 @@ template <class T> FM_HD T binary_value(BinaryOp op, T a, T b) {
     case BinaryOp::le: return T(a <= b);
     case BinaryOp::eq: return T(a == b);
     case BinaryOp::where_positive: return b > T(0) ? a : T(0);
+    case BinaryOp::tanh_backward: return a * (T(1) - b * b);
   }
   return T(0);
 }

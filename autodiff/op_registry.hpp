@@ -19,8 +19,8 @@ namespace flatmin {
   /* elementwise (ops_elementwise.cpp) */                                                                        \
   X(add, fd) X(sub, fd) X(mul, fd) X(div, fd) X(maximum, fd) X(minimum, fd) X(neg, fd) X(add_scalar, fd)       \
   X(mul_scalar, fd) X(rsub_scalar, fd) X(pow, fd) X(reciprocal, fd) X(exp, fd) X(log, fd) X(sqrt, fd)            \
-  X(rsqrt, fd) X(tanh, fd) X(sigmoid, fd) X(softplus, fd) X(relu, fd) X(relu_backward, fd) X(abs, fd)           \
-  X(where, fd)                                                                                                   \
+  X(rsqrt, fd) X(tanh, fd) X(tanh_backward, fd) X(sigmoid, fd) X(softplus, fd) X(relu, fd) X(relu_backward, fd) \
+  X(abs, fd) X(where, fd)                                                                                        \
   /* reductions (ops_reduce.cpp) */                                                                              \
   X(sum, fd) X(max, fd) X(min, fd)                                                                               \
   /* layout (ops_layout.cpp) */                                                                                  \

@@ -28,6 +28,8 @@ Tensor log(const Tensor& x);
 Tensor sqrt(const Tensor& x);
 Tensor rsqrt(const Tensor& x);
 Tensor tanh(const Tensor& x);
+// tanh's VJP from its output y: g·(1 − y²), one op differentiable in g and y at every order.
+Tensor tanh_backward(const Tensor& g, const Tensor& y);
 Tensor sigmoid(const Tensor& x);
 Tensor softplus(const Tensor& x);
 Tensor relu(const Tensor& x);

@@ -297,12 +297,42 @@ Tensor rsqrt(const Tensor& x) {
 Tensor tanh(const Tensor& x) {
   return unary_op(
       Op::tanh, UnaryOp::tanh, x, {.save_output = true},
-      [](const Tensor& g, const Tensor&, const Tensor& y, double) { return mul(g, rsub_scalar(square(y), 1.0)); },
+      [](const Tensor& g, const Tensor&, const Tensor& y, double) { return tanh_backward(g, y); },
       [](const Jet& x, const Tensor& y0, double) {  // y' = z·x' with z = 1 − y²
         return jet::integrate(x, y0, rsub_scalar(square(y0), 1.0), [](const Jet& y, const Jet&, size_t m) {
           return jet::scaled(jet::convolve(y, y, m, 0, m, jet::product, jet::one), -1.0);
         });
       });
+}
+// g·(1 − y²): tanh's VJP as one op, so a derivative of order k records one op per tanh
+// where the composite g·(1 − y²) recorded three (square, rsub_scalar, mul), and its own
+// rule again writes each order with differentiable ops. Unlike relu_backward it is smooth
+// in y: d/dg = tanh_backward(w, y), d/dy = −2·y·g·w.
+Tensor tanh_backward(const Tensor& g, const Tensor& y) {
+  check_floating("tanh_backward", g);
+  if (g.shape() != y.shape())
+    throw Error("tanh_backward: gradient " + to_string(g.shape()) + " and output " + to_string(y.shape()) +
+                " differ in shape");
+  Tensor out = binary_kernel(BinaryOp::tanh_backward, g, y, "tanh_backward");
+  if (any_requires_grad({&g, &y}))
+    record(
+        out, Op::tanh_backward, {g, y}, {g, y},
+        [](const Tensor& w, const RuleContext& c) {
+          Tensor g = c.saved(0), y = c.saved(1), gy;
+          // (g·w)·(−2) before the product with y: where g and w are constants (a gradient's
+          // seed and cotangent, as in Hessian-vector products) only the last product is recorded.
+          if (c.needs(1)) gy = mul(y, mul_scalar(mul(g, w), -2.0));
+          return std::vector<Tensor>{c.needs(0) ? tanh_backward(w, y) : Tensor(), gy};
+        },
+        [](const std::vector<Jet>& in, const Tensor&) {  // g times the series z = 1 − y² (docs/taylor.md)
+          const Jet &g = in[0], &y = in[1];
+          Jet z(y.size());
+          z[0] = rsub_scalar(square(y[0]), 1.0);
+          for (size_t k = 1; k < z.size(); ++k)
+            z[k] = jet::scaled(jet::convolve(y, y, k, 0, k, jet::product, jet::one), -1.0);
+          return jet::bilinear(g, z, jet::product);
+        });
+  return out;
 }
 // The jet of σ(x), σ' = z·x' with z = σ − σ².
 static Jet sigmoid_jet(const Jet& x, const Tensor& y0) {

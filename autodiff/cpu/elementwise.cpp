@@ -87,6 +87,7 @@ template <class T> void binary_row(BinaryOp op, const T* a, int64_t sa, const T*
     case BinaryOp::mul: FM_ROW(x * z) break;
     case BinaryOp::div: FM_ROW(x / z) break;
     case BinaryOp::where_positive: FM_ROW(z > T(0) ? x : T(0)) break;
+    case BinaryOp::tanh_backward: FM_ROW(x * (T(1) - z * z)) break;
     default: FM_ROW(binary_value(op, x, z)) break;
   }
 #undef FM_ROW

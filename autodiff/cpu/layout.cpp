@@ -2,6 +2,8 @@
 // gather and their scatter-adds (the CUDA twins are in autodiff/cuda/layout.cu). Scatters
 // add in index order, so repeated indices sum deterministically.
 
+#include <algorithm>
+
 #include "autodiff/cpu/cpu_kernels.hpp"
 #include "autodiff/cpu/loops.hpp"
 #include "autodiff/kernel_util.hpp"
@@ -14,6 +16,10 @@ using kernels::dispatch;
 void expand(const Tensor& x, Tensor& out) {
   dispatch(x.dtype(), [&](auto z) {
     using T = decltype(z);
+    if (x.numel() == 1) {  // a scalar (a reduction's gradient): a fill, without stride vectors
+      std::fill_n(ptr<T>(out), out.numel(), ptr<T>(x)[0]);
+      return;
+    }
     strided_copy(ptr<T>(x), 0, broadcast_strides(x.shape(), out.shape()), out.shape(), ptr<T>(out));
   });
 }

@@ -61,6 +61,13 @@ template <ReduceOp Op, class T> void reduce_impl(const Tensor& xt, Tensor& outt)
   using C = Combine<Op>;
   const T* x = ptr<T>(xt);
   T* out = ptr<T>(outt);
+  constexpr int64_t block = 16384;
+  // All of a small tensor to one value (a gradient's dot product): what the general path
+  // below computes for it, without its stride vectors.
+  if (outt.numel() == 1 && xt.numel() >= 1 && xt.numel() <= block) {
+    out[0] = T(C::apply(C::template init<Acc>(), span_reduce<Op, Acc>(x, xt.numel(), 1)));
+    return;
+  }
   Shape shape = xt.shape();
   std::vector<int64_t> sin(shape.size()), sout = broadcast_strides(outt.shape(), shape);
   for (int64_t i = int64_t(shape.size()) - 1, s = 1; i >= 0; --i) {
@@ -126,7 +133,6 @@ template <ReduceOp Op, class T> void reduce_impl(const Tensor& xt, Tensor& outt)
     }
     return off;
   };
-  constexpr int64_t block = 16384;
   if (nout >= 16 || R <= block) {
     parallel_for(nout, std::max<int64_t>(1, block / std::max<int64_t>(R, 1)), [&](int64_t o0, int64_t o1) {
       for (int64_t o = o0; o < o1; ++o) out[o] = T(partial(base_of(o), 0, R));

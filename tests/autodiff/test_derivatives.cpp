@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <set>
+#include <string>
 
 #include "autodiff/autodiff.hpp"
 #include "tests/op_cases.hpp"
@@ -103,6 +104,30 @@ TEST_CASE("symmetry: <u, Hv> = <v, Hu> and third[u,v] = third[v,u]") {
   // and the full symmetry of the third derivative tensor: <w, T[u,v]> = <u, T[w,v]>
   Params w = g.sphere_like(x);
   CHECK(dot(w, tuv).item() == doctest::Approx(dot(u, third(f, x, w, v)).item()).epsilon(1e-11));
+}
+
+TEST_CASE("third() of Σ tanh(A x) and of a two-layer tanh net matches finite differences of the HVP") {
+  // The function of bench/bench.cpp's tanh_orders (smaller), and one where the gradient
+  // reaching the inner tanh's rule depends on x (tanh_backward differentiated in both inputs).
+  Generator g(11);
+  Tensor A = mul_scalar(g.normal({9, 9}, f64), 1.0 / 3.0), B = mul_scalar(g.normal({9, 9}, f64), 1.0 / 3.0);
+  ScalarFn one = [A](const Params& x) { return sum(tanh(matmul(A, x[0]))); };
+  ScalarFn two = [A, B](const Params& x) { return sum(tanh(matmul(B, tanh(matmul(A, x[0]))))); };
+  for (const ScalarFn& f : {one, two})
+    for (uint64_t seed : {1u, 2u}) {
+      DerivativeCheck r = check_derivatives(f, {g.normal({9}, f64)}, {.directions = 3, .seed = seed});
+      INFO(r.message);
+      CHECK(r.ok);
+      CHECK(r.error.size() == 3);
+    }
+  // tanh's rule is the one op tanh_backward at every order (not square, rsub_scalar and mul)
+  Tensor x = g.normal({9}, f64);
+  x.requires_grad_();
+  Tensor gx = grad(sum(tanh(x)), x, {.create_graph = true});
+  REQUIRE(gx.requires_grad());
+  CHECK(std::string(gx.node()->op) == "tanh_backward");
+  Tensor hx = grad(dot(gx, g.normal({9}, f64)), x, {.create_graph = true});
+  CHECK(std::string(hx.node()->op) == "tanh_backward");
 }
 
 TEST_CASE("dense Hessian matches the Hessian-vector products and is symmetric") {
