@@ -135,10 +135,12 @@ template <class PD> Primitive with_args(dnnl::primitive run, const PD& pd, std::
 // the main job's 8-channel 3x3 layers 13 us instead of 32, its 8 -> 16 stride-2 layer 8.5
 // instead of 11, the weight gradient of that layer 5 instead of 7.4). Not the forward (its
 // blocked kernel reads few-channel NCHW inputs directly: 15 us against 18), nor the weight
-// gradient with fewer than 16 output channels too (oneDNN blocks both by 8 there: 13 against 14).
+// gradient with fewer than 16 output channels too (oneDNN blocks both by 8 there: 13 against
+// 14) or with 1-3 input channels (read as they are; the CIFAR stem 3 -> 64: 43 us against 52).
 Tag working_layout(Direction d, const kernels::ConvGeometry& g, bool bf16) {
   if (g.channels_last) return Tag::nhwc;
-  const bool nhwc = !bf16 && g.C < 16 && (d == Direction::input_grad || (d == Direction::weight_grad && g.O >= 16));
+  const bool few = !bf16 && g.C < 16;
+  const bool nhwc = few && (d == Direction::input_grad || (d == Direction::weight_grad && g.C >= 4 && g.O >= 16));
   return nhwc ? Tag::nhwc : Tag::any;
 }
 
