@@ -117,7 +117,10 @@ class Backend {
   virtual void avg_pool2d_adjoint(const Tensor& gy, Tensor& gx, const Pool2dParams& p) = 0;
 
   // Optional fused batch norm with batch statistics, first order only (x is (N, C, ...),
-  // statistics over every axis but 1; weight/bias may be undefined = 1/0). Forward writes
+  // statistics over every axis but 1; weight/bias may be undefined = 1/0). Statistics of
+  // shape [B, C] instead of [C] mean B independent instances: x is [B, N, C, S] with
+  // statistics per (b, c) over N and S, and weight, bias and their gradients are undefined
+  // (group norm of channels-last activations); a backend may return false for them. Forward writes
   // y and the per-channel mean and biased variance; backward writes gx and, where defined,
   // gw and gb. A backend without them returns false and the op runs its composition of
   // differentiable ops instead.

@@ -324,10 +324,12 @@ static Shape channel_shape(const Tensor& x) {
   return cs;
 }
 
-// Per-channel affine transform of x (channels on axis 1); weight/bias may be undefined.
-static Tensor channel_affine(const Tensor& x, const Tensor& weight, const Tensor& bias, const char* op) {
-  const int64_t C = x.shape()[1];
-  const Shape cs = channel_shape(x);
+// Per-channel affine transform of x (channels on `axis`); weight/bias may be undefined.
+static Tensor channel_affine(const Tensor& x, const Tensor& weight, const Tensor& bias, const char* op,
+                             int64_t axis = 1) {
+  const int64_t C = x.shape()[size_t(axis)];
+  Shape cs(x.dim(), 1);
+  cs[size_t(axis)] = C;
   Tensor y = x;
   for (const auto& [t, name] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
     if (!t->defined()) continue;
@@ -478,12 +480,21 @@ static std::vector<Tensor> batch_norm_backward(const Tensor& g, const Tensor& x,
 // the running estimates. One recorded op on every device: a backend's fused kernel
 // computes the forward (else ops evaluated without recording do); its rule is
 // batch_norm_backward above.
+// The statistics' shape: [C] for the channel axis 1, or [B, C] for x [B, N, C, S] reduced
+// over axes {1, 3} (instances: group norm of channels-last activations, without weight and
+// bias; the backends' contract in backend.hpp).
+static Shape stats_shape(const Tensor& x, const Axes& axes, const Tensor& w, const Tensor& b) {
+  if (x.dim() != 4 || axes != Axes{1, 3}) return {x.shape()[1]};
+  if (w.defined() || b.defined()) throw Error("batch norm per instance: weight and bias must be applied outside");
+  return {x.shape()[0], x.shape()[2]};
+}
+
 static Tensor batch_norm_train(const Tensor& x, const Tensor& w, const Tensor& b, double eps, const Axes& axes,
                                Tensor& bmean, Tensor& bvar) {
-  const int64_t C = x.shape()[1];
+  const Shape ss = stats_shape(x, axes, w, b);
   Tensor y = empty(x.shape(), x.options());
-  bmean = empty({C}, x.options());
-  bvar = empty({C}, x.options());
+  bmean = empty(ss, x.options());
+  bvar = empty(ss, x.options());
   if (!be(x).batch_norm_forward(x, w, b, eps, y, bmean, bvar)) {
     NoGrad ng;
     const Shape cs = channel_shape(x);
@@ -494,8 +505,8 @@ static Tensor batch_norm_train(const Tensor& x, const Tensor& w, const Tensor& b
     if (w.defined()) scale = mul(scale, reshape(w.detach(), cs));
     y = mul(xc, scale);
     if (b.defined()) y = add(y, reshape(b.detach(), cs));
-    bmean = reshape(mu, {C});
-    bvar = reshape(var, {C});
+    bmean = reshape(mu, ss);
+    bvar = reshape(var, ss);
   }
   if (any_requires_grad({&x, &w, &b}))
     record(
@@ -562,14 +573,26 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Ten
   return add(mul(x, reshape(s, cs)), reshape(t, cs));
 }
 
-Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps) {
+Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps,
+                  bool channels_last) {
   const char* op = "group_norm";
   check_floating(op, x, "input");
-  if (x.dim() < 2) throw Error("group_norm: input must be (N, C, ...), got " + to_string(x.shape()));
-  const int64_t N = x.shape()[0], C = x.shape()[1];
+  if (x.dim() < 2)
+    throw Error(std::string("group_norm: input must be ") + (channels_last ? "(N, ..., C)" : "(N, C, ...)") + ", got " +
+                to_string(x.shape()));
+  const int64_t N = x.shape()[0], C = channels_last ? x.shape().back() : x.shape()[1];
   if (groups < 1 || C % groups != 0)
     throw Error("group_norm: " + std::to_string(C) + " channels cannot be split into " + std::to_string(groups) +
                 " groups");
+  if (channels_last) {
+    // x as [N, H*W, G, C/G]: statistics per (sample, group) over axes 1 and 3, batch norm's
+    // instances form (its fused kernels, no transpose); the affine on the last axis.
+    const int64_t plane = x.numel() / std::max<int64_t>(N * C, 1);
+    Tensor mean_unused, var_unused;
+    Tensor y =
+        batch_norm_train(reshape(x, {N, plane, groups, C / groups}), {}, {}, eps, {1, 3}, mean_unused, var_unused);
+    return channel_affine(reshape(y, x.shape()), weight, bias, op, x.dim() - 1);
+  }
   // Group statistics are batch-norm statistics of x seen as (1, N*G, C/G*H*W): one
   // mechanism (and one fused kernel) for both.
   int64_t inner = C / groups;

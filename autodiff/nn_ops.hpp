@@ -68,7 +68,9 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Ten
                   const BatchNormOptions& opt);
 // Group normalization: statistics per (sample, group of C/groups channels), affine per
 // channel (weight/bias may be undefined). Exact at every order, like batch_norm.
-Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
+// channels_last: x is (N, ..., C), channels on the last axis (e.g. [N, H, W, C]).
+Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps = 1e-5,
+                  bool channels_last = false);
 
 enum class Reduction { mean, sum, none };
 // Cross-entropy from logits (N, K) and int64 labels (N).

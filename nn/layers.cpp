@@ -127,7 +127,7 @@ GroupNorm::GroupNorm(int64_t channels, int64_t groups_, double eps, bool channel
 Tensor GroupNorm::forward(const Tensor& x) {
   if (!channels_last) return group_norm(x, groups, param("weight"), param("bias"), eps);
   if (x.dim() != 4) throw Error("GroupNorm (channels last): input must be (N, H, W, C), got " + to_string(x.shape()));
-  return permute(group_norm(permute(x, {0, 3, 1, 2}), groups, param("weight"), param("bias"), eps), {0, 2, 3, 1});
+  return group_norm(x, groups, param("weight"), param("bias"), eps, true);
 }
 
 Tensor Sequential::forward(const Tensor& x) {

@@ -68,7 +68,7 @@ class BatchNorm2d : public Module {
 int64_t default_groups(int64_t channels);
 class GroupNorm : public Module {
  public:
-  // channels_last: x is [N, H, W, C] (normalized as NCHW between two permutes: no NHWC kernel yet).
+  // channels_last: x is [N, H, W, C] (group_norm's channels-last form).
   explicit GroupNorm(int64_t channels, int64_t groups = 0 /* default_groups */, double eps = 1e-5,
                      bool channels_last = false);
   Tensor forward(const Tensor& x) override;

@@ -645,6 +645,11 @@ std::vector<OpCase> nn_cases() {
        .shapes = {{2, 4, 2, 3}, {4}, {4}},
        .fn = [](P x, D) { return group_norm(x[0], 2, x[1], x[2]); },
        .parity = false},
+      // channels last: batch norm per instance (statistics of shape [N, G])
+      {.label = "group_norm channels-last 2 groups",
+       .shapes = {{2, 3, 2, 4}, {4}, {4}},
+       .fn = [](P x, D) { return group_norm(x[0], 2, x[1], x[2], 1e-5, true); },
+       .parity = false},
       {.label = "group_norm",
        .shapes = {{2, 6, 3, 2}, {6}, {6}},
        .fn = [](P x, D) { return group_norm(x[0], 3, x[1], x[2]); },

@@ -161,6 +161,28 @@ void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) {
       return;
     }
     const int64_t inner = shape.back(), ia = sa.back(), ib = sb.back();
+    // A full operand against one short row repeated along the outer axis (a per-channel
+    // vector on channels-last data, [R, K] with K small): the row tiled once to a few hundred
+    // values, then long equal-stride runs, instead of a call per K-value row.
+    constexpr int64_t kTile = 512;
+    const bool a_row = shape.size() == 2 && inner < kTile && sa[0] == 0 && ia == 1 && sb[0] == inner && ib == 1;
+    const bool b_row = shape.size() == 2 && inner < kTile && sb[0] == 0 && ib == 1 && sa[0] == inner && ia == 1;
+    if (a_row || b_row) {
+      const int64_t k = (kTile + inner - 1) / inner, rows = shape[0];
+      std::vector<T> tile(size_t(k * inner));
+      const T* row = a_row ? pa : pb;
+      for (size_t i = 0; i < tile.size(); ++i) tile[i] = row[i % size_t(inner)];
+      parallel_for((rows + k - 1) / k, std::max<int64_t>(1, 32768 / (k * inner)), [&](int64_t b0, int64_t b1) {
+        for (int64_t blk = b0; blk < b1; ++blk) {
+          const int64_t r0 = blk * k, n = std::min(k, rows - r0) * inner, o = r0 * inner;
+          if (a_row)
+            binary_row(op, tile.data(), 1, pb + o, 1, y + o, n);
+          else
+            binary_row(op, pa + o, 1, tile.data(), 1, y + o, n);
+        }
+      });
+      return;
+    }
     if (shape.size() == 1) {  // one long row: split it across threads
       parallel_for(inner, 32768, [&](int64_t i0, int64_t i1) {
         binary_row(op, pa + i0 * ia, ia, pb + i0 * ib, ib, y + i0, i1 - i0);

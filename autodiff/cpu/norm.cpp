@@ -41,6 +41,25 @@ Layout layout(const Tensor& x) {
   const int64_t N = x.shape()[0], C = x.shape()[1];
   return {N, C, N * C != 0 ? x.numel() / (N * C) : 0};
 }
+// Statistics of shape [B, C] (Backend::batch_norm_forward): x is [B, N, C, S], B independent
+// instances with statistics per (b, c); one layout [N, C, S] per instance.
+struct Instances {
+  int64_t B;
+  Layout L;
+  int64_t x_stride() const { return L.N * L.C * L.S; }
+};
+Instances instances(const Tensor& x, const Tensor& stats) {
+  if (stats.dim() != 2) return {1, layout(x)};
+  return {stats.shape()[0], {x.shape()[1], x.shape()[2], x.shape()[3]}};
+}
+// Runs f(b, layout) for each instance; the instances are independent, so the order of their
+// tasks never changes a result.
+template <class F> void for_instances(const Instances& in, F&& f) {
+  if (in.B == 1) return f(int64_t(0), in.L);
+  parallel_for(in.B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) f(b, in.L);
+  });
+}
 
 // Σ f(i) over i in [0, n), in double with eight interleaved accumulators (vectorizable,
 // and the same order on every run).
@@ -312,37 +331,56 @@ template <class T> T* maybe_out(Tensor& t) { return t.defined() ? data_ptr<T>(t)
 
 void batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& weight,
                                const Tensor& mean, const Tensor& var, double eps, Tensor& dg, Tensor& dx, Tensor& dw) {
+  const Instances in = instances(x, mean);
   dispatch_float(x.dtype(), "batch_norm_input_grad", [&](auto z) {
     using T = decltype(z);
-    input_grad_vjp_impl<T>(data_ptr<T>(a), data_ptr<T>(g), data_ptr<T>(x), maybe<T>(weight), data_ptr<T>(mean),
-                           data_ptr<T>(var), eps, maybe_out<T>(dg), maybe_out<T>(dx), maybe_out<T>(dw), layout(x));
+    for_instances(in, [&](int64_t b, const Layout& L) {
+      const int64_t o = b * in.x_stride(), s = b * L.C;
+      T *pdg = maybe_out<T>(dg), *pdx = maybe_out<T>(dx);
+      input_grad_vjp_impl<T>(data_ptr<T>(a) + o, data_ptr<T>(g) + o, data_ptr<T>(x) + o, maybe<T>(weight),
+                             data_ptr<T>(mean) + s, data_ptr<T>(var) + s, eps, pdg ? pdg + o : nullptr,
+                             pdx ? pdx + o : nullptr, maybe_out<T>(dw), L);
+    });
   });
 }
 void batch_norm_weight_grad_vjp(const Tensor& beta, const Tensor& g, const Tensor& x, const Tensor& mean,
                                 const Tensor& var, double eps, Tensor& dg, Tensor& dx) {
+  const Instances in = instances(x, mean);
   dispatch_float(x.dtype(), "batch_norm_weight_grad", [&](auto z) {
     using T = decltype(z);
-    weight_grad_vjp_impl<T>(data_ptr<T>(beta), data_ptr<T>(g), data_ptr<T>(x), data_ptr<T>(mean), data_ptr<T>(var), eps,
-                            maybe_out<T>(dg), maybe_out<T>(dx), layout(x));
+    for_instances(in, [&](int64_t b, const Layout& L) {
+      const int64_t o = b * in.x_stride(), s = b * L.C;
+      T *pdg = maybe_out<T>(dg), *pdx = maybe_out<T>(dx);
+      weight_grad_vjp_impl<T>(data_ptr<T>(beta) + s, data_ptr<T>(g) + o, data_ptr<T>(x) + o, data_ptr<T>(mean) + s,
+                              data_ptr<T>(var) + s, eps, pdg ? pdg + o : nullptr, pdx ? pdx + o : nullptr, L);
+    });
   });
 }
 
 void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y, Tensor& mean,
                         Tensor& var) {
+  const Instances in = instances(x, mean);
   dispatch_float(x.dtype(), "batch_norm", [&](auto z) {
     using T = decltype(z);
-    forward_impl<T>(data_ptr<T>(x), maybe<T>(weight), maybe<T>(bias), eps, data_ptr<T>(y), data_ptr<T>(mean),
-                    data_ptr<T>(var), layout(x));
+    for_instances(in, [&](int64_t b, const Layout& L) {
+      const int64_t o = b * in.x_stride(), s = b * L.C;
+      forward_impl<T>(data_ptr<T>(x) + o, maybe<T>(weight), maybe<T>(bias), eps, data_ptr<T>(y) + o,
+                      data_ptr<T>(mean) + s, data_ptr<T>(var) + s, L);
+    });
   });
 }
 
 void batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& var,
                          double eps, Tensor& gx, Tensor& gw, Tensor& gb) {
+  const Instances in = instances(x, mean);
   dispatch_float(x.dtype(), "batch_norm", [&](auto z) {
     using T = decltype(z);
-    backward_impl<T>(data_ptr<T>(g), data_ptr<T>(x), maybe<T>(weight), data_ptr<T>(mean), data_ptr<T>(var), eps,
-                     data_ptr<T>(gx), gw.defined() ? data_ptr<T>(gw) : nullptr,
-                     gb.defined() ? data_ptr<T>(gb) : nullptr, layout(x));
+    for_instances(in, [&](int64_t b, const Layout& L) {
+      const int64_t o = b * in.x_stride(), s = b * L.C;
+      backward_impl<T>(data_ptr<T>(g) + o, data_ptr<T>(x) + o, maybe<T>(weight), data_ptr<T>(mean) + s,
+                       data_ptr<T>(var) + s, eps, data_ptr<T>(gx) + o, gw.defined() ? data_ptr<T>(gw) : nullptr,
+                       gb.defined() ? data_ptr<T>(gb) : nullptr, L);
+    });
   });
 }
 

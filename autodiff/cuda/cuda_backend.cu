@@ -317,24 +317,28 @@ class CudaBackend final : public Backend {
   }
   bool batch_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor& y, Tensor& mean,
                           Tensor& var) override {
+    if (mean.dim() != 1) return false;  // statistics per instance ([B, C]): the op's composite
     guard();
     cuda::batch_norm_forward(c_, x, w, b, eps, y, mean, var);
     return true;
   }
   bool batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& var,
                            double eps, Tensor& gx, Tensor& gw, Tensor& gb) override {
+    if (mean.dim() != 1) return false;  // statistics per instance ([B, C]): the op's composite
     guard();
     cuda::batch_norm_backward(c_, g, x, w, mean, var, eps, gx, gw, gb);
     return true;
   }
   bool batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean,
                                  const Tensor& var, double eps, Tensor& dg, Tensor& dx, Tensor& dw) override {
+    if (mean.dim() != 1) return false;  // statistics per instance ([B, C]): the op's composite
     guard();
     cuda::batch_norm_input_grad_vjp(c_, a, g, x, w, mean, var, eps, dg, dx, dw);
     return true;
   }
   bool batch_norm_weight_grad_vjp(const Tensor& beta, const Tensor& g, const Tensor& x, const Tensor& mean,
                                   const Tensor& var, double eps, Tensor& dg, Tensor& dx) override {
+    if (mean.dim() != 1) return false;  // statistics per instance ([B, C]): the op's composite
     guard();
     cuda::batch_norm_weight_grad_vjp(c_, beta, g, x, mean, var, eps, dg, dx);
     return true;

@@ -518,6 +518,27 @@ TEST_CASE("group_norm: fused first-order backward, recorded rule and a plain com
       check_close(fused[i].to_vector(), composed[i].to_vector(), tol, "fused vs composition");
       check_close(recorded[i].to_vector(), composed[i].to_vector(), tol, "recorded rule vs composition");
     }
+    // channels last ([N, H, W, C], the kernels' per-instance form) is the same function
+    auto nhwc = [](const Tensor& t) { return permute(t, {0, 2, 3, 1}); };
+    Tensor yl = group_norm(nhwc(x), 2, w, b, 1e-5, true);
+    check_close(yl.to_vector(), nhwc(y).to_vector(), tol, "channels-last forward");
+    auto fused_l = grad({yl}, {x, w, b}, {.grad_outputs = {nhwc(gy)}});
+    auto recorded_l =
+        grad({group_norm(nhwc(x), 2, w, b, 1e-5, true)}, {x, w, b}, {.grad_outputs = {nhwc(gy)}, .create_graph = true});
+    for (size_t i = 0; i < 3; ++i) {
+      check_close(fused_l[i].to_vector(), composed[i].to_vector(), tol, "channels-last fused vs composition");
+      check_close(recorded_l[i].to_vector(), composed[i].to_vector(), tol, "channels-last recorded vs composition");
+    }
+    // a group-norm HVP runs the second-order kernels per instance; the same as NCHW's
+    const Tensor v = g.normal({3, 6, 4, 5}, o);
+    auto hvp_of = [&](bool cl) {
+      Tensor yy = cl ? group_norm(nhwc(x), 2, w, b, 1e-5, true) : group_norm(x, 2, w, b);
+      Tensor loss = sum(mul(square(yy), cl ? nhwc(gy) : gy));
+      auto gr = grad({loss}, {x, w}, {.create_graph = true});
+      return grad({add(sum(mul(gr[0], v)), sum(gr[1]))}, {x, w, b});
+    };
+    auto h0 = hvp_of(false), h1 = hvp_of(true);
+    for (size_t i = 0; i < 3; ++i) check_close(h1[i].to_vector(), h0[i].to_vector(), tol * 10, "channels-last HVP");
   }
 }
 

@@ -96,6 +96,24 @@ TEST_CASE("sum, max and min over every set of axes match naive loops, at any thr
   }
 }
 
+TEST_CASE("a row broadcast against a full operand (either side) matches naive loops") {
+  Generator g(4);
+  for (int64_t K : {1, 3, 8, 100, 600})
+    for (int64_t R : {1, 7, 300}) {
+      Tensor full = g.normal({R, 2, K}, {DType::f64}), row = g.normal({K}, {DType::f64});
+      const auto f = full.to_vector(), r = row.to_vector();
+      const auto left = sub(row, full).to_vector(), right = div(full, row).to_vector();
+      bool ok = true;
+      for (size_t i = 0; i < f.size(); ++i) {
+        ok &= left[i] == r[i % size_t(K)] - f[i];
+        ok &= right[i] == f[i] / r[i % size_t(K)];
+      }
+      CAPTURE(K);
+      CAPTURE(R);
+      CHECK(ok);
+    }
+}
+
 TEST_CASE("GEMM agrees with a naive product (float32, large enough to split)") {
   Generator g(8);
   Tensor a = g.normal({130, 300}), b = g.normal({300, 257});
