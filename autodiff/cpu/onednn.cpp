@@ -17,6 +17,7 @@
 #include <array>
 #include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <string>
@@ -77,10 +78,28 @@ struct Arg {
   memory::desc user, own;
   dnnl::primitive reorder;  // user -> own for inputs, own -> user for outputs; empty if equal
 };
+// What one single-threaded call of a primitive needs besides its buffers: a stream, and the
+// dnnl::memory objects of its arguments (in the user's and in the primitive's layout) and
+// scratchpad, in the argument maps of the primitive and of the reorders. Creating a
+// dnnl::memory costs a heap allocation, and a convolution runs up to 8 such calls; so these
+// are built once and pointed at each call's buffers (set_data_handle).
+struct CallState {
+  dnnl::stream stream;
+  std::vector<memory> user, own;  // in the order of Primitive::args
+  memory scratchpad;
+  std::unordered_map<int, memory> run_args;
+  std::vector<std::unordered_map<int, memory> > reorder_args;  // per argument; empty without a reorder
+};
+// The call states of one primitive that no call is using (at most one per thread that ran it).
+struct CallStates {
+  std::mutex mutex;
+  std::vector<std::unique_ptr<CallState> > idle;
+};
 struct Primitive {
   dnnl::primitive run;
   memory::desc scratchpad;
   std::vector<Arg> args;
+  std::unique_ptr<CallStates> states = std::make_unique<CallStates>();
 };
 
 // Each argument's layout is left to oneDNN ("any"): its fast kernels want channel-blocked
@@ -116,10 +135,12 @@ template <class PD> Primitive with_args(dnnl::primitive run, const PD& pd, std::
 // the main job's 8-channel 3x3 layers 13 us instead of 32, its 8 -> 16 stride-2 layer 8.5
 // instead of 11, the weight gradient of that layer 5 instead of 7.4). Not the forward (its
 // blocked kernel reads few-channel NCHW inputs directly: 15 us against 18), nor the weight
-// gradient with fewer than 16 output channels too (oneDNN blocks both by 8 there: 13 against 14).
+// gradient with fewer than 16 output channels too (oneDNN blocks both by 8 there: 13 against
+// 14) or with 1-3 input channels (read as they are; the CIFAR stem 3 -> 64: 43 us against 52).
 Tag working_layout(Direction d, const kernels::ConvGeometry& g, bool bf16) {
   if (g.channels_last) return Tag::nhwc;
-  const bool nhwc = !bf16 && g.C < 16 && (d == Direction::input_grad || (d == Direction::weight_grad && g.O >= 16));
+  const bool few = !bf16 && g.C < 16;
+  const bool nhwc = few && (d == Direction::input_grad || (d == Direction::weight_grad && g.C >= 4 && g.O >= 16));
   return nhwc ? Tag::nhwc : Tag::any;
 }
 
@@ -193,6 +214,22 @@ void serial_openmp() {
   if (omp_get_max_threads() != 1) omp_set_num_threads(1);  // per thread, so checked on each
 }
 
+std::unique_ptr<CallState> new_call_state(const Primitive& p) {
+  auto c = std::make_unique<CallState>(
+      CallState{dnnl::stream(engine()), {}, {}, memory(p.scratchpad, engine(), nullptr), {}, {}});
+  c->run_args.emplace(DNNL_ARG_SCRATCHPAD, c->scratchpad);
+  for (const Arg& a : p.args) {
+    c->user.emplace_back(a.user, engine(), nullptr);
+    c->own.emplace_back(a.own, engine(), nullptr);
+    c->run_args.emplace(a.id, a.reorder ? c->own.back() : c->user.back());
+    c->reorder_args.emplace_back();
+    if (a.reorder)
+      c->reorder_args.back() = {{DNNL_ARG_FROM, a.output ? c->own.back() : c->user.back()},
+                                {DNNL_ARG_TO, a.output ? c->user.back() : c->own.back()}};
+  }
+  return c;
+}
+
 // Runs one primitive on one thread; its scratchpad and the arguments' copies in the
 // primitive's own layouts come from flatmin's allocator (block cache, peak-memory bound).
 // `user` holds the three arguments' pointers in the order of Primitive::args.
@@ -200,33 +237,36 @@ void serial_openmp() {
 // primitive's own layout, converted once for all chunks; null to convert it here.
 void run_one(const Primitive& p, const std::array<float*, 3>& user, const void* shared = nullptr) {
   serial_openmp();  // this thread may be a oneTBB worker that has not called oneDNN yet
-  dnnl::stream stream(engine());
+  std::unique_ptr<CallState> c;
+  {
+    std::lock_guard lock(p.states->mutex);
+    if (!p.states->idle.empty()) {
+      c = std::move(p.states->idle.back());
+      p.states->idle.pop_back();
+    }
+  }
+  if (!c) c = new_call_state(p);
   std::deque<Workspace<std::byte> > buffers;  // not movable; a deque never moves its elements
   buffers.emplace_back(p.scratchpad.get_size());
-  std::unordered_map<int, memory> args{{DNNL_ARG_SCRATCHPAD, memory(p.scratchpad, engine(), buffers[0].data())}};
-  std::vector<std::pair<const Arg*, memory> > outputs;
+  c->scratchpad.set_data_handle(buffers[0].data());
   for (size_t i = 0; i < p.args.size(); ++i) {
     const Arg& a = p.args[i];
-    const memory mine(a.user, engine(), user[i]);
+    c->user[i].set_data_handle(user[i]);
+    if (!a.reorder) continue;
     if (i == 1 && shared) {
-      args.emplace(a.id, memory(a.own, engine(), const_cast<void*>(shared)));
-      continue;
-    }
-    if (!a.reorder) {
-      args.emplace(a.id, mine);
+      c->own[i].set_data_handle(const_cast<void*>(shared));
       continue;
     }
     buffers.emplace_back(a.own.get_size());
-    const memory own(a.own, engine(), buffers.back().data());
-    if (a.output)
-      outputs.push_back({&a, mine});
-    else
-      a.reorder.execute(stream, {{DNNL_ARG_FROM, mine}, {DNNL_ARG_TO, own}});
-    args.emplace(a.id, own);
+    c->own[i].set_data_handle(buffers.back().data());
+    if (!a.output) a.reorder.execute(c->stream, c->reorder_args[i]);
   }
-  p.run.execute(stream, args);
-  for (auto& [a, mine] : outputs) a->reorder.execute(stream, {{DNNL_ARG_FROM, args.at(a->id)}, {DNNL_ARG_TO, mine}});
-  stream.wait();
+  p.run.execute(c->stream, c->run_args);
+  for (size_t i = 0; i < p.args.size(); ++i)
+    if (p.args[i].output && p.args[i].reorder) p.args[i].reorder.execute(c->stream, c->reorder_args[i]);
+  c->stream.wait();
+  std::lock_guard lock(p.states->mutex);  // back for the next call (not on an exception: a fresh one then)
+  p.states->idle.push_back(std::move(c));
 }
 
 // The batch runs as a number of chunks fixed by the shape (never by the thread count), each
