@@ -317,10 +317,10 @@ Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w) {
 }
 
 // ---------------------------------------------------------------- normalization
-// Shape (1, C, 1, ...) of a per-channel vector broadcast against x.
-static Shape channel_shape(const Tensor& x) {
+// Shape (1, C, 1, ...) of a per-channel vector broadcast against x, channels on `axis`.
+static Shape channel_shape(const Tensor& x, int64_t axis = 1) {
   Shape cs(x.dim(), 1);
-  cs[1] = x.shape()[1];
+  cs[size_t(axis)] = x.shape()[size_t(axis)];
   return cs;
 }
 
@@ -328,8 +328,7 @@ static Shape channel_shape(const Tensor& x) {
 static Tensor channel_affine(const Tensor& x, const Tensor& weight, const Tensor& bias, const char* op,
                              int64_t axis = 1) {
   const int64_t C = x.shape()[size_t(axis)];
-  Shape cs(x.dim(), 1);
-  cs[size_t(axis)] = C;
+  const Shape cs = channel_shape(x, axis);
   Tensor y = x;
   for (const auto& [t, name] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
     if (!t->defined()) continue;
@@ -476,10 +475,6 @@ static std::vector<Tensor> batch_norm_backward(const Tensor& g, const Tensor& x,
   return {gx, gw, gb};
 }
 
-// Training mode: batch statistics (biased variance), written to mean/var (detached) for
-// the running estimates. One recorded op on every device: a backend's fused kernel
-// computes the forward (else ops evaluated without recording do); its rule is
-// batch_norm_backward above.
 // The statistics' shape: [C] for the channel axis 1, or [B, C] for x [B, N, C, S] reduced
 // over axes {1, 3} (instances: group norm of channels-last activations, without weight and
 // bias; the backends' contract in backend.hpp).
@@ -489,6 +484,10 @@ static Shape stats_shape(const Tensor& x, const Axes& axes, const Tensor& w, con
   return {x.shape()[0], x.shape()[2]};
 }
 
+// Training mode: batch statistics (biased variance), written to mean/var (detached) for
+// the running estimates. One recorded op on every device: a backend's fused kernel
+// computes the forward (else ops evaluated without recording do); its rule is
+// batch_norm_backward above.
 static Tensor batch_norm_train(const Tensor& x, const Tensor& w, const Tensor& b, double eps, const Axes& axes,
                                Tensor& bmean, Tensor& bvar) {
   const Shape ss = stats_shape(x, axes, w, b);

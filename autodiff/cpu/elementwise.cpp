@@ -168,7 +168,8 @@ void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) {
     const bool a_row = shape.size() == 2 && inner < kTile && sa[0] == 0 && ia == 1 && sb[0] == inner && ib == 1;
     const bool b_row = shape.size() == 2 && inner < kTile && sb[0] == 0 && ib == 1 && sa[0] == inner && ia == 1;
     if (a_row || b_row) {
-      const int64_t k = (kTile + inner - 1) / inner, rows = shape[0];
+      // (never more rows than there are: a tiny broadcast, a bias add on a few rows, stays tiny)
+      const int64_t rows = shape[0], k = std::min((kTile + inner - 1) / inner, rows);
       std::vector<T> tile(size_t(k * inner));
       const T* row = a_row ? pa : pb;
       for (size_t i = 0; i < tile.size(); ++i) tile[i] = row[i % size_t(inner)];

@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <initializer_list>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -48,8 +50,14 @@ struct Instances {
   Layout L;
   int64_t x_stride() const { return L.N * L.C * L.S; }
 };
-Instances instances(const Tensor& x, const Tensor& stats) {
+// Per-channel arguments (weight, bias, their gradients) have no per-instance meaning: refused
+// with instances, before any instance would read or write them out of place.
+Instances instances(const char* op, const Tensor& x, const Tensor& stats,
+                    std::initializer_list<const Tensor*> per_channel) {
   if (stats.dim() != 2) return {1, layout(x)};
+  for (const Tensor* t : per_channel)
+    if (t->defined())
+      throw Error(std::string(op) + ": statistics per instance ([B, C]) take no weight, bias or their gradients");
   return {stats.shape()[0], {x.shape()[1], x.shape()[2], x.shape()[3]}};
 }
 // Runs f(b, layout) for each instance; the instances are independent, so the order of their
@@ -203,7 +211,8 @@ void run_channels(const Layout& L, Pre pre, Stage<K, Terms, Finish> main, Output
   });
 }
 
-template <class T> const T* maybe(const Tensor& t) { return t.defined() ? data_ptr<T>(t) : nullptr; }
+// The data from offset o on, or null for an undefined (optional) tensor.
+template <class T> const T* maybe(const Tensor& t, int64_t o = 0) { return t.defined() ? data_ptr<T>(t) + o : nullptr; }
 
 // Per-slot mean and 1/√(var + ε) from the saved statistics, in double.
 struct Saved {
@@ -325,41 +334,40 @@ template <class T> void weight_grad_vjp_impl(const T* beta, const T* g, const T*
       output(dx, [&](int64_t i, T gk, T xk, T k0, T, T m) { dx[i] = gk * g[i] + xk * (x[i] - m) + k0; }));
 }
 
-template <class T> T* maybe_out(Tensor& t) { return t.defined() ? data_ptr<T>(t) : nullptr; }
+template <class T> T* maybe_out(Tensor& t, int64_t o = 0) { return t.defined() ? data_ptr<T>(t) + o : nullptr; }
 
 }  // namespace
 
 void batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& weight,
                                const Tensor& mean, const Tensor& var, double eps, Tensor& dg, Tensor& dx, Tensor& dw) {
-  const Instances in = instances(x, mean);
+  const Instances in = instances("batch_norm_input_grad", x, mean, {&weight, &dw});
   dispatch_float(x.dtype(), "batch_norm_input_grad", [&](auto z) {
     using T = decltype(z);
     for_instances(in, [&](int64_t b, const Layout& L) {
       const int64_t o = b * in.x_stride(), s = b * L.C;
-      T *pdg = maybe_out<T>(dg), *pdx = maybe_out<T>(dx);
       input_grad_vjp_impl<T>(data_ptr<T>(a) + o, data_ptr<T>(g) + o, data_ptr<T>(x) + o, maybe<T>(weight),
-                             data_ptr<T>(mean) + s, data_ptr<T>(var) + s, eps, pdg ? pdg + o : nullptr,
-                             pdx ? pdx + o : nullptr, maybe_out<T>(dw), L);
+                             data_ptr<T>(mean) + s, data_ptr<T>(var) + s, eps, maybe_out<T>(dg, o), maybe_out<T>(dx, o),
+                             maybe_out<T>(dw), L);
     });
   });
 }
 void batch_norm_weight_grad_vjp(const Tensor& beta, const Tensor& g, const Tensor& x, const Tensor& mean,
                                 const Tensor& var, double eps, Tensor& dg, Tensor& dx) {
-  const Instances in = instances(x, mean);
+  // beta is the cotangent of a weight gradient: there is none with instances
+  const Instances in = instances("batch_norm_weight_grad", x, mean, {&beta});
   dispatch_float(x.dtype(), "batch_norm_weight_grad", [&](auto z) {
     using T = decltype(z);
     for_instances(in, [&](int64_t b, const Layout& L) {
       const int64_t o = b * in.x_stride(), s = b * L.C;
-      T *pdg = maybe_out<T>(dg), *pdx = maybe_out<T>(dx);
-      weight_grad_vjp_impl<T>(data_ptr<T>(beta) + s, data_ptr<T>(g) + o, data_ptr<T>(x) + o, data_ptr<T>(mean) + s,
-                              data_ptr<T>(var) + s, eps, pdg ? pdg + o : nullptr, pdx ? pdx + o : nullptr, L);
+      weight_grad_vjp_impl<T>(data_ptr<T>(beta), data_ptr<T>(g) + o, data_ptr<T>(x) + o, data_ptr<T>(mean) + s,
+                              data_ptr<T>(var) + s, eps, maybe_out<T>(dg, o), maybe_out<T>(dx, o), L);
     });
   });
 }
 
 void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y, Tensor& mean,
                         Tensor& var) {
-  const Instances in = instances(x, mean);
+  const Instances in = instances("batch_norm", x, mean, {&weight, &bias});
   dispatch_float(x.dtype(), "batch_norm", [&](auto z) {
     using T = decltype(z);
     for_instances(in, [&](int64_t b, const Layout& L) {
@@ -372,14 +380,13 @@ void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bia
 
 void batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& var,
                          double eps, Tensor& gx, Tensor& gw, Tensor& gb) {
-  const Instances in = instances(x, mean);
+  const Instances in = instances("batch_norm", x, mean, {&weight, &gw, &gb});
   dispatch_float(x.dtype(), "batch_norm", [&](auto z) {
     using T = decltype(z);
     for_instances(in, [&](int64_t b, const Layout& L) {
       const int64_t o = b * in.x_stride(), s = b * L.C;
       backward_impl<T>(data_ptr<T>(g) + o, data_ptr<T>(x) + o, maybe<T>(weight), data_ptr<T>(mean) + s,
-                       data_ptr<T>(var) + s, eps, data_ptr<T>(gx) + o, gw.defined() ? data_ptr<T>(gw) : nullptr,
-                       gb.defined() ? data_ptr<T>(gb) : nullptr, L);
+                       data_ptr<T>(var) + s, eps, data_ptr<T>(gx) + o, maybe_out<T>(gw), maybe_out<T>(gb), L);
     });
   });
 }
