@@ -103,12 +103,9 @@ Tensor BatchNorm2d::run(const Tensor& x, bool relu) {
   // Channels last: the statistics per channel over N, H and W are those of the rows of
   // [N*H*W, C], batch_norm's rank-2 form (a reshape, no copy).
   const Tensor in = channels_last ? reshape(x, {x.numel() / std::max<int64_t>(x.size(3), 1), x.size(3)}) : x;
-  Tensor y = batch_norm(in, param("weight"), param("bias"), buffer("running_mean"), buffer("running_var"),
-                        {.training = is_training(),
-                         .update_running = update,
-                         .momentum = momentum,
-                         .eps = eps,
-                         .relu = relu});
+  Tensor y =
+      batch_norm(in, param("weight"), param("bias"), buffer("running_mean"), buffer("running_var"),
+                 {.training = is_training(), .update_running = update, .momentum = momentum, .eps = eps, .relu = relu});
   if (channels_last) y = reshape(y, x.shape());
   if (update) {
     Tensor& count = buffer("num_batches_tracked");

@@ -260,9 +260,8 @@ void forward_impl(const T* x, const T* w, const T* b, double eps, T* y, T* mean,
 // With x̂ = (x − μ)·r, r = 1/√(σ² + ε): gb = Σg, gw = Σ g·x̂, and
 // gx = w·r·(g − mean(g) − x̂·mean(g·x̂)). Masked (batch norm + ReLU): g is read as
 // y > 0 ? g : 0 with y the ReLU's output, in both passes (no masked copy of g).
-template <bool Masked, class T>
-void backward_impl(const T* g_in, const T* y, const T* x, const T* w, const T* mean, const T* var, double eps, T* gx,
-                   T* gw, T* gb, const Layout& L) {
+template <bool Masked, class T> void backward_impl(const T* g_in, const T* y, const T* x, const T* w, const T* mean,
+                                                   const T* var, double eps, T* gx, T* gw, T* gb, const Layout& L) {
   const double M = double(L.count());
   const Saved st = saved_stats(mean, var, eps, L);
   auto g = [&](int64_t i) { return Masked ? (y[i] > T(0) ? g_in[i] : T(0)) : g_in[i]; };
@@ -352,13 +351,14 @@ template <bool Relu, class T> void eval_impl(const T* x, const T* s, const T* t,
     return Relu ? relu_of(v) : v;
   };
   if (!L.rows()) {
-    parallel_for(L.N * L.C, std::max<int64_t>(1, kBlockValues / std::max<int64_t>(L.S, 1)), [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const T sc = s[p % L.C], sh = t[p % L.C];
-        const int64_t base = p * L.S;
-        for (int64_t i = 0; i < L.S; ++i) y[base + i] = one(x[base + i], sc, sh);
-      }
-    });
+    parallel_for(L.N * L.C, std::max<int64_t>(1, kBlockValues / std::max<int64_t>(L.S, 1)),
+                 [&](int64_t p0, int64_t p1) {
+                   for (int64_t p = p0; p < p1; ++p) {
+                     const T sc = s[p % L.C], sh = t[p % L.C];
+                     const int64_t base = p * L.S;
+                     for (int64_t i = 0; i < L.S; ++i) y[base + i] = one(x[base + i], sc, sh);
+                   }
+                 });
     return;
   }
   parallel_for(L.N, std::max<int64_t>(1, kBlockValues / std::max<int64_t>(L.C, 1)), [&](int64_t r0, int64_t r1) {

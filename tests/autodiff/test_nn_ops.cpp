@@ -442,8 +442,8 @@ TEST_CASE("batch_norm eval and + relu: fused kernels equal the recorded rules an
       for (bool training : {false, true})
         for (bool relu : {false, true}) {
           if (training && !relu) continue;  // the test above
-          INFO(to_string(shape) << (dt == DType::f64 ? " float64" : " float32") << " training " << training
-                                << " relu " << relu);
+          INFO(to_string(shape) << (dt == DType::f64 ? " float64" : " float32") << " training " << training << " relu "
+                                << relu);
           Generator g(14);
           const TensorOptions o{dt};
           const int64_t C = shape[1];

@@ -172,7 +172,7 @@ TEST_CASE("resnet18: batch norm + ReLU fused gives the unfused network's loss, g
         for (auto& [name, t] : net.named_buffers())
           if (name.find("running") != std::string::npos)
             t.copy_(name.find("mean") != std::string::npos ? g.normal(t.shape(), {DType::f64}, 0, 0.3)
-                                                          : g.uniform(t.shape(), {DType::f64}, 0.5, 2.0));
+                                                           : g.uniform(t.shape(), {DType::f64}, 0.5, 2.0));
       ScalarFn fused = nn::classification_loss(net, x, y);
       ScalarFn plain = [&](const Params& p) {
         nn::WithParameters w(net, p);
