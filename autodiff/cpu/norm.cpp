@@ -9,6 +9,8 @@
 //   (vectorized across channels) added in block order, then the elementwise pass row by row.
 #include <algorithm>
 #include <array>
+#include <bit>
+#include <cstdint>
 #include <cmath>
 #include <initializer_list>
 #include <string>
@@ -230,6 +232,12 @@ template <class T> Saved saved_stats(const T* mean, const T* var, double eps, co
 
 // ReLU's value with NaN kept (a NaN input stays visible downstream).
 template <class T> T relu_of(T v) { return v < T(0) ? T(0) : v; }
+// y > 0 ? g : 0 (ReLU's VJP, BinaryOp::where_positive) without a branch: a bit mask, so the
+// loops reading it vectorize (a branch on the sign of y mispredicts half the time).
+template <class T> T where_positive(T g, T y) {
+  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  return std::bit_cast<T>(std::bit_cast<U>(g) & (U(0) - U(y > T(0))));
+}
 
 template <bool Relu, class T>
 void forward_impl(const T* x, const T* w, const T* b, double eps, T* y, T* mean, T* var, const Layout& L) {
@@ -264,7 +272,7 @@ template <bool Masked, class T> void backward_impl(const T* g_in, const T* y, co
                                                    const T* var, double eps, T* gx, T* gw, T* gb, const Layout& L) {
   const double M = double(L.count());
   const Saved st = saved_stats(mean, var, eps, L);
-  auto g = [&](int64_t i) { return Masked ? (y[i] > T(0) ? g_in[i] : T(0)) : g_in[i]; };
+  auto g = [&](int64_t i) { return Masked ? where_positive(g_in[i], y[i]) : g_in[i]; };
   run_channels<T, 4>(L, NoStage{},
                      stage<2>(
                          [&](int64_t i, int64_t c) {
