@@ -73,25 +73,23 @@ Tensor group_norm_composite(const Tensor& x, const Tensor& w, const Tensor& b, i
   return channel_affine(xhat, w, b, v);
 }
 
-// The VJP of group norm in differentiable ops, recorded when grad mode is on: batch norm's
-// (its fused kernels, and its recorded backward ops) on the view, with the affine apart:
-//   gx = batch norm's input gradient of g·w,  gw = Σ g·x̂,  gb = Σ g  (sums per channel).
-// gw needs x̂ as a function of x (for its derivative), so batch norm's forward runs again here
-// (one fused pass); otherwise the saved statistics serve.
+// The VJP of group norm in differentiable ops, recorded when grad mode is on, with the
+// affine apart:  gx = batch norm's input gradient of g·w on the view (its fused kernels and
+// its recorded backward op),  gw = Σ g·x̂,  gb = Σ g  (sums per channel). gw needs x̂ as a
+// function of x (for its derivative): group norm without affine, run again (one fused pass,
+// whose own rule never needs x̂).
 std::vector<Tensor> group_norm_vjp(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean,
                                    const Tensor& var, int64_t groups, double eps, bool cl, const BnNeeds& needs) {
   const GroupView v = group_view(x, groups, cl);
   const Shape vs{x.shape()[size_t(v.channel_axis)]};
-  const Tensor xv = reshape(x, v.shape);
-  Tensor bmean = reshape(mean, v.stats), bvar = reshape(var, v.stats), xhat;
-  if (needs[1]) xhat = reshape(batch_norm_train(xv, {}, {}, eps, v.axes, bmean, bvar), x.shape());
   Tensor gx, gw, gb;
   if (needs[0]) {
     const Tensor gh = w.defined() ? mul(g, reshape(w, channel_shape(x, v.channel_axis))) : g;
-    gx = reshape(batch_norm_backward(reshape(gh, v.shape), xv, {}, bmean, bvar, eps, v.axes, {true, false, false})[0],
+    gx = reshape(batch_norm_backward(reshape(gh, v.shape), reshape(x, v.shape), {}, reshape(mean, v.stats),
+                                     reshape(var, v.stats), eps, v.axes, {true, false, false})[0],
                  x.shape());
   }
-  if (needs[1]) gw = reshape(sum(mul(g, xhat), v.other_axes), vs);
+  if (needs[1]) gw = reshape(sum(mul(g, group_norm(x, groups, {}, {}, eps, cl)), v.other_axes), vs);
   if (needs[2]) gb = reshape(sum(g, v.other_axes), vs);
   return {gx, gw, gb};
 }
