@@ -43,7 +43,7 @@ double cpu_seconds() {
   getrusage(RUSAGE_SELF, &u);
   return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
 }
-double cpu_total = 0;  // CPU seconds of the timed runs, weighted like the totals
+double cpu_total[3] = {0, 0, 0};  // CPU seconds of the timed runs per kernel, weighted like the totals
 
 // Median wall time of `reps` runs after a warm-up; adds the median run's CPU time to *cpu.
 template <class F> double median_seconds(int reps, double* cpu, F&& f) {
@@ -134,14 +134,16 @@ int main(int argc, char** argv) {
     const int n = l.count;
     std::printf("%-16s %5d | %9.2f %7.1f | %9.2f %7.1f | %9.2f %7.1f | %7.1f\n", l.name, n, t[0] * 1e3,
                 flops / t[0] * 1e-9, t[1] * 1e3, flops / t[1] * 1e-9, t[2] * 1e3, flops / t[2] * 1e-9, gemm_gflops);
-    for (int k = 0; k < 3; ++k) total[k] += n * t[k], cpu_total += n * c[k];
+    for (int k = 0; k < 3; ++k) total[k] += n * t[k], cpu_total[k] += n * c[k];
     flops_total += n * flops;
   }
   const double all = total[0] + total[1] + total[2];
   std::printf("total (20 convs): forward %.3f s, input grad %.3f s, weight grad %.3f s, all %.3f s (%.1f GFLOP/s)\n",
               total[0], total[1], total[2], all, 3 * flops_total / all * 1e-9);
+  const double cpu_all = cpu_total[0] + cpu_total[1] + cpu_total[2];
   std::printf(
-      "CPU time of the same runs: %.3f s (%.1f GFLOP/s per CPU-second; wall/CPU shows how loaded the machine was)\n",
-      cpu_total, 3 * flops_total / cpu_total * 1e-9);
+      "CPU time of the same runs: forward %.3f s, input grad %.3f s, weight grad %.3f s, all %.3f s (%.1f GFLOP/s per "
+      "CPU-second; wall/CPU shows how loaded the machine was)\n",
+      cpu_total[0], cpu_total[1], cpu_total[2], cpu_all, 3 * flops_total / cpu_all * 1e-9);
   return 0;
 }

@@ -17,6 +17,9 @@ bool enabled();
 void forward(const float* x, const float* w, float* y, const kernels::ConvGeometry& g, bool bf16);
 void input_grad(const float* gy, const float* w, float* gx, const kernels::ConvGeometry& g, bool bf16);
 void weight_grad(const float* x, const float* gy, float* gw, const kernels::ConvGeometry& g, bool bf16);
+// For tests: the bytes of bfloat16 patches the channels-last bfloat16 weight gradient holds at
+// once (default 32 MiB; a smaller budget splits the batch into more image groups).
+void set_column_budget(int64_t bytes);
 
 // gemm.hpp's contract for float32 (row-major, on the calling thread), on oneDNN's JIT sgemm:
 // OpenBLAS picks its kernels by CPU model and runs generic SSE3 code on models it does not
