@@ -133,6 +133,24 @@ class Backend {
                                    Tensor& /*gw*/, Tensor& /*gb*/) {
     return false;
   }
+  // Optional fused batch norm + ReLU (BatchNormOptions::relu), as the two above: forward
+  // writes relu of batch norm's output; backward reads that output y and takes g where
+  // y > 0 (else 0) as batch norm's cotangent, in the same passes.
+  virtual bool batch_norm_relu_forward(const Tensor& /*x*/, const Tensor& /*weight*/, const Tensor& /*bias*/,
+                                       double /*eps*/, Tensor& /*y*/, Tensor& /*mean*/, Tensor& /*var*/) {
+    return false;
+  }
+  virtual bool batch_norm_relu_backward(const Tensor& /*g*/, const Tensor& /*y*/, const Tensor& /*x*/,
+                                        const Tensor& /*weight*/, const Tensor& /*mean*/, const Tensor& /*var*/,
+                                        double /*eps*/, Tensor& /*gx*/, Tensor& /*gw*/, Tensor& /*gb*/) {
+    return false;
+  }
+  // Optional eval-mode batch norm in one pass: y = x·scale[c] + shift[c] for x (N, C, ...)
+  // (scale and shift [C]), then max(y, 0) when relu.
+  virtual bool batch_norm_eval(const Tensor& /*x*/, const Tensor& /*scale*/, const Tensor& /*shift*/, bool /*relu*/,
+                               Tensor& /*y*/) {
+    return false;
+  }
   // Optional fused second-order rules of batch norm, for sweeps that do not record (see
   // nn_ops.cpp, batch_norm_input_grad_rule / batch_norm_weight_grad_rule). With x̂ the
   // normalized input and P(v) = r·(v − mean(v) − x̂·mean(v·x̂)):

@@ -423,9 +423,24 @@ static Rule batch_norm_weight_grad_rule(double eps, const Axes& axes) {
 // (create_graph), gx and gw become one op each whose rule is the exact VJP above: they save
 // only g, x and w (and the statistics), where the composite would save five full-size
 // intermediates per layer. Unrecorded, their rules run as the backend's fused kernels.
+// relu_y (batch norm + ReLU): the op's output; batch norm's cotangent is then ReLU's VJP
+// relu_backward(g, relu_y), one pass with batch norm's backward when nothing records, else
+// the recorded op (a constant mask: ReLU'' = 0, so every order stays exact).
 std::vector<Tensor> batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& bmean,
-                                        const Tensor& bvar, double eps, const Axes& axes, const BnNeeds& needs) {
+                                        const Tensor& bvar, double eps, const Axes& axes, const BnNeeds& needs,
+                                        const Tensor& relu_y) {
   const Shape vs{x.shape()[1]};
+  if (relu_y.defined()) {
+    if (!grad_enabled() && !any_requires_grad({&g, &x, &w})) {
+      NoGrad ng;
+      Tensor gx = empty(x.shape(), x.options());
+      Tensor gw = needs[1] ? empty(w.shape(), w.options()) : Tensor();
+      Tensor gb = needs[2] ? empty(vs, x.options()) : Tensor();
+      if (be(x).batch_norm_relu_backward(g, relu_y, x, w, bmean, bvar, eps, gx, gw, gb))
+        return {needs[0] ? gx : Tensor(), gw, gb};
+    }
+    return batch_norm_backward(relu_backward(g, relu_y), x, w, bmean, bvar, eps, axes, needs);
+  }
   Tensor gx, gw, gb;
   {
     NoGrad ng;
@@ -469,14 +484,15 @@ static Shape stats_shape(const Tensor& x, const Axes& axes, const Tensor& w, con
 // Training mode: batch statistics (biased variance), written to mean/var (detached) for
 // the running estimates. One recorded op on every device: a backend's fused kernel
 // computes the forward (else ops evaluated without recording do); its rule is
-// batch_norm_backward above.
+// batch_norm_backward above. relu: the op's output is relu(y) (the rule reads it back).
 Tensor batch_norm_train(const Tensor& x, const Tensor& w, const Tensor& b, double eps, const Axes& axes, Tensor& bmean,
-                        Tensor& bvar) {
+                        Tensor& bvar, bool relu) {
   const Shape ss = stats_shape(x, axes, w, b);
   Tensor y = empty(x.shape(), x.options());
   bmean = empty(ss, x.options());
   bvar = empty(ss, x.options());
-  if (!be(x).batch_norm_forward(x, w, b, eps, y, bmean, bvar)) {
+  const bool fused_relu = relu && be(x).batch_norm_relu_forward(x, w, b, eps, y, bmean, bvar);
+  if (!fused_relu && !be(x).batch_norm_forward(x, w, b, eps, y, bmean, bvar)) {
     NoGrad ng;
     const Shape cs = channel_shape(x);
     Tensor xd = x.detach(), mu = mean(xd, axes, true);
@@ -489,16 +505,55 @@ Tensor batch_norm_train(const Tensor& x, const Tensor& w, const Tensor& b, doubl
     bmean = reshape(mu, ss);
     bvar = reshape(var, ss);
   }
+  if (relu && !fused_relu) {
+    NoGrad ng;
+    y = flatmin::relu(y);
+  }
   if (any_requires_grad({&x, &w, &b}))
     record(
-        y, Op::batch_norm, {x, w, b}, {x, w, bmean, bvar},
-        [eps, axes](const Tensor& g, const RuleContext& c) {
+        y, Op::batch_norm, {x, w, b}, {x, w, bmean, bvar}, {.save_output = relu},
+        [eps, axes, relu](const Tensor& g, const RuleContext& c) {
           return batch_norm_backward(g, c.saved(0), c.saved(1), c.saved(2), c.saved(3), eps, axes,
-                                     {c.needs(0), c.needs(1), c.needs(2)});
+                                     {c.needs(0), c.needs(1), c.needs(2)}, relu ? c.output() : Tensor());
         },
         [&](const std::vector<Jet>& in, const Tensor&) {
-          return jet::through(
-              in, [&](const std::vector<Tensor>& t) { return batch_norm_composite(t[0], t[1], t[2], eps, axes); });
+          return jet::through(in, [&](const std::vector<Tensor>& t) {
+            Tensor z = batch_norm_composite(t[0], t[1], t[2], eps, axes);
+            return relu ? flatmin::relu(z) : z;
+          });
+        });
+  return y;
+}
+
+// Eval mode: y = x·s + t per channel (relu: then ReLU) as one op of (x, s, t); s and t are
+// [C] tensors of the weight and bias, so their gradients flow on through small ops. One
+// pass where the backend has the kernel, else the composite add(mul(x, s), t) unrecorded.
+// Rule in differentiable ops (exact at every order): with m = g (relu: relu_backward(g, y)),
+// gx = m·s, gs = Σ m·x, gt = Σ m.
+static Tensor batch_norm_eval(const Tensor& x, const Tensor& s, const Tensor& t, const Axes& axes, bool relu) {
+  Tensor y = empty(x.shape(), x.options());
+  if (!be(x).batch_norm_eval(x, s, t, relu, y)) {
+    NoGrad ng;
+    const Shape cs = channel_shape(x);
+    y = add(mul(x.detach(), reshape(s.detach(), cs)), reshape(t.detach(), cs));
+    if (relu) y = flatmin::relu(y);
+  }
+  if (any_requires_grad({&x, &s, &t}))
+    record(
+        y, Op::batch_norm_eval, {x, s, t}, {x, s}, {.save_output = relu},
+        [axes, relu](const Tensor& g, const RuleContext& c) {
+          const Tensor x = c.saved(0), s = c.saved(1), m = relu ? relu_backward(g, c.output()) : g;
+          const Shape vs{x.shape()[1]};
+          return std::vector<Tensor>{c.needs(0) ? mul(m, reshape(s, channel_shape(x))) : Tensor(),
+                                     c.needs(1) ? reshape(sum(mul(m, x), axes), vs) : Tensor(),
+                                     c.needs(2) ? reshape(sum(m, axes), vs) : Tensor()};
+        },
+        [&](const std::vector<Jet>& in, const Tensor&) {
+          return jet::through(in, [&](const std::vector<Tensor>& v) {
+            const Shape cs = channel_shape(v[0]);
+            Tensor z = add(mul(v[0], reshape(v[1], cs)), reshape(v[2], cs));
+            return relu ? flatmin::relu(z) : z;
+          });
         });
   return y;
 }
@@ -512,7 +567,6 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Ten
     throw Error("batch_norm: input must be (N, C) or (N, C, H, W), got " + to_string(x.shape()));
   const int64_t C = x.shape()[1];
   const Axes axes = x.dim() == 2 ? Axes{0} : Axes{0, 2, 3};
-  const Shape cs = channel_shape(x);
   auto check_channel_vector = [&](const Tensor& t, const char* name) {
     check_floating(op, t, name);
     check_same(op, x, "input", t, name);
@@ -532,7 +586,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Ten
     if (count < 2)
       throw Error("batch_norm: training needs more than one value per channel, got input " + to_string(x.shape()));
     Tensor bmean, bvar;
-    Tensor y = batch_norm_train(x, weight, bias, eps, axes, bmean, bvar);
+    Tensor y = batch_norm_train(x, weight, bias, eps, axes, bmean, bvar, opt.relu);
     if (have_running && opt.update_running) {
       NoGrad ng;
       running_mean.mul_(1.0 - momentum).add_(bmean, momentum);
@@ -552,7 +606,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Ten
   if (weight.defined()) s = mul(s, weight);
   Tensor t = neg(mul(rm, s));
   if (bias.defined()) t = add(t, bias);
-  return add(mul(x, reshape(s, cs)), reshape(t, cs));
+  return batch_norm_eval(x, s, t, axes, opt.relu);
 }
 
 // ---------------------------------------------------------------- losses

@@ -57,12 +57,16 @@ Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w);
 // (unbiased variance in the running estimate) unless update_running is false; eval: running
 // statistics. Exact at every derivative order (no detached statistics). The CPU and CUDA
 // backends' fused kernels compute the forward, the backward and the rules of the two
-// backward ops (second order) whenever that step is not itself recorded.
+// backward ops (second order) whenever that step is not itself recorded. Eval mode is one
+// op y = x·s + t per channel (s, t from the running statistics, weight and bias): one pass
+// on the CPU. relu: the output is relu(batch_norm(x)), the ReLU inside the op (no separate
+// pass forward or backward on the CPU); its derivatives are those of the composition.
 struct BatchNormOptions {
   bool training = false;       // batch statistics (true) or running statistics (false)
   bool update_running = true;  // in training, fold the batch statistics into the running ones
   double momentum = 0.1;
   double eps = 1e-5;
+  bool relu = false;  // apply ReLU to the output inside the op
 };
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean, Tensor& running_var,
                   const BatchNormOptions& opt);

@@ -160,6 +160,20 @@ class TimedBackend final : public Backend {
     Scope s("batch_norm_backward");
     return b_.batch_norm_backward(g, x, w, mean, var, eps, gx, gw, gb);
   }
+  bool batch_norm_relu_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor& y, Tensor& mean,
+                               Tensor& var) override {
+    Scope s("batch_norm_relu_forward");
+    return b_.batch_norm_relu_forward(x, w, b, eps, y, mean, var);
+  }
+  bool batch_norm_relu_backward(const Tensor& g, const Tensor& y, const Tensor& x, const Tensor& w, const Tensor& mean,
+                                const Tensor& var, double eps, Tensor& gx, Tensor& gw, Tensor& gb) override {
+    Scope s("batch_norm_relu_backward");
+    return b_.batch_norm_relu_backward(g, y, x, w, mean, var, eps, gx, gw, gb);
+  }
+  bool batch_norm_eval(const Tensor& x, const Tensor& scale, const Tensor& shift, bool relu, Tensor& y) override {
+    Scope s(relu ? "batch_norm_eval_relu" : "batch_norm_eval");
+    return b_.batch_norm_eval(x, scale, shift, relu, y);
+  }
   bool batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean,
                                  const Tensor& var, double eps, Tensor& dg, Tensor& dx, Tensor& dw) override {
     Scope s("batch_norm_input_grad_vjp");

@@ -94,15 +94,18 @@ BatchNorm2d::BatchNorm2d(int64_t channels, double eps, double momentum, bool cha
   register_buffer("running_var", ones({channels}));
   register_buffer("num_batches_tracked", from_ints({0}, {}));
 }
-Tensor BatchNorm2d::forward(const Tensor& x) {
+Tensor BatchNorm2d::forward(const Tensor& x) { return run(x, false); }
+Tensor BatchNorm2d::forward_relu(const Tensor& x) { return run(x, true); }
+Tensor BatchNorm2d::run(const Tensor& x, bool relu) {
   const bool update = is_training() && updates_running_stats();
   if (channels_last && x.dim() != 4)
     throw Error("BatchNorm2d (channels last): input must be (N, H, W, C), got " + to_string(x.shape()));
   // Channels last: the statistics per channel over N, H and W are those of the rows of
   // [N*H*W, C], batch_norm's rank-2 form (a reshape, no copy).
   const Tensor in = channels_last ? reshape(x, {x.numel() / std::max<int64_t>(x.size(3), 1), x.size(3)}) : x;
-  Tensor y = batch_norm(in, param("weight"), param("bias"), buffer("running_mean"), buffer("running_var"),
-                        {.training = is_training(), .update_running = update, .momentum = momentum, .eps = eps});
+  Tensor y =
+      batch_norm(in, param("weight"), param("bias"), buffer("running_mean"), buffer("running_var"),
+                 {.training = is_training(), .update_running = update, .momentum = momentum, .eps = eps, .relu = relu});
   if (channels_last) y = reshape(y, x.shape());
   if (update) {
     Tensor& count = buffer("num_batches_tracked");

@@ -59,8 +59,14 @@ class BatchNorm2d : public Module {
   // channels_last: x is [N, H, W, C], normalized as the rows of [N*H*W, C].
   explicit BatchNorm2d(int64_t channels, double eps = 1e-5, double momentum = 0.1, bool channels_last = false);
   Tensor forward(const Tensor& x) override;
+  // relu(forward(x)) as one op (BatchNormOptions::relu): what a network with a ReLU after
+  // this layer calls; the same function, parameters and running statistics.
+  Tensor forward_relu(const Tensor& x);
   const double eps, momentum;
   const bool channels_last;
+
+ private:
+  Tensor run(const Tensor& x, bool relu);
 };
 
 // The default group count: min(32, channels) when it divides channels (PyTorch users'

@@ -24,6 +24,12 @@ std::shared_ptr<Module> make_norm(Norm norm, int64_t channels, bool channels_las
 }
 
 namespace {
+// act(norm(x)); a batch norm followed by ReLU runs as one op (BatchNorm2d::forward_relu).
+Tensor norm_act(Module& norm, const Tensor& x, Act act) {
+  if (act == Act::relu)
+    if (auto* bn = dynamic_cast<BatchNorm2d*>(&norm)) return bn->forward_relu(x);
+  return activate(norm.forward(x), act);
+}
 // torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu') for every conv, no bias.
 std::shared_ptr<Module> conv(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t padding, Generator& g,
                              bool channels_last) {
@@ -57,7 +63,7 @@ BasicBlock::BasicBlock(int64_t in, int64_t out, int64_t stride, Norm norm, Act a
   }
 }
 Tensor BasicBlock::forward(const Tensor& x) {
-  Tensor y = activate(bn1_->forward(conv1_->forward(x)), act_);
+  Tensor y = norm_act(*bn1_, conv1_->forward(x), act_);
   y = bn2_->forward(conv2_->forward(y));
   return activate(add(y, downsample_ ? downsample_->forward(x) : x), act_);
 }
@@ -97,7 +103,8 @@ Tensor ResNet::forward(const Tensor& x) {
     throw Error("ResNet: input of shape " + to_string(x.shape()) + ", expected (N, " +
                 std::to_string(options.in_channels) + ", H, W)");
   const bool cl = options.channels_last;
-  Tensor y = child("relu").forward(child("bn1").forward(child("conv1").forward(cl ? permute(x, {0, 2, 3, 1}) : x)));
+  // the stem's "relu" child is options.activation (kept for torchvision's module names)
+  Tensor y = norm_act(child("bn1"), child("conv1").forward(cl ? permute(x, {0, 2, 3, 1}) : x), options.activation);
   if (options.stem == Stem::imagenet)
     y = cl ? permute(child("maxpool").forward(permute(y, {0, 3, 1, 2})), {0, 2, 3, 1}) : child("maxpool").forward(y);
   for (const char* layer : {"layer1", "layer2", "layer3", "layer4"}) y = child(layer).forward(y);

@@ -11,10 +11,25 @@ Tensor idx(std::vector<int64_t> v, Shape s, D d) { return from_ints(v, s, d); }
 
 // Batch norm with fresh running statistics on the inputs' device (left alone: the case
 // differentiates the normalization, not the running estimates).
-Tensor bn(P x, D d, bool training) {
+Tensor bn(P x, D d, bool training, bool relu = false) {
   const TensorOptions o{x[0].dtype(), d};
   Tensor rm = zeros({x[0].size(1)}, o), rv = full({x[0].size(1)}, 0.7, o);
-  return batch_norm(x[0], x[1], x[2], rm, rv, {.training = training, .update_running = false});
+  return batch_norm(x[0], x[1], x[2], rm, rv, {.training = training, .update_running = false, .relu = relu});
+}
+// Batch norm + ReLU (BatchNormOptions::relu). Finite differences of ReLU are valid only away
+// from its kink: an input whose pre-activations come within 0.002 of 0 is an error, so that
+// a case never passes by luck across the kink (the checker's steps, about 2.5e-5 along unit
+// directions, move a pre-activation by about 1e-4 here).
+Tensor bn_relu(P x, D d, bool training) {
+  {
+    NoGrad ng;
+    Params plain;
+    for (const Tensor& t : x) plain.push_back(t.detach());
+    const double margin = min(abs(bn(plain, d, training))).item();
+    if (margin < 0.002)
+      throw Error("batch_norm + relu case: a pre-activation is " + std::to_string(margin) + " from ReLU's kink");
+  }
+  return bn(x, d, training, true);
 }
 
 // fd: small cases, also run on CUDA unless parity = false. fd = false: sizes that take
@@ -623,9 +638,49 @@ std::vector<OpCase> nn_cases() {
        .shapes = {{5, 3}, {3}, {3}},
        .fn = [](P x, D d) { return bn(x, d, true); },
        .parity = false},
-      {.label = "batch_norm eval (running statistics: a composition)",
+      {.op = Op::batch_norm_eval,
+       .label = "batch_norm eval 4-d (running statistics)",
        .shapes = {{3, 2, 2, 2}, {2}, {2}},
        .fn = [](P x, D d) { return bn(x, d, false); },
+       .parity = false},
+      {.op = Op::batch_norm_eval,
+       .label = "batch_norm eval 2-d (running statistics)",
+       .shapes = {{4, 3}, {3}, {3}},
+       .fn = [](P x, D d) { return bn(x, d, false); },
+       .parity = false},
+      {.op = Op::batch_norm_eval,
+       .label = "batch_norm eval 4-d",
+       .shapes = {{4, 3, 3, 2}, {3}, {3}},
+       .fn = [](P x, D d) { return bn(x, d, false); },
+       .low = -1,
+       .high = 1,
+       .fd = false},
+      {.op = Op::batch_norm_eval,
+       .label = "batch_norm eval 2-d",
+       .shapes = {{6, 4}, {4}, {4}},
+       .fn = [](P x, D d) { return bn(x, d, false); },
+       .low = -1,
+       .high = 1,
+       .fd = false},
+      {.op = Op::batch_norm,
+       .label = "batch_norm + relu training 4-d",
+       .shapes = {{3, 2, 2, 2}, {2}, {2}},
+       .fn = [](P x, D d) { return bn_relu(x, d, true); },
+       .parity = false},
+      {.op = Op::batch_norm,
+       .label = "batch_norm + relu training 2-d",
+       .shapes = {{5, 3}, {3}, {3}},
+       .fn = [](P x, D d) { return bn_relu(x, d, true); },
+       .parity = false},
+      {.op = Op::batch_norm_eval,
+       .label = "batch_norm + relu eval 4-d",
+       .shapes = {{3, 2, 2, 2}, {2}, {2}},
+       .fn = [](P x, D d) { return bn_relu(x, d, false); },
+       .parity = false},
+      {.op = Op::batch_norm_eval,
+       .label = "batch_norm + relu eval 2-d",
+       .shapes = {{4, 3}, {3}, {3}},
+       .fn = [](P x, D d) { return bn_relu(x, d, false); },
        .parity = false},
       {.op = Op::batch_norm,
        .label = "batch_norm training 4-d",

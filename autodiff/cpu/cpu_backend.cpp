@@ -102,6 +102,21 @@ class CpuBackend final : public Backend {
     flatmin::cpu::batch_norm_backward(g, x, weight, mean, var, eps, gx, gw, gb);
     return true;
   }
+  bool batch_norm_relu_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y,
+                               Tensor& mean, Tensor& var) override {
+    flatmin::cpu::batch_norm_forward(x, weight, bias, eps, y, mean, var, /*relu=*/true);
+    return true;
+  }
+  bool batch_norm_relu_backward(const Tensor& g, const Tensor& y, const Tensor& x, const Tensor& weight,
+                                const Tensor& mean, const Tensor& var, double eps, Tensor& gx, Tensor& gw,
+                                Tensor& gb) override {
+    flatmin::cpu::batch_norm_backward(g, x, weight, mean, var, eps, gx, gw, gb, &y);
+    return true;
+  }
+  bool batch_norm_eval(const Tensor& x, const Tensor& scale, const Tensor& shift, bool relu, Tensor& y) override {
+    flatmin::cpu::batch_norm_eval(x, scale, shift, relu, y);
+    return true;
+  }
   bool batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean,
                                  const Tensor& var, double eps, Tensor& dg, Tensor& dx, Tensor& dw) override {
     flatmin::cpu::batch_norm_input_grad_vjp(a, g, x, w, mean, var, eps, dg, dx, dw);

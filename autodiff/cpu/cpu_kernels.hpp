@@ -53,10 +53,14 @@ void avg_pool2d(const Tensor& x, Tensor& out, const Pool2dParams& p);
 void avg_pool2d_adjoint(const Tensor& gy, Tensor& gx, const Pool2dParams& p);
 
 // Fused batch norm with batch statistics (norm.cpp); see Backend::batch_norm_forward.
+// relu: y = relu(batch norm) (Backend::batch_norm_relu_forward); relu_y: the backward's
+// cotangent is g where *relu_y > 0, else 0 (Backend::batch_norm_relu_backward).
 void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y, Tensor& mean,
-                        Tensor& var);
+                        Tensor& var, bool relu = false);
 void batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& var,
-                         double eps, Tensor& gx, Tensor& gw, Tensor& gb);
+                         double eps, Tensor& gx, Tensor& gw, Tensor& gb, const Tensor* relu_y = nullptr);
+// Eval-mode batch norm, one pass (Backend::batch_norm_eval).
+void batch_norm_eval(const Tensor& x, const Tensor& scale, const Tensor& shift, bool relu, Tensor& y);
 // Their second-order rules (see Backend::batch_norm_input_grad_vjp / weight_grad_vjp).
 void batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& weight,
                                const Tensor& mean, const Tensor& var, double eps, Tensor& dg, Tensor& dx, Tensor& dw);

@@ -9,7 +9,9 @@
 //   (vectorized across channels) added in block order, then the elementwise pass row by row.
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <initializer_list>
 #include <string>
 #include <type_traits>
@@ -214,7 +216,16 @@ template <class T> Saved saved_stats(const T* mean, const T* var, double eps, co
   return s;
 }
 
-template <class T>
+// ReLU's value with NaN kept (a NaN input stays visible downstream).
+template <class T> T relu_of(T v) { return v < T(0) ? T(0) : v; }
+// y > 0 ? g : 0 (ReLU's VJP, BinaryOp::where_positive) without a branch: a bit mask, so the
+// loops reading it vectorize (a branch on the sign of y mispredicts half the time).
+template <class T> T where_positive(T g, T y) {
+  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  return std::bit_cast<T>(std::bit_cast<U>(g) & (U(0) - U(y > T(0))));
+}
+
+template <bool Relu, class T>
 void forward_impl(const T* x, const T* w, const T* b, double eps, T* y, T* mean, T* var, const Layout& L) {
   const double M = double(L.count());
   std::vector<double> mu(size_t(L.slots()));
@@ -234,19 +245,25 @@ void forward_impl(const T* x, const T* w, const T* b, double eps, T* y, T* mean,
                                                    T(b ? double(b[c]) : 0.0), T(mu[size_t(c)])};
                          }),
                      // centre first: x·scale + (b − μ·scale) would cancel when |μ| ≫ σ
-                     output(y, [&](int64_t i, T sc, T sh, T m) { y[i] = (x[i] - m) * sc + sh; }));
+                     output(y, [&](int64_t i, T sc, T sh, T m) {
+                       const T v = (x[i] - m) * sc + sh;
+                       y[i] = Relu ? relu_of(v) : v;
+                     }));
 }
 
 // With x̂ = (x − μ)·r, r = 1/√(σ² + ε): gb = Σg, gw = Σ g·x̂, and
-// gx = w·r·(g − mean(g) − x̂·mean(g·x̂)).
-template <class T> void backward_impl(const T* g, const T* x, const T* w, const T* mean, const T* var, double eps,
-                                      T* gx, T* gw, T* gb, const Layout& L) {
+// gx = w·r·(g − mean(g) − x̂·mean(g·x̂)). Masked (batch norm + ReLU): g is read as
+// y > 0 ? g : 0 with y the ReLU's output, in both passes (no masked copy of g).
+template <bool Masked, class T> void backward_impl(const T* g_in, const T* y, const T* x, const T* w, const T* mean,
+                                                   const T* var, double eps, T* gx, T* gw, T* gb, const Layout& L) {
   const double M = double(L.count());
   const Saved st = saved_stats(mean, var, eps, L);
+  auto g = [&](int64_t i) { return Masked ? where_positive(g_in[i], y[i]) : g_in[i]; };
   run_channels<T, 4>(L, NoStage{},
                      stage<2>(
                          [&](int64_t i, int64_t c) {
-                           return Sums<2>{double(g[i]), double(g[i]) * (double(x[i]) - st.mu[size_t(c)])};
+                           const double gi = double(g(i));
+                           return Sums<2>{gi, gi * (double(x[i]) - st.mu[size_t(c)])};
                          },
                          [&](int64_t c, const Sums<2>& s) {
                            const double sg = s[0], sgx = s[1], r = st.r[size_t(c)];
@@ -256,7 +273,7 @@ template <class T> void backward_impl(const T* g, const T* x, const T* w, const 
                            // gx = k·g − k·mean(g) − k·r²·mean(g·(x−μ))·(x − μ) = α·g + β·(x − μ) + γ
                            return std::array<T, 4>{T(k), T(-k * r * r * sgx / M), T(-k * sg / M), T(st.mu[size_t(c)])};
                          }),
-                     output(gx, [&](int64_t i, T ta, T tb, T tg, T m) { gx[i] = ta * g[i] + tb * (x[i] - m) + tg; }));
+                     output(gx, [&](int64_t i, T ta, T tb, T tg, T m) { gx[i] = ta * g(i) + tb * (x[i] - m) + tg; }));
 }
 
 // The second-order rules (formulas in nn_ops.cpp). Per channel, with gh = w·g: one pass of
@@ -320,6 +337,32 @@ template <class T> void weight_grad_vjp_impl(const T* beta, const T* g, const T*
       output(dx, [&](int64_t i, T gk, T xk, T k0, T, T m) { dx[i] = gk * g[i] + xk * (x[i] - m) + k0; }));
 }
 
+// Eval mode: y = x·s[c] + t[c] (as the composite add(mul(x, s), t) rounds), then ReLU.
+// NCHW: one task range over the N·C planes; rows ([M, C]): over rows, C values each.
+template <bool Relu, class T> void eval_impl(const T* x, const T* s, const T* t, T* y, const Layout& L) {
+  auto one = [&](T xi, T sc, T sh) {
+    const T v = xi * sc + sh;
+    return Relu ? relu_of(v) : v;
+  };
+  if (!L.rows()) {
+    parallel_for(L.N * L.C, std::max<int64_t>(1, kBlockValues / std::max<int64_t>(L.S, 1)),
+                 [&](int64_t p0, int64_t p1) {
+                   for (int64_t p = p0; p < p1; ++p) {
+                     const T sc = s[p % L.C], sh = t[p % L.C];
+                     const int64_t base = p * L.S;
+                     for (int64_t i = 0; i < L.S; ++i) y[base + i] = one(x[base + i], sc, sh);
+                   }
+                 });
+    return;
+  }
+  parallel_for(L.N, std::max<int64_t>(1, kBlockValues / std::max<int64_t>(L.C, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t base = r * L.C;
+      for (int64_t c = 0; c < L.C; ++c) y[base + c] = one(x[base + c], s[c], t[c]);
+    }
+  });
+}
+
 template <class T> T* maybe_out(Tensor& t, int64_t o = 0) { return t.defined() ? data_ptr<T>(t) + o : nullptr; }
 
 }  // namespace
@@ -352,28 +395,46 @@ void batch_norm_weight_grad_vjp(const Tensor& beta, const Tensor& g, const Tenso
 }
 
 void batch_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y, Tensor& mean,
-                        Tensor& var) {
+                        Tensor& var, bool relu) {
   const Instances in = instances("batch_norm", x, mean, {&weight, &bias});
   dispatch_float(x.dtype(), "batch_norm", [&](auto z) {
     using T = decltype(z);
     for_instances(in, [&](int64_t b, const Layout& L) {
       const int64_t o = b * in.x_stride(), s = b * L.C;
-      forward_impl<T>(data_ptr<T>(x) + o, maybe<T>(weight), maybe<T>(bias), eps, data_ptr<T>(y) + o,
-                      data_ptr<T>(mean) + s, data_ptr<T>(var) + s, L);
+      auto run = [&]<bool Relu>() {
+        forward_impl<Relu, T>(data_ptr<T>(x) + o, maybe<T>(weight), maybe<T>(bias), eps, data_ptr<T>(y) + o,
+                              data_ptr<T>(mean) + s, data_ptr<T>(var) + s, L);
+      };
+      relu ? run.template operator()<true>() : run.template operator()<false>();
     });
   });
 }
 
 void batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& var,
-                         double eps, Tensor& gx, Tensor& gw, Tensor& gb) {
+                         double eps, Tensor& gx, Tensor& gw, Tensor& gb, const Tensor* relu_y) {
   const Instances in = instances("batch_norm", x, mean, {&weight, &gw, &gb});
   dispatch_float(x.dtype(), "batch_norm", [&](auto z) {
     using T = decltype(z);
     for_instances(in, [&](int64_t b, const Layout& L) {
       const int64_t o = b * in.x_stride(), s = b * L.C;
-      backward_impl<T>(data_ptr<T>(g) + o, data_ptr<T>(x) + o, maybe<T>(weight), data_ptr<T>(mean) + s,
-                       data_ptr<T>(var) + s, eps, data_ptr<T>(gx) + o, maybe_out<T>(gw), maybe_out<T>(gb), L);
+      auto run = [&]<bool Masked>() {
+        backward_impl<Masked, T>(data_ptr<T>(g) + o, Masked ? data_ptr<T>(*relu_y) + o : nullptr, data_ptr<T>(x) + o,
+                                 maybe<T>(weight), data_ptr<T>(mean) + s, data_ptr<T>(var) + s, eps,
+                                 data_ptr<T>(gx) + o, maybe_out<T>(gw), maybe_out<T>(gb), L);
+      };
+      relu_y ? run.template operator()<true>() : run.template operator()<false>();
     });
+  });
+}
+
+void batch_norm_eval(const Tensor& x, const Tensor& scale, const Tensor& shift, bool relu, Tensor& y) {
+  const Layout L = layout(x);
+  dispatch_float(x.dtype(), "batch_norm", [&](auto z) {
+    using T = decltype(z);
+    auto run = [&]<bool Relu>() {
+      eval_impl<Relu, T>(data_ptr<T>(x), data_ptr<T>(scale), data_ptr<T>(shift), data_ptr<T>(y), L);
+    };
+    relu ? run.template operator()<true>() : run.template operator()<false>();
   });
 }
 

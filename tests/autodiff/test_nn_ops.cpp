@@ -445,35 +445,43 @@ TEST_CASE("batch_norm: the fused first-order backward equals the exact recorded 
   // The same gradient three ways: the fused kernel (recording off), the differentiable rule
   // (create_graph), and batch norm written out with ops in this test. Rank 2 ([M, C], the
   // channels-last form) runs the kernels' row layout: several row blocks, C not a multiple of
-  // anything the kernels block by.
+  // anything the kernels block by. Training and eval mode (running statistics: one op
+  // y = x·s + t), each with and without the fused ReLU.
   for (const Shape& shape : {Shape{6, 4, 5, 3}, Shape{1000, 19}, Shape{300, 70}})
-    for (DType dt : {DType::f64, DType::f32}) {
-      INFO(to_string(shape) << (dt == DType::f64 ? " float64" : " float32"));
-      Generator g(12);
-      const TensorOptions o{dt};
-      const int64_t C = shape[1];
-      const Axes axes = shape.size() == 4 ? Axes{0, 2, 3} : Axes{0};
-      const Shape cs = shape.size() == 4 ? Shape{1, C, 1, 1} : Shape{1, C};
-      Tensor x = g.normal(shape, o, 0.7, 2.0).requires_grad_(), w = g.normal({C}, o).requires_grad_(),
-             b = g.normal({C}, o).requires_grad_(), gy = g.normal(shape, o);
-      auto by_ops = [&] {
-        Tensor xc = sub(x, mean(x, axes, true));
-        Tensor y = mul(xc, rsqrt(add_scalar(mean(square(xc), axes, true), 1e-5)));
-        return add(mul(y, reshape(w, cs)), reshape(b, cs));
-      };
-      Tensor rm, rv;
-      Tensor y = batch_norm(x, w, b, rm, rv, {.training = true});
-      const double tol = dt == DType::f64 ? 1e-12 : 2e-5;
-      check_close(y.to_vector(), by_ops().to_vector(), tol, "forward");
-      auto fused = grad({y}, {x, w, b}, {.grad_outputs = {gy}});
-      auto recorded = grad({batch_norm(x, w, b, rm, rv, {.training = true})}, {x, w, b},
-                           {.grad_outputs = {gy}, .create_graph = true});
-      auto composed = grad({by_ops()}, {x, w, b}, {.grad_outputs = {gy}});
-      for (size_t i = 0; i < 3; ++i) {
-        check_close(fused[i].to_vector(), composed[i].to_vector(), tol, "fused vs composition");
-        check_close(recorded[i].to_vector(), composed[i].to_vector(), tol, "recorded rule vs composition");
-      }
-    }
+    for (DType dt : {DType::f64, DType::f32})
+      for (bool training : {true, false})
+        for (bool relu : {false, true}) {
+          INFO(to_string(shape) << (dt == DType::f64 ? " float64" : " float32") << " training " << training << " relu "
+                                << relu);
+          Generator g(12);
+          const TensorOptions o{dt};
+          const int64_t C = shape[1];
+          const Axes axes = shape.size() == 4 ? Axes{0, 2, 3} : Axes{0};
+          const Shape cs = shape.size() == 4 ? Shape{1, C, 1, 1} : Shape{1, C};
+          Tensor x = g.normal(shape, o, 0.7, 2.0).requires_grad_(), w = g.normal({C}, o).requires_grad_(),
+                 b = g.normal({C}, o).requires_grad_(), gy = g.normal(shape, o);
+          Tensor rm = g.normal({C}, o, 0.5, 1.0), rv = g.uniform({C}, o, 0.5, 3.0);
+          auto by_ops = [&] {
+            Tensor xc = sub(x, training ? mean(x, axes, true) : reshape(rm, cs));
+            Tensor var = training ? mean(square(xc), axes, true) : reshape(rv, cs);
+            Tensor y = add(mul(mul(xc, rsqrt(add_scalar(var, 1e-5))), reshape(w, cs)), reshape(b, cs));
+            return relu ? flatmin::relu(y) : y;
+          };
+          const BatchNormOptions opt{.training = training, .update_running = false, .relu = relu};
+          Tensor y = batch_norm(x, w, b, rm, rv, opt);
+          const double tol = dt == DType::f64 ? 1e-12 : 2e-5;
+          check_close(y.to_vector(), by_ops().to_vector(), tol, "forward");
+          auto fused = grad({y}, {x, w, b}, {.grad_outputs = {gy}});
+          auto recorded =
+              grad({batch_norm(x, w, b, rm, rv, opt)}, {x, w, b}, {.grad_outputs = {gy}, .create_graph = true});
+          auto composed = grad({by_ops()}, {x, w, b}, {.grad_outputs = {gy}});
+          for (size_t i = 0; i < 3; ++i) {
+            check_close(fused[i].to_vector(), composed[i].to_vector(), tol, "fused vs composition");
+            check_close(recorded[i].to_vector(), composed[i].to_vector(), tol, "recorded rule vs composition");
+          }
+          // one op (ReLU included), not a composition
+          CHECK(std::string(y.node()->op) == (training ? "batch_norm" : "batch_norm_eval"));
+        }
 }
 
 // Under create_graph the VJP of batch norm is two recorded ops (batch_norm_input_grad,

@@ -139,6 +139,55 @@ TEST_CASE("resnet18: channels-last and NCHW give the same loss, gradient and HVP
   }
 }
 
+// ResNet::forward runs each batch norm followed by ReLU as one op (BatchNorm2d::forward_relu);
+// this is the same network with every layer called on its own (batch norm, then ReLU).
+Tensor unfused_forward(nn::ResNet& net, const Tensor& x) {
+  const bool cl = net.options.channels_last;
+  auto relu_of = [](nn::Module& norm, const Tensor& t) { return relu(norm.forward(t)); };
+  Tensor y = relu_of(net.child("bn1"), net.child("conv1").forward(cl ? permute(x, {0, 2, 3, 1}) : x));
+  REQUIRE(net.options.stem == nn::Stem::cifar);
+  for (const char* layer : {"layer1", "layer2", "layer3", "layer4"})
+    for (const char* block : {"0", "1"}) {
+      nn::Module& b = net.child(std::string(layer) + "." + block);
+      Tensor out = relu_of(b.child("bn1"), b.child("conv1").forward(y));
+      out = b.child("bn2").forward(b.child("conv2").forward(out));
+      bool has_downsample = false;
+      for (auto& [name, m] : b.children()) has_downsample |= name == "downsample";
+      y = relu(add(out, has_downsample ? b.child("downsample").forward(y) : y));
+    }
+  y = cl ? mean(y, {1, 2}) : flatten(net.child("avgpool").forward(y), 1);
+  return net.child("fc").forward(y);
+}
+
+TEST_CASE("resnet18: batch norm + ReLU fused gives the unfused network's loss, gradient and HVP (float64)") {
+  Generator g(8);
+  Tensor x = g.normal({4, 3, 8, 8}, {DType::f64});
+  Tensor y = from_ints({0, 2, 1, 2}, {4});
+  for (bool cl : {false, true})
+    for (bool training : {true, false}) {
+      INFO("channels_last " << cl << " training " << training);
+      auto net = nn::resnet18({.classes = 3, .stem = nn::Stem::cifar, .width = 2, .seed = 4, .channels_last = cl});
+      net.to(DType::f64).train(training).update_running_stats(false);
+      if (!training)  // running statistics away from their initial 0 and 1
+        for (auto& [name, t] : net.named_buffers())
+          if (name.find("running") != std::string::npos)
+            t.copy_(name.find("mean") != std::string::npos ? g.normal(t.shape(), {DType::f64}, 0, 0.3)
+                                                           : g.uniform(t.shape(), {DType::f64}, 0.5, 2.0));
+      ScalarFn fused = nn::classification_loss(net, x, y);
+      ScalarFn plain = [&](const Params& p) {
+        nn::WithParameters w(net, p);
+        return cross_entropy(unfused_forward(net, x), y);
+      };
+      const Params p = net.parameters(), v = Generator(3).normal_like(p);
+      CHECK(value(fused, p).item() == doctest::Approx(value(plain, p).item()).epsilon(1e-13));
+      const Params gf = gradient(fused, p), gp = gradient(plain, p), hf = hvp(fused, p, v), hp = hvp(plain, p, v);
+      for (size_t i = 0; i < p.size(); ++i) {
+        CHECK(rel_diff(gf[i], gp[i]) < 1e-12);
+        CHECK(rel_diff(hf[i], hp[i]) < 1e-12);
+      }
+    }
+}
+
 TEST_CASE("resnet18: HVP and third-order contraction against finite differences (smooth activations)") {
   Generator g(3);
   Tensor x = g.normal({4, 3, 8, 8}, {DType::f64});
