@@ -168,6 +168,22 @@ class Backend {
                                           Tensor& /*dx*/) {
     return false;
   }
+  // Optional fused group norm with its per-channel affine, first order only (the op's
+  // differentiable rule runs when the backward is recorded). x is (N, C, ...), or
+  // (N, ..., C) with channels_last; C = groups·D; weight/bias [C] may be undefined (= 1/0).
+  // Forward writes y = x̂·w + b and the mean and biased variance per (sample, group), both
+  // [N, groups]; backward reads them and writes gx, gw and gb where defined. A backend
+  // without them returns false and the op runs batch norm's kernels plus the affine.
+  virtual bool group_norm_forward(const Tensor& /*x*/, const Tensor& /*weight*/, const Tensor& /*bias*/,
+                                  int64_t /*groups*/, double /*eps*/, bool /*channels_last*/, Tensor& /*y*/,
+                                  Tensor& /*mean*/, Tensor& /*var*/) {
+    return false;
+  }
+  virtual bool group_norm_backward(const Tensor& /*g*/, const Tensor& /*x*/, const Tensor& /*weight*/,
+                                   const Tensor& /*mean*/, const Tensor& /*var*/, int64_t /*groups*/, double /*eps*/,
+                                   bool /*channels_last*/, Tensor& /*gx*/, Tensor& /*gw*/, Tensor& /*gb*/) {
+    return false;
+  }
 };
 
 // The backend of a device; Error (saying why) for a device this build or machine lacks.

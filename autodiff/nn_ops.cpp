@@ -14,6 +14,7 @@
 #include "autodiff/backend.hpp"
 #include "autodiff/graph.hpp"
 #include "autodiff/jet_rules.hpp"
+#include "autodiff/norm_shared.hpp"
 #include "autodiff/op_checks.hpp"
 
 namespace flatmin {
@@ -318,29 +319,10 @@ Tensor adaptive_avg_pool2d(const Tensor& x, int64_t out_h, int64_t out_w) {
 
 // ---------------------------------------------------------------- normalization
 // Shape (1, C, 1, ...) of a per-channel vector broadcast against x, channels on `axis`.
-static Shape channel_shape(const Tensor& x, int64_t axis = 1) {
+Shape channel_shape(const Tensor& x, int64_t axis) {
   Shape cs(x.dim(), 1);
   cs[size_t(axis)] = x.shape()[size_t(axis)];
   return cs;
-}
-
-// Per-channel affine transform of x (channels on `axis`); weight/bias may be undefined.
-static Tensor channel_affine(const Tensor& x, const Tensor& weight, const Tensor& bias, const char* op,
-                             int64_t axis = 1) {
-  const int64_t C = x.shape()[size_t(axis)];
-  const Shape cs = channel_shape(x, axis);
-  Tensor y = x;
-  for (const auto& [t, name] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
-    if (!t->defined()) continue;
-    check_floating(op, *t, name);
-    check_same(op, x, "input", *t, name);
-    if (t->shape() != Shape{C})
-      throw Error(std::string(op) + ": " + name + " has shape " + to_string(t->shape()) + ", expected [" +
-                  std::to_string(C) + "]");
-  }
-  if (weight.defined()) y = mul(y, reshape(weight, cs));
-  if (bias.defined()) y = add(y, reshape(bias, cs));
-  return y;
 }
 
 // Batch statistics recomputed from x with differentiable ops (never detached), so that
@@ -360,7 +342,7 @@ static Tensor bn_project(const Tensor& v, const BnStats& s, const Axes& axes) {
 
 // The three batch-norm ops as composites of ops, for their forward rules: y = x̂·w + b,
 // gx = P(g·w) and gw = Σ g·x̂ (per channel).
-static Tensor batch_norm_composite(const Tensor& x, const Tensor& w, const Tensor& b, double eps, const Axes& axes) {
+Tensor batch_norm_composite(const Tensor& x, const Tensor& w, const Tensor& b, double eps, const Axes& axes) {
   Tensor y = bn_stats(x, eps, axes).xhat;
   if (w.defined()) y = mul(y, reshape(w, channel_shape(x)));
   if (b.defined()) y = add(y, reshape(b, channel_shape(x)));
@@ -377,13 +359,13 @@ static Tensor batch_norm_weight_grad_composite(const Tensor& g, const Tensor& x,
 // The exact vector-Jacobian product of training-mode batch norm in differentiable ops of
 // (g, x, w): gx = P(g·w), gw = Σ g·x̂, gb = Σ g.
 static std::vector<Tensor> batch_norm_vjp(const Tensor& g, const Tensor& x, const Tensor& w, double eps,
-                                          const Axes& axes, const RuleContext& c) {
+                                          const Axes& axes, const BnNeeds& needs) {
   const Shape cs = channel_shape(x), vs{x.shape()[1]};
   const BnStats s = bn_stats(x, eps, axes);
   Tensor gx, gw, gb;
-  if (c.needs(0)) gx = bn_project(w.defined() ? mul(g, reshape(w, cs)) : g, s, axes);
-  if (c.needs(1)) gw = reshape(sum(mul(g, s.xhat), axes), vs);
-  if (c.needs(2)) gb = reshape(sum(g, axes), vs);
+  if (needs[0]) gx = bn_project(w.defined() ? mul(g, reshape(w, cs)) : g, s, axes);
+  if (needs[1]) gw = reshape(sum(mul(g, s.xhat), axes), vs);
+  if (needs[2]) gb = reshape(sum(g, axes), vs);
   return {gx, gw, gb};
 }
 
@@ -444,33 +426,33 @@ static Rule batch_norm_weight_grad_rule(double eps, const Axes& axes) {
 // relu_y (batch norm + ReLU): the op's output; batch norm's cotangent is then ReLU's VJP
 // relu_backward(g, relu_y), one pass with batch norm's backward when nothing records, else
 // the recorded op (a constant mask: ReLU'' = 0, so every order stays exact).
-static std::vector<Tensor> batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& bmean,
-                                               const Tensor& bvar, double eps, const Axes& axes, const RuleContext& c,
-                                               const Tensor& relu_y = {}) {
+std::vector<Tensor> batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& bmean,
+                                        const Tensor& bvar, double eps, const Axes& axes, const BnNeeds& needs,
+                                        const Tensor& relu_y) {
   const Shape vs{x.shape()[1]};
   if (relu_y.defined()) {
     if (!grad_enabled() && !any_requires_grad({&g, &x, &w})) {
       NoGrad ng;
       Tensor gx = empty(x.shape(), x.options());
-      Tensor gw = c.needs(1) ? empty(w.shape(), w.options()) : Tensor();
-      Tensor gb = c.needs(2) ? empty(vs, x.options()) : Tensor();
+      Tensor gw = needs[1] ? empty(w.shape(), w.options()) : Tensor();
+      Tensor gb = needs[2] ? empty(vs, x.options()) : Tensor();
       if (be(x).batch_norm_relu_backward(g, relu_y, x, w, bmean, bvar, eps, gx, gw, gb))
-        return {c.needs(0) ? gx : Tensor(), gw, gb};
+        return {needs[0] ? gx : Tensor(), gw, gb};
     }
-    return batch_norm_backward(relu_backward(g, relu_y), x, w, bmean, bvar, eps, axes, c);
+    return batch_norm_backward(relu_backward(g, relu_y), x, w, bmean, bvar, eps, axes, needs);
   }
   Tensor gx, gw, gb;
   {
     NoGrad ng;
     gx = empty(x.shape(), x.options());
-    gw = c.needs(1) ? empty(w.shape(), w.options()) : Tensor();
-    gb = c.needs(2) ? empty(vs, x.options()) : Tensor();
+    gw = needs[1] ? empty(w.shape(), w.options()) : Tensor();
+    gb = needs[2] ? empty(vs, x.options()) : Tensor();
     if (!be(x).batch_norm_backward(g, x, w, bmean, bvar, eps, gx, gw, gb)) {
-      std::vector<Tensor> v = batch_norm_vjp(g, x, w, eps, axes, c);
+      std::vector<Tensor> v = batch_norm_vjp(g, x, w, eps, axes, needs);
       gx = v[0], gw = v[1], gb = v[2];
     }
   }
-  if (!c.needs(0)) gx = Tensor();
+  if (!needs[0]) gx = Tensor();
   if (!grad_enabled() && !any_requires_grad({&g, &x, &w})) return {gx, gw, gb};
   if (gx.defined() && any_requires_grad({&g, &x, &w}))
     record(gx, Op::batch_norm_input_grad, {g, x, w}, {g, x, w, bmean, bvar}, batch_norm_input_grad_rule(eps, axes),
@@ -503,8 +485,8 @@ static Shape stats_shape(const Tensor& x, const Axes& axes, const Tensor& w, con
 // the running estimates. One recorded op on every device: a backend's fused kernel
 // computes the forward (else ops evaluated without recording do); its rule is
 // batch_norm_backward above. relu: the op's output is relu(y) (the rule reads it back).
-static Tensor batch_norm_train(const Tensor& x, const Tensor& w, const Tensor& b, double eps, const Axes& axes,
-                               Tensor& bmean, Tensor& bvar, bool relu = false) {
+Tensor batch_norm_train(const Tensor& x, const Tensor& w, const Tensor& b, double eps, const Axes& axes, Tensor& bmean,
+                        Tensor& bvar, bool relu) {
   const Shape ss = stats_shape(x, axes, w, b);
   Tensor y = empty(x.shape(), x.options());
   bmean = empty(ss, x.options());
@@ -531,8 +513,8 @@ static Tensor batch_norm_train(const Tensor& x, const Tensor& w, const Tensor& b
     record(
         y, Op::batch_norm, {x, w, b}, {x, w, bmean, bvar}, {.save_output = relu},
         [eps, axes, relu](const Tensor& g, const RuleContext& c) {
-          return batch_norm_backward(g, c.saved(0), c.saved(1), c.saved(2), c.saved(3), eps, axes, c,
-                                     relu ? c.output() : Tensor());
+          return batch_norm_backward(g, c.saved(0), c.saved(1), c.saved(2), c.saved(3), eps, axes,
+                                     {c.needs(0), c.needs(1), c.needs(2)}, relu ? c.output() : Tensor());
         },
         [&](const std::vector<Jet>& in, const Tensor&) {
           return jet::through(in, [&](const std::vector<Tensor>& t) {
@@ -650,35 +632,6 @@ Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Ten
   Tensor t = neg(mul(rm, s));
   if (bias.defined()) t = add(t, bias);
   return batch_norm_eval(x, s, t, axes, opt.relu);
-}
-
-Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias, double eps,
-                  bool channels_last) {
-  const char* op = "group_norm";
-  check_floating(op, x, "input");
-  if (x.dim() < 2)
-    throw Error(std::string("group_norm: input must be ") + (channels_last ? "(N, ..., C)" : "(N, C, ...)") + ", got " +
-                to_string(x.shape()));
-  const int64_t N = x.shape()[0], C = channels_last ? x.shape().back() : x.shape()[1];
-  if (groups < 1 || C % groups != 0)
-    throw Error("group_norm: " + std::to_string(C) + " channels cannot be split into " + std::to_string(groups) +
-                " groups");
-  if (channels_last) {
-    // x as [N, H*W, G, C/G]: statistics per (sample, group) over axes 1 and 3, batch norm's
-    // instances form (its fused kernels, no transpose); the affine on the last axis.
-    const int64_t plane = x.numel() / std::max<int64_t>(N * C, 1);
-    Tensor mean_unused, var_unused;
-    Tensor y =
-        batch_norm_train(reshape(x, {N, plane, groups, C / groups}), {}, {}, eps, {1, 3}, mean_unused, var_unused);
-    return channel_affine(reshape(y, x.shape()), weight, bias, op, x.dim() - 1);
-  }
-  // Group statistics are batch-norm statistics of x seen as (1, N*G, C/G*H*W): one
-  // mechanism (and one fused kernel) for both.
-  int64_t inner = C / groups;
-  for (int64_t i = 2; i < x.dim(); ++i) inner *= x.shape()[i];
-  Tensor mean_unused, var_unused;
-  Tensor y = batch_norm_train(reshape(x, {1, N * groups, inner}), {}, {}, eps, {0, 2}, mean_unused, var_unused);
-  return channel_affine(reshape(y, x.shape()), weight, bias, op);
 }
 
 // ---------------------------------------------------------------- losses

@@ -188,6 +188,17 @@ class TimedBackend final : public Backend {
     Scope s("batch_norm_weight_grad_vjp");
     return b_.batch_norm_weight_grad_vjp(beta, g, x, mean, var, eps, dg, dx);
   }
+  bool group_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, int64_t groups, double eps,
+                          bool channels_last, Tensor& y, Tensor& mean, Tensor& var) override {
+    Scope s("group_norm_forward");
+    return b_.group_norm_forward(x, w, b, groups, eps, channels_last, y, mean, var);
+  }
+  bool group_norm_backward(const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& var,
+                           int64_t groups, double eps, bool channels_last, Tensor& gx, Tensor& gw,
+                           Tensor& gb) override {
+    Scope s("group_norm_backward");
+    return b_.group_norm_backward(g, x, w, mean, var, groups, eps, channels_last, gx, gw, gb);
+  }
 
  private:
   Backend& b_;

@@ -131,6 +131,17 @@ class CpuBackend final : public Backend {
     flatmin::cpu::batch_norm_weight_grad_vjp(beta, g, x, mean, var, eps, dg, dx);
     return true;
   }
+  bool group_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, double eps,
+                          bool channels_last, Tensor& y, Tensor& mean, Tensor& var) override {
+    flatmin::cpu::group_norm_forward(x, weight, bias, groups, eps, channels_last, y, mean, var);
+    return true;
+  }
+  bool group_norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                           const Tensor& var, int64_t groups, double eps, bool channels_last, Tensor& gx, Tensor& gw,
+                           Tensor& gb) override {
+    flatmin::cpu::group_norm_backward(g, x, weight, mean, var, groups, eps, channels_last, gx, gw, gb);
+    return true;
+  }
   void conv2d(const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p) override {
     conv2d_forward(x, w, out, p);
   }

@@ -68,5 +68,10 @@ void batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x
                                const Tensor& mean, const Tensor& var, double eps, Tensor& dg, Tensor& dx, Tensor& dw);
 void batch_norm_weight_grad_vjp(const Tensor& beta, const Tensor& g, const Tensor& x, const Tensor& mean,
                                 const Tensor& var, double eps, Tensor& dg, Tensor& dx);
+// Fused group norm with its affine (group_norm.cpp); see Backend::group_norm_forward.
+void group_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups, double eps,
+                        bool channels_last, Tensor& y, Tensor& mean, Tensor& var);
+void group_norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& var,
+                         int64_t groups, double eps, bool channels_last, Tensor& gx, Tensor& gw, Tensor& gb);
 
 }  // namespace flatmin::cpu

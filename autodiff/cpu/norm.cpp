@@ -19,16 +19,13 @@
 #include <vector>
 
 #include "autodiff/cpu/cpu_kernels.hpp"
+#include "autodiff/cpu/norm_sums.hpp"
 #include "autodiff/kernel_util.hpp"
 
 namespace flatmin::cpu {
 
 namespace {
 using kernels::dispatch_float;
-
-// Rows layout: at least this many values per wide row (fold() rows of C values), so that
-// loops across channels run long enough to vectorize when C is small.
-constexpr int64_t kWideRow = 128;
 
 // x viewed as [N, C, S]
 struct Layout {
@@ -69,17 +66,6 @@ template <class F> void for_instances(const Instances& in, F&& f) {
   parallel_for(in.B, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) f(b, in.L);
   });
-}
-
-// Σ f(i) over i in [0, n), in double with eight interleaved accumulators (vectorizable,
-// and the same order on every run).
-template <class F> double span_sum(int64_t n, F&& f) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += f(i + j);
-  for (int j = 0; i < n; ++i, ++j) acc[j] += f(i);
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
 template <int K> using Sums = std::array<double, K>;

@@ -611,6 +611,60 @@ TEST_CASE("group_norm: fused first-order backward, recorded rule and a plain com
   }
 }
 
+// The fused kernels (forward with the affine, and the first-order backward that an unrecorded
+// gradient runs) against group norm written out in plain ops, in both layouts, with and
+// without weight and bias; and every result with one thread against two, bit for bit.
+TEST_CASE("group_norm: fused kernels match plain ops in both layouts, any thread count") {
+  struct Case {
+    Shape shape;  // NCHW
+    int64_t groups;
+    bool affine;
+  };
+  // [8, 64, 6, 6] in 32 groups of 2 channels: the main job's deep layers, enough tasks to split
+  for (const Case& k : {Case{{3, 6, 4, 5}, 2, true}, Case{{8, 64, 6, 6}, 32, true}, Case{{2, 12, 3, 3}, 3, false},
+                        Case{{4, 16, 5, 3}, 1, true}})
+    for (DType dt : {DType::f64, DType::f32})
+      for (bool cl : {false, true}) {
+        INFO(to_string(k.shape) << " groups " << k.groups << (k.affine ? "" : " no affine") << " " << dtype_name(dt)
+                                << (cl ? " channels-last" : " NCHW"));
+        const int64_t N = k.shape[0], C = k.shape[1], G = k.groups;
+        Generator g(29);
+        const TensorOptions o{dt};
+        Tensor x = g.normal(k.shape, o, 2.0, 1.5), gy = g.normal(k.shape, o);
+        Tensor w = k.affine ? g.normal({C}, o, 1, 0.5) : Tensor(), b = k.affine ? g.normal({C}, o) : Tensor();
+        x.requires_grad_();
+        if (k.affine) w.requires_grad_(), b.requires_grad_();
+        auto nhwc = [](const Tensor& t) { return permute(t, {0, 2, 3, 1}); };
+        auto nchw = [](const Tensor& t) { return permute(t, {0, 3, 1, 2}); };
+        // plain ops, NCHW: statistics of x viewed as [N, G, C/G·H·W]
+        auto by_ops = [&] {
+          Tensor xg = reshape(x, {N, G, -1});
+          Tensor xc = sub(xg, mean(xg, {2}, true));
+          Tensor y = reshape(mul(xc, rsqrt(add_scalar(mean(square(xc), {2}, true), 1e-5))), k.shape);
+          return k.affine ? add(mul(y, reshape(w, {1, C, 1, 1})), reshape(b, {1, C, 1, 1})) : y;
+        };
+        Tensor y_ops = by_ops();
+        auto want = grad({y_ops}, k.affine ? Params{x, w, b} : Params{x}, {.grad_outputs = {gy}});
+        // fused: the forward kernel, then an unrecorded gradient (the backward kernel)
+        auto fused = [&] {
+          Tensor y = cl ? nchw(group_norm(nhwc(x), G, w, b, 1e-5, true)) : group_norm(x, G, w, b);
+          std::vector<std::vector<double>> out{y.to_vector()};
+          for (const Tensor& t : grad({y}, k.affine ? Params{x, w, b} : Params{x}, {.grad_outputs = {gy}}))
+            out.push_back(t.to_vector());
+          return out;
+        };
+        std::vector<std::vector<double>> one, two;
+        tbb::task_arena(1).execute([&] { one = fused(); });
+        tbb::task_arena(2).execute([&] { two = fused(); });
+        const double tol = dt == DType::f64 ? 1e-12 : 2e-5;
+        check_close(one[0], y_ops.to_vector(), tol, "forward");
+        const char* names[] = {"gx", "gw", "gb"};
+        for (size_t i = 0; i < want.size(); ++i) check_close(one[i + 1], want[i].to_vector(), tol, names[i]);
+        REQUIRE(one.size() == two.size());
+        for (size_t i = 0; i < one.size(); ++i) CHECK(one[i] == two[i]);
+      }
+}
+
 TEST_CASE("batch_norm in training mode: the third derivative includes the statistics' own derivatives") {
   // f(x) = Σ w ⊙ bn(x)^2 is a function of x through the batch mean and variance; a rule that
   // treats the saved statistics as constants beyond second order (PyTorch's fused kernel)
