@@ -708,4 +708,8 @@ TEST_CASE("network ops: bad inputs are errors that name the problem") {
   CHECK_THROWS_WITH_AS(batch_norm(zeros({1, 2}), {}, {}, rm2, rv2, {.training = true}),
                        doctest::Contains("more than one value"), Error);
   CHECK_THROWS_WITH_AS(group_norm(x, 3, {}, {}), doctest::Contains("groups"), Error);
+  CHECK_THROWS_WITH_AS(group_norm(x, 2, zeros({3}), {}), doctest::Contains("weight has shape [3], expected [2]"),
+                       Error);
+  CHECK_THROWS_WITH_AS(group_norm(x, 2, {}, zeros({2}, f64)), doctest::Contains("bias"), Error);
+  CHECK_THROWS_WITH_AS(group_norm(zeros({4}), 1, {}, {}), doctest::Contains("(N, C, ...)"), Error);
 }
