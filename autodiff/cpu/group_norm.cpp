@@ -48,17 +48,29 @@ struct Wide {
   explicit Wide(int64_t C) : C(C), fold(std::max<int64_t>(1, kWideRow / C)), P(C * fold) {}
   // per-slot copy of a per-channel array
   template <class V> void spread(const V* per_channel, V* per_slot) const {
-    for (int64_t j = 0; j < P; ++j) per_slot[j] = per_channel[j % C];
+    for (int64_t q = 0; q < fold; ++q) std::copy_n(per_channel, C, per_slot + q * C);
   }
 };
 // out[c] = Σ over the sample's rows of f(i, j) (i the flat index in the sample, j its slot):
-// per slot in row order, then the slots of a channel in slot order.
+// per slot in row order, then the slots of a channel in slot order. Slots go in blocks of
+// kSlotBlock whose sums stay in registers over all rows (an accumulator array in memory
+// would cost a store per value).
+constexpr int64_t kSlotBlock = 16;
 template <class F> void column_sums(const Wide& wd, int64_t S, double* acc, double* out, F&& f) {
-  std::fill_n(acc, wd.P, 0.0);
-  const int64_t total = S * wd.C;
-  for (int64_t base = 0; base < total; base += wd.P) {
-    const int64_t n = std::min(wd.P, total - base);  // the last wide row may be short
-    for (int64_t j = 0; j < n; ++j) acc[j] += f(base + j, j);
+  const int64_t total = S * wd.C, full = total / wd.P, rest = total - full * wd.P;  // rest: a short last wide row
+  for (int64_t j0 = 0; j0 < wd.P; j0 += kSlotBlock) {
+    double a[kSlotBlock] = {};
+    if (j0 + kSlotBlock <= wd.P) {
+      for (int64_t r = 0; r < full; ++r)
+        for (int64_t k = 0; k < kSlotBlock; ++k) a[k] += f(r * wd.P + j0 + k, j0 + k);
+    } else {
+      for (int64_t r = 0; r < full; ++r)
+        for (int64_t k = 0; k < wd.P - j0; ++k) a[k] += f(r * wd.P + j0 + k, j0 + k);
+    }
+    for (int64_t k = 0; k < std::min(kSlotBlock, wd.P - j0); ++k) {
+      if (j0 + k < rest) a[k] += f(full * wd.P + j0 + k, j0 + k);
+      acc[j0 + k] = a[k];
+    }
   }
   for (int64_t c = 0; c < wd.C; ++c) {
     double s = 0;

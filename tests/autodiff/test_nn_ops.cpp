@@ -488,6 +488,24 @@ TEST_CASE("batch_norm: the fused first-order backward equals the exact recorded 
         }
 }
 
+TEST_CASE("add_relu: the fused kernel equals relu(add(a, b)), values and gradients, float64 and float32") {
+  for (DType dt : {DType::f64, DType::f32}) {
+    INFO((dt == DType::f64 ? "float64" : "float32"));
+    Generator g(21);
+    const TensorOptions o{dt};
+    const Shape shape{7, 33, 65};  // several tasks of the kernel's parallel loop
+    Tensor a = g.normal(shape, o).requires_grad_(), b = g.normal(shape, o).requires_grad_(), gy = g.normal(shape, o);
+    Tensor y = add_relu(a, b), ref = relu(add(a, b));
+    CHECK(y.to_vector() == ref.to_vector());  // one rounding (the sum) either way
+    CHECK(std::string(y.node()->op) == "add_relu");
+    auto fused = grad({y}, {a, b}, {.grad_outputs = {gy}});
+    auto composed = grad({ref}, {a, b}, {.grad_outputs = {gy}});
+    for (size_t i = 0; i < 2; ++i) CHECK(fused[i].to_vector() == composed[i].to_vector());
+  }
+  Tensor a = zeros({2, 3}), b = zeros({3});
+  CHECK_THROWS_WITH_AS(add_relu(a, b), doctest::Contains("differ in shape"), Error);
+}
+
 // Under create_graph the VJP of batch norm is two recorded ops (batch_norm_input_grad,
 // batch_norm_weight_grad) with hand-derived rules: check them at orders 1-3 themselves,
 // i.e. batch norm's derivatives of orders 2-4, with and without an affine weight.
