@@ -151,6 +151,8 @@ class Backend {
                                Tensor& /*y*/) {
     return false;
   }
+  // Optional out = relu(a + b), one pass (a, b and out of one shape).
+  virtual bool add_relu(const Tensor& /*a*/, const Tensor& /*b*/, Tensor& /*out*/) { return false; }
   // Optional fused second-order rules of batch norm, for sweeps that do not record (see
   // nn_ops.cpp, batch_norm_input_grad_rule / batch_norm_weight_grad_rule). With x̂ the
   // normalized input and P(v) = r·(v − mean(v) − x̂·mean(v·x̂)):

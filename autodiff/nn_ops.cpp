@@ -558,6 +558,31 @@ static Tensor batch_norm_eval(const Tensor& x, const Tensor& s, const Tensor& t,
   return y;
 }
 
+// A residual block's sum and activation: ReLU's VJP m = relu_backward(g, y) goes to both
+// summands (the same tensor), exact at every order as relu's own rule.
+Tensor add_relu(const Tensor& a, const Tensor& b) {
+  check_floating("add_relu", a, "first input");
+  check_pair("add_relu", a, b);
+  if (a.shape() != b.shape())
+    throw Error("add_relu: inputs " + to_string(a.shape()) + " and " + to_string(b.shape()) + " differ in shape");
+  Tensor y = empty(a.shape(), a.options());
+  if (!be(a).add_relu(a, b, y)) {
+    NoGrad ng;
+    y = relu(add(a.detach(), b.detach()));
+  }
+  if (any_requires_grad({&a, &b}))
+    record(
+        y, Op::add_relu, {a, b}, {}, {.save_output = true},
+        [](const Tensor& g, const RuleContext& c) {  // ReLU's VJP, passed to both summands
+          const Tensor m = relu_backward(g, c.output());
+          return std::vector<Tensor>{c.needs(0) ? m : Tensor(), c.needs(1) ? m : Tensor()};
+        },
+        [](const std::vector<Jet>& in, const Tensor&) {
+          return jet::through(in, [](const std::vector<Tensor>& t) { return relu(add(t[0], t[1])); });
+        });
+  return y;
+}
+
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean, Tensor& running_var,
                   const BatchNormOptions& opt) {
   const char* op = "batch_norm";

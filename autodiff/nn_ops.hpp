@@ -70,6 +70,10 @@ struct BatchNormOptions {
 };
 Tensor batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean, Tensor& running_var,
                   const BatchNormOptions& opt);
+// relu(a + b) as one op (a and b of one shape): a residual block's sum and activation in one
+// pass on the CPU; its derivatives are those of the composition.
+Tensor add_relu(const Tensor& a, const Tensor& b);
+
 // Group normalization: statistics per (sample, group of C/groups channels), affine per
 // channel (weight/bias may be undefined). Exact at every order, like batch_norm.
 // channels_last: x is (N, ..., C), channels on the last axis (e.g. [N, H, W, C]).

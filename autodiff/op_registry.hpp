@@ -33,7 +33,7 @@ namespace flatmin {
   /* network ops (nn_ops.cpp) */                                                                                 \
   X(conv2d, fd) X(conv2d_input_grad, fd) X(conv2d_weight_grad, fd) X(max_pool2d, fd) X(avg_pool2d, fd)           \
   X(avg_pool2d_adjoint, fd) X(batch_norm, fd) X(batch_norm_input_grad, fd) X(batch_norm_weight_grad, fd)       \
-  X(batch_norm_eval, fd)                                                                                       \
+  X(batch_norm_eval, fd) X(add_relu, fd)                                                                       \
   X(group_norm, fd) /* norm_ops.cpp */
 // clang-format on
 

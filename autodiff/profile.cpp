@@ -170,6 +170,10 @@ class TimedBackend final : public Backend {
     Scope s("batch_norm_relu_backward");
     return b_.batch_norm_relu_backward(g, y, x, w, mean, var, eps, gx, gw, gb);
   }
+  bool add_relu(const Tensor& a, const Tensor& b, Tensor& out) override {
+    Scope s("add_relu");
+    return b_.add_relu(a, b, out);
+  }
   bool batch_norm_eval(const Tensor& x, const Tensor& scale, const Tensor& shift, bool relu, Tensor& y) override {
     Scope s(relu ? "batch_norm_eval_relu" : "batch_norm_eval");
     return b_.batch_norm_eval(x, scale, shift, relu, y);

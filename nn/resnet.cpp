@@ -65,7 +65,8 @@ BasicBlock::BasicBlock(int64_t in, int64_t out, int64_t stride, Norm norm, Act a
 Tensor BasicBlock::forward(const Tensor& x) {
   Tensor y = norm_act(*bn1_, conv1_->forward(x), act_);
   y = bn2_->forward(conv2_->forward(y));
-  return activate(add(y, downsample_ ? downsample_->forward(x) : x), act_);
+  const Tensor shortcut = downsample_ ? downsample_->forward(x) : x;
+  return act_ == Act::relu ? add_relu(y, shortcut) : activate(add(y, shortcut), act_);
 }
 
 ResNet::ResNet(const ResNetOptions& opt) : options(opt) {

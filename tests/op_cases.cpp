@@ -16,20 +16,25 @@ Tensor bn(P x, D d, bool training, bool relu = false) {
   Tensor rm = zeros({x[0].size(1)}, o), rv = full({x[0].size(1)}, 0.7, o);
   return batch_norm(x[0], x[1], x[2], rm, rv, {.training = training, .update_running = false, .relu = relu});
 }
-// Batch norm + ReLU (BatchNormOptions::relu). Finite differences of ReLU are valid only away
+// Fused ReLU (BatchNormOptions::relu, add_relu). Finite differences of ReLU are valid only away
 // from its kink: an input whose pre-activations come within 0.002 of 0 is an error, so that
 // a case never passes by luck across the kink (the checker's steps, about 2.5e-5 along unit
 // directions, move a pre-activation by about 1e-4 here).
+void away_from_kink(const char* what, P x, const std::function<Tensor(P)>& pre_activation) {
+  NoGrad ng;
+  Params plain;
+  for (const Tensor& t : x) plain.push_back(t.detach());
+  const double margin = min(abs(pre_activation(plain))).item();
+  if (margin < 0.002)
+    throw Error(std::string(what) + " case: a pre-activation is " + std::to_string(margin) + " from ReLU's kink");
+}
 Tensor bn_relu(P x, D d, bool training) {
-  {
-    NoGrad ng;
-    Params plain;
-    for (const Tensor& t : x) plain.push_back(t.detach());
-    const double margin = min(abs(bn(plain, d, training))).item();
-    if (margin < 0.002)
-      throw Error("batch_norm + relu case: a pre-activation is " + std::to_string(margin) + " from ReLU's kink");
-  }
+  away_from_kink("batch_norm + relu", x, [&](P p) { return bn(p, d, training); });
   return bn(x, d, training, true);
+}
+Tensor add_relu_case(P x) {
+  away_from_kink("add_relu", x, [](P p) { return add(p[0], p[1]); });
+  return add_relu(x[0], x[1]);
 }
 
 // fd: small cases, also run on CUDA unless parity = false. fd = false: sizes that take
@@ -682,6 +687,18 @@ std::vector<OpCase> nn_cases() {
        .shapes = {{4, 3}, {3}, {3}},
        .fn = [](P x, D d) { return bn_relu(x, d, false); },
        .parity = false},
+      {.op = Op::add_relu,
+       .label = "add_relu",
+       .shapes = {{3, 4}, {3, 4}},
+       .fn = [](P x, D) { return add_relu_case(x); },
+       .distinct = true,
+       .parity = false},
+      {.op = Op::add_relu,
+       .label = "add_relu large",
+       .shapes = {{5, 37, 3}, {5, 37, 3}},
+       .fn = [](P x, D) { return add_relu_case(x); },
+       .distinct = true,  // sums k·0.37 + c, at least 0.06 from 0
+       .fd = false},
       {.op = Op::batch_norm,
        .label = "batch_norm training 4-d",
        .shapes = {{4, 3, 3, 2}, {3}, {3}},

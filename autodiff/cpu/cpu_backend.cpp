@@ -113,6 +113,10 @@ class CpuBackend final : public Backend {
     flatmin::cpu::batch_norm_backward(g, x, weight, mean, var, eps, gx, gw, gb, &y);
     return true;
   }
+  bool add_relu(const Tensor& a, const Tensor& b, Tensor& out) override {
+    flatmin::cpu::add_relu(a, b, out);
+    return true;
+  }
   bool batch_norm_eval(const Tensor& x, const Tensor& scale, const Tensor& shift, bool relu, Tensor& y) override {
     flatmin::cpu::batch_norm_eval(x, scale, shift, relu, y);
     return true;

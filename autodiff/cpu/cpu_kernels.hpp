@@ -61,6 +61,8 @@ void batch_norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight,
                          double eps, Tensor& gx, Tensor& gw, Tensor& gb, const Tensor* relu_y = nullptr);
 // Eval-mode batch norm, one pass (Backend::batch_norm_eval).
 void batch_norm_eval(const Tensor& x, const Tensor& scale, const Tensor& shift, bool relu, Tensor& y);
+// out = relu(a + b), one pass (Backend::add_relu): a residual block's sum and activation.
+void add_relu(const Tensor& a, const Tensor& b, Tensor& out);
 // Their second-order rules (see Backend::batch_norm_input_grad_vjp / weight_grad_vjp).
 void batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& weight,
                                const Tensor& mean, const Tensor& var, double eps, Tensor& dg, Tensor& dx, Tensor& dw);

@@ -338,7 +338,7 @@ template <class T> void weight_grad_vjp_impl(const T* beta, const T* g, const T*
 }
 
 // Eval mode: y = x·s[c] + t[c] (as the composite add(mul(x, s), t) rounds), then ReLU.
-// NCHW: one task range over the N·C planes; rows ([M, C]): over rows, C values each.
+// NCHW: one task range over the N·C planes; rows ([M, C]): over wide rows (Layout::fold).
 template <bool Relu, class T> void eval_impl(const T* x, const T* s, const T* t, T* y, const Layout& L) {
   auto one = [&](T xi, T sc, T sh) {
     const T v = xi * sc + sh;
@@ -355,10 +355,14 @@ template <bool Relu, class T> void eval_impl(const T* x, const T* s, const T* t,
                  });
     return;
   }
-  parallel_for(L.N, std::max<int64_t>(1, kBlockValues / std::max<int64_t>(L.C, 1)), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t base = r * L.C;
-      for (int64_t c = 0; c < L.C; ++c) y[base + c] = one(x[base + c], s[c], t[c]);
+  // wide rows (Layout::fold) with s and t tiled to match, so that small C still vectorizes
+  const int64_t P = L.slots(), wide = (L.N + L.fold() - 1) / L.fold();
+  std::vector<T> sp(static_cast<size_t>(P)), tp(static_cast<size_t>(P));
+  for (int64_t c = 0; c < P; ++c) sp[size_t(c)] = s[c % L.C], tp[size_t(c)] = t[c % L.C];
+  parallel_for(wide, std::max<int64_t>(1, kBlockValues / P), [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t base = w * P, n = std::min(P, L.N * L.C - base);
+      for (int64_t c = 0; c < n; ++c) y[base + c] = one(x[base + c], sp[size_t(c)], tp[size_t(c)]);
     }
   });
 }
@@ -435,6 +439,17 @@ void batch_norm_eval(const Tensor& x, const Tensor& scale, const Tensor& shift, 
       eval_impl<Relu, T>(data_ptr<T>(x), data_ptr<T>(scale), data_ptr<T>(shift), data_ptr<T>(y), L);
     };
     relu ? run.template operator()<true>() : run.template operator()<false>();
+  });
+}
+
+void add_relu(const Tensor& a, const Tensor& b, Tensor& out) {
+  dispatch_float(a.dtype(), "add_relu", [&](auto z) {
+    using T = decltype(z);
+    const T *pa = data_ptr<T>(a), *pb = data_ptr<T>(b);
+    T* po = data_ptr<T>(out);
+    parallel_for(a.numel(), 32768, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) po[i] = relu_of(pa[i] + pb[i]);
+    });
   });
 }
 
