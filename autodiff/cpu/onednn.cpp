@@ -295,7 +295,7 @@ int64_t chunk_count(Direction d, const kernels::ConvGeometry& g) {
   return std::clamp<int64_t>(std::min<int64_t>(int64_t(work / 8e6), most), 1, g.N);
 }
 
-// ---- bfloat16 weight gradient of channels-last convolutions as one GEMM ----
+// ---- bfloat16 weight gradient on small planes as one GEMM ----
 // oneDNN 2.6's bfloat16 backward-weights convolution (jit:avx512_core_amx_bf16) is fast on
 // large planes but not on small ones: single-threaded, per 16 images of ResNet-18 (CIFAR),
 // 575 GFLOP/s on the 32x32 layers, 110-330 on 16x16 to 4x4, 45-60 on the stride-2 and 1x1
@@ -303,12 +303,16 @@ int64_t chunk_count(Direction d, const kernels::ConvGeometry& g) {
 // same shapes. So on output planes of at most 8x8 (16x16 for 1x1 kernels; a 3x3 layer on 16x16
 // lost, 6 ms -> 10 ms at batch 32, its patches being 9x its input):
 // dW[O, KH·KW·C] = dY^T [O, N·P] · col [N·P, KH·KW·C],
-// where dY [N·P, O] is the channels-last gradient as it is and col holds the patches of x,
-// both rounded to bfloat16 (round to nearest even) on their way in. Each call sees the whole
-// batch and writes its own rows of dW, so no partial sums; the row split and the image groups
-// (below) depend on the shape only, so results do not depend on the thread count.
+// where col holds the patches of x and dY^T is the channels-last gradient [N·P, O] as it is
+// (NCHW: copied image by image into [O, N·P]), both rounded to bfloat16 (round to nearest
+// even) on their way in. Each call sees the whole batch and writes its own rows of dW, so no
+// partial sums; the row split and the image groups (below) depend on the shape only, so
+// results do not depend on the thread count.
 bool gemm_weight_grad(const kernels::ConvGeometry& g, bool bf16) {
-  return bf16 && g.channels_last && g.P() <= (g.KH * g.KW == 1 ? 256 : 64) && g.C >= 16 && g.O >= 64;
+  // NCHW: only 4x4 planes (oneDNN's blocked-layout kernel holds its own on 8x8 ones, and the
+  // images' transposition to channels-last costs more where the plane is larger).
+  const int64_t most = !g.channels_last ? 16 : g.KH * g.KW == 1 ? 256 : 64;
+  return bf16 && g.P() <= most && g.C >= 16 && g.O >= 64;
 }
 
 int64_t column_budget = int64_t(32) << 20;
@@ -323,12 +327,12 @@ void to_bf16(const float* from, uint16_t* to, int64_t n) {
   for (int64_t i = 0; i < n; ++i) to[i] = bf16_bits(from[i]);
 }
 
-// c[m, n] (+)= a[m, k] b[k, n]: a bfloat16 with row stride 1 and column stride lda (a slice of
-// dY^T), b bfloat16 row-major, c float32 row-major; `accumulate` adds to c (later image groups).
-const Primitive& gemm(int64_t m, int64_t k, int64_t n, int64_t lda, bool accumulate) {
-  return cached(std::tuple{m, k, n, lda, accumulate}, [&] {
+// c[m, n] (+)= a[m, k] b[k, n]: a bfloat16 with strides sa (rows, columns; a slice of dY^T),
+// b bfloat16 row-major, c float32 row-major; `accumulate` adds to c (later image groups).
+const Primitive& gemm(int64_t m, int64_t k, int64_t n, std::array<int64_t, 2> sa, bool accumulate) {
+  return cached(std::tuple{m, k, n, sa, accumulate}, [&] {
     const auto bf = memory::data_type::bf16;
-    const memory::desc a({m, k}, bf, memory::dims{1, lda}), b({k, n}, bf, Tag::ab),
+    const memory::desc a({m, k}, bf, memory::dims{sa[0], sa[1]}), b({k, n}, bf, Tag::ab),
         c({m, n}, memory::data_type::f32, Tag::ab);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -345,8 +349,8 @@ const Primitive& gemm(int64_t m, int64_t k, int64_t n, int64_t lda, bool accumul
   });
 }
 
-// Rows [r0, r0 + rows) of col for images [n0, n0 + count): row (n, oh, ow) holds x's values
-// under the kernel, ordered (kh, kw, c) so that each tap is one contiguous run of C values.
+// Rows of col for images [n0, n0 + count) of a channels-last x: row (n, oh, ow) holds x's
+// values under the kernel, ordered (kh, kw, c) so that each tap is one contiguous run of C.
 void fill_columns(const float* x, uint16_t* col, int64_t n0, int64_t count, const kernels::ConvGeometry& g) {
   const int64_t cols = g.K();
   for (int64_t n = n0; n < n0 + count; ++n)
@@ -379,23 +383,46 @@ void weight_grad_gemm(const float* x, const float* gy, float* gw, const kernels:
   const int64_t parts = std::clamp<int64_t>(g.O / 128, 1, 4);
   auto first_row = [&](int64_t p) { return p == parts ? g.O : g.O * p / parts / 16 * 16; };
   Workspace<uint16_t> col(size_t(group_images * P * cols)), dy(size_t(group_images * P * g.O));
+  // NCHW: each image of x transposed to [H, W, C] first (a per-element gather of the patches
+  // from NCHW ran 2-4x slower than the GEMM itself on 8x8 planes).
+  kernels::ConvGeometry image = g;
+  image.N = 1;
+  image.channels_last = true;
+  const int64_t x_image = g.C * g.H * g.W;
+  Scratch<float> hwc(size_t(g.channels_last ? 1 : x_image));
   // Taps-major rows [O, KH·KW, C], transposed into gw's [O, C, KH, KW] at the end (1x1: none).
-  Workspace<float> by_tap(taps > 1 ? size_t(g.O * cols) : 1);
-  float* out = taps > 1 ? by_tap.data() : gw;
+  const bool transpose = taps > 1;
+  Workspace<float> by_tap(transpose ? size_t(g.O * cols) : 1);
+  float* out = transpose ? by_tap.data() : gw;
   for (int64_t n0 = 0; n0 < g.N; n0 += group_images) {
     const int64_t count = std::min(group_images, g.N - n0);
     parallel_for(count, 1, [&](int64_t i0, int64_t i1) {
-      fill_columns(x, col.data() + i0 * P * cols, n0 + i0, i1 - i0, g);
-      to_bf16(gy + (n0 + i0) * P * g.O, dy.data() + i0 * P * g.O, (i1 - i0) * P * g.O);
+      if (g.channels_last)
+        fill_columns(x, col.data() + i0 * P * cols, n0 + i0, i1 - i0, g);
+      else
+        for (int64_t i = i0; i < i1; ++i) {
+          float* t = hwc.get();
+          const float* from = x + (n0 + i) * x_image;
+          for (int64_t c = 0; c < g.C; ++c)
+            for (int64_t q = 0; q < g.H * g.W; ++q) t[q * g.C + c] = from[c * g.H * g.W + q];
+          fill_columns(t, col.data() + i * P * cols, 0, 1, image);
+        }
+      if (g.channels_last)  // [count·P, O]: as it is
+        to_bf16(gy + (n0 + i0) * P * g.O, dy.data() + i0 * P * g.O, (i1 - i0) * P * g.O);
+      else  // [O, count·P]: each image's [O, P] block into its columns
+        for (int64_t i = i0; i < i1; ++i)
+          for (int64_t o = 0; o < g.O; ++o) to_bf16(gy + ((n0 + i) * g.O + o) * P, dy.data() + (o * count + i) * P, P);
     });
     parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t r0 = first_row(p), rows = first_row(p + 1) - r0;
-        run_one(gemm(rows, count * P, cols, g.O, n0 > 0), {dy.data() + r0, col.data(), out + r0 * cols});
+        const std::array<int64_t, 2> sa =
+            g.channels_last ? std::array<int64_t, 2>{1, g.O} : std::array<int64_t, 2>{count * P, 1};
+        run_one(gemm(rows, count * P, cols, sa, n0 > 0), {dy.data() + r0 * sa[0], col.data(), out + r0 * cols});
       }
     });
   }
-  if (taps == 1) return;
+  if (!transpose) return;
   parallel_for(g.O, 8, [&](int64_t o0, int64_t o1) {
     for (int64_t o = o0; o < o1; ++o)
       for (int64_t t = 0; t < taps; ++t)

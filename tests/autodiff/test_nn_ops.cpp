@@ -210,46 +210,50 @@ TEST_CASE("bfloat16 convolutions round their operands and accumulate in float32"
   CHECK(conv2d(x64, w64, {}, co).to_vector() == y64.to_vector());
 }
 
-// Channels-last bfloat16 weight gradients on output planes of at most 8x8 (16x16 for 1x1)
-// run as one GEMM over the batch (autodiff/cpu/onednn.cpp); these shapes take that path with
-// dW's rows in 1-4 parts (64, 160, 200, 272 output channels). Against the exact convolution
+// bfloat16 weight gradients on small output planes (channels-last: at most 8x8, 16x16 for
+// 1x1; NCHW: 4x4) run as one GEMM over the batch (autodiff/cpu/onednn.cpp); these shapes take
+// that path with dW's rows in 1-4 parts (64-400 output channels). Against the exact convolution
 // of the rounded operands, bit for bit the same on one thread, and with every image its own
 // group (the groups adding to dW in order).
-TEST_CASE("bfloat16 channels-last weight gradient as one GEMM: rounded operands, any thread count, image groups") {
+TEST_CASE("bfloat16 weight gradient as one GEMM: rounded operands, any thread count, image groups, both layouts") {
   if (!backend(Device::cpu()).supports_bf16_convolutions()) return;
-  const std::vector<ConvCase> cases = {{3, 16, 6, 6, 64, 3, 1, 1},
-                                       {2, 24, 8, 7, 160, 3, 2, 1},  // stride 2, odd plane
-                                       {3, 32, 9, 9, 200, 1, 2, 0},  // 1x1: no transpose of dW at the end
-                                       {4, 16, 5, 5, 272, 3, 1, 2}};
+  const std::vector<ConvCase> cases = {
+      {3, 16, 6, 6, 64, 3, 1, 1},  {2, 24, 8, 7, 160, 3, 2, 1},  // stride 2, odd plane
+      {3, 32, 9, 9, 200, 1, 2, 0},                               // 1x1: no transpose of dW at the end
+      {4, 16, 5, 5, 272, 3, 1, 2}, {2, 16, 7, 7, 136, 1, 2, 0},  // 4x4 planes: NCHW too
+      {5, 20, 4, 4, 400, 3, 1, 1}};
   Generator g(21);
-  for (const ConvCase& q : cases) {
-    INFO("conv N" << q.N << " C" << q.C << " " << q.H << "x" << q.W << " O" << q.O << " k" << q.K << " s" << q.stride
-                  << " p" << q.pad);
-    Tensor x = g.normal({q.N, q.C, q.H, q.W}), w = g.normal({q.O, q.C, q.K, q.K});
-    Tensor gy = g.normal(conv2d(x, w, {}, {q.stride, q.pad}).shape());
-    const Tensor xl = permute(x, {0, 2, 3, 1}), gyl = permute(gy, {0, 2, 3, 1});
-    const Conv2dOptions cl{q.stride, q.pad, true};
-    auto weight_grad = [&] {
-      Bf16Convolutions on;
-      return conv2d_weight_grad(xl, gyl, w.shape(), cl).to_vector();
-    };
-    auto round = [](std::vector<double> v) {
-      for (double& e : v) e = to_bf16(e);
-      return v;
-    };
-    const test::ConvReference r = test::naive_conv2d(round(x.to_vector()), round(w.to_vector()), x.shape(), w.shape(),
-                                                     {q.stride, q.stride, q.pad, q.pad}, round(gy.to_vector()));
-    const auto whole = weight_grad();
-    check_close(whole, r.gw, 1e-5, "bf16 weight gradient");
-    std::vector<double> one;
-    tbb::task_arena single(1);
-    single.execute([&] { one = weight_grad(); });
-    CHECK(one == whole);
-    cpu::onednn::set_column_budget(1);
-    const auto grouped = weight_grad();
-    cpu::onednn::set_column_budget(int64_t(32) << 20);
-    check_close(grouped, r.gw, 1e-5, "bf16 weight gradient, one image per group");
-  }
+  for (const ConvCase& q : cases)
+    for (bool channels_last : {true, false}) {
+      const std::string layout = channels_last ? "channels-last" : "NCHW";
+      INFO("conv N" << q.N << " C" << q.C << " " << q.H << "x" << q.W << " O" << q.O << " k" << q.K << " s" << q.stride
+                    << " p" << q.pad << " " << layout);
+      Tensor x = g.normal({q.N, q.C, q.H, q.W}), w = g.normal({q.O, q.C, q.K, q.K});
+      Tensor gy = g.normal(conv2d(x, w, {}, {q.stride, q.pad}).shape());
+      const Tensor xl = channels_last ? permute(x, {0, 2, 3, 1}) : x,
+                   gyl = channels_last ? permute(gy, {0, 2, 3, 1}) : gy;
+      const Conv2dOptions cl{q.stride, q.pad, channels_last};
+      auto weight_grad = [&] {
+        Bf16Convolutions on;
+        return conv2d_weight_grad(xl, gyl, w.shape(), cl).to_vector();
+      };
+      auto round = [](std::vector<double> v) {
+        for (double& e : v) e = to_bf16(e);
+        return v;
+      };
+      const test::ConvReference r = test::naive_conv2d(round(x.to_vector()), round(w.to_vector()), x.shape(), w.shape(),
+                                                       {q.stride, q.stride, q.pad, q.pad}, round(gy.to_vector()));
+      const auto whole = weight_grad();
+      check_close(whole, r.gw, 1e-5, "bf16 weight gradient");
+      std::vector<double> one;
+      tbb::task_arena single(1);
+      single.execute([&] { one = weight_grad(); });
+      CHECK(one == whole);
+      cpu::onednn::set_column_budget(1);
+      const auto grouped = weight_grad();
+      cpu::onednn::set_column_budget(int64_t(32) << 20);
+      check_close(grouped, r.gw, 1e-5, "bf16 weight gradient, one image per group");
+    }
 }
 
 // 3x3 stride-1 convolutions with at least 32 channels each way take the Winograd
@@ -726,4 +730,8 @@ TEST_CASE("network ops: bad inputs are errors that name the problem") {
   CHECK_THROWS_WITH_AS(batch_norm(zeros({1, 2}), {}, {}, rm2, rv2, {.training = true}),
                        doctest::Contains("more than one value"), Error);
   CHECK_THROWS_WITH_AS(group_norm(x, 3, {}, {}), doctest::Contains("groups"), Error);
+  CHECK_THROWS_WITH_AS(group_norm(x, 2, zeros({3}), {}), doctest::Contains("weight has shape [3], expected [2]"),
+                       Error);
+  CHECK_THROWS_WITH_AS(group_norm(x, 2, {}, zeros({2}, f64)), doctest::Contains("bias"), Error);
+  CHECK_THROWS_WITH_AS(group_norm(zeros({4}), 1, {}, {}), doctest::Contains("(N, C, ...)"), Error);
 }
