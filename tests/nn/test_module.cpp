@@ -121,6 +121,24 @@ TEST_CASE("BatchNorm2d: PyTorch's state-dict names, running statistics in train,
   CHECK(bn.buffer("num_batches_tracked").item() == 1);
 }
 
+TEST_CASE("BatchNorm2d::forward_relu: relu(forward(x)), the same running statistics, both layouts") {
+  for (bool cl : {false, true}) {
+    INFO("channels_last " << cl);
+    nn::BatchNorm2d fused(3, 1e-5, 0.1, cl), plain(3, 1e-5, 0.1, cl);
+    Tensor x = Generator(4).normal(cl ? Shape{2, 4, 5, 3} : Shape{2, 3, 4, 5});
+    for (bool training : {true, false}) {
+      fused.train(training);
+      plain.train(training);
+      const std::vector<double> yf = fused.forward_relu(x).to_vector(), yp = relu(plain(x)).to_vector();
+      REQUIRE(yf.size() == yp.size());
+      for (size_t i = 0; i < yf.size(); ++i) CHECK(yf[i] == doctest::Approx(yp[i]).epsilon(1e-5));
+      for (const char* b : {"running_mean", "running_var", "num_batches_tracked"})
+        CHECK(fused.buffer(b).to_vector() == plain.buffer(b).to_vector());
+    }
+    CHECK(fused.buffer("num_batches_tracked").item() == 1);
+  }
+}
+
 TEST_CASE("load_state_dict: dtype conversion, num_batches_tracked tolerance, named errors") {
   nn::Sequential s;
   s.push_back(nn::Linear(2, 1));
