@@ -17,20 +17,28 @@ for f in "$ROOT"/autodiff/cuda/*.cu; do
   python3 - "$f" "$W/src/$(basename "$f" .cu).cpp" << 'PY'
 import re, sys
 s = open(sys.argv[1]).read()
-s = re.sub(r'(\w*block_kernel<[^<>]*>)<<<(.+?), kThreads, 0, c\.stream>>>\(', r'emu_launch_sync(\2, kThreads, \1, ', s, flags=re.S)
-s = re.sub(r'(\w+<[^<>]*>)<<<(.+?), kThreads, 0, c\.stream>>>\(', r'emu_launch(\2, kThreads, \1, ', s, flags=re.S)
+# clang-format may break a launch after the kernel's name: \s* before <<<
+s = re.sub(r'(\w*block_kernel<[^<>]*>)\s*<<<(.+?), kThreads, 0, c\.stream>>>\(', r'emu_launch_sync(\2, kThreads, \1, ', s, flags=re.S)
+s = re.sub(r'(\w+<[^<>]*>)\s*<<<(.+?), kThreads, 0, c\.stream>>>\(', r'emu_launch(\2, kThreads, \1, ', s, flags=re.S)
 if '<<<' in s: sys.exit(f'{sys.argv[1]}: a launch this script does not know how to rewrite')
 open(sys.argv[2], 'w').write('#define __CUDACC__ 1\n#include "cuda_runtime.h"\n' + s)
 PY
 done
 FLAGS=(-std=c++20 -O1 -I"$ROOT/tests/gpu/cuda_emu" -I"$ROOT" -isystem /usr/include/eigen3 "-DFLATMIN_SOURCE_DIR=\"$ROOT\"")
 JOBS=${EMU_JOBS:-$(nproc)}  # parallel compilations (EMU_JOBS=2 on a shared machine)
-for f in "$W"/src/*.cpp "$ROOT"/tests/main.cpp "$ROOT"/tests/op_cases.cpp "$ROOT"/tests/gpu/*.cpp; do
+# NCCL needs a real GPU: its stand-in from a build without NCCL replaces the build's object
+for f in "$W"/src/*.cpp "$ROOT"/distributed/no_nccl.cpp "$ROOT"/tests/main.cpp "$ROOT"/tests/op_cases.cpp "$ROOT"/tests/gpu/*.cpp; do
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
   g++ "${FLAGS[@]}" -c "$f" -o "$W/obj/$(basename "$(dirname "$f")")_$(basename "$f" .cpp).o" &
 done
 wait
-cpu_objects=$(ls "$BUILD"/libflatmin.so.p/*.o | grep -v 'cuda_')
-g++ -o "$W/emu_tests" "$W"/obj/*.o $cpu_objects -ltbb -lz -lpthread $(pkg-config --libs openblas) -Wl,-rpath,"$(pkg-config --variable=libdir openblas)"
+cpu_objects=$(ls "$BUILD"/libflatmin.so.p/*.o | grep -v -e 'cuda_' -e 'distributed_nccl')
+# the libraries the build's CPU objects use: oneDNN (its wrapper a static library of the build,
+# with OpenMP) and Open MPI where the build has them
+libs=(-ltbb -lz -lpthread $(pkg-config --libs openblas) -Wl,-rpath,"$(pkg-config --variable=libdir openblas)")
+onednn="$BUILD/autodiff/cpu/libflatmin_onednn.a"
+[ -f "$onednn" ] && libs=("$onednn" -ldnnl -fopenmp "${libs[@]}")
+grep -q 'libmpi\.so' "$BUILD/build.ninja" && libs+=($(pkg-config --libs ompi-cxx 2>/dev/null || pkg-config --libs ompi))
+g++ -o "$W/emu_tests" "$W"/obj/*.o $cpu_objects "${libs[@]}"
 echo "[cuda_emu] running the gpu suite on the host emulation ($W/emu_tests)"
 "$W/emu_tests" -ts=gpu "$@"
