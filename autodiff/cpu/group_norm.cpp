@@ -36,8 +36,6 @@ Geometry geometry(const Tensor& x, int64_t groups, bool channels_last) {
 }
 
 template <class T> double weight_at(const T* w, int64_t c) { return w ? double(w[c]) : 1.0; }
-template <class T> const T* maybe(const Tensor& t) { return t.defined() ? data_ptr<T>(t) : nullptr; }
-template <class T> T* maybe_out(Tensor& t) { return t.defined() ? data_ptr<T>(t) : nullptr; }
 
 // ---- channels-last: column sums of one sample's S rows of C values
 // The rows are walked `fold` at a time as wide rows of P = fold·C values; slot j of a wide

@@ -199,9 +199,6 @@ void run_channels(const Layout& L, Pre pre, Stage<K, Terms, Finish> main, Output
   });
 }
 
-// The data from offset o on, or null for an undefined (optional) tensor.
-template <class T> const T* maybe(const Tensor& t, int64_t o = 0) { return t.defined() ? data_ptr<T>(t) + o : nullptr; }
-
 // Per-slot mean and 1/√(var + ε) from the saved statistics, in double.
 struct Saved {
   std::vector<double> mu, r;
@@ -366,8 +363,6 @@ template <bool Relu, class T> void eval_impl(const T* x, const T* s, const T* t,
     }
   });
 }
-
-template <class T> T* maybe_out(Tensor& t, int64_t o = 0) { return t.defined() ? data_ptr<T>(t) + o : nullptr; }
 
 }  // namespace
 

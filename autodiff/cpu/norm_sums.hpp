@@ -4,6 +4,8 @@
 #pragma once
 #include <cstdint>
 
+#include "autodiff/tensor.hpp"
+
 namespace flatmin::cpu {
 
 // Rows of C values are walked as wide rows of at least this many values (several rows of a
@@ -20,5 +22,9 @@ template <class F> double span_sum(int64_t n, F&& f) {
   for (int j = 0; i < n; ++i, ++j) acc[j] += f(i);
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
+
+// The data from offset o on, or null for an undefined (optional) tensor.
+template <class T> const T* maybe(const Tensor& t, int64_t o = 0) { return t.defined() ? data_ptr<T>(t) + o : nullptr; }
+template <class T> T* maybe_out(Tensor& t, int64_t o = 0) { return t.defined() ? data_ptr<T>(t) + o : nullptr; }
 
 }  // namespace flatmin::cpu
