@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <deque>
 #include <map>
 #include <memory>
@@ -44,6 +45,11 @@ void weight_grad(const float*, const float*, float*, const kernels::ConvGeometry
   throw Error("conv2d_weight_grad: this build has no oneDNN");
 }
 void set_column_budget(int64_t) {}
+bool winograd_used(Direction, const kernels::ConvGeometry&, bool) { return false; }
+void set_winograd(bool) {}
+std::string kernel_name(Direction, const kernels::ConvGeometry&, bool) {
+  throw Error("conv2d: this build has no oneDNN");
+}
 void sgemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
            int64_t) {
   throw Error("gemm: this build has no oneDNN");
@@ -51,20 +57,30 @@ void sgemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, 
 
 #else
 
-bool enabled() {
-  static const bool on = [] {
+namespace {
+enum class Setting { onednn, onednn_direct, native };
+Setting setting() {
+  static const Setting s = [] {
     const char* v = std::getenv("FLATMIN_CONV");
-    if (!v || !*v || std::strcmp(v, "onednn") == 0) return true;
-    if (std::strcmp(v, "native") == 0) return false;
-    throw Error(std::string("FLATMIN_CONV must be \"onednn\" or \"native\", got \"") + v + "\"");
+    if (!v || !*v || std::strcmp(v, "onednn") == 0) return Setting::onednn;
+    if (std::strcmp(v, "onednn-direct") == 0) return Setting::onednn_direct;
+    if (std::strcmp(v, "native") == 0) return Setting::native;
+    throw Error(std::string("FLATMIN_CONV must be \"onednn\", \"onednn-direct\" or \"native\", got \"") + v + "\"");
   }();
+  return s;
+}
+std::atomic<bool>& winograd_on() {
+  static std::atomic<bool> on{setting() == Setting::onednn};
   return on;
 }
+}  // namespace
+
+bool enabled() { return setting() != Setting::native; }
+void set_winograd(bool on) { winograd_on() = on; }
 
 namespace {
 using dnnl::memory;
 using Tag = memory::format_tag;
-enum class Direction { forward, input_grad, weight_grad };
 
 dnnl::engine& engine() {
   static dnnl::engine e(dnnl::engine::kind::cpu, 0);
@@ -100,6 +116,7 @@ struct Primitive {
   dnnl::primitive run;
   memory::desc scratchpad;
   std::vector<Arg> args;
+  std::string name;  // oneDNN's name of the kernel ("jit_wino_4x3:avx512_core", ...)
   std::unique_ptr<CallStates> states = std::make_unique<CallStates>();
 };
 
@@ -114,7 +131,7 @@ template <class PD> Primitive with_args(dnnl::primitive run, const PD& pd, std::
   if (impl.rfind("ref", 0) == 0 &&
       pd.query_md(dnnl::query::exec_arg_md, ids[0].first).data_type() == memory::data_type::bf16)
     throw Error("bfloat16 convolutions: oneDNN has no fast bfloat16 kernel on this CPU (only \"" + impl + "\")");
-  Primitive p{std::move(run), pd.scratchpad_desc(), {}};
+  Primitive p{std::move(run), pd.scratchpad_desc(), {}, impl};
   for (size_t i = 0; i < ids.size(); ++i) {
     const auto [id, output] = ids[i];
     const memory::desc own = pd.query_md(dnnl::query::exec_arg_md, id);
@@ -145,13 +162,17 @@ Tag working_layout(Direction d, const kernels::ConvGeometry& g, bool bf16) {
   return nhwc ? Tag::nhwc : Tag::any;
 }
 
-Primitive build(Direction d, const kernels::ConvGeometry& g, bool bf16) {
+// wino: oneDNN's Winograd F(4x4,3x3) kernels (the caller has checked winograd_used), else its
+// direct ones.
+Primitive build(Direction d, const kernels::ConvGeometry& g, bool bf16, bool wino) {
   const memory::dims xd{g.N, g.C, g.H, g.W}, wd{g.O, g.C, g.KH, g.KW}, yd{g.N, g.O, g.OH, g.OW};
   const memory::dims strides{g.sh, g.sw}, pad{g.ph, g.pw};
   // Padding on the far side: what makes the output extent come out as OH x OW.
   const memory::dims pad_r{(g.OH - 1) * g.sh + g.KH - g.H - g.ph, (g.OW - 1) * g.sw + g.KW - g.W - g.pw};
   const auto f32 = memory::data_type::f32;
-  const Tag user_act = g.channels_last ? Tag::nhwc : Tag::nchw, act = working_layout(d, g, bf16);
+  // Winograd's kernels take only channel-blocked activations ("any" lets oneDNN pick them; a
+  // channels-last tensor is reordered into them like the weights).
+  const Tag user_act = g.channels_last ? Tag::nhwc : Tag::nchw, act = wino ? Tag::any : working_layout(d, g, bf16);
   const memory::desc x(xd, f32, user_act), w(wd, f32, Tag::oihw), y(yd, f32, user_act);
   // Each direction reads two operands (in bf16 mode rounded to bfloat16 by the reorder into
   // oneDNN's layout) and writes one, always float32. The gradients' primitives take the
@@ -161,7 +182,7 @@ Primitive build(Direction d, const kernels::ConvGeometry& g, bool bf16) {
       wa(wd, d == Direction::weight_grad ? f32 : in, Tag::any), ya(yd, d == Direction::forward ? f32 : in, act);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  const auto algo = dnnl::algorithm::convolution_direct;
+  const auto algo = wino ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct;
   const dnnl::convolution_forward::desc fd(dnnl::prop_kind::forward_training, algo, memory::desc(xd, in, act),
                                            memory::desc(wd, in, Tag::any), memory::desc(yd, f32, act), strides, pad,
                                            pad_r);
@@ -196,13 +217,19 @@ template <class Key, class Make> const Primitive& cached(const Key& key, Make&& 
   return it->second;  // std::map never moves its elements
 }
 
-const Primitive& primitive(Direction d, const kernels::ConvGeometry& g, bool bf16) {
-  using Key = std::tuple<int, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+const Primitive& primitive(Direction d, const kernels::ConvGeometry& g, bool bf16, bool wino) {
+  using Key = std::tuple<int, bool, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                          int64_t, int64_t, int64_t, int64_t, int64_t>;
-  const Key key{int(d), bf16, g.channels_last, g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.sh, g.sw, g.ph, g.pw};
+  const Key key{int(d), bf16, wino, g.channels_last, g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.sh,
+                g.sw,   g.ph, g.pw};
   return cached(key, [&] {
     try {
-      return build(d, g, bf16);
+      try {
+        return build(d, g, bf16, wino);
+      } catch (const dnnl::error&) {
+        if (!wino) throw;
+        return build(d, g, bf16, false);  // no Winograd kernel for this one shape: the direct ones
+      }
     } catch (const dnnl::error& e) {
       throw Error(std::string("conv2d: oneDNN cannot run this convolution") + (bf16 ? " in bfloat16" : "") + ": " +
                   e.what());
@@ -275,6 +302,49 @@ void run_one(const Primitive& p, const std::array<void*, 3>& user, const void* s
   p.states->idle.push_back(std::move(c));
 }
 
+// ---- Winograd F(4x4,3x3) ----
+// oneDNN 2.6 has Winograd kernels for float32 3x3 stride-1 convolutions on AVX-512
+// (jit_wino_4x3:avx512_core, all three directions): each 4x4 output tile costs 36 products per
+// channel pair instead of 144. `FLATMIN_CONV=onednn-direct|onednn build/bench/conv_bench --batch B
+// --reps 3` (NCHW, 2 threads, ms per layer, forward / input gradient / weight gradient,
+// 2026-11-30 23:00 UTC, two alternating pairs), direct -> Winograd at batch 128:
+//   64 ch 32x32 31.4/35.4/38.0 -> 19.0/19.3/19.8; 128 ch 16x16 29.3/29.4/32.3 -> 17.3/16.0/16.7;
+//   256 ch 8x8 26.4/26.6/34.9 -> 14.4/14.0/14.9; 512 ch 4x4 29.1/24.8/45.5 -> 19.1/18.4/(direct);
+//   the 20 convolutions 1.52-1.64 s -> 1.00-1.01 s; at batch 32 0.39-0.43 s -> 0.30-0.31 s.
+// It loses where a call has few tiles (a tile's transforms and the 36 small products do not
+// amortize): so at least 128 tiles over the batch (512 ch 4x4 at batch 32, 32 tiles in 2 chunks:
+// 10.2/10.4/47.9 against 8.9/7.9/13.2 direct), and the weight gradient also at least 4 tiles
+// per image (on 4x4 planes it was level or slower at any batch); and on few channels:
+// `flatmin escape`'s width-8 model (batch 64, 1x28x28) ran 16 ch 14x14 at 0.40 ms against 0.22
+// direct and 32 ch 7x7 at 0.26 against 0.19, so at least 64 channels each way. Its float32
+// rounding error is larger than the direct kernels' (rms relative to float64 ~1e-6 against
+// ~2e-7 on these layers, the forward and input gradient; the weight gradient's is level).
+int64_t tiles_per_image(const kernels::ConvGeometry& g) { return ((g.OH + 3) / 4) * ((g.OW + 3) / 4); }
+
+// Whether oneDNN has Winograd kernels on this CPU (it has them for AVX-512 only): asked once.
+bool winograd_available() {
+  static const bool available = [] {
+    const memory::dims x{2, 64, 8, 8}, w{64, 64, 3, 3};
+    const auto f32 = memory::data_type::f32;
+    try {
+      const dnnl::convolution_forward::desc fd(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_winograd,
+                                               memory::desc(x, f32, Tag::any), memory::desc(w, f32, Tag::any),
+                                               memory::desc(x, f32, Tag::any), {1, 1}, {1, 1}, {1, 1});
+      dnnl::convolution_forward::primitive_desc(fd, engine());
+      return true;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  }();
+  return available;
+}
+
+bool winograd_shape(Direction d, const kernels::ConvGeometry& g, bool bf16) {
+  const int64_t tiles = tiles_per_image(g);
+  return !bf16 && g.KH == 3 && g.KW == 3 && g.sh == 1 && g.sw == 1 && g.ph <= 1 && g.pw <= 1 && g.C >= 64 &&
+         g.O >= 64 && g.N * tiles >= 128 && (d != Direction::weight_grad || tiles >= 4);
+}
+
 // The batch runs as a number of chunks fixed by the shape (never by the thread count), each
 // a single-threaded oneDNN call, the chunks in parallel on oneTBB: results never depend on
 // the thread count, and no OpenMP team waits at a barrier for a thread the OS descheduled
@@ -285,13 +355,16 @@ void run_one(const Primitive& p, const std::array<void*, 3>& user, const void* s
 // at least ~40 us of work each; the forward and the input gradient use at most 8, the weight
 // gradient at most 2: its chunks' partial sums cost one more pass over the weights each
 // (added in chunk order afterwards), and on 2 cores 2 chunks keep both busy.
-int64_t chunk_count(Direction d, const kernels::ConvGeometry& g) {
+// Winograd's kernels want larger calls: ~256 tiles per chunk (at batch 128, 256 ch 8x8 in 2
+// chunks ran 14.6 ms, in 8 chunks of 64 tiles 18.3), but at least 2 chunks.
+int64_t chunk_count(Direction d, const kernels::ConvGeometry& g, bool wino) {
+  const int64_t most = d == Direction::weight_grad ? 2 : 8;
+  if (wino) return std::clamp<int64_t>(g.N * tiles_per_image(g) / 256, std::min<int64_t>(2, g.N), most);
   const double flops = 2.0 * double(g.O) * double(g.P()) * double(g.K()) * double(g.N);
   const double bytes = 4.0 * double(g.N) * double(g.C * g.HW() + g.O * g.P());
   // Single-threaded on this session's Xeon: ~165 GFLOP/s in a 3x3 kernel, 5-10 GB/s where
   // the bytes dominate; so a byte weighs ~24 flops, and a chunk of 8M such units is ~40 us.
   const double work = flops + 24 * bytes;
-  const int64_t most = d == Direction::weight_grad ? 2 : 8;
   return std::clamp<int64_t>(std::min<int64_t>(int64_t(work / 8e6), most), 1, g.N);
 }
 
@@ -433,7 +506,8 @@ void weight_grad_gemm(const float* x, const float* gy, float* gw, const kernels:
 void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::array<float*, 3>& user) {
   if (d == Direction::weight_grad && gemm_weight_grad(g, bf16)) return weight_grad_gemm(user[0], user[1], user[2], g);
   serial_openmp();  // before building primitives and the weights' reorder below
-  const int64_t chunks = chunk_count(d, g), base = g.N / chunks, extra = g.N % chunks;
+  const bool wino = winograd_used(d, g, bf16);
+  const int64_t chunks = chunk_count(d, g, wino), base = g.N / chunks, extra = g.N % chunks;
   auto first_image = [&](int64_t c) { return c * base + std::min(c, extra); };
   const int64_t x_image = g.C * g.H * g.W, y_image = g.O * g.OH * g.OW, w_size = g.O * g.K();
   // Weight gradient: chunk 0 writes the output, chunk c > 0 its own partial sum.
@@ -445,7 +519,7 @@ void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::
   auto chunk_primitive = [&](int64_t n) {
     kernels::ConvGeometry gc = g;
     gc.N = n;
-    return &primitive(d, gc, bf16);
+    return &primitive(d, gc, bf16, wino);
   };
   const Primitive* by_size[2] = {chunk_primitive(base + (extra ? 1 : 0)), chunk_primitive(std::max<int64_t>(base, 1))};
   std::deque<Workspace<std::byte> > weights;
@@ -494,6 +568,20 @@ void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::
 }
 
 }  // namespace
+
+bool winograd_used(Direction d, const kernels::ConvGeometry& g, bool bf16) {
+  return winograd_on() && winograd_shape(d, g, bf16) && winograd_available();
+}
+
+std::string kernel_name(Direction d, const kernels::ConvGeometry& g, bool bf16) {
+  serial_openmp();
+  kernels::ConvGeometry gc = g;
+  const bool wino = winograd_used(d, g, bf16);
+  if (d == Direction::weight_grad && gemm_weight_grad(g, bf16)) return "gemm (bfloat16 weight gradient)";
+  const int64_t chunks = chunk_count(d, g, wino);
+  gc.N = (g.N + chunks - 1) / chunks;  // the first (largest) chunk
+  return primitive(d, gc, bf16, wino).name;
+}
 
 void forward(const float* x, const float* w, float* y, const kernels::ConvGeometry& g, bool bf16) {
   execute(Direction::forward, g, bf16, {const_cast<float*>(x), const_cast<float*>(w), y});

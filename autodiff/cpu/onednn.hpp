@@ -3,13 +3,30 @@
 // FLATMIN_CONV is not "native". float64 always runs flatmin's own kernels (oneDNN has no float64), so the
 // derivative checks in float64 never depend on it; tests compare the two in float32.
 #pragma once
+#include <string>
+
 #include "autodiff/kernel_util.hpp"
 
 namespace flatmin::cpu::onednn {
 
-// Whether float32 convolutions and GEMM go to oneDNN: built with it, and FLATMIN_CONV unset or
-// "onednn" (read once; "native" selects flatmin's own im2col/Winograd kernels and OpenBLAS).
+// Whether float32 convolutions and GEMM go to oneDNN: built with it, and FLATMIN_CONV unset,
+// "onednn" or "onednn-direct" (read once; "native" selects flatmin's own im2col/Winograd kernels
+// and OpenBLAS). "onednn-direct" keeps oneDNN's direct kernels on every layer; otherwise the
+// 3x3 stride-1 layers where it pays run oneDNN's Winograd F(4x4,3x3) (see winograd_used).
 bool enabled();
+
+enum class Direction { forward, input_grad, weight_grad };
+// Whether a float32 convolution of this geometry, in this direction, runs oneDNN's Winograd
+// F(4x4,3x3) kernels rather than its direct ones: this CPU has them (AVX-512), FLATMIN_CONV is
+// not "onednn-direct" (nor set_winograd(false)), and the shape is one where they were measured
+// faster (onednn.cpp). Its float32 rounding error is ~5x the direct kernels' (rms ~1e-6 relative
+// on ResNet-18's layers against float64; README).
+bool winograd_used(Direction d, const kernels::ConvGeometry& g, bool bf16);
+// For tests: Winograd on or off from now on (the FLATMIN_CONV setting is the initial value).
+void set_winograd(bool on);
+// For tests and benchmarks: oneDNN's name of the kernel that runs a direction of this geometry
+// (on one chunk of the batch), e.g. "jit_wino_4x3:avx512_core" or "brgconv:avx512_core".
+std::string kernel_name(Direction d, const kernels::ConvGeometry& g, bool bf16);
 
 // NCHW (NHWC when g.channels_last) float32 tensors, OIHW weights, all contiguous; the same contracts as conv.cpp's
 // kernels (the gradients overwrite their outputs). bf16: the two operands are rounded to bfloat16 on their way into

@@ -148,6 +148,70 @@ TEST_CASE("float32 conv kernels match naive loops on every geometry of the float
   }
 }
 
+// float32 3x3 stride-1 layers with at least 64 channels each way and 128 output tiles of 4x4
+// over the batch run oneDNN's Winograd F(4x4,3x3) on CPUs that have it (AVX-512; the weight
+// gradient only with 4 or more tiles per image; autodiff/cpu/onednn.cpp). Its rounding error is
+// a few times the direct kernels' and stays inside the float32 tolerance of the tests above.
+TEST_CASE("float32 Winograd F(4x4,3x3) on oneDNN: naive loops in both layouts, any thread count, the switch") {
+  if (!cpu::onednn::enabled()) return;
+  using cpu::onednn::Direction;
+  const std::vector<ConvCase> cases = {
+      {32, 64, 8, 8, 64, 3, 1, 1},    // 4 tiles per image
+      {24, 64, 7, 9, 80, 3, 1, 1},    // partial tiles at the far edges, O != C
+      {32, 64, 10, 10, 64, 3, 1, 0},  // no padding: 8x8 output
+      {2, 64, 32, 32, 64, 3, 1, 1},   // 64 tiles per image, 2 images
+  };
+  auto geometry = [](const ConvCase& q, bool channels_last) {
+    const int64_t o = (q.H + 2 * q.pad - q.K) / q.stride + 1, ow = (q.W + 2 * q.pad - q.K) / q.stride + 1;
+    return kernels::ConvGeometry{q.N, q.C, q.H, q.W, q.O, q.K, q.K, o, ow, 1, 1, q.pad, q.pad, channels_last};
+  };
+  struct Restore {
+    ~Restore() { cpu::onednn::set_winograd(true); }
+  } restore;
+  const bool avx512 = __builtin_cpu_supports("avx512f");
+  for (bool on : {true, false}) {
+    cpu::onednn::set_winograd(on);
+    for (const ConvCase& q : cases) {
+      INFO("conv N" << q.N << " C" << q.C << " " << q.H << "x" << q.W << " O" << q.O << " p" << q.pad << " Winograd "
+                    << (on ? "on" : "off"));
+      for (bool channels_last : {false, true})
+        for (Direction d : {Direction::forward, Direction::input_grad, Direction::weight_grad}) {
+          const std::string kernel = cpu::onednn::kernel_name(d, geometry(q, channels_last), false);
+          INFO("direction " << int(d) << (channels_last ? " channels-last" : " NCHW") << ": " << kernel);
+          CHECK(cpu::onednn::winograd_used(d, geometry(q, channels_last), false) == (on && avx512));
+          CHECK((kernel.find("wino") != std::string::npos) == (on && avx512));
+        }
+      check_conv_against_loops(q, DType::f32, 2e-5);
+      check_conv_against_loops(q, DType::f32, 2e-5, true);
+    }
+  }
+  cpu::onednn::set_winograd(true);
+  // Not on a few tiles, few channels, strides, bfloat16, or the weight gradient of 4x4 planes.
+  const kernels::ConvGeometry small_batch{31, 64, 8, 8, 64, 3, 3, 8, 8, 1, 1, 1, 1, false},
+      narrow{64, 32, 16, 16, 64, 3, 3, 16, 16, 1, 1, 1, 1, false},
+      strided{64, 64, 16, 16, 64, 3, 3, 8, 8, 2, 2, 1, 1, false},
+      planes4{256, 512, 4, 4, 512, 3, 3, 4, 4, 1, 1, 1, 1, false};
+  CHECK_FALSE(cpu::onednn::winograd_used(Direction::forward, small_batch, false));
+  CHECK_FALSE(cpu::onednn::winograd_used(Direction::forward, narrow, false));
+  CHECK_FALSE(cpu::onednn::winograd_used(Direction::forward, strided, false));
+  CHECK_FALSE(cpu::onednn::winograd_used(Direction::forward, geometry(cases[0], false), true));
+  CHECK(cpu::onednn::winograd_used(Direction::input_grad, planes4, false) == avx512);
+  CHECK_FALSE(cpu::onednn::winograd_used(Direction::weight_grad, planes4, false));
+  // The chunks depend on the shape only: bit for bit the same on one thread.
+  Generator g(13);
+  Tensor x = g.normal({32, 64, 8, 8}), w = g.normal({64, 64, 3, 3}), gy = g.normal({32, 64, 8, 8});
+  auto run = [&] {
+    return std::vector<std::vector<double>>{conv2d(x, w, {}, {1, 1}).to_vector(),
+                                            conv2d_input_grad(gy, w, x.shape(), {1, 1}).to_vector(),
+                                            conv2d_weight_grad(x, gy, w.shape(), {1, 1}).to_vector()};
+  };
+  auto many = run();
+  std::vector<std::vector<double>> one;
+  tbb::task_arena single(1);
+  single.execute([&] { one = run(); });
+  for (size_t i = 0; i < many.size(); ++i) CHECK(many[i] == one[i]);
+}
+
 // bfloat16 rounding of a float (round to nearest even), as oneDNN's reorder does it.
 double to_bf16(double v) {
   float f = float(v);
