@@ -152,7 +152,7 @@ TEST_CASE("float32 conv kernels match naive loops on every geometry of the float
 // over the batch run oneDNN's Winograd F(4x4,3x3) on CPUs that have it (AVX-512; the weight
 // gradient only with 4 or more tiles per image; autodiff/cpu/onednn.cpp). Its rounding error is
 // a few times the direct kernels' and stays inside the float32 tolerance of the tests above.
-TEST_CASE("float32 Winograd F(4x4,3x3) on oneDNN: naive loops in both layouts, any thread count, the switch") {
+TEST_CASE("float32 Winograd F(4x4,3x3) on oneDNN: naive loops in both layouts, the switch, the shape rule") {
   if (!cpu::onednn::enabled()) return;
   using cpu::onednn::Direction;
   const std::vector<ConvCase> cases = {
@@ -197,19 +197,6 @@ TEST_CASE("float32 Winograd F(4x4,3x3) on oneDNN: naive loops in both layouts, a
   CHECK_FALSE(cpu::onednn::winograd_used(Direction::forward, geometry(cases[0], false), true));
   CHECK(cpu::onednn::winograd_used(Direction::input_grad, planes4, false) == avx512);
   CHECK_FALSE(cpu::onednn::winograd_used(Direction::weight_grad, planes4, false));
-  // The chunks depend on the shape only: bit for bit the same on one thread.
-  Generator g(13);
-  Tensor x = g.normal({32, 64, 8, 8}), w = g.normal({64, 64, 3, 3}), gy = g.normal({32, 64, 8, 8});
-  auto run = [&] {
-    return std::vector<std::vector<double>>{conv2d(x, w, {}, {1, 1}).to_vector(),
-                                            conv2d_input_grad(gy, w, x.shape(), {1, 1}).to_vector(),
-                                            conv2d_weight_grad(x, gy, w.shape(), {1, 1}).to_vector()};
-  };
-  auto many = run();
-  std::vector<std::vector<double>> one;
-  tbb::task_arena single(1);
-  single.execute([&] { one = run(); });
-  for (size_t i = 0; i < many.size(); ++i) CHECK(many[i] == one[i]);
 }
 
 // bfloat16 rounding of a float (round to nearest even), as oneDNN's reorder does it.
@@ -358,23 +345,32 @@ TEST_CASE("conv with an empty batch: empty outputs, zero weight gradient") {
   CHECK(gw == std::vector<double>(gw.size(), 0.0));
 }
 
+namespace {
+// The three conv ops on (x, w, gy), bit for bit the same on flatmin's threads and on one thread.
+void check_thread_count_independent(const Tensor& x, const Tensor& w, const Tensor& gy, const Conv2dOptions& co) {
+  auto run = [&] {
+    return std::vector<std::vector<double>>{conv2d(x, w, {}, co).to_vector(),
+                                            conv2d_input_grad(gy, w, x.shape(), co).to_vector(),
+                                            conv2d_weight_grad(x, gy, w.shape(), co).to_vector()};
+  };
+  auto many = run();
+  std::vector<std::vector<double>> one;
+  tbb::task_arena single(1);
+  single.execute([&] { one = run(); });
+  for (size_t i = 0; i < many.size(); ++i) CHECK(many[i] == one[i]);
+}
+}  // namespace
+
 TEST_CASE("conv results do not depend on the thread count") {
   Generator g(11);
-  for (int64_t ch : {8, 32, 160}) {  // im2col; Winograd tasks; Winograd phases (weight gradient)
-    INFO(ch << " channels");
-    Tensor x = g.normal({24, ch, 8, 8}, {}), w = g.normal({ch, ch, 3, 3}, {});
-    Tensor gy = g.normal({24, ch, 8, 8}, {});
-    auto run = [&] {
-      return std::vector<std::vector<double>>{conv2d(x, w, {}, {1, 1}).to_vector(),
-                                              conv2d_input_grad(gy, w, x.shape(), {1, 1}).to_vector(),
-                                              conv2d_weight_grad(x, gy, w.shape(), {1, 1}).to_vector()};
-    };
-    auto many = run();
-    std::vector<std::vector<double>> one;
-    tbb::task_arena single(1);
-    single.execute([&] { one = run(); });
-    for (size_t i = 0; i < many.size(); ++i) CHECK(many[i] == one[i]);
-  }
+  // float32: oneDNN's direct kernels (8, 32 channels) and its Winograd ones (64, 160: 128 tiles
+  // in 2 chunks); float64: flatmin's im2col (8), Winograd tasks (32), Winograd phases (160).
+  for (DType dt : {DType::f32, DType::f64})
+    for (int64_t ch : {8, 32, 64, 160}) {
+      INFO(ch << " channels" << (dt == DType::f32 ? " float32" : " float64"));
+      Tensor x = g.normal({32, ch, 8, 8}, {dt}), w = g.normal({ch, ch, 3, 3}, {dt});
+      check_thread_count_independent(x, w, g.normal({32, ch, 8, 8}, {dt}), {1, 1});
+    }
 }
 
 // The main job's model (ResNet-18 width 8 on 1x28x28, batch 64): its convolutions split the
@@ -388,17 +384,7 @@ TEST_CASE("conv results do not depend on the thread count at the main job's shap
     INFO("conv C" << q.C << " " << q.H << "x" << q.W << " O" << q.O << " k" << q.K << " s" << q.stride);
     const Conv2dOptions co{q.stride, q.pad};
     Tensor x = g.normal({q.N, q.C, q.H, q.W}, {}), w = g.normal({q.O, q.C, q.K, q.K}, {});
-    Tensor gy = g.normal(conv2d(x, w, {}, co).shape(), {});
-    auto run = [&] {
-      return std::vector<std::vector<double>>{conv2d(x, w, {}, co).to_vector(),
-                                              conv2d_input_grad(gy, w, x.shape(), co).to_vector(),
-                                              conv2d_weight_grad(x, gy, w.shape(), co).to_vector()};
-    };
-    auto many = run();
-    std::vector<std::vector<double>> one;
-    tbb::task_arena single(1);
-    single.execute([&] { one = run(); });
-    for (size_t i = 0; i < many.size(); ++i) CHECK(many[i] == one[i]);
+    check_thread_count_independent(x, w, g.normal(conv2d(x, w, {}, co).shape(), {}), co);
   }
 }
 
