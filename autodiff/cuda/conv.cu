@@ -1,7 +1,7 @@
-// Convolution (Winograd for 3x3 stride-1 layers with >= 32 channels, winograd.cu; else
-// im2col / col2im + cuBLAS GEMM, chunked over images so the column buffer stays under
-// kColumnBudget) and 2-d pooling. Everything is deterministic: no atomics;
-// col2im and the pooling adjoint gather their sums in a fixed order per output element.
+// Convolution (cuDNN where built with it and chosen, cudnn.cu; else Winograd for 3x3
+// stride-1 layers with >= 32 channels, winograd.cu; else im2col / col2im + cuBLAS GEMM,
+// chunked over images so the column buffer stays under kColumnBudget) and 2-d pooling. Everything is deterministic: no
+// atomics; col2im and the pooling adjoint gather their sums in a fixed order per output element.
 #include "autodiff/cuda/kernels.hpp"
 
 namespace flatmin::cuda {
@@ -125,6 +125,16 @@ template <class T> __global__ void avg_pool_adjoint_kernel(const T* gy, T* gx, P
   }
 }
 
+// cuDNN, where flatmin was built with it and it is the chosen engine (cudnn.cu says when not).
+bool use_cudnn(const Ctx& c, Direction dir, const ConvGeom& g, const Tensor& a, const Tensor& b, Tensor& out) {
+#ifdef FLATMIN_HAVE_CUDNN
+  return cudnn_convolution(c, dir, g, a, b, out);
+#else
+  (void)c, (void)dir, (void)g, (void)a, (void)b, (void)out;
+  return false;
+#endif
+}
+
 template <class T> T* ptr(Tensor& t) { return data_ptr<T>(t); }
 template <class T> const T* ptr(const Tensor& t) { return data_ptr<T>(t); }
 
@@ -133,6 +143,7 @@ template <class T> const T* ptr(const Tensor& t) { return data_ptr<T>(t); }
 void conv2d(const Ctx& c, const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p) {
   const ConvGeom g = geometry(x.shape(), w.shape(), out.shape(), p);
   if (out.numel() == 0) return;
+  if (use_cudnn(c, Direction::forward, g, x, w, out)) return;
   if (g.winograd()) return winograd_conv3x3(c, x, w, false, out, g.ph, g.pw);
   const int64_t ckk = g.K(), ohw = g.P();
   dispatch_float(x.dtype(), "conv2d", [&](auto z) {
@@ -158,6 +169,7 @@ void conv2d(const Ctx& c, const Tensor& x, const Tensor& w, Tensor& out, const C
 void conv2d_input_grad(const Ctx& c, const Tensor& gy, const Tensor& w, Tensor& gx, const Conv2dParams& p) {
   const ConvGeom g = geometry(gx.shape(), w.shape(), gy.shape(), p);
   if (gx.numel() == 0) return;
+  if (gy.numel() != 0 && use_cudnn(c, Direction::input_grad, g, gy, w, gx)) return;
   if (g.winograd() && gy.numel() != 0) return winograd_conv3x3(c, gy, w, true, gx, 2 - g.ph, 2 - g.pw);
   const int64_t ckk = g.K(), ohw = g.P();
   dispatch_float(gy.dtype(), "conv2d_input_grad", [&](auto z) {
@@ -185,6 +197,7 @@ void conv2d_input_grad(const Ctx& c, const Tensor& gy, const Tensor& w, Tensor& 
 void conv2d_weight_grad(const Ctx& c, const Tensor& x, const Tensor& gy, Tensor& gw, const Conv2dParams& p) {
   const ConvGeom g = geometry(x.shape(), gw.shape(), gy.shape(), p);
   if (gw.numel() == 0) return;
+  if (x.numel() != 0 && gy.numel() != 0 && use_cudnn(c, Direction::weight_grad, g, x, gy, gw)) return;
   if (g.winograd()) return winograd_filter_grad3x3(c, x, gy, gw, g.ph, g.pw);
   const int64_t ckk = g.K(), ohw = g.P();
   dispatch_float(x.dtype(), "conv2d_weight_grad", [&](auto z) {

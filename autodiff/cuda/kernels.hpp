@@ -107,6 +107,12 @@ void reduce(const Ctx&, ReduceOp op, const Tensor& x, Tensor& out);
 // ---- cuda_backend.cu: batched row-major GEMM on raw pointers, C = op(A) op(B) + beta C ----
 void gemm(const Ctx&, DType t, const void* a, const void* b, void* c, const Backend::MatmulArgs& g, double beta,
           int64_t stride_c);
+// ---- cudnn.cu (built where cuDNN is found): runs the convolution on cuDNN and returns true,
+// or returns false (native engine chosen, channels-last, or extents past int) for the caller's
+// own kernels. a, b = (x, w), (gy, w) or (x, gy); out = y, gx or gw, overwritten. ----
+enum class Direction { forward, input_grad, weight_grad };
+bool cudnn_convolution(const Ctx&, Direction, const kernels::ConvGeometry&, const Tensor& a, const Tensor& b,
+                       Tensor& out);
 // ---- conv.cu ----
 void conv2d(const Ctx&, const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p);
 void conv2d_input_grad(const Ctx&, const Tensor& gy, const Tensor& w, Tensor& gx, const Conv2dParams& p);

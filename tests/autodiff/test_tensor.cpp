@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "autodiff/autodiff.hpp"
+#include "autodiff/cuda/cuda_entry.hpp"
 
 using namespace flatmin;
 
@@ -153,4 +154,18 @@ TEST_CASE("Philox random numbers: reproducible, moments right, sphere unit norm"
 TEST_CASE("asking for CUDA without a GPU is a clear error") {
   if (cuda_device_count() > 0) return;
   CHECK_THROWS_WITH_AS(zeros({2}, {DType::f32, Device::cuda()}), doctest::Contains("cuda:0 is not usable"), Error);
+}
+
+TEST_CASE("CUDA convolution engine: cuDNN is refused by name where the build lacks it") {
+  const cuda::ConvEngine before = cuda::conv_engine();
+  CHECK_NOTHROW(cuda::set_conv_engine(cuda::ConvEngine::native));
+  CHECK(cuda::conv_engine() == cuda::ConvEngine::native);
+  if (cuda::cudnn_compiled()) {
+    CHECK_NOTHROW(cuda::set_conv_engine(cuda::ConvEngine::cudnn_benchmark));
+    CHECK(cuda::conv_engine() == cuda::ConvEngine::cudnn_benchmark);
+  } else {
+    CHECK_THROWS_WITH_AS(cuda::set_conv_engine(cuda::ConvEngine::cudnn), doctest::Contains("built without cuDNN"),
+                         Error);
+  }
+  cuda::set_conv_engine(before);
 }

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "autodiff/backend.hpp"
+#include "autodiff/cuda/cuda_entry.hpp"
 #include "tests/gpu/gpu_parity.hpp"
 #include "tests/reference_loops.hpp"
 
@@ -165,6 +166,53 @@ TEST_SUITE("gpu") {
         CHECK(std::fabs(vdot(w.to_vector(), gw.to_vector()) - lhs) <= tol * 10 * (1 + std::fabs(lhs)));
       }
     }
+  }
+
+  TEST_CASE("conv2d on each engine (cuDNN, timed cuDNN, own kernels): naive loops, no TF32, bitwise repeatable") {
+    struct Geometry {
+      Shape x, w;
+      Conv2dParams p;
+    };
+    std::vector<cuda::ConvEngine> engines = {cuda::ConvEngine::native};
+    if (cuda::cudnn_compiled())
+      engines.insert(engines.end(), {cuda::ConvEngine::cudnn, cuda::ConvEngine::cudnn_benchmark});
+    else
+      MESSAGE("built without cuDNN: only flatmin's own kernels checked");
+    const cuda::ConvEngine before = cuda::conv_engine();
+    for (cuda::ConvEngine e : engines) {
+      cuda::set_conv_engine(e);
+      for (const Geometry& q : {Geometry{{4, 64, 9, 10}, {64, 64, 3, 3}, {1, 1, 1, 1}},  // Winograd's shape, 576 terms
+                                Geometry{{3, 32, 9, 8}, {48, 32, 3, 3}, {2, 2, 1, 1}},   // stride 2
+                                Geometry{{3, 16, 8, 8}, {24, 16, 1, 1}, {2, 2, 0, 0}},   // 1x1 downsample
+                                Geometry{{2, 3, 15, 13}, {8, 3, 7, 7}, {2, 2, 3, 3}},    // ImageNet stem
+                                Geometry{{1, 2, 7, 7}, {3, 2, 3, 2}, {1, 2, 2, 0}}}) {
+        for (DType t : {DType::f64, DType::f32}) {
+          Generator g(33);
+          const Tensor x = g.normal(q.x, {DType::f64}), w = g.normal(q.w, {DType::f64});
+          const Shape ys = test::naive_conv2d(x.to_vector(), w.to_vector(), q.x, q.w, q.p).y_shape;
+          const Tensor gy = g.normal(ys, {DType::f64});
+          const test::ConvReference r = test::naive_conv2d(x.to_vector(), w.to_vector(), q.x, q.w, q.p, gy.to_vector());
+          const Tensor xg = x.to(t).to(kCuda), wg = w.to(t).to(kCuda), gyg = gy.to(t).to(kCuda);
+          auto run = [&] {  // outputs poisoned: every element must be written
+            Tensor y = full(ys, 123.0, {t, kCuda}), gx = full(q.x, 123.0, {t, kCuda}),
+                   gw = full(q.w, 123.0, {t, kCuda});
+            backend(kCuda).conv2d(xg, wg, y, q.p);
+            backend(kCuda).conv2d_input_grad(gyg, wg, gx, q.p);
+            backend(kCuda).conv2d_weight_grad(xg, gyg, gw, q.p);
+            return std::array<std::vector<double>, 3>{y.to_vector(), gx.to_vector(), gw.to_vector()};
+          };
+          const auto first = run(), second = run();
+          // float32 to 1e-5 of the largest value: TF32's 10-bit mantissa would miss it by ~100x.
+          const double tol = t == DType::f64 ? 1e-12 : 1e-5;
+          INFO("engine " << int(e) << " conv " << to_string(q.x) << " * " << to_string(q.w) << " " << dtype_name(t));
+          CHECK(max_rel(first[0], r.y) <= tol);
+          CHECK(max_rel(first[1], r.gx) <= tol);
+          CHECK(max_rel(first[2], r.gw) <= tol);
+          for (int k = 0; k < 3; ++k) CHECK(first[k] == second[k]);  // deterministic algorithms only
+        }
+      }
+    }
+    cuda::set_conv_engine(before);
   }
 
   TEST_CASE("pooling kernels match naive loops; avg pool adjoint identity") {

@@ -14,6 +14,7 @@ shift || true
 W=$(mktemp -d /tmp/flatmin_cuda_emu.XXXXXX)
 mkdir -p "$W/src" "$W/obj"
 for f in "$ROOT"/autodiff/cuda/*.cu; do
+  [ "$(basename "$f")" = cudnn.cu ] && continue  # cuDNN needs a GPU: the emulation runs the own kernels
   python3 - "$f" "$W/src/$(basename "$f" .cu).cpp" << 'PY'
 import re, sys
 s = open(sys.argv[1]).read()
@@ -27,7 +28,7 @@ done
 FLAGS=(-std=c++20 -O1 -I"$ROOT/tests/gpu/cuda_emu" -I"$ROOT" -isystem /usr/include/eigen3 "-DFLATMIN_SOURCE_DIR=\"$ROOT\"")
 JOBS=${EMU_JOBS:-$(nproc)}  # parallel compilations (EMU_JOBS=2 on a shared machine)
 # NCCL needs a real GPU: its stand-in from a build without NCCL replaces the build's object
-for f in "$W"/src/*.cpp "$ROOT"/distributed/no_nccl.cpp "$ROOT"/tests/main.cpp "$ROOT"/tests/op_cases.cpp "$ROOT"/tests/gpu/*.cpp; do
+for f in "$W"/src/*.cpp "$ROOT"/autodiff/cuda/conv_engine.cpp "$ROOT"/distributed/no_nccl.cpp "$ROOT"/tests/main.cpp "$ROOT"/tests/op_cases.cpp "$ROOT"/tests/gpu/*.cpp; do
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
   g++ "${FLAGS[@]}" -c "$f" -o "$W/obj/$(basename "$(dirname "$f")")_$(basename "$f" .cpp).o" &
 done

@@ -1,0 +1,256 @@
+// Convolutions on cuDNN (its legacy convolution API, which PyTorch's own cuDNN path calls):
+// forward, input gradient and weight gradient of float32 and float64 NCHW convolutions.
+// Exactness and reproducibility are the backend's, not cuDNN's defaults:
+//  - float32 runs with CUDNN_FMA_MATH, so no TF32 (10-bit mantissa) kernels: results stay
+//    float32 to rounding, as cuBLAS's and the CPU's;
+//  - only algorithms cuDNN marks deterministic are used (no atomics in the weight gradient),
+//    so a run repeats bit for bit, as the rest of the backend does;
+//  - the algorithm is cuDNN's heuristic choice (reproducible across processes), or with
+//    FLATMIN_CUDA_CONV=cudnn-benchmark the fastest one timed on the first call of each shape
+//    (PyTorch's cudnn.benchmark; the choice may differ between processes).
+// Plans are cached per (device, dtype, direction, engine, shape); a candidate cuDNN refuses
+// at run time is skipped for the next one.
+#include <cudnn.h>
+
+#include <map>
+#include <mutex>
+#include <optional>
+#include <tuple>
+
+#include "autodiff/cuda/cuda_entry.hpp"
+#include "autodiff/cuda/kernels.hpp"
+
+namespace flatmin::cuda {
+
+namespace {
+
+constexpr size_t kWorkspaceBudget = size_t(1) << 30;  // bytes of cuDNN workspace a plan may use
+
+void check_dnn(cudnnStatus_t s, const char* op) {
+  if (s == CUDNN_STATUS_SUCCESS) return;
+  throw Error(std::string("cuda ") + op + ": cuDNN " + cudnnGetErrorString(s) +
+              " (FLATMIN_CUDA_CONV=native runs flatmin's own convolution kernels instead)");
+}
+
+// One cuDNN handle per device, bound to that device's stream; created on first use.
+cudnnHandle_t handle(const Ctx& c) {
+  static std::mutex m;
+  static std::map<int, cudnnHandle_t> handles;
+  std::lock_guard<std::mutex> lock(m);
+  auto it = handles.find(c.device);
+  if (it != handles.end()) return it->second;
+  cudnnHandle_t h = nullptr;
+  check_dnn(cudnnCreate(&h), "cudnnCreate");
+  check_dnn(cudnnSetStream(h, c.stream), "cudnnSetStream");
+  handles[c.device] = h;  // kept for the process's life, as the backends are
+  return h;
+}
+
+cudnnDataType_t data_type(DType t) {
+  if (t == DType::f32) return CUDNN_DATA_FLOAT;
+  if (t == DType::f64) return CUDNN_DATA_DOUBLE;
+  throw Error("cuda conv2d (cuDNN): float32 or float64 operands expected");
+}
+
+// RAII descriptors of one convolution: x [N, C, H, W], w [O, C, KH, KW], y [N, O, OH, OW].
+struct Descriptors {
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+  bool f64;
+  Descriptors(const kernels::ConvGeometry& g, DType t) : f64(t == DType::f64) {
+    const cudnnDataType_t d = data_type(t);
+    // float32: FMA kernels only (no TF32); float64 has no other kind
+    const cudnnMathType_t math = f64 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
+    check_dnn(cudnnCreateTensorDescriptor(&x), "cudnnCreateTensorDescriptor");
+    check_dnn(cudnnCreateTensorDescriptor(&y), "cudnnCreateTensorDescriptor");
+    check_dnn(cudnnCreateFilterDescriptor(&w), "cudnnCreateFilterDescriptor");
+    check_dnn(cudnnCreateConvolutionDescriptor(&conv), "cudnnCreateConvolutionDescriptor");
+    check_dnn(cudnnSetTensor4dDescriptor(x, CUDNN_TENSOR_NCHW, d, int(g.N), int(g.C), int(g.H), int(g.W)),
+              "cudnnSetTensor4dDescriptor (x)");
+    check_dnn(cudnnSetTensor4dDescriptor(y, CUDNN_TENSOR_NCHW, d, int(g.N), int(g.O), int(g.OH), int(g.OW)),
+              "cudnnSetTensor4dDescriptor (y)");
+    check_dnn(cudnnSetFilter4dDescriptor(w, d, CUDNN_TENSOR_NCHW, int(g.O), int(g.C), int(g.KH), int(g.KW)),
+              "cudnnSetFilter4dDescriptor");
+    check_dnn(cudnnSetConvolution2dDescriptor(conv, int(g.ph), int(g.pw), int(g.sh), int(g.sw), 1, 1,
+                                              CUDNN_CROSS_CORRELATION, d),
+              "cudnnSetConvolution2dDescriptor");
+    check_dnn(cudnnSetConvolutionMathType(conv, math), "cudnnSetConvolutionMathType");
+  }
+  ~Descriptors() {
+    cudnnDestroyConvolutionDescriptor(conv);
+    cudnnDestroyFilterDescriptor(w);
+    cudnnDestroyTensorDescriptor(y);
+    cudnnDestroyTensorDescriptor(x);
+  }
+  Descriptors(const Descriptors&) = delete;
+  Descriptors& operator=(const Descriptors&) = delete;
+};
+
+struct Candidate {
+  int algo;
+  size_t memory;
+};
+
+// The usable candidates of a query's results, in cuDNN's order: succeeded and deterministic
+// (their workspace is asked for separately: the heuristics' figure is not exact). float32's
+// FMA math is the descriptor's, so a TF32 kernel cannot be picked whatever a result's
+// mathType says (the gpu suite's 1e-5 check would see one).
+template <class Perf> std::vector<int> usable(const Perf* p, int n) {
+  std::vector<int> out;
+  for (int i = 0; i < n; ++i)
+    if (p[i].status == CUDNN_STATUS_SUCCESS && p[i].determinism == CUDNN_DETERMINISTIC) out.push_back(int(p[i].algo));
+  return out;
+}
+
+// The three directions' queries and runs behind one interface.
+struct Call {
+  Direction dir;
+  const Ctx& c;
+  const Descriptors& d;
+  const void *a, *b;  // forward: x, w; input grad: gy, w; weight grad: x, gy
+  void* out;          // y, gx or gw (overwritten)
+
+  std::vector<int> algorithms(bool benchmark) const {
+    cudnnHandle_t h = handle(c);
+    constexpr int kMax = 16;
+    if (dir == Direction::forward) {
+      cudnnConvolutionFwdAlgoPerf_t p[kMax];
+      int n = 0;
+      if (benchmark) {
+        Workspace ws(c.backend, kWorkspaceBudget);
+        check_dnn(cudnnFindConvolutionForwardAlgorithmEx(h, d.x, a, d.w, b, d.conv, d.y, out, kMax, &n, p, ws.ptr,
+                                                         kWorkspaceBudget),
+                  "cudnnFindConvolutionForwardAlgorithmEx");
+      } else {
+        check_dnn(cudnnGetConvolutionForwardAlgorithm_v7(h, d.x, d.w, d.conv, d.y, kMax, &n, p),
+                  "cudnnGetConvolutionForwardAlgorithm_v7");
+      }
+      return usable(p, n);
+    }
+    if (dir == Direction::input_grad) {
+      cudnnConvolutionBwdDataAlgoPerf_t p[kMax];
+      int n = 0;
+      if (benchmark) {
+        Workspace ws(c.backend, kWorkspaceBudget);
+        check_dnn(cudnnFindConvolutionBackwardDataAlgorithmEx(h, d.w, b, d.y, a, d.conv, d.x, out, kMax, &n, p, ws.ptr,
+                                                              kWorkspaceBudget),
+                  "cudnnFindConvolutionBackwardDataAlgorithmEx");
+      } else {
+        check_dnn(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, d.w, d.y, d.conv, d.x, kMax, &n, p),
+                  "cudnnGetConvolutionBackwardDataAlgorithm_v7");
+      }
+      return usable(p, n);
+    }
+    cudnnConvolutionBwdFilterAlgoPerf_t p[kMax];
+    int n = 0;
+    if (benchmark) {
+      Workspace ws(c.backend, kWorkspaceBudget);
+      check_dnn(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, d.x, a, d.y, b, d.conv, d.w, out, kMax, &n, p, ws.ptr,
+                                                              kWorkspaceBudget),
+                "cudnnFindConvolutionBackwardFilterAlgorithmEx");
+    } else {
+      check_dnn(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, d.x, d.y, d.conv, d.w, kMax, &n, p),
+                "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
+    }
+    return usable(p, n);
+  }
+
+  // The workspace `algo` needs, or nothing if cuDNN refuses it or it exceeds the budget.
+  std::optional<Candidate> with_workspace(int algo) const {
+    cudnnHandle_t h = handle(c);
+    size_t bytes = 0;
+    cudnnStatus_t s;
+    if (dir == Direction::forward)
+      s = cudnnGetConvolutionForwardWorkspaceSize(h, d.x, d.w, d.conv, d.y, cudnnConvolutionFwdAlgo_t(algo), &bytes);
+    else if (dir == Direction::input_grad)
+      s = cudnnGetConvolutionBackwardDataWorkspaceSize(h, d.w, d.y, d.conv, d.x, cudnnConvolutionBwdDataAlgo_t(algo),
+                                                       &bytes);
+    else
+      s = cudnnGetConvolutionBackwardFilterWorkspaceSize(h, d.x, d.y, d.conv, d.w,
+                                                         cudnnConvolutionBwdFilterAlgo_t(algo), &bytes);
+    if (s != CUDNN_STATUS_SUCCESS || bytes > kWorkspaceBudget) return std::nullopt;
+    return Candidate{algo, bytes};
+  }
+
+  cudnnStatus_t run(const Candidate& k) const {
+    cudnnHandle_t h = handle(c);
+    Workspace ws(c.backend, k.memory);
+    const double one64 = 1, zero64 = 0;
+    const float one32 = 1, zero32 = 0;
+    const void* one = d.f64 ? static_cast<const void*>(&one64) : &one32;  // scaling factors in the data's type
+    const void* zero = d.f64 ? static_cast<const void*>(&zero64) : &zero32;
+    if (dir == Direction::forward)
+      return cudnnConvolutionForward(h, one, d.x, a, d.w, b, d.conv, cudnnConvolutionFwdAlgo_t(k.algo), ws.ptr,
+                                     k.memory, zero, d.y, out);
+    if (dir == Direction::input_grad)
+      return cudnnConvolutionBackwardData(h, one, d.w, b, d.y, a, d.conv, cudnnConvolutionBwdDataAlgo_t(k.algo), ws.ptr,
+                                          k.memory, zero, d.x, out);
+    return cudnnConvolutionBackwardFilter(h, one, d.x, a, d.y, b, d.conv, cudnnConvolutionBwdFilterAlgo_t(k.algo),
+                                          ws.ptr, k.memory, zero, d.w, out);
+  }
+};
+
+using PlanKey = std::tuple<int, int, int, int, std::array<int64_t, 13>>;  // device, dtype, dir, engine, shape
+std::mutex plans_mutex;
+std::map<PlanKey, Candidate> plans;
+
+const char* direction_name(Direction d) {
+  return d == Direction::forward ? "conv2d" : d == Direction::input_grad ? "conv2d_input_grad" : "conv2d_weight_grad";
+}
+
+// Throws rather than falling back: a shape for which no deterministic algorithm runs is
+// reported by name (FLATMIN_CUDA_CONV=native is the way around it).
+void cudnn_conv(const Ctx& c, Direction dir, const kernels::ConvGeometry& g, DType t, const void* a, const void* b,
+                void* out) {
+  const ConvEngine e = conv_engine();
+  const Descriptors d(g, t);
+  const Call call{dir, c, d, a, b, out};
+  const PlanKey key{
+      c.device, int(t), int(dir), int(e), {g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.sh, g.sw, g.ph, g.pw}};
+  {
+    std::lock_guard<std::mutex> lock(plans_mutex);
+    auto it = plans.find(key);
+    if (it != plans.end()) {
+      check_dnn(call.run(it->second), direction_name(dir));
+      return;
+    }
+  }
+  // The first candidate that runs becomes the plan; a refusal (cuDNN 9 has many NOT_SUPPORTED
+  // and BAD_PARAM sub-codes) moves on to the next, and the first refusal is reported if none runs.
+  cudnnStatus_t first = CUDNN_STATUS_NOT_SUPPORTED;
+  bool refused = false;
+  for (int algo : call.algorithms(e == ConvEngine::cudnn_benchmark)) {
+    const std::optional<Candidate> k = call.with_workspace(algo);
+    if (!k) continue;
+    const cudnnStatus_t s = call.run(*k);
+    if (s == CUDNN_STATUS_SUCCESS) {
+      std::lock_guard<std::mutex> lock(plans_mutex);
+      plans.emplace(key, *k);
+      return;
+    }
+    if (!refused) first = s, refused = true;
+  }
+  check_dnn(
+      first,
+      (std::string(direction_name(dir)) + ": no deterministic algorithm within the workspace budget ran").c_str());
+}
+
+const void* device_ptr(const Tensor& t) {
+  return t.dtype() == DType::f32 ? static_cast<const void*>(data_ptr<float>(t)) : data_ptr<double>(t);
+}
+
+}  // namespace
+
+bool cudnn_convolution(const Ctx& c, Direction dir, const kernels::ConvGeometry& g, const Tensor& a, const Tensor& b,
+                       Tensor& out) {
+  if (conv_engine() == ConvEngine::native || g.channels_last) return false;
+  // cuDNN's 4-d descriptors take int extents; larger tensors run flatmin's own kernels.
+  constexpr int64_t kIntMax = 2147483647;
+  if (a.numel() > kIntMax || b.numel() > kIntMax || out.numel() > kIntMax) return false;
+  cudnn_conv(c, dir, g, out.dtype(), device_ptr(a), device_ptr(b), const_cast<void*>(device_ptr(out)));
+  after_launch(c, direction_name(dir));
+  return true;
+}
+
+}  // namespace flatmin::cuda
