@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # One end-to-end check on a machine with an NVIDIA GPU (sized for < 8 minutes on 16 cores):
-# configure + build with CUDA, the gpu test suite (FLATMIN_CUDA_SYNC=1: each kernel's error
-# names its op), the GPU benchmark (flatmin, then PyTorch on the same GPU if importable),
-# `flatmin probe --device cuda` against PyTorch, the whole test suite, and compute-sanitizer
-# over the backend tests while time remains.
-# Logs go to $OUT (if set) or ./gpu-check-logs; the summary is printed last.
+# configure + build with CUDA (and cuDNN where found: the toolkit's, or the nvidia-cudnn
+# wheel beside PyTorch), the gpu test suite (FLATMIN_CUDA_SYNC=1: each kernel's error names
+# its op), the GPU benchmark on each convolution engine (cuDNN, timed cuDNN, flatmin's own)
+# and PyTorch's at its settings (bench/torch_gpu_bench.py) on the same GPU, a per-op profile,
+# `flatmin probe --device cuda` against PyTorch, a short `flatmin escape --preset gpu` run
+# (with the Fashion-MNIST files carried in .fmnist/), the whole test suite, and
+# compute-sanitizer over the backend tests while time remains.
+# Logs go to $OUT (if set: the summary plus one logs.tar.gz, refreshed after each stage) or
+# ./gpu-check-logs; the summary is printed last.
 #   scripts/gpu_deps.sh            # where flatmin builds, if the GPU machine lacks packages
-#   scripts/gpu_check.sh           # on the GPU machine (carry .gpudeps along)
+#   scripts/gpu_check.sh           # on the GPU machine (carry .gpudeps or .gpudeps.tar.xz)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-LOG=${OUT:-$ROOT/gpu-check-logs}
+if [ -n "${OUT:-}" ]; then LOG=/tmp/gpu-check-logs; else LOG=$ROOT/gpu-check-logs; fi
 mkdir -p "$LOG"
 SUMMARY=$LOG/summary.txt
 : > "$SUMMARY"
+# $OUT brings back 8 files at most: the summary and one archive of the logs, after each stage.
+pack() { [ -n "${OUT:-}" ] && cp "$SUMMARY" "$OUT/" && tar -czf "$OUT/logs.tar.gz" -C "$LOG" . 2> /dev/null; true; }
 START=$(date +%s)
 BUDGET=${GPU_CHECK_BUDGET_S:-470}
 export PATH=/usr/local/cuda/bin:$PATH
@@ -24,8 +30,14 @@ status=0
 
 say "GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -3)"
 say "nvcc: $(nvcc --version 2>&1 | tail -1); g++: $(g++ --version 2>&1 | head -1); cores: $JOBS"
+# for the NCCL path (it bootstraps over MPI): is an MPI there at all?
+say "MPI here: mpirun $(command -v mpirun || echo absent); libmpi $(ldconfig -p 2> /dev/null | grep -c 'libmpi\.so') entries"
 
 # ---- dependencies: the machine's own, else the carried .gpudeps, else apt-get ----
+if [ ! -d .gpudeps ] && [ -f .gpudeps.tar.xz ]; then  # carried compressed (the carry limit is 64 MiB)
+  tar -xJf .gpudeps.tar.xz 2> /dev/null ||
+    python3 -c 'import tarfile; tarfile.open(".gpudeps.tar.xz").extractall()'
+fi
 have_deps() {
   command -v pkg-config > /dev/null && pkg-config --exists eigen3 tbb nlohmann_json openblas 2> /dev/null &&
     printf '#include <doctest/doctest.h>\n#include <CLI/CLI.hpp>\n' | g++ -std=c++20 -fsyntax-only -x c++ - 2> /dev/null
@@ -54,17 +66,49 @@ else timeout 60 python3 -m pip install -q meson ninja >> "$LOG/build.log" 2>&1; 
 command -v ninja > /dev/null || timeout 60 python3 -m pip install -q ninja >> "$LOG/build.log" 2>&1
 say "meson: $("${MESON[@]}" --version 2>&1 | tail -1); ninja: $(ninja --version 2>&1)"
 
-# ---- configure + build ----
-if [ -d build-gpu ]; then setup=(setup --reconfigure); else setup=(setup); fi
-if "${MESON[@]}" "${setup[@]}" build-gpu -Dcuda=enabled -Dmarch=native >> "$LOG/build.log" 2>&1 &&
-  timeout 330 ninja -C build-gpu -j "$JOBS" >> "$LOG/build.log" 2>&1; then
-  say "build: ok ($(grep -c 'Compiling Cuda' "$LOG/build.log") CUDA objects compiled)"
+# ---- cuDNN: the toolkit's, else the nvidia-cudnn wheel beside PyTorch (lib/ holds only
+# libcudnn.so.9: a folder with include/ and lib/libcudnn.so links to it for -Dcudnn_dir) ----
+cudnn_args=()
+if [ -f /usr/local/cuda/include/cudnn.h ]; then
+  say "cuDNN: the CUDA toolkit's"
 else
+  W=$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2> /dev/null)
+  if [ -n "$W" ] && [ -f "$W/include/cudnn.h" ] && [ -f "$W/lib/libcudnn.so.9" ]; then
+    mkdir -p /tmp/cudnn/lib
+    ln -sfn "$W/include" /tmp/cudnn/include
+    ln -sf "$W/lib/libcudnn.so.9" /tmp/cudnn/lib/libcudnn.so
+    export LD_LIBRARY_PATH=$W/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    cudnn_args=(-Dcudnn_dir=/tmp/cudnn)
+    say "cuDNN: the wheel at $W ($(grep -m3 -E 'define CUDNN_(MAJOR|MINOR|PATCHLEVEL) ' "$W/include/cudnn_version.h" | awk '{printf "%s ", $3}'))"
+  else
+    say "cuDNN: not found (convolutions run flatmin's own kernels)"
+  fi
+fi
+
+# ---- configure + build (without cuDNN once more if the build with it fails) ----
+build() {
+  if [ -d build-gpu ]; then setup=(setup --reconfigure); else setup=(setup); fi
+  "${MESON[@]}" "${setup[@]}" build-gpu -Dcuda=enabled -Dmarch=native "$@" >> "$LOG/build.log" 2>&1 &&
+    timeout 330 ninja -C build-gpu -j "$JOBS" tests/flatmin_tests tools/flatmin bench/flatmin_gpu_bench \
+      >> "$LOG/build.log" 2>&1
+}
+built() {
+  say "build: ok ($(grep -c 'Compiling Cuda' "$LOG/build.log") CUDA objects compiled; $(grep -E '^\s+(cuDNN|NCCL|MPI)\s*:' "$LOG/build.log" | tail -3 | tr -s ' ' | tr '\n' ' '))"
+}
+build_failed() {
   say "build: FAILED; the end of build.log:"
   grep -E 'error|Error|ERROR' "$LOG/build.log" | head -40 | tee -a "$SUMMARY"
-  tail -40 "$LOG/build.log" | tee -a "$SUMMARY"
-  exit 1
+  tail -20 "$LOG/build.log" | tee -a "$SUMMARY"
+}
+if build "${cudnn_args[@]}"; then
+  built
+else
+  build_failed
+  status=1
+  say "retrying without cuDNN (-Dcudnn=disabled)"
+  if build -Dcudnn=disabled; then built; else build_failed; pack; exit 1; fi
 fi
+pack
 T=./build-gpu/tests/flatmin_tests
 
 # compute-sanitizer memcheck over the kernel-level gpu tests (names the kernel and address
@@ -76,7 +120,7 @@ run_sanitizer() {
     say "compute-sanitizer: skipped (not installed or no time left)"
     return
   fi
-  timeout "$1" compute-sanitizer --tool memcheck --error-exitcode 9 "$T" -ts=gpu \
+  FLATMIN_CUDA_CONV=native timeout "$1" compute-sanitizer --tool memcheck --error-exitcode 9 "$T" -ts=gpu \
     -tc='*random*,*allocator*,*copies*,*int64*,*scatters*,*reductions*,*matmul*,*conv2d kernels*,*pooling*' \
     > "$LOG/sanitizer.log" 2>&1
   local rc=$?
@@ -84,20 +128,57 @@ run_sanitizer() {
   [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -E -A8 'Invalid|ERROR' "$LOG/sanitizer.log" | head -40 | tee -a "$SUMMARY"
 }
 
-# ---- gpu test suite ----
+# ---- gpu test suite (convolutions on the default engine: cuDNN where built with it) ----
 FLATMIN_CUDA_SYNC=1 timeout 200 "$T" -ts=gpu > "$LOG/gpu_tests.log" 2>&1
 rc=$?
 say "gpu suite (rc $rc): $(grep -E '^\[doctest\] (test cases|assertions)' "$LOG/gpu_tests.log" | tr '\n' ' ')"
 if [ $rc -ne 0 ]; then
   status=1
-  say "gpu suite failures (first 200 lines; a crash shows as CRASHED or no summary):"
-  grep -E -B3 -A12 'ERROR|FATAL|CRASH|exception' "$LOG/gpu_tests.log" | head -200 | tee -a "$SUMMARY"
+  say "gpu suite failures (first 120 lines; a crash shows as CRASHED or no summary):"
+  grep -E -B3 -A12 'ERROR|FATAL|CRASH|exception' "$LOG/gpu_tests.log" | head -120 | tee -a "$SUMMARY"
   tail -5 "$LOG/gpu_tests.log" | tee -a "$SUMMARY"
 elif ! grep -qE '^\[doctest\] test cases: +[1-9]' "$LOG/gpu_tests.log"; then
   status=1
   say "gpu suite did NOT run: $(grep -m1 'no usable CUDA device' "$LOG/gpu_tests.log")"
 fi
-[ $status -ne 0 ] && run_sanitizer 150  # diagnose a failure first, benchmarks after
+pack
+
+# ---- benchmarks: flatmin on each convolution engine, then PyTorch at its settings ----
+B=./build-gpu/bench/flatmin_gpu_bench
+for engine in cudnn cudnn-benchmark native; do
+  FLATMIN_CUDA_CONV=$engine timeout 100 $B --batch 128 --width 64 --steps 10 2>&1 |
+    sed "s/^RESULT /RESULT engine=$engine /" > "$LOG/bench_$engine.log"
+  say "flatmin_gpu_bench engine=$engine: $(grep -c '^RESULT' "$LOG/bench_$engine.log") results"
+done
+pack
+if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2> /dev/null; then
+  timeout 200 python3 bench/torch_gpu_bench.py --batch 128 --width 64 --steps 10 --budget-s 150 \
+    --settings fp32,fp32_benchmark,channels_last,tf32,bf16,compile > "$LOG/torch.log" 2>&1
+  say "torch_gpu_bench rc $?"
+else
+  echo "PyTorch with CUDA is not importable here" > "$LOG/torch.log"
+  say "PyTorch with CUDA not available: no PyTorch numbers"
+fi
+pack
+# ---- the main job's GPU preset, shortened: every phase and arm kind runs, each capped, so
+# the full preset's time can be estimated from the phases' rates (Fashion-MNIST in .fmnist/) ----
+if [ -d .fmnist ] && [ "$(left)" -gt 100 ]; then
+  rm -rf /tmp/escape-smoke
+  timeout $(($(left) > 160 ? 120 : $(left) - 40)) ./build-gpu/tools/flatmin escape --preset gpu --data-dir .fmnist \
+    --train-subset 512 --test-subset 1000 --trace-subset 256 --seeds 1 --methods sgd,rs,sa16,sa1 \
+    --memorize-steps 800 --memorize-acc 0.9 --clean-steps 800 --start-loss 0.05 --escape-steps 100 \
+    --escape-eval-every 50 --out /tmp/escape-smoke > "$LOG/escape.log" 2>&1
+  rc=$?
+  cp /tmp/escape-smoke/report.md /tmp/escape-smoke/summary.json "$LOG/" 2> /dev/null
+  say "flatmin escape --preset gpu (shortened) rc $rc (124 = timed out): $(grep -E '^\[[0-9]+/[0-9]+\]' "$LOG/escape.log" | tail -4 | tr '\n' ';')"
+else
+  say "escape run skipped (no .fmnist or no time left)"
+fi
+pack
+
+# where a step's time goes now (synchronized per-op times, so small kernels read high)
+FLATMIN_PROFILE=1 FLATMIN_CUDA_SYNC=1 timeout 60 $B --batch 128 --width 64 --steps 3 --gemm 256 > "$LOG/profile.log" 2>&1
+say "profile rc $? ($(wc -l < "$LOG/profile.log") lines)"
 
 # ---- the CLI on the GPU: `flatmin probe --device cuda` against the PyTorch reference ----
 R=tests/reference/resnet18/cifar_batch_train
@@ -113,17 +194,7 @@ rc=$?
 rm -f "$LOG/probe_cuda.safetensors"
 [ $rc -ne 0 ] && status=1
 say "flatmin probe --device cuda (rc $rc; PyTorch reference, float64): $(tail -3 "$LOG/probe.log" | tr '\n' ';')"
-
-# ---- benchmarks ----
-timeout 150 ./build-gpu/bench/flatmin_gpu_bench --batch 128 --width 64 --steps 10 > "$LOG/bench.log" 2>&1
-say "flatmin_gpu_bench rc $?"
-if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2> /dev/null; then
-  timeout 120 python3 bench/torch_gpu_bench.py --batch 128 --width 64 --steps 10 > "$LOG/torch.log" 2>&1
-  say "torch_gpu_bench rc $?"
-else
-  echo "PyTorch with CUDA is not importable here" > "$LOG/torch.log"
-  say "PyTorch with CUDA not available: no PyTorch numbers"
-fi
+pack
 
 # ---- whole suite (gpu suite included) ----
 if [ "$(left)" -gt 60 ]; then
@@ -135,6 +206,7 @@ if [ "$(left)" -gt 60 ]; then
 else
   say "whole suite skipped: budget spent"
 fi
+pack
 
 # ---- compute-sanitizer (memcheck) over the kernel-level tests, if time remains ----
 [ "$sanitized" -eq 0 ] && run_sanitizer $(($(left) - 15))
@@ -145,9 +217,10 @@ fi
   echo "==================== summary ($(($(date +%s) - START)) s) ===================="
   echo "GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>&1 | head -1)"
   echo "flatmin:"
-  grep '^RESULT' "$LOG/bench.log" || { echo "  (no results)"; tail -5 "$LOG/bench.log"; }
+  cat "$LOG"/bench_*.log | grep '^RESULT' | grep -v 'bench=gemm' || echo "  (no results)"
   echo "pytorch:"
-  grep -E '^(RESULT|torch )' "$LOG/torch.log" || tail -3 "$LOG/torch.log"
+  grep -E '^(RESULT|torch |# )' "$LOG/torch.log" | grep -v 'bench=gemm' || tail -3 "$LOG/torch.log"
 } | tee -a "$SUMMARY"
 say "overall: $([ $status -eq 0 ] && echo PASS || echo FAIL)"
+pack
 exit $status
