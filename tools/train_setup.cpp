@@ -362,7 +362,8 @@ nlohmann::json measured_json(const PhaseResult& r, bool with_trace) {
 
 // What this rank has sent to the others so far (host world and, for CUDA models, NCCL's).
 static uint64_t bytes_sent_by(const nn::Module& net) {
-  const distributed::World &w = distributed::world(), &dw = distributed::world_for(net.parameters().at(0).device());
+  const Device device = net.parameters().at(0).device();  // named: GCC 13 flags a reference through a temporary
+  const distributed::World &w = distributed::world(), &dw = distributed::world_for(device);
   return w.bytes_sent() + (&dw != &w ? dw.bytes_sent() : 0);
 }
 
