@@ -22,6 +22,9 @@ SUMMARY=$LOG/summary.txt
 pack() { [ -n "${OUT:-}" ] && cp "$SUMMARY" "$OUT/" && tar -czf "$OUT/logs.tar.gz" -C "$LOG" . 2> /dev/null; true; }
 START=$(date +%s)
 BUDGET=${GPU_CHECK_BUDGET_S:-470}
+# the stages after the build (GPU_CHECK_STAGES, a comma list; all by default)
+STAGES=,${GPU_CHECK_STAGES:-suite,bench,layers,torch,escape,profile,probe,all,sanitizer},
+want() { [[ $STAGES == *",$1,"* ]]; }
 export PATH=/usr/local/cuda/bin:$PATH
 JOBS=$(nproc)
 say() { echo "[gpu_check $(($(date +%s) - START))s] $*" | tee -a "$SUMMARY"; }
@@ -129,6 +132,7 @@ run_sanitizer() {
 }
 
 # ---- gpu test suite (convolutions on the default engine: cuDNN where built with it) ----
+want suite && {
 FLATMIN_CUDA_SYNC=1 timeout 200 "$T" -ts=gpu > "$LOG/gpu_tests.log" 2>&1
 rc=$?
 say "gpu suite (rc $rc): $(grep -E '^\[doctest\] (test cases|assertions)' "$LOG/gpu_tests.log" | tr '\n' ' ')"
@@ -142,16 +146,24 @@ elif ! grep -qE '^\[doctest\] test cases: +[1-9]' "$LOG/gpu_tests.log"; then
   say "gpu suite did NOT run: $(grep -m1 'no usable CUDA device' "$LOG/gpu_tests.log")"
 fi
 pack
+}
 
 # ---- benchmarks: flatmin on each convolution engine, then PyTorch at its settings ----
 B=./build-gpu/bench/flatmin_gpu_bench
-for engine in cudnn cudnn-benchmark native; do
+want bench && for engine in cudnn cudnn-benchmark native; do
   FLATMIN_CUDA_CONV=$engine timeout 100 $B --batch 128 --width 64 --steps 10 2>&1 |
     sed "s/^RESULT /RESULT engine=$engine /" > "$LOG/bench_$engine.log"
   say "flatmin_gpu_bench engine=$engine: $(grep -c '^RESULT' "$LOG/bench_$engine.log") results"
 done
+# each distinct convolution on each engine, with the algorithm cuDNN's plans chose
+if want layers; then
+  FLATMIN_CUDNN_LOG=1 timeout 120 $B --layers 1 --batch 128 --width 64 --steps 10 > "$LOG/layers.log" 2>&1
+  say "conv layers rc $? ($(grep -c '^RESULT' "$LOG/layers.log") results)"
+fi
 pack
-if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2> /dev/null; then
+if ! want torch; then
+  say "torch stage not asked for"
+elif python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2> /dev/null; then
   timeout 200 python3 bench/torch_gpu_bench.py --batch 128 --width 64 --steps 10 --budget-s 150 \
     --settings fp32,fp32_benchmark,channels_last,tf32,bf16,compile > "$LOG/torch.log" 2>&1
   say "torch_gpu_bench rc $?"
@@ -162,7 +174,9 @@ fi
 pack
 # ---- the main job's GPU preset, shortened: every phase and arm kind runs, each capped, so
 # the full preset's time can be estimated from the phases' rates (Fashion-MNIST in .fmnist/) ----
-if [ -d .fmnist ] && [ "$(left)" -gt 100 ]; then
+if ! want escape; then
+  :
+elif [ -d .fmnist ] && [ "$(left)" -gt 100 ]; then
   rm -rf /tmp/escape-smoke
   timeout $(($(left) > 160 ? 120 : $(left) - 40)) ./build-gpu/tools/flatmin escape --preset gpu --data-dir .fmnist \
     --train-subset 512 --test-subset 1000 --trace-subset 256 --seeds 1 --methods sgd,rs,sa16,sa1 \
@@ -177,10 +191,14 @@ fi
 pack
 
 # where a step's time goes now (synchronized per-op times, so small kernels read high)
-FLATMIN_PROFILE=1 FLATMIN_CUDA_SYNC=1 timeout 60 $B --batch 128 --width 64 --steps 3 --gemm 256 > "$LOG/profile.log" 2>&1
-say "profile rc $? ($(wc -l < "$LOG/profile.log") lines)"
+if want profile; then
+  FLATMIN_PROFILE=1 FLATMIN_CUDA_SYNC=1 timeout 60 $B --batch 128 --width 64 --steps 3 --repeats 1 --gemm 256 \
+    > "$LOG/profile.log" 2>&1
+  say "profile rc $? ($(wc -l < "$LOG/profile.log") lines)"
+fi
 
 # ---- the CLI on the GPU: `flatmin probe --device cuda` against the PyTorch reference ----
+want probe && {
 R=tests/reference/resnet18/cifar_batch_train
 PY=python3
 python3 -c 'import numpy' 2> /dev/null || PY=/usr/bin/python3
@@ -195,9 +213,12 @@ rm -f "$LOG/probe_cuda.safetensors"
 [ $rc -ne 0 ] && status=1
 say "flatmin probe --device cuda (rc $rc; PyTorch reference, float64): $(tail -3 "$LOG/probe.log" | tr '\n' ';')"
 pack
+}
 
 # ---- whole suite (gpu suite included) ----
-if [ "$(left)" -gt 60 ]; then
+if ! want all; then
+  :
+elif [ "$(left)" -gt 60 ]; then
   timeout $(($(left) - 40)) "$T" > "$LOG/all_tests.log" 2>&1
   rc=$?
   [ $rc -ne 0 ] && status=1
@@ -209,7 +230,7 @@ fi
 pack
 
 # ---- compute-sanitizer (memcheck) over the kernel-level tests, if time remains ----
-[ "$sanitized" -eq 0 ] && run_sanitizer $(($(left) - 15))
+want sanitizer && [ "$sanitized" -eq 0 ] && run_sanitizer $(($(left) - 15))
 
 # ---- summary ----
 {
@@ -217,9 +238,10 @@ pack
   echo "==================== summary ($(($(date +%s) - START)) s) ===================="
   echo "GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>&1 | head -1)"
   echo "flatmin:"
-  cat "$LOG"/bench_*.log | grep '^RESULT' | grep -v 'bench=gemm' || echo "  (no results)"
+  cat "$LOG"/bench_*.log 2> /dev/null | grep '^RESULT' | grep -v 'bench=gemm' || echo "  (no results)"
+  [ -f "$LOG/layers.log" ] && grep '^RESULT' "$LOG/layers.log" | sed 's/^RESULT bench=conv_layer //'
   echo "pytorch:"
-  grep -E '^(RESULT|torch |# )' "$LOG/torch.log" | grep -v 'bench=gemm' || tail -3 "$LOG/torch.log"
+  grep -E '^(RESULT|torch |# )' "$LOG/torch.log" 2> /dev/null | grep -v 'bench=gemm' || echo "  (not run)"
 } | tee -a "$SUMMARY"
 say "overall: $([ $status -eq 0 ] && echo PASS || echo FAIL)"
 pack

@@ -12,6 +12,8 @@
 // at run time is skipped for the next one.
 #include <cudnn.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -96,10 +98,15 @@ struct Candidate {
 // (their workspace is asked for separately: the heuristics' figure is not exact). float32's
 // FMA math is the descriptor's, so a TF32 kernel cannot be picked whatever a result's
 // mathType says (the gpu suite's 1e-5 check would see one).
-template <class Perf> std::vector<int> usable(const Perf* p, int n) {
-  std::vector<int> out;
+struct Ranked {
+  int algo;
+  float ms;  // cuDNN's timing (benchmark mode), else -1
+};
+template <class Perf> std::vector<Ranked> usable(const Perf* p, int n) {
+  std::vector<Ranked> out;
   for (int i = 0; i < n; ++i)
-    if (p[i].status == CUDNN_STATUS_SUCCESS && p[i].determinism == CUDNN_DETERMINISTIC) out.push_back(int(p[i].algo));
+    if (p[i].status == CUDNN_STATUS_SUCCESS && p[i].determinism == CUDNN_DETERMINISTIC)
+      out.push_back({int(p[i].algo), p[i].time});
   return out;
 }
 
@@ -111,7 +118,7 @@ struct Call {
   const void *a, *b;  // forward: x, w; input grad: gy, w; weight grad: x, gy
   void* out;          // y, gx or gw (overwritten)
 
-  std::vector<int> algorithms(bool benchmark) const {
+  std::vector<Ranked> algorithms(bool benchmark) const {
     cudnnHandle_t h = handle(c);
     constexpr int kMax = 16;
     if (dir == Direction::forward) {
@@ -199,6 +206,36 @@ const char* direction_name(Direction d) {
   return d == Direction::forward ? "conv2d" : d == Direction::input_grad ? "conv2d_input_grad" : "conv2d_weight_grad";
 }
 
+// FLATMIN_CUDNN_LOG=1: one line on stderr per new plan (which algorithm, its workspace, the
+// deterministic candidates in cuDNN's order, with cuDNN's times in benchmark mode).
+bool log_plans() {
+  static const bool on = [] {
+    const char* v = std::getenv("FLATMIN_CUDNN_LOG");
+    return v && v[0] == '1';
+  }();
+  return on;
+}
+void log_plan(Direction dir, const kernels::ConvGeometry& g, DType t, bool benchmark, const Candidate& k,
+              const std::vector<Ranked>& ranked) {
+  char head[320];
+  std::snprintf(head, sizeof head,
+                "[flatmin cudnn] %s x[%lld,%lld,%lld,%lld] w[%lld,%lld,%lld,%lld] stride %lld pad %lld %s %s: algo %d "
+                "workspace %zu KiB; candidates",
+                direction_name(dir), (long long)g.N, (long long)g.C, (long long)g.H, (long long)g.W, (long long)g.O,
+                (long long)g.C, (long long)g.KH, (long long)g.KW, (long long)g.sh, (long long)g.ph, dtype_name(t),
+                benchmark ? "benchmark" : "heuristic", k.algo, k.memory >> 10);
+  std::string line = head;
+  for (const Ranked& r : ranked) {
+    char item[48];
+    if (benchmark)
+      std::snprintf(item, sizeof item, " %d:%.4fms", r.algo, double(r.ms));
+    else
+      std::snprintf(item, sizeof item, " %d", r.algo);
+    line += item;
+  }
+  std::fprintf(stderr, "%s\n", line.c_str());
+}
+
 // Throws rather than falling back: a shape for which no deterministic algorithm runs is
 // reported by name (FLATMIN_CUDA_CONV=native is the way around it).
 void cudnn_conv(const Ctx& c, Direction dir, const kernels::ConvGeometry& g, DType t, const void* a, const void* b,
@@ -220,11 +257,14 @@ void cudnn_conv(const Ctx& c, Direction dir, const kernels::ConvGeometry& g, DTy
   // and BAD_PARAM sub-codes) moves on to the next, and the first refusal is reported if none runs.
   cudnnStatus_t first = CUDNN_STATUS_NOT_SUPPORTED;
   bool refused = false;
-  for (int algo : call.algorithms(e == ConvEngine::cudnn_benchmark)) {
-    const std::optional<Candidate> k = call.with_workspace(algo);
+  const bool benchmark = e == ConvEngine::cudnn_benchmark;
+  const std::vector<Ranked> ranked = call.algorithms(benchmark);
+  for (const Ranked& r : ranked) {
+    const std::optional<Candidate> k = call.with_workspace(r.algo);
     if (!k) continue;
     const cudnnStatus_t s = call.run(*k);
     if (s == CUDNN_STATUS_SUCCESS) {
+      if (log_plans()) log_plan(dir, g, t, benchmark, *k, ranked);
       std::lock_guard<std::mutex> lock(plans_mutex);
       plans.emplace(key, *k);
       return;

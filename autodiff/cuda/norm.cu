@@ -1,7 +1,11 @@
 // Fused batch norm with batch statistics (the CPU's autodiff/cpu/norm.cpp on the GPU): the
 // forward, the first-order backward and the two second-order rules for unrecorded sweeps.
-// One block per channel, sums in double combined in a fixed tree (no atomics), so results
-// are deterministic. Recorded sweeps use the differentiable rules (nn_ops.cpp).
+// Each channel's N*S elements are split into P parts (P from the shape alone, so that the
+// grid fills the GPU: one block per channel left most of it idle on the wide early layers);
+// a sum kernel writes each part's sums in double (a fixed tree per block), and the kernel
+// after it adds a channel's P partial sums in part order. No atomics: results are
+// deterministic and the same in every process. Recorded sweeps use the differentiable rules
+// (nn_ops.cpp).
 #include "autodiff/cuda/kernels.hpp"
 
 namespace flatmin::cuda {
@@ -11,10 +15,39 @@ namespace {
 // x viewed as [N, C, S]: element j of channel c (j < N*S) is at (j / S) * C*S + c*S + j % S.
 struct BnLayout {
   int64_t N, C, S;
+  FM_HD int64_t M() const { return N * S; }
 };
-__device__ __forceinline__ int64_t bn_at(const BnLayout& L, int64_t c, int64_t j) {
-  return (j / L.S) * L.C * L.S + c * L.S + j % L.S;
+// P parts of `chunk` consecutive j per channel; work item q = c * P + p.
+struct BnSplit {
+  int64_t P, chunk;
+};
+constexpr int64_t kBnBlocksWanted = 1024;  // a few blocks per multiprocessor
+constexpr int64_t kBnMinChunk = 2048;      // elements per block, at least (8 per thread)
+BnSplit bn_split(const BnLayout& L) {
+  const int64_t M = L.M();
+  const int64_t P = std::clamp<int64_t>((kBnBlocksWanted + L.C - 1) / L.C, 1, std::max<int64_t>(1, M / kBnMinChunk));
+  return {P, (M + P - 1) / P};
 }
+
+// Calls f(i) for the elements of part p of channel c this thread visits (stride kThreads);
+// (n, s) advance without a 64-bit division per element.
+template <class F>
+__device__ __forceinline__ void bn_for_part(const BnLayout& L, const BnSplit& sp, int64_t c, int64_t p, F&& f) {
+  const int64_t begin = p * sp.chunk + threadIdx.x, end = min((p + 1) * sp.chunk, L.M());
+  if (begin >= end) return;
+  const int64_t dn = kThreads / L.S, ds = kThreads % L.S, CS = L.C * L.S;
+  int64_t n = begin / L.S, s = begin % L.S;
+  for (int64_t j = begin; j < end; j += kThreads) {
+    f(n * CS + c * L.S + s);
+    n += dn;
+    s += ds;
+    if (s >= L.S) {
+      s -= L.S;
+      ++n;
+    }
+  }
+}
+
 // Block-wide sum of v (every thread calls it); the result is valid in every thread.
 __device__ __forceinline__ double bn_block_sum(double v, double* part) {
   part[threadIdx.x] = v;
@@ -28,121 +61,202 @@ __device__ __forceinline__ double bn_block_sum(double v, double* part) {
   return r;
 }
 
-template <class T> __global__ void bn_forward_block_kernel(const T* x, const T* w, const T* b, double eps, T* y,
-                                                           T* mean, T* var, BnLayout L) {
+// Sum k of channel c over its P parts, in part order.
+__device__ __forceinline__ double bn_channel_sum(const double* partial, int64_t P, int K, int64_t c, int k) {
+  double t = 0;
+  for (int64_t p = 0; p < P; ++p) t += partial[(c * P + p) * K + k];
+  return t;
+}
+
+// partial[(c*P + p)*K + k] = Σ over part p of channel c of the k-th term f(i, acc) adds.
+// f.prepare(c) first sets the channel's constants.
+template <int K, class Sum> __global__ void bn_sum_block_kernel(Sum f, BnLayout L, BnSplit sp, double* partial) {
   __shared__ double part[kThreads];
-  const int64_t M = L.N * L.S;
-  for (int64_t c = blockIdx.x; c < L.C; c += gridDim.x) {
-    double s = 0;
-    for (int64_t j = threadIdx.x; j < M; j += kThreads) s += double(x[bn_at(L, c, j)]);
-    const double mu = bn_block_sum(s, part) / double(M);
-    double v = 0;
-    for (int64_t j = threadIdx.x; j < M; j += kThreads) {
-      const double d = double(x[bn_at(L, c, j)]) - mu;
-      v += d * d;
+  for (int64_t q = blockIdx.x; q < L.C * sp.P; q += gridDim.x) {
+    const int64_t c = q / sp.P, p = q % sp.P;
+    Sum g = f;
+    g.prepare(c);
+    double acc[K] = {};
+    bn_for_part(L, sp, c, p, [&](int64_t i) { g(i, acc); });
+    for (int k = 0; k < K; ++k) {
+      const double t = bn_block_sum(acc[k], part);
+      if (threadIdx.x == 0) partial[q * K + k] = t;
     }
-    v = bn_block_sum(v, part) / double(M);
-    const T sc = T((w ? double(w[c]) : 1.0) / sqrt(v + eps)), sh = T(b ? double(b[c]) : 0.0), m = T(mu);
-    for (int64_t j = threadIdx.x; j < M; j += kThreads) {
-      const int64_t i = bn_at(L, c, j);
-      y[i] = (x[i] - m) * sc + sh;
-    }
-    if (threadIdx.x == 0) {
+  }
+}
+
+// f.prepare(c, first) sets the channel's constants (from the partial sums) and, for the
+// first thread of part 0, writes the per-channel outputs; then f(i) writes element i.
+template <class Apply> __global__ void bn_apply_block_kernel(Apply f, BnLayout L, BnSplit sp) {
+  for (int64_t q = blockIdx.x; q < L.C * sp.P; q += gridDim.x) {
+    const int64_t c = q / sp.P, p = q % sp.P;
+    Apply g = f;
+    g.prepare(c, p == 0 && threadIdx.x == 0);
+    bn_for_part(L, sp, c, p, [&](int64_t i) { g(i); });
+  }
+}
+
+// ---- forward: mean (sums of x), variance (sums of (x - mean)^2), then y ----
+template <class T> struct BnMeanSums {
+  const T* x;
+  __device__ void prepare(int64_t) {}
+  __device__ void operator()(int64_t i, double* acc) const { acc[0] += double(x[i]); }
+};
+template <class T> struct BnVarSums {
+  const T* x;
+  const double* sums;  // of x
+  BnLayout L;
+  int64_t P;
+  double mu = 0;
+  __device__ void prepare(int64_t c) { mu = bn_channel_sum(sums, P, 1, c, 0) / double(L.M()); }
+  __device__ void operator()(int64_t i, double* acc) const {
+    const double d = double(x[i]) - mu;
+    acc[0] += d * d;
+  }
+};
+template <class T> struct BnForwardApply {
+  const T *x, *w, *b;
+  T *y, *mean, *var;
+  const double *sums, *sq;  // of x and of (x - mean)^2
+  double eps;
+  BnLayout L;
+  int64_t P;
+  T sc{}, sh{}, m{};
+  __device__ void prepare(int64_t c, bool first) {
+    const double mu = bn_channel_sum(sums, P, 1, c, 0) / double(L.M()),
+                 v = bn_channel_sum(sq, P, 1, c, 0) / double(L.M());
+    sc = T((w ? double(w[c]) : 1.0) / sqrt(v + eps));
+    sh = T(b ? double(b[c]) : 0.0);
+    m = T(mu);
+    if (first) {
       mean[c] = T(mu);
       var[c] = T(v);
     }
   }
-}
+  __device__ void operator()(int64_t i) const { y[i] = (x[i] - m) * sc + sh; }
+};
 
-// gb = Σ g, gw = Σ g·x̂, gx = w·r·(g − mean(g) − x̂·mean(g·x̂)), x̂ = (x − μ)·r.
-template <class T> __global__ void bn_backward_block_kernel(const T* g, const T* x, const T* w, const T* mean,
-                                                            const T* var, double eps, T* gx, T* gw, T* gb, BnLayout L) {
-  __shared__ double part[kThreads];
-  const int64_t M = L.N * L.S;
-  for (int64_t c = blockIdx.x; c < L.C; c += gridDim.x) {
+// ---- backward: gb = Σ g, gw = Σ g·x̂, gx = w·r·(g − mean(g) − x̂·mean(g·x̂)), x̂ = (x − μ)·r ----
+template <class T> struct BnBackwardSums {
+  const T *g, *x, *mean;
+  double mu = 0;
+  __device__ void prepare(int64_t c) { mu = double(mean[c]); }
+  __device__ void operator()(int64_t i, double* acc) const {
+    acc[0] += double(g[i]);
+    acc[1] += double(g[i]) * (double(x[i]) - mu);
+  }
+};
+template <class T> struct BnBackwardApply {
+  const T *g, *x, *w, *mean, *var;
+  T *gx, *gw, *gb;
+  const double* sums;  // [C, P, 2]
+  double eps;
+  BnLayout L;
+  int64_t P;
+  T ta{}, tb{}, tg{}, m{};
+  __device__ void prepare(int64_t c, bool first) {
     const double mu = double(mean[c]), r = 1.0 / sqrt(double(var[c]) + eps);
-    double sg = 0, sgx = 0;
-    for (int64_t j = threadIdx.x; j < M; j += kThreads) {
-      const int64_t i = bn_at(L, c, j);
-      sg += double(g[i]);
-      sgx += double(g[i]) * (double(x[i]) - mu);
-    }
-    sg = bn_block_sum(sg, part);
-    sgx = bn_block_sum(sgx, part);
-    if (threadIdx.x == 0) {
+    const double sg = bn_channel_sum(sums, P, 2, c, 0), sgx = bn_channel_sum(sums, P, 2, c, 1);
+    if (first) {
       if (gb) gb[c] = T(sg);
       if (gw) gw[c] = T(sgx * r);
     }
-    const double k = (w ? double(w[c]) : 1.0) * r;
-    const T ta = T(k), tb = T(-k * r * r * sgx / double(M)), tg = T(-k * sg / double(M)), m = T(mu);
-    for (int64_t j = threadIdx.x; j < M; j += kThreads) {
-      const int64_t i = bn_at(L, c, j);
-      gx[i] = ta * g[i] + tb * (x[i] - m) + tg;
-    }
+    const double k = (w ? double(w[c]) : 1.0) * r, M = double(L.M());
+    ta = T(k);
+    tb = T(-k * r * r * sgx / M);
+    tg = T(-k * sg / M);
+    m = T(mu);
   }
-}
+  __device__ void operator()(int64_t i) const { gx[i] = ta * g[i] + tb * (x[i] - m) + tg; }
+};
 
-// The second-order rules (formulas in nn_ops.cpp and autodiff/cpu/norm.cpp), for sweeps
-// that do not record. input grad, cotangent a: dg, dx, dw; weight grad, cotangent beta: dg, dx.
-template <class T> __global__ void bn_input_grad_vjp_block_kernel(const T* a, const T* g, const T* x, const T* w,
-                                                                  const T* mean, const T* var, double eps, T* dg, T* dx,
-                                                                  T* dw, BnLayout L) {
-  __shared__ double part[kThreads];
-  const int64_t M = L.N * L.S;
-  for (int64_t c = blockIdx.x; c < L.C; c += gridDim.x) {
+// ---- the second-order rules (formulas in nn_ops.cpp and autodiff/cpu/norm.cpp), for
+// sweeps that do not record. input grad, cotangent a: dg, dx, dw ----
+template <class T> struct BnInputGradVjpSums {
+  const T *a, *g, *x, *mean, *var;
+  double eps;
+  double mu = 0, r = 0;
+  __device__ void prepare(int64_t c) {
+    mu = double(mean[c]);
+    r = 1.0 / sqrt(double(var[c]) + eps);
+  }
+  __device__ void operator()(int64_t i, double* acc) const {
+    const double av = double(a[i]), gv = double(g[i]), xh = (double(x[i]) - mu) * r;
+    acc[0] += av;
+    acc[1] += gv;
+    acc[2] += av * gv;
+    acc[3] += gv * xh;
+    acc[4] += av * xh;
+  }
+};
+template <class T> struct BnInputGradVjpApply {
+  const T *a, *g, *x, *w, *mean, *var;
+  T *dg, *dx, *dw;
+  const double* sums;  // [C, P, 5]
+  double eps;
+  BnLayout L;
+  int64_t P;
+  T xk{}, gk{}, ak{}, c0k{}, da{}, dxh{}, d0{}, m{};
+  __device__ void prepare(int64_t c, bool first) {
     const double mu = double(mean[c]), r = 1.0 / sqrt(double(var[c]) + eps), wc = w ? double(w[c]) : 1.0;
-    double sa = 0, sg = 0, sag = 0, sgx = 0, sax = 0;
-    for (int64_t j = threadIdx.x; j < M; j += kThreads) {
-      const int64_t i = bn_at(L, c, j);
-      const double av = double(a[i]), gv = double(g[i]), xh = (double(x[i]) - mu) * r;
-      sa += av;
-      sg += gv;
-      sag += av * gv;
-      sgx += gv * xh;
-      sax += av * xh;
-    }
-    sa = bn_block_sum(sa, part);
-    sg = bn_block_sum(sg, part);
-    sag = bn_block_sum(sag, part);
-    sgx = bn_block_sum(sgx, part);
-    sax = bn_block_sum(sax, part);
-    const double Md = double(M), ma = sa / Md, max = sax / Md, mgh = wc * sg / Md, magh = wc * sag / Md,
+    const double sa = bn_channel_sum(sums, P, 5, c, 0), sg = bn_channel_sum(sums, P, 5, c, 1),
+                 sag = bn_channel_sum(sums, P, 5, c, 2), sgx = bn_channel_sum(sums, P, 5, c, 3),
+                 sax = bn_channel_sum(sums, P, 5, c, 4);
+    const double Md = double(L.M()), ma = sa / Md, max = sax / Md, mgh = wc * sg / Md, magh = wc * sag / Md,
                  mghx = wc * sgx / Md;
-    if (dw && threadIdx.x == 0) dw[c] = T(r * (sag - sg * ma - sgx * max));
+    if (first && dw) dw[c] = T(r * (sag - sg * ma - sgx * max));
     const double k = magh - mgh * ma - 3.0 * mghx * max, r2 = r * r;
-    const T xk = T(-r2 * k * r), gk = T(-r2 * wc * max), ak = T(-r2 * mghx), c0k = T(r2 * (mgh * max + mghx * ma));
-    const T da = T(wc * r), dxh = T(-wc * r * max * r), d0 = T(-wc * r * ma), m = T(mu);
-    for (int64_t j = threadIdx.x; j < M; j += kThreads) {
-      const int64_t i = bn_at(L, c, j);
-      if (dg) dg[i] = da * a[i] + dxh * (x[i] - m) + d0;
-      if (dx) dx[i] = xk * (x[i] - m) + gk * g[i] + ak * a[i] + c0k;
-    }
+    xk = T(-r2 * k * r);
+    gk = T(-r2 * wc * max);
+    ak = T(-r2 * mghx);
+    c0k = T(r2 * (mgh * max + mghx * ma));
+    da = T(wc * r);
+    dxh = T(-wc * r * max * r);
+    d0 = T(-wc * r * ma);
+    m = T(mu);
   }
-}
+  __device__ void operator()(int64_t i) const {
+    if (dg) dg[i] = da * a[i] + dxh * (x[i] - m) + d0;
+    if (dx) dx[i] = xk * (x[i] - m) + gk * g[i] + ak * a[i] + c0k;
+  }
+};
 
-template <class T> __global__ void bn_weight_grad_vjp_block_kernel(const T* beta, const T* g, const T* x, const T* mean,
-                                                                   const T* var, double eps, T* dg, T* dx, BnLayout L) {
-  __shared__ double part[kThreads];
-  const int64_t M = L.N * L.S;
-  for (int64_t c = blockIdx.x; c < L.C; c += gridDim.x) {
-    const double mu = double(mean[c]), r = 1.0 / sqrt(double(var[c]) + eps), b = double(beta[c]);
-    double sg = 0, sgx = 0;
-    for (int64_t j = threadIdx.x; j < M; j += kThreads) {
-      const int64_t i = bn_at(L, c, j);
-      sg += double(g[i]);
-      sgx += double(g[i]) * (double(x[i]) - mu) * r;
-    }
-    sg = bn_block_sum(sg, part);
-    sgx = bn_block_sum(sgx, part);
-    const T gk = T(b * r), xk = T(-b * r * r * sgx / double(M)), k0 = T(-b * r * sg / double(M)), dk = T(b * r),
-            m = T(mu);
-    for (int64_t j = threadIdx.x; j < M; j += kThreads) {
-      const int64_t i = bn_at(L, c, j);
-      if (dg) dg[i] = dk * (x[i] - m);
-      if (dx) dx[i] = gk * g[i] + xk * (x[i] - m) + k0;
-    }
+// ---- weight grad, cotangent beta: dg, dx ----
+template <class T> struct BnWeightGradVjpSums {
+  const T *g, *x, *mean, *var;
+  double eps;
+  double mu = 0, r = 0;
+  __device__ void prepare(int64_t c) {
+    mu = double(mean[c]);
+    r = 1.0 / sqrt(double(var[c]) + eps);
   }
-}
+  __device__ void operator()(int64_t i, double* acc) const {
+    acc[0] += double(g[i]);
+    acc[1] += double(g[i]) * (double(x[i]) - mu) * r;
+  }
+};
+template <class T> struct BnWeightGradVjpApply {
+  const T *beta, *g, *x, *mean, *var;
+  T *dg, *dx;
+  const double* sums;  // [C, P, 2]
+  double eps;
+  BnLayout L;
+  int64_t P;
+  T gk{}, xk{}, k0{}, dk{}, m{};
+  __device__ void prepare(int64_t c, bool) {
+    const double mu = double(mean[c]), r = 1.0 / sqrt(double(var[c]) + eps), b = double(beta[c]), M = double(L.M());
+    const double sg = bn_channel_sum(sums, P, 2, c, 0), sgx = bn_channel_sum(sums, P, 2, c, 1);
+    gk = T(b * r);
+    xk = T(-b * r * r * sgx / M);
+    k0 = T(-b * r * sg / M);
+    dk = T(b * r);
+    m = T(mu);
+  }
+  __device__ void operator()(int64_t i) const {
+    if (dg) dg[i] = dk * (x[i] - m);
+    if (dx) dx[i] = gk * g[i] + xk * (x[i] - m) + k0;
+  }
+};
 
 BnLayout bn_layout(const Tensor& x) {
   const int64_t N = x.shape()[0], C = x.shape()[1];
@@ -150,7 +264,14 @@ BnLayout bn_layout(const Tensor& x) {
 }
 template <class T> const T* maybe(const Tensor& t) { return t.defined() ? data_ptr<T>(t) : nullptr; }
 template <class T> T* maybe_out(Tensor& t) { return t.defined() ? data_ptr<T>(t) : nullptr; }
-unsigned bn_grid(int64_t C) { return unsigned(std::clamp<int64_t>(C, 1, 65535)); }
+unsigned bn_grid(const BnLayout& L, const BnSplit& sp) { return unsigned(std::clamp<int64_t>(L.C * sp.P, 1, 65535)); }
+
+// The partial sums of one pass: [C, P, K] doubles from the caching allocator.
+struct BnPartials : Workspace {
+  BnPartials(const Ctx& c, const BnLayout& L, const BnSplit& sp, int K)
+      : Workspace(c.backend, size_t(L.C * sp.P * K) * sizeof(double)) {}
+  double* data() const { return static_cast<double*>(ptr); }
+};
 
 }  // namespace
 
@@ -158,10 +279,19 @@ void batch_norm_forward(const Ctx& c, const Tensor& x, const Tensor& w, const Te
                         Tensor& mean, Tensor& var) {
   const BnLayout L = bn_layout(x);
   if (L.C == 0) return;
+  const BnSplit sp = bn_split(L);
+  const BnPartials sums(c, L, sp, 1), sq(c, L, sp, 1);
   dispatch_float(x.dtype(), "batch_norm", [&](auto z) {
     using T = decltype(z);
-    bn_forward_block_kernel<T><<<bn_grid(L.C), kThreads, 0, c.stream>>>(
-        data_ptr<T>(x), maybe<T>(w), maybe<T>(b), eps, data_ptr<T>(y), data_ptr<T>(mean), data_ptr<T>(var), L);
+    const T* xp = data_ptr<T>(x);
+    bn_sum_block_kernel<1, BnMeanSums<T>>
+        <<<bn_grid(L, sp), kThreads, 0, c.stream>>>(BnMeanSums<T>{xp}, L, sp, sums.data());
+    bn_sum_block_kernel<1, BnVarSums<T>>
+        <<<bn_grid(L, sp), kThreads, 0, c.stream>>>(BnVarSums<T>{xp, sums.data(), L, sp.P}, L, sp, sq.data());
+    const BnForwardApply<T> f{
+        xp,  maybe<T>(w), maybe<T>(b), data_ptr<T>(y), data_ptr<T>(mean), data_ptr<T>(var), sums.data(), sq.data(),
+        eps, L,           sp.P};
+    bn_apply_block_kernel<BnForwardApply<T>><<<bn_grid(L, sp), kThreads, 0, c.stream>>>(f, L, sp);
   });
   after_launch(c, "batch_norm (forward)");
 }
@@ -170,11 +300,25 @@ void batch_norm_backward(const Ctx& c, const Tensor& g, const Tensor& x, const T
                          const Tensor& var, double eps, Tensor& gx, Tensor& gw, Tensor& gb) {
   const BnLayout L = bn_layout(x);
   if (L.C == 0) return;
+  const BnSplit sp = bn_split(L);
+  const BnPartials sums(c, L, sp, 2);
   dispatch_float(x.dtype(), "batch_norm", [&](auto z) {
     using T = decltype(z);
-    bn_backward_block_kernel<T><<<bn_grid(L.C), kThreads, 0, c.stream>>>(
-        data_ptr<T>(g), data_ptr<T>(x), maybe<T>(w), data_ptr<T>(mean), data_ptr<T>(var), eps, data_ptr<T>(gx),
-        maybe_out<T>(gw), maybe_out<T>(gb), L);
+    const BnBackwardSums<T> s{data_ptr<T>(g), data_ptr<T>(x), data_ptr<T>(mean)};
+    bn_sum_block_kernel<2, BnBackwardSums<T>><<<bn_grid(L, sp), kThreads, 0, c.stream>>>(s, L, sp, sums.data());
+    const BnBackwardApply<T> f{data_ptr<T>(g),
+                               data_ptr<T>(x),
+                               maybe<T>(w),
+                               data_ptr<T>(mean),
+                               data_ptr<T>(var),
+                               data_ptr<T>(gx),
+                               maybe_out<T>(gw),
+                               maybe_out<T>(gb),
+                               sums.data(),
+                               eps,
+                               L,
+                               sp.P};
+    bn_apply_block_kernel<BnBackwardApply<T>><<<bn_grid(L, sp), kThreads, 0, c.stream>>>(f, L, sp);
   });
   after_launch(c, "batch_norm (backward)");
 }
@@ -183,11 +327,27 @@ void batch_norm_input_grad_vjp(const Ctx& c, const Tensor& a, const Tensor& g, c
                                const Tensor& mean, const Tensor& var, double eps, Tensor& dg, Tensor& dx, Tensor& dw) {
   const BnLayout L = bn_layout(x);
   if (L.C == 0) return;
+  const BnSplit sp = bn_split(L);
+  const BnPartials sums(c, L, sp, 5);
   dispatch_float(x.dtype(), "batch_norm_input_grad", [&](auto z) {
     using T = decltype(z);
-    bn_input_grad_vjp_block_kernel<T><<<bn_grid(L.C), kThreads, 0, c.stream>>>(
-        data_ptr<T>(a), data_ptr<T>(g), data_ptr<T>(x), maybe<T>(w), data_ptr<T>(mean), data_ptr<T>(var), eps,
-        maybe_out<T>(dg), maybe_out<T>(dx), maybe_out<T>(dw), L);
+    const BnInputGradVjpSums<T> s{data_ptr<T>(a),    data_ptr<T>(g),   data_ptr<T>(x),
+                                  data_ptr<T>(mean), data_ptr<T>(var), eps};
+    bn_sum_block_kernel<5, BnInputGradVjpSums<T>><<<bn_grid(L, sp), kThreads, 0, c.stream>>>(s, L, sp, sums.data());
+    const BnInputGradVjpApply<T> f{data_ptr<T>(a),
+                                   data_ptr<T>(g),
+                                   data_ptr<T>(x),
+                                   maybe<T>(w),
+                                   data_ptr<T>(mean),
+                                   data_ptr<T>(var),
+                                   maybe_out<T>(dg),
+                                   maybe_out<T>(dx),
+                                   maybe_out<T>(dw),
+                                   sums.data(),
+                                   eps,
+                                   L,
+                                   sp.P};
+    bn_apply_block_kernel<BnInputGradVjpApply<T>><<<bn_grid(L, sp), kThreads, 0, c.stream>>>(f, L, sp);
   });
   after_launch(c, "batch_norm_input_grad (second order)");
 }
@@ -196,11 +356,24 @@ void batch_norm_weight_grad_vjp(const Ctx& c, const Tensor& beta, const Tensor& 
                                 const Tensor& var, double eps, Tensor& dg, Tensor& dx) {
   const BnLayout L = bn_layout(x);
   if (L.C == 0) return;
+  const BnSplit sp = bn_split(L);
+  const BnPartials sums(c, L, sp, 2);
   dispatch_float(x.dtype(), "batch_norm_weight_grad", [&](auto z) {
     using T = decltype(z);
-    bn_weight_grad_vjp_block_kernel<T>
-        <<<bn_grid(L.C), kThreads, 0, c.stream>>>(data_ptr<T>(beta), data_ptr<T>(g), data_ptr<T>(x), data_ptr<T>(mean),
-                                                  data_ptr<T>(var), eps, maybe_out<T>(dg), maybe_out<T>(dx), L);
+    const BnWeightGradVjpSums<T> s{data_ptr<T>(g), data_ptr<T>(x), data_ptr<T>(mean), data_ptr<T>(var), eps};
+    bn_sum_block_kernel<2, BnWeightGradVjpSums<T>><<<bn_grid(L, sp), kThreads, 0, c.stream>>>(s, L, sp, sums.data());
+    const BnWeightGradVjpApply<T> f{data_ptr<T>(beta),
+                                    data_ptr<T>(g),
+                                    data_ptr<T>(x),
+                                    data_ptr<T>(mean),
+                                    data_ptr<T>(var),
+                                    maybe_out<T>(dg),
+                                    maybe_out<T>(dx),
+                                    sums.data(),
+                                    eps,
+                                    L,
+                                    sp.P};
+    bn_apply_block_kernel<BnWeightGradVjpApply<T>><<<bn_grid(L, sp), kThreads, 0, c.stream>>>(f, L, sp);
   });
   after_launch(c, "batch_norm_weight_grad (second order)");
 }

@@ -215,6 +215,40 @@ TEST_SUITE("gpu") {
     cuda::set_conv_engine(before);
   }
 
+  TEST_CASE("batch norm kernels split across blocks equal the CPU's (every direction, float64)") {
+    // Channels of 9,216, 7,000 (parts not aligned with the planes) and 9,000 elements are
+    // summed in several parts per channel; small ones (the op cases) in one.
+    for (const Shape& xs : {Shape{16, 3, 24, 24}, Shape{200, 2, 7, 5}, Shape{1, 1, 9000}, Shape{3, 4, 2, 2}}) {
+      Generator g(9);
+      const int64_t C = xs[1];
+      const TensorOptions f64{DType::f64};
+      const Tensor x = g.normal(xs, f64) * 3.0 + 1.0, w = g.normal({C}, f64), b = g.normal({C}, f64),
+                   gy = g.normal(xs, f64), a = g.normal(xs, f64), beta = g.normal({C}, f64);
+      auto run = [&](Device d) {
+        Backend& B = backend(d);
+        const TensorOptions o{DType::f64, d};
+        auto out = [&](const Shape& s) { return full(s, 123.0, o); };  // poisoned: must be overwritten
+        Tensor y = out(xs), mean = out({C}), var = out({C}), gx = out(xs), gw = out({C}), gb = out({C});
+        Tensor dg = out(xs), dx = out(xs), dw = out({C}), dg2 = out(xs), dx2 = out(xs);
+        const Tensor xd = x.to(d), wd = w.to(d), bd = b.to(d), gd = gy.to(d), ad = a.to(d), betad = beta.to(d);
+        REQUIRE(B.batch_norm_forward(xd, wd, bd, 1e-5, y, mean, var));
+        REQUIRE(B.batch_norm_backward(gd, xd, wd, mean, var, 1e-5, gx, gw, gb));
+        REQUIRE(B.batch_norm_input_grad_vjp(ad, gd, xd, wd, mean, var, 1e-5, dg, dx, dw));
+        REQUIRE(B.batch_norm_weight_grad_vjp(betad, gd, xd, mean, var, 1e-5, dg2, dx2));
+        std::vector<std::vector<double>> r;
+        for (const Tensor* t : {&y, &mean, &var, &gx, &gw, &gb, &dg, &dx, &dw, &dg2, &dx2}) r.push_back(t->to_vector());
+        return r;
+      };
+      const auto cpu = run(Device::cpu()), gpu = run(kCuda);
+      INFO("x " << to_string(xs));
+      for (size_t k = 0; k < cpu.size(); ++k) {
+        INFO("output " << k << " (y, mean, var, gx, gw, gb, dg, dx, dw, dg2, dx2)");
+        CHECK(max_rel(gpu[k], cpu[k]) <= 1e-12);
+      }
+      CHECK(run(kCuda) == gpu);  // the same partial sums in the same order: bitwise repeatable
+    }
+  }
+
   TEST_CASE("pooling kernels match naive loops; avg pool adjoint identity") {
     const Shape xs = {2, 3, 7, 6};
     const Tensor x = distinct_values(xs, 4, 5.0);

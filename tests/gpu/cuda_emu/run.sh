@@ -18,8 +18,9 @@ for f in "$ROOT"/autodiff/cuda/*.cu; do
   python3 - "$f" "$W/src/$(basename "$f" .cu).cpp" << 'PY'
 import re, sys
 s = open(sys.argv[1]).read()
-# clang-format may break a launch after the kernel's name: \s* before <<<
-s = re.sub(r'(\w*block_kernel<[^<>]*>)\s*<<<(.+?), kThreads, 0, c\.stream>>>\(', r'emu_launch_sync(\2, kThreads, \1, ', s, flags=re.S)
+# clang-format may break a launch after the kernel's name: \s* before <<<; a block kernel's
+# template arguments may nest one level (bn_apply_block_kernel<BnForwardApply<T>>)
+s = re.sub(r'(\w*block_kernel<(?:[^<>]|<[^<>]*>)*>)\s*<<<(.+?), kThreads, 0, c\.stream>>>\(', r'emu_launch_sync(\2, kThreads, \1, ', s, flags=re.S)
 s = re.sub(r'(\w+<[^<>]*>)\s*<<<(.+?), kThreads, 0, c\.stream>>>\(', r'emu_launch(\2, kThreads, \1, ', s, flags=re.S)
 if '<<<' in s: sys.exit(f'{sys.argv[1]}: a launch this script does not know how to rewrite')
 open(sys.argv[2], 'w').write('#define __CUDACC__ 1\n#include "cuda_runtime.h"\n' + s)
