@@ -162,8 +162,9 @@ void layer_rates(const Options& o) {
                           {"l4", 3, 8 * W, 8 * W, 4, 3, 1}};
   std::vector<std::pair<const char*, cuda::ConvEngine>> engines = {{"native", cuda::ConvEngine::native}};
   if (cuda::cudnn_compiled())
-    engines.insert(engines.begin(),
-                   {{"cudnn", cuda::ConvEngine::cudnn}, {"cudnn-benchmark", cuda::ConvEngine::cudnn_benchmark}});
+    engines.insert(engines.begin(), {{"auto", cuda::ConvEngine::automatic},
+                                     {"cudnn", cuda::ConvEngine::cudnn},
+                                     {"cudnn-benchmark", cuda::ConvEngine::cudnn_benchmark}});
   const cuda::ConvEngine before = cuda::conv_engine();
   Backend& b = backend(o.device);
   for (const Layer& l : layers) {

@@ -2,7 +2,7 @@
 # One end-to-end check on a machine with an NVIDIA GPU (sized for < 8 minutes on 16 cores):
 # configure + build with CUDA (and cuDNN where found: the toolkit's, or the nvidia-cudnn
 # wheel beside PyTorch), the gpu test suite (FLATMIN_CUDA_SYNC=1: each kernel's error names
-# its op), the GPU benchmark on each convolution engine (cuDNN, timed cuDNN, flatmin's own)
+# its op), the GPU benchmark on each convolution engine (auto, cuDNN, timed cuDNN, flatmin's own)
 # and PyTorch's at its settings (bench/torch_gpu_bench.py) on the same GPU, a per-op profile,
 # `flatmin probe --device cuda` against PyTorch, a short `flatmin escape --preset gpu` run
 # (with the Fashion-MNIST files carried in .fmnist/), the whole test suite, and
@@ -150,7 +150,7 @@ pack
 
 # ---- benchmarks: flatmin on each convolution engine, then PyTorch at its settings ----
 B=./build-gpu/bench/flatmin_gpu_bench
-want bench && for engine in cudnn cudnn-benchmark native; do
+want bench && for engine in auto cudnn cudnn-benchmark native; do
   FLATMIN_CUDA_CONV=$engine timeout 100 $B --batch 128 --width 64 --steps 10 2>&1 |
     sed "s/^RESULT /RESULT engine=$engine /" > "$LOG/bench_$engine.log"
   say "flatmin_gpu_bench engine=$engine: $(grep -c '^RESULT' "$LOG/bench_$engine.log") results"

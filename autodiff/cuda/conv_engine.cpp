@@ -26,13 +26,13 @@ void require_cudnn(const std::string& what) {
 ConvEngine engine_from_environment() {
   const char* v = std::getenv("FLATMIN_CUDA_CONV");
   const std::string s = v ? v : "";
-  if (s.empty()) return cudnn_compiled() ? ConvEngine::cudnn : ConvEngine::native;
+  if (s.empty()) return cudnn_compiled() ? ConvEngine::automatic : ConvEngine::native;
   if (s == "native") return ConvEngine::native;
-  if (s == "cudnn" || s == "cudnn-benchmark") {
+  if (s == "auto" || s == "cudnn" || s == "cudnn-benchmark") {
     require_cudnn("FLATMIN_CUDA_CONV=" + s);
-    return s == "cudnn" ? ConvEngine::cudnn : ConvEngine::cudnn_benchmark;
+    return s == "auto" ? ConvEngine::automatic : s == "cudnn" ? ConvEngine::cudnn : ConvEngine::cudnn_benchmark;
   }
-  throw Error("FLATMIN_CUDA_CONV='" + s + "': expected cudnn, cudnn-benchmark or native");
+  throw Error("FLATMIN_CUDA_CONV='" + s + "': expected auto, cudnn, cudnn-benchmark or native");
 }
 // Read once, at first use; a bad value throws there (and again at each later use).
 std::atomic<int>& engine_setting() {

@@ -5,13 +5,18 @@
 //    float32 to rounding, as cuBLAS's and the CPU's;
 //  - only algorithms cuDNN marks deterministic are used (no atomics in the weight gradient),
 //    so a run repeats bit for bit, as the rest of the backend does;
-//  - the algorithm is cuDNN's heuristic choice (reproducible across processes), or with
+//  - the algorithm is cuDNN's heuristic choice (reproducible across processes; the auto
+//    engine puts cuDNN's Winograd algorithm first for 3x3 stride-1 layers, the heuristic's
+//    first choice measured 1.4-7x slower there on an H200), or with
 //    FLATMIN_CUDA_CONV=cudnn-benchmark the fastest one timed on the first call of each shape
 //    (PyTorch's cudnn.benchmark; the choice may differ between processes).
+// Under auto, the gradients of the other convolutions stay on flatmin's own kernels (see
+// cuda_entry.hpp): cudnn_convolution says so by returning false.
 // Plans are cached per (device, dtype, direction, engine, shape); a candidate cuDNN refuses
 // at run time is skipped for the next one.
 #include <cudnn.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -215,15 +220,19 @@ bool log_plans() {
   }();
   return on;
 }
-void log_plan(Direction dir, const kernels::ConvGeometry& g, DType t, bool benchmark, const Candidate& k,
+void log_plan(Direction dir, const kernels::ConvGeometry& g, DType t, ConvEngine e, const Candidate& k,
               const std::vector<Ranked>& ranked) {
+  const bool benchmark = e == ConvEngine::cudnn_benchmark;
   char head[320];
   std::snprintf(head, sizeof head,
                 "[flatmin cudnn] %s x[%lld,%lld,%lld,%lld] w[%lld,%lld,%lld,%lld] stride %lld pad %lld %s %s: algo %d "
                 "workspace %zu KiB; candidates",
                 direction_name(dir), (long long)g.N, (long long)g.C, (long long)g.H, (long long)g.W, (long long)g.O,
                 (long long)g.C, (long long)g.KH, (long long)g.KW, (long long)g.sh, (long long)g.ph, dtype_name(t),
-                benchmark ? "benchmark" : "heuristic", k.algo, k.memory >> 10);
+                benchmark                    ? "benchmark"
+                : e == ConvEngine::automatic ? "auto"
+                                             : "heuristic",
+                k.algo, k.memory >> 10);
   std::string line = head;
   for (const Ranked& r : ranked) {
     char item[48];
@@ -238,9 +247,8 @@ void log_plan(Direction dir, const kernels::ConvGeometry& g, DType t, bool bench
 
 // Throws rather than falling back: a shape for which no deterministic algorithm runs is
 // reported by name (FLATMIN_CUDA_CONV=native is the way around it).
-void cudnn_conv(const Ctx& c, Direction dir, const kernels::ConvGeometry& g, DType t, const void* a, const void* b,
-                void* out) {
-  const ConvEngine e = conv_engine();
+void cudnn_conv(const Ctx& c, ConvEngine e, Direction dir, const kernels::ConvGeometry& g, DType t, const void* a,
+                const void* b, void* out) {
   const Descriptors d(g, t);
   const Call call{dir, c, d, a, b, out};
   const PlanKey key{
@@ -258,13 +266,19 @@ void cudnn_conv(const Ctx& c, Direction dir, const kernels::ConvGeometry& g, DTy
   cudnnStatus_t first = CUDNN_STATUS_NOT_SUPPORTED;
   bool refused = false;
   const bool benchmark = e == ConvEngine::cudnn_benchmark;
-  const std::vector<Ranked> ranked = call.algorithms(benchmark);
+  std::vector<Ranked> ranked = call.algorithms(benchmark);
+  if (e == ConvEngine::automatic && g.winograd()) {  // cuDNN's Winograd algorithm first where it is a candidate
+    const int wino = dir == Direction::forward      ? int(CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED)
+                     : dir == Direction::input_grad ? int(CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED)
+                                                    : int(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED);
+    std::stable_partition(ranked.begin(), ranked.end(), [&](const Ranked& r) { return r.algo == wino; });
+  }
   for (const Ranked& r : ranked) {
     const std::optional<Candidate> k = call.with_workspace(r.algo);
     if (!k) continue;
     const cudnnStatus_t s = call.run(*k);
     if (s == CUDNN_STATUS_SUCCESS) {
-      if (log_plans()) log_plan(dir, g, t, benchmark, *k, ranked);
+      if (log_plans()) log_plan(dir, g, t, e, *k, ranked);
       std::lock_guard<std::mutex> lock(plans_mutex);
       plans.emplace(key, *k);
       return;
@@ -284,11 +298,13 @@ const void* device_ptr(const Tensor& t) {
 
 bool cudnn_convolution(const Ctx& c, Direction dir, const kernels::ConvGeometry& g, const Tensor& a, const Tensor& b,
                        Tensor& out) {
-  if (conv_engine() == ConvEngine::native || g.channels_last) return false;
+  const ConvEngine e = conv_engine();
+  if (e == ConvEngine::native || g.channels_last) return false;
+  if (e == ConvEngine::automatic && dir != Direction::forward && !g.winograd()) return false;
   // cuDNN's 4-d descriptors take int extents; larger tensors run flatmin's own kernels.
   constexpr int64_t kIntMax = 2147483647;
   if (a.numel() > kIntMax || b.numel() > kIntMax || out.numel() > kIntMax) return false;
-  cudnn_conv(c, dir, g, out.dtype(), device_ptr(a), device_ptr(b), const_cast<void*>(device_ptr(out)));
+  cudnn_conv(c, e, dir, g, out.dtype(), device_ptr(a), device_ptr(b), const_cast<void*>(device_ptr(out)));
   after_launch(c, direction_name(dir));
   return true;
 }

@@ -161,11 +161,14 @@ TEST_CASE("CUDA convolution engine: cuDNN is refused by name where the build lac
   CHECK_NOTHROW(cuda::set_conv_engine(cuda::ConvEngine::native));
   CHECK(cuda::conv_engine() == cuda::ConvEngine::native);
   if (cuda::cudnn_compiled()) {
-    CHECK_NOTHROW(cuda::set_conv_engine(cuda::ConvEngine::cudnn_benchmark));
-    CHECK(cuda::conv_engine() == cuda::ConvEngine::cudnn_benchmark);
+    for (cuda::ConvEngine e :
+         {cuda::ConvEngine::automatic, cuda::ConvEngine::cudnn, cuda::ConvEngine::cudnn_benchmark}) {
+      CHECK_NOTHROW(cuda::set_conv_engine(e));
+      CHECK(cuda::conv_engine() == e);
+    }
   } else {
-    CHECK_THROWS_WITH_AS(cuda::set_conv_engine(cuda::ConvEngine::cudnn), doctest::Contains("built without cuDNN"),
-                         Error);
+    for (cuda::ConvEngine e : {cuda::ConvEngine::automatic, cuda::ConvEngine::cudnn, cuda::ConvEngine::cudnn_benchmark})
+      CHECK_THROWS_WITH_AS(cuda::set_conv_engine(e), doctest::Contains("built without cuDNN"), Error);
   }
   cuda::set_conv_engine(before);
 }

@@ -175,7 +175,8 @@ TEST_SUITE("gpu") {
     };
     std::vector<cuda::ConvEngine> engines = {cuda::ConvEngine::native};
     if (cuda::cudnn_compiled())
-      engines.insert(engines.end(), {cuda::ConvEngine::cudnn, cuda::ConvEngine::cudnn_benchmark});
+      engines.insert(engines.end(),
+                     {cuda::ConvEngine::automatic, cuda::ConvEngine::cudnn, cuda::ConvEngine::cudnn_benchmark});
     else
       MESSAGE("built without cuDNN: only flatmin's own kernels checked");
     const cuda::ConvEngine before = cuda::conv_engine();
