@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Packs, on a machine where flatmin builds, the build dependencies that a GPU machine
 # without network access may lack (Eigen, oneTBB, doctest, CLI11, nlohmann-json, zlib
-# headers, OpenBLAS (pthread flavor, with libgfortran), pkg-config and meson) into .gpudeps/ (about 25 MB, in .gitignore). Carry that
-# folder to the GPU machine next to the checkout; scripts/gpu_check.sh uses it only when
-# the machine's own packages are missing.
+# headers, OpenBLAS (pthread flavor, with libgfortran), pkg-config and meson) into .gpudeps/
+# (about 60 MB) and .gpudeps.tar.xz (about 8 MB: what to carry, the device tool's limit being
+# 64 MiB), and, where Debian's Fashion-MNIST package is installed, the files `flatmin escape`
+# reads into .fmnist/ (the first 6,000 training images and the test set, about 7 MB). All
+# three are in .gitignore. scripts/gpu_check.sh unpacks the archive and uses it only when the
+# machine's own packages are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=.gpudeps
@@ -37,4 +40,22 @@ pc nlohmann_json "$(pkg-config --modversion nlohmann_json)" '-I${includedir}' ''
 pc CLI11 "$(pkg-config --modversion CLI11)" '-I${includedir}' ''
 pc openblas "$(pkg-config --modversion openblas)" '-I${includedir}/openblas' '-L${prefix}/runtime -lopenblas'
 sed -i 's|^libdir=.*|libdir=${prefix}/runtime|' "$D/lib/pkgconfig/openblas.pc"  # meson reads it for the rpath
-du -sh "$D"
+tar -cf - "$D" | xz -T0 -6 > .gpudeps.tar.xz
+# Fashion-MNIST for gpu_check.sh's shortened `flatmin escape --preset gpu` run: a valid IDX
+# file of the first 6,000 training images and labels (header count rewritten), the test set whole.
+F=/usr/share/datasets/fashion-mnist
+if [ -f "$F/train-images-idx3-ubyte.gz" ]; then
+  rm -rf .fmnist && mkdir .fmnist && cp "$F"/t10k-* .fmnist/
+  python3 - "$F" << 'PY'
+import gzip, struct, sys
+src = sys.argv[1]
+for name, header, per_item in (("train-images-idx3-ubyte.gz", ">IIII", None), ("train-labels-idx1-ubyte.gz", ">II", 1)):
+    data = gzip.open(f"{src}/{name}").read()
+    fields = list(struct.unpack(header, data[: struct.calcsize(header)]))
+    size = per_item or fields[2] * fields[3]
+    fields[1] = 6000
+    body = data[struct.calcsize(header) : struct.calcsize(header) + 6000 * size]
+    gzip.open(f".fmnist/{name}", "wb").write(struct.pack(header, *fields) + body)
+PY
+fi
+du -sh "$D" .gpudeps.tar.xz .fmnist 2> /dev/null
