@@ -273,6 +273,16 @@ struct BnPartials : Workspace {
   double* data() const { return static_cast<double*>(ptr); }
 };
 
+// A pass of K partial sums per part (s), then the pass that writes the outputs from them
+// (make(partials) builds its functor).
+template <int K, class Sum, class MakeApply>
+void bn_sums_then_apply(const Ctx& c, const BnLayout& L, const BnSplit& sp, const Sum& s, MakeApply make) {
+  const BnPartials sums(c, L, sp, K);
+  bn_sum_block_kernel<K, Sum><<<bn_grid(L, sp), kThreads, 0, c.stream>>>(s, L, sp, sums.data());
+  using Apply = decltype(make(sums.data()));
+  bn_apply_block_kernel<Apply><<<bn_grid(L, sp), kThreads, 0, c.stream>>>(make(sums.data()), L, sp);
+}
+
 }  // namespace
 
 void batch_norm_forward(const Ctx& c, const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor& y,
@@ -280,18 +290,17 @@ void batch_norm_forward(const Ctx& c, const Tensor& x, const Tensor& w, const Te
   const BnLayout L = bn_layout(x);
   if (L.C == 0) return;
   const BnSplit sp = bn_split(L);
-  const BnPartials sums(c, L, sp, 1), sq(c, L, sp, 1);
+  const BnPartials sums(c, L, sp, 1);  // of x, then (in bn_sums_then_apply) of (x - mean)^2
   dispatch_float(x.dtype(), "batch_norm", [&](auto z) {
     using T = decltype(z);
     const T* xp = data_ptr<T>(x);
     bn_sum_block_kernel<1, BnMeanSums<T>>
         <<<bn_grid(L, sp), kThreads, 0, c.stream>>>(BnMeanSums<T>{xp}, L, sp, sums.data());
-    bn_sum_block_kernel<1, BnVarSums<T>>
-        <<<bn_grid(L, sp), kThreads, 0, c.stream>>>(BnVarSums<T>{xp, sums.data(), L, sp.P}, L, sp, sq.data());
-    const BnForwardApply<T> f{
-        xp,  maybe<T>(w), maybe<T>(b), data_ptr<T>(y), data_ptr<T>(mean), data_ptr<T>(var), sums.data(), sq.data(),
-        eps, L,           sp.P};
-    bn_apply_block_kernel<BnForwardApply<T>><<<bn_grid(L, sp), kThreads, 0, c.stream>>>(f, L, sp);
+    bn_sums_then_apply<1>(c, L, sp, BnVarSums<T>{xp, sums.data(), L, sp.P}, [&](const double* sq) {
+      return BnForwardApply<T>{
+          xp,  maybe<T>(w), maybe<T>(b), data_ptr<T>(y), data_ptr<T>(mean), data_ptr<T>(var), sums.data(), sq,
+          eps, L,           sp.P};
+    });
   });
   after_launch(c, "batch_norm (forward)");
 }
@@ -301,24 +310,23 @@ void batch_norm_backward(const Ctx& c, const Tensor& g, const Tensor& x, const T
   const BnLayout L = bn_layout(x);
   if (L.C == 0) return;
   const BnSplit sp = bn_split(L);
-  const BnPartials sums(c, L, sp, 2);
   dispatch_float(x.dtype(), "batch_norm", [&](auto z) {
     using T = decltype(z);
     const BnBackwardSums<T> s{data_ptr<T>(g), data_ptr<T>(x), data_ptr<T>(mean)};
-    bn_sum_block_kernel<2, BnBackwardSums<T>><<<bn_grid(L, sp), kThreads, 0, c.stream>>>(s, L, sp, sums.data());
-    const BnBackwardApply<T> f{data_ptr<T>(g),
-                               data_ptr<T>(x),
-                               maybe<T>(w),
-                               data_ptr<T>(mean),
-                               data_ptr<T>(var),
-                               data_ptr<T>(gx),
-                               maybe_out<T>(gw),
-                               maybe_out<T>(gb),
-                               sums.data(),
-                               eps,
-                               L,
-                               sp.P};
-    bn_apply_block_kernel<BnBackwardApply<T>><<<bn_grid(L, sp), kThreads, 0, c.stream>>>(f, L, sp);
+    bn_sums_then_apply<2>(c, L, sp, s, [&](const double* sums) {
+      return BnBackwardApply<T>{data_ptr<T>(g),
+                                data_ptr<T>(x),
+                                maybe<T>(w),
+                                data_ptr<T>(mean),
+                                data_ptr<T>(var),
+                                data_ptr<T>(gx),
+                                maybe_out<T>(gw),
+                                maybe_out<T>(gb),
+                                sums,
+                                eps,
+                                L,
+                                sp.P};
+    });
   });
   after_launch(c, "batch_norm (backward)");
 }
@@ -328,26 +336,25 @@ void batch_norm_input_grad_vjp(const Ctx& c, const Tensor& a, const Tensor& g, c
   const BnLayout L = bn_layout(x);
   if (L.C == 0) return;
   const BnSplit sp = bn_split(L);
-  const BnPartials sums(c, L, sp, 5);
   dispatch_float(x.dtype(), "batch_norm_input_grad", [&](auto z) {
     using T = decltype(z);
     const BnInputGradVjpSums<T> s{data_ptr<T>(a),    data_ptr<T>(g),   data_ptr<T>(x),
                                   data_ptr<T>(mean), data_ptr<T>(var), eps};
-    bn_sum_block_kernel<5, BnInputGradVjpSums<T>><<<bn_grid(L, sp), kThreads, 0, c.stream>>>(s, L, sp, sums.data());
-    const BnInputGradVjpApply<T> f{data_ptr<T>(a),
-                                   data_ptr<T>(g),
-                                   data_ptr<T>(x),
-                                   maybe<T>(w),
-                                   data_ptr<T>(mean),
-                                   data_ptr<T>(var),
-                                   maybe_out<T>(dg),
-                                   maybe_out<T>(dx),
-                                   maybe_out<T>(dw),
-                                   sums.data(),
-                                   eps,
-                                   L,
-                                   sp.P};
-    bn_apply_block_kernel<BnInputGradVjpApply<T>><<<bn_grid(L, sp), kThreads, 0, c.stream>>>(f, L, sp);
+    bn_sums_then_apply<5>(c, L, sp, s, [&](const double* sums) {
+      return BnInputGradVjpApply<T>{data_ptr<T>(a),
+                                    data_ptr<T>(g),
+                                    data_ptr<T>(x),
+                                    maybe<T>(w),
+                                    data_ptr<T>(mean),
+                                    data_ptr<T>(var),
+                                    maybe_out<T>(dg),
+                                    maybe_out<T>(dx),
+                                    maybe_out<T>(dw),
+                                    sums,
+                                    eps,
+                                    L,
+                                    sp.P};
+    });
   });
   after_launch(c, "batch_norm_input_grad (second order)");
 }
@@ -357,23 +364,22 @@ void batch_norm_weight_grad_vjp(const Ctx& c, const Tensor& beta, const Tensor& 
   const BnLayout L = bn_layout(x);
   if (L.C == 0) return;
   const BnSplit sp = bn_split(L);
-  const BnPartials sums(c, L, sp, 2);
   dispatch_float(x.dtype(), "batch_norm_weight_grad", [&](auto z) {
     using T = decltype(z);
     const BnWeightGradVjpSums<T> s{data_ptr<T>(g), data_ptr<T>(x), data_ptr<T>(mean), data_ptr<T>(var), eps};
-    bn_sum_block_kernel<2, BnWeightGradVjpSums<T>><<<bn_grid(L, sp), kThreads, 0, c.stream>>>(s, L, sp, sums.data());
-    const BnWeightGradVjpApply<T> f{data_ptr<T>(beta),
-                                    data_ptr<T>(g),
-                                    data_ptr<T>(x),
-                                    data_ptr<T>(mean),
-                                    data_ptr<T>(var),
-                                    maybe_out<T>(dg),
-                                    maybe_out<T>(dx),
-                                    sums.data(),
-                                    eps,
-                                    L,
-                                    sp.P};
-    bn_apply_block_kernel<BnWeightGradVjpApply<T>><<<bn_grid(L, sp), kThreads, 0, c.stream>>>(f, L, sp);
+    bn_sums_then_apply<2>(c, L, sp, s, [&](const double* sums) {
+      return BnWeightGradVjpApply<T>{data_ptr<T>(beta),
+                                     data_ptr<T>(g),
+                                     data_ptr<T>(x),
+                                     data_ptr<T>(mean),
+                                     data_ptr<T>(var),
+                                     maybe_out<T>(dg),
+                                     maybe_out<T>(dx),
+                                     sums,
+                                     eps,
+                                     L,
+                                     sp.P};
+    });
   });
   after_launch(c, "batch_norm_weight_grad (second order)");
 }
