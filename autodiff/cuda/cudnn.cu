@@ -105,7 +105,7 @@ struct Candidate {
 // mathType says (the gpu suite's 1e-5 check would see one).
 struct Ranked {
   int algo;
-  float ms;  // cuDNN's timing (benchmark mode), else -1
+  float ms;  // cuDNN's timing (meaningful in benchmark mode only)
 };
 template <class Perf> std::vector<Ranked> usable(const Perf* p, int n) {
   std::vector<Ranked> out;
