@@ -1,7 +1,9 @@
-// Convolution (cuDNN where built with it and chosen, cudnn.cu; else Winograd for 3x3
-// stride-1 layers with >= 32 channels, winograd.cu; else im2col / col2im + cuBLAS GEMM,
-// chunked over images so the column buffer stays under kColumnBudget) and 2-d pooling. Everything is deterministic: no
-// atomics; col2im and the pooling adjoint gather their sums in a fixed order per output element.
+// Convolution (cuDNN where built with it and the engine gives it the call, cudnn.cu; else
+// Winograd for 3x3 stride-1 layers with >= 32 channels, winograd.cu; else im2col / col2im +
+// cuBLAS GEMM, chunked over images so the column buffer stays under kColumnBudget) and 2-d
+// pooling. Everything is deterministic: no atomics (cudnn.cu keeps to cuDNN's deterministic
+// algorithms); col2im and the pooling adjoint gather their sums in a fixed order per output
+// element.
 #include "autodiff/cuda/kernels.hpp"
 
 namespace flatmin::cuda {
