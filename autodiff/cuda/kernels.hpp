@@ -109,7 +109,8 @@ void gemm(const Ctx&, DType t, const void* a, const void* b, void* c, const Back
           int64_t stride_c);
 // ---- cudnn.cu (built where cuDNN is found): runs the convolution on cuDNN and returns true,
 // or returns false (the native engine, a gradient the auto engine leaves to flatmin's kernels,
-// channels-last, or extents past int) for the caller's own kernels. a, b = (x, w), (gy, w) or (x, gy); out = y, gx or gw, overwritten. ----
+// channels-last, or extents past int) for the caller's own kernels. a, b = (x, w), (gy, w)
+// or (x, gy); out = y, gx or gw, overwritten. ----
 enum class Direction { forward, input_grad, weight_grad };
 bool cudnn_convolution(const Ctx&, Direction, const kernels::ConvGeometry&, const Tensor& a, const Tensor& b,
                        Tensor& out);
