@@ -15,7 +15,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 if [ -n "${OUT:-}" ]; then LOG=/tmp/gpu-check-logs; else LOG=$ROOT/gpu-check-logs; fi
-mkdir -p "$LOG"
+rm -rf "$LOG" && mkdir -p "$LOG"  # a warm machine keeps /tmp: no logs of an earlier call
 SUMMARY=$LOG/summary.txt
 : > "$SUMMARY"
 # $OUT brings back 8 files at most: the summary and one archive of the logs, after each stage.
