@@ -12,14 +12,15 @@
 //    (PyTorch's cudnn.benchmark; the choice may differ between processes).
 // Under auto, the gradients of the other convolutions stay on flatmin's own kernels (see
 // cuda_entry.hpp): cudnn_convolution says so by returning false.
-// Plans are cached per (device, dtype, direction, engine, shape); a candidate cuDNN refuses
-// at run time is skipped for the next one.
+// Plans (descriptors and algorithm) are cached per (device, dtype, direction, engine, shape);
+// a candidate cuDNN refuses at run time is skipped for the next one.
 #include <cudnn.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <tuple>
@@ -66,6 +67,19 @@ struct Descriptors {
   cudnnConvolutionDescriptor_t conv = nullptr;
   bool f64;
   Descriptors(const kernels::ConvGeometry& g, DType t) : f64(t == DType::f64) {
+    try {
+      set(g, t);
+    } catch (...) {
+      release();  // the destructor does not run for a constructor that throws
+      throw;
+    }
+  }
+  ~Descriptors() { release(); }
+  Descriptors(const Descriptors&) = delete;
+  Descriptors& operator=(const Descriptors&) = delete;
+
+ private:
+  void set(const kernels::ConvGeometry& g, DType t) {
     const cudnnDataType_t d = data_type(t);
     // float32: FMA kernels only (no TF32); float64 has no other kind
     const cudnnMathType_t math = f64 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
@@ -84,14 +98,12 @@ struct Descriptors {
               "cudnnSetConvolution2dDescriptor");
     check_dnn(cudnnSetConvolutionMathType(conv, math), "cudnnSetConvolutionMathType");
   }
-  ~Descriptors() {
+  void release() {  // destroying a null descriptor is a no-op
     cudnnDestroyConvolutionDescriptor(conv);
     cudnnDestroyFilterDescriptor(w);
     cudnnDestroyTensorDescriptor(y);
     cudnnDestroyTensorDescriptor(x);
   }
-  Descriptors(const Descriptors&) = delete;
-  Descriptors& operator=(const Descriptors&) = delete;
 };
 
 struct Candidate {
@@ -119,12 +131,12 @@ template <class Perf> std::vector<Ranked> usable(const Perf* p, int n) {
 struct Call {
   Direction dir;
   const Ctx& c;
+  cudnnHandle_t h;
   const Descriptors& d;
   const void *a, *b;  // forward: x, w; input grad: gy, w; weight grad: x, gy
   void* out;          // y, gx or gw (overwritten)
 
   std::vector<Ranked> algorithms(bool benchmark) const {
-    cudnnHandle_t h = handle(c);
     constexpr int kMax = 16;
     if (dir == Direction::forward) {
       cudnnConvolutionFwdAlgoPerf_t p[kMax];
@@ -170,7 +182,6 @@ struct Call {
 
   // The workspace `algo` needs, or nothing if cuDNN refuses it or it exceeds the budget.
   std::optional<Candidate> with_workspace(int algo) const {
-    cudnnHandle_t h = handle(c);
     size_t bytes = 0;
     cudnnStatus_t s;
     if (dir == Direction::forward)
@@ -186,7 +197,6 @@ struct Call {
   }
 
   cudnnStatus_t run(const Candidate& k) const {
-    cudnnHandle_t h = handle(c);
     Workspace ws(c.backend, k.memory);
     const double one64 = 1, zero64 = 0;
     const float one32 = 1, zero32 = 0;
@@ -203,9 +213,15 @@ struct Call {
   }
 };
 
+// A shape's descriptors and chosen algorithm, made once (descriptors follow from the key).
+// Plans are never removed, so a pointer to one stays valid outside the lock.
+struct Plan {
+  std::unique_ptr<Descriptors> d;
+  Candidate k;
+};
 using PlanKey = std::tuple<int, int, int, int, std::array<int64_t, 13>>;  // device, dtype, dir, engine, shape
 std::mutex plans_mutex;
-std::map<PlanKey, Candidate> plans;
+std::map<PlanKey, Plan> plans;
 
 const char* direction_name(Direction d) {
   return d == Direction::forward ? "conv2d" : d == Direction::input_grad ? "conv2d_input_grad" : "conv2d_weight_grad";
@@ -249,22 +265,24 @@ void log_plan(Direction dir, const kernels::ConvGeometry& g, DType t, ConvEngine
 // reported by name (FLATMIN_CUDA_CONV=native is the way around it).
 void cudnn_conv(const Ctx& c, ConvEngine e, Direction dir, const kernels::ConvGeometry& g, DType t, const void* a,
                 const void* b, void* out) {
-  const Descriptors d(g, t);
-  const Call call{dir, c, d, a, b, out};
+  const cudnnHandle_t h = handle(c);
   const PlanKey key{
       c.device, int(t), int(dir), int(e), {g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.sh, g.sw, g.ph, g.pw}};
+  const Plan* known = nullptr;
   {
     std::lock_guard<std::mutex> lock(plans_mutex);
     auto it = plans.find(key);
-    if (it != plans.end()) {
-      check_dnn(call.run(it->second), direction_name(dir));
-      return;
-    }
+    if (it != plans.end()) known = &it->second;
   }
+  if (known) {
+    check_dnn(Call{dir, c, h, *known->d, a, b, out}.run(known->k), direction_name(dir));
+    return;
+  }
+  auto d = std::make_unique<Descriptors>(g, t);
+  const Call call{dir, c, h, *d, a, b, out};
   // The first candidate that runs becomes the plan; a refusal (cuDNN 9 has many NOT_SUPPORTED
   // and BAD_PARAM sub-codes) moves on to the next, and the first refusal is reported if none runs.
-  cudnnStatus_t first = CUDNN_STATUS_NOT_SUPPORTED;
-  bool refused = false;
+  std::optional<cudnnStatus_t> first;
   const bool benchmark = e == ConvEngine::cudnn_benchmark;
   std::vector<Ranked> ranked = call.algorithms(benchmark);
   if (e == ConvEngine::automatic && g.winograd()) {  // cuDNN's Winograd algorithm first where it is a candidate
@@ -280,13 +298,13 @@ void cudnn_conv(const Ctx& c, ConvEngine e, Direction dir, const kernels::ConvGe
     if (s == CUDNN_STATUS_SUCCESS) {
       if (log_plans()) log_plan(dir, g, t, e, *k, ranked);
       std::lock_guard<std::mutex> lock(plans_mutex);
-      plans.emplace(key, *k);
+      plans.emplace(key, Plan{std::move(d), *k});
       return;
     }
-    if (!refused) first = s, refused = true;
+    if (!first) first = s;
   }
   check_dnn(
-      first,
+      first.value_or(CUDNN_STATUS_NOT_SUPPORTED),
       (std::string(direction_name(dir)) + ": no deterministic algorithm within the workspace budget ran").c_str());
 }
 
