@@ -152,9 +152,11 @@ void print_json(const std::vector<GroupResult>& rs, const Config& c) {
     for (const Metric& m : r.metrics) {
       std::printf(
           "%s\n    \"%s\": {\"group\": \"%s\", \"unit\": \"%s\", \"higher_is_better\": %s, \"min\": %.6g, "
-          "\"median\": %.6g, \"max\": %.6g, \"samples\": %zu}",
+          "\"median\": %.6g, \"max\": %.6g, \"samples\": %zu, \"values\": [",
           first ? "" : ",", m.key.c_str(), r.name.c_str(), m.unit.c_str(), m.higher_is_better ? "true" : "false",
           m.min(), m.median(), m.max(), m.samples.size());
+      for (size_t k = 0; k < m.samples.size(); ++k) std::printf("%s%.6g", k ? ", " : "", m.samples[k]);
+      std::printf("]}");
       first = false;
     }
   std::printf("\n  }\n}\n");

@@ -499,7 +499,8 @@ def main():
         for m in res["metrics"]:
             s = m["samples"]
             metrics[m["key"]] = {"group": name, "unit": m["unit"], "higher_is_better": m["higher_is_better"],
-                                 "min": min(s), "median": statistics.median(s), "max": max(s), "samples": len(s)}
+                                 "min": min(s), "median": statistics.median(s), "max": max(s), "samples": len(s),
+                                 "values": s}
             if not args.json:
                 print("  %-36s %12.4g %-12s (min %.4g, max %.4g)" % (m["key"], statistics.median(s), m["unit"],
                                                                      min(s), max(s)), flush=True)
