@@ -39,7 +39,8 @@ enum class RandomKind : uint8_t { uniform, normal, rademacher };
 struct Conv2dParams {
   int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0;
   // float32 operands rounded to bfloat16, float32 accumulation and output (Bf16Convolutions,
-  // nn_ops.hpp); only set where supports_bf16_convolutions() said yes.
+  // nn_ops.hpp; CUDA: the output rounded to bfloat16 too); only set where
+  // supports_bf16_convolutions() said yes.
   bool bf16 = false;
   // x and y (and their gradients) are [N, H, W, C] (channels last) instead of [N, C, H, W];
   // weights stay OIHW. Only set where supports_channels_last_convolutions() said yes: the
@@ -54,7 +55,7 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
-  // Whether Conv2dParams::bf16 can be honoured (the CPU backend built with oneDNN).
+  // Whether Conv2dParams::bf16 can be honoured (CPU with oneDNN, CUDA with cuDNN).
   virtual bool supports_bf16_convolutions() const { return false; }
   // Whether the convolution kernels take Conv2dParams::channels_last for this dtype.
   virtual bool supports_channels_last_convolutions(DType) const { return false; }

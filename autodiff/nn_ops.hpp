@@ -27,8 +27,10 @@ Tensor conv2d_weight_grad(const Tensor& x, const Tensor& gy, const Shape& w_shap
 // operands rounded to bfloat16 and accumulate and return float32 — PyTorch's CPU bf16
 // autocast for convolutions, with float32 outputs. Every other op, every float64 op and the
 // parameters are unchanged. Each op reads the setting when it runs, so a backward run outside
-// the scope runs in float32. Needs the CPU backend built with oneDNN (a conv op throws
-// otherwise, and on CUDA tensors). Scopes nest; the outer setting comes back on exit.
+// the scope runs in float32. Needs the CPU backend built with oneDNN, or for CUDA tensors a
+// build with cuDNN (a conv op throws otherwise); on CUDA cuDNN's bfloat16 kernels also round
+// the outputs to bfloat16 before they are widened to float32 (as PyTorch's CUDA autocast).
+// Scopes nest; the outer setting comes back on exit.
 bool bf16_convolutions();
 class Bf16Convolutions {
  public:

@@ -3,6 +3,8 @@
 // "RESULT key=value ..." line per measurement (scripts/gpu_check.sh collects them).
 //   flatmin_gpu_bench [--device cuda:0] [--batch 128] [--width 64] [--steps 10] [--repeats 3] [--dtype f32]
 //                     [--gemm 4096] [--layers 1]
+// --dtype bf16: float32 tensors with bfloat16 convolutions (Bf16Convolutions: cuDNN's tensor
+// cores, float32 everywhere else), the counterpart of PyTorch's bf16 autocast.
 // Times are medians over --repeats runs of --steps calls (ms_min/ms_max: the extremes).
 // --layers 1 times instead each distinct convolution of the CIFAR ResNet-18 (forward, input
 // gradient, weight gradient) on every CUDA convolution engine this build has.
@@ -29,6 +31,8 @@ struct Options {
   int64_t batch = 128, width = 64, steps = 10, gemm = 4096, repeats = 3;
   bool layers = false;
   DType dtype = DType::f32;
+  bool bf16 = false;  // --dtype bf16
+  const char* label() const { return bf16 ? "bf16" : dtype_name(dtype); }
 };
 
 Options parse(int argc, char** argv) {
@@ -52,8 +56,10 @@ Options parse(int argc, char** argv) {
     else if (a == "--layers")
       o.layers = v == "1";
     else if (a == "--dtype") {
-      if (v != "f32" && v != "f64") throw Error("flatmin_gpu_bench: --dtype must be f32 or f64, got " + v);
-      o.dtype = v == "f32" ? DType::f32 : DType::f64;
+      if (v != "f32" && v != "f64" && v != "bf16")
+        throw Error("flatmin_gpu_bench: --dtype must be f32, f64 or bf16, got " + v);
+      o.dtype = v == "f64" ? DType::f64 : DType::f32;
+      o.bf16 = v == "bf16";
     } else
       throw Error("flatmin_gpu_bench: unknown option " + a);
   }
@@ -101,7 +107,7 @@ void conv_rate(const Options& o) {
       seconds_per_call(o.device, 10, 2, o.repeats, [&] { (void)conv2d(x, w, {}, {.stride = 1, .padding = 1}); }).median;
   const double flops = 2.0 * double(o.batch) * double(o.width * o.width * 9) * 32 * 32;
   std::printf("RESULT bench=conv3x3 shape=%lldx%lldx32x32 dtype=%s ms=%.3f tflops=%.2f\n", (long long)o.batch,
-              (long long)o.width, dtype_name(o.dtype), s * 1e3, flops / s / 1e12);
+              (long long)o.width, o.label(), s * 1e3, flops / s / 1e12);
 }
 
 void resnet_rates(const Options& o) {
@@ -126,8 +132,8 @@ void resnet_rates(const Options& o) {
   std::printf(
       "RESULT bench=resnet18_train_step batch=%lld width=%lld dtype=%s ms=%.2f images_per_s=%.1f loss=%.4f ms_min=%.2f "
       "ms_max=%.2f\n",
-      (long long)o.batch, (long long)o.width, dtype_name(o.dtype), step.median * 1e3, double(o.batch) / step.median,
-      loss, step.min * 1e3, step.max * 1e3);
+      (long long)o.batch, (long long)o.width, o.label(), step.median * 1e3, double(o.batch) / step.median, loss,
+      step.min * 1e3, step.max * 1e3);
 
   // One Hessian-vector product (reverse over reverse), batch statistics kept fixed.
   net.update_running_stats(false);
@@ -136,8 +142,8 @@ void resnet_rates(const Options& o) {
   const Timing h = seconds_per_call(o.device, o.steps, 1, o.repeats, [&] { (void)hvp(f, p, v); });
   std::printf(
       "RESULT bench=resnet18_hvp batch=%lld width=%lld dtype=%s ms=%.2f images_per_s=%.1f ms_min=%.2f ms_max=%.2f\n",
-      (long long)o.batch, (long long)o.width, dtype_name(o.dtype), h.median * 1e3, double(o.batch) / h.median,
-      h.min * 1e3, h.max * 1e3);
+      (long long)o.batch, (long long)o.width, o.label(), h.median * 1e3, double(o.batch) / h.median, h.min * 1e3,
+      h.max * 1e3);
 }
 
 // Each distinct convolution of the CIFAR ResNet-18 (count = how many it has), each direction,
@@ -160,7 +166,8 @@ void layer_rates(const Options& o) {
                           {"l4.down3x3", 1, 4 * W, 8 * W, 8, 3, 2},
                           {"l4.down1x1", 1, 4 * W, 8 * W, 8, 1, 2},
                           {"l4", 3, 8 * W, 8 * W, 4, 3, 1}};
-  std::vector<std::pair<const char*, cuda::ConvEngine>> engines = {{"native", cuda::ConvEngine::native}};
+  std::vector<std::pair<const char*, cuda::ConvEngine>> engines;
+  if (!o.bf16) engines.push_back({"native", cuda::ConvEngine::native});  // no bfloat16 kernels of its own
   if (cuda::cudnn_compiled())
     engines.insert(engines.begin(), {{"auto", cuda::ConvEngine::automatic},
                                      {"cudnn", cuda::ConvEngine::cudnn},
@@ -169,7 +176,7 @@ void layer_rates(const Options& o) {
   Backend& b = backend(o.device);
   for (const Layer& l : layers) {
     const int64_t OH = (l.H + 2 * (l.K / 2) - l.K) / l.stride + 1;
-    const Conv2dParams p{l.stride, l.stride, l.K / 2, l.K / 2};
+    const Conv2dParams p{l.stride, l.stride, l.K / 2, l.K / 2, o.bf16};
     Generator g(5);
     const Tensor x = g.normal({o.batch, l.C, l.H, l.H}, {o.dtype, o.device});
     const Tensor w = g.normal({l.O, l.C, l.K, l.K}, {o.dtype, o.device});
@@ -200,8 +207,9 @@ int main(int argc, char** argv) {
   try {
     const Options o = parse(argc, argv);
     backend(o.device);  // a clear error now if the device is not usable
+    Bf16Convolutions bf16(o.bf16);
     std::printf("flatmin_gpu_bench on %s: batch %lld, width %lld, %s, %lld steps\n", o.device.str().c_str(),
-                (long long)o.batch, (long long)o.width, dtype_name(o.dtype), (long long)o.steps);
+                (long long)o.batch, (long long)o.width, o.label(), (long long)o.steps);
     if (o.layers) {
       layer_rates(o);
       return 0;

@@ -2,7 +2,8 @@
 # One end-to-end check on a machine with an NVIDIA GPU (sized for < 8 minutes on 16 cores):
 # configure + build with CUDA (and cuDNN where found: the toolkit's, or the nvidia-cudnn
 # wheel beside PyTorch), the gpu test suite (FLATMIN_CUDA_SYNC=1: each kernel's error names
-# its op), the GPU benchmark on each convolution engine (auto, cuDNN, timed cuDNN, flatmin's own)
+# its op), the GPU benchmark on each convolution engine (auto, cuDNN, timed cuDNN, flatmin's own;
+# and auto with bfloat16 convolutions)
 # and PyTorch's at its settings (bench/torch_gpu_bench.py) on the same GPU, a per-op profile,
 # `flatmin probe --device cuda` against PyTorch, a short `flatmin escape --preset gpu` run
 # (with the Fashion-MNIST files carried in .fmnist/), the whole test suite, and
@@ -150,8 +151,11 @@ pack
 
 # ---- benchmarks: flatmin on each convolution engine, then PyTorch at its settings ----
 B=./build-gpu/bench/flatmin_gpu_bench
-want bench && for engine in auto cudnn cudnn-benchmark native; do
-  FLATMIN_CUDA_CONV=$engine timeout 100 $B --batch 128 --width 64 --steps 10 2>&1 |
+# (bf16: the auto engine with bfloat16 convolutions on cuDNN's tensor cores, --dtype bf16)
+want bench && for engine in auto bf16 cudnn cudnn-benchmark native; do
+  conv=$engine dtype=f32
+  [ "$engine" = bf16 ] && conv=auto dtype=bf16
+  FLATMIN_CUDA_CONV=$conv timeout 100 $B --batch 128 --width 64 --steps 10 --dtype $dtype 2>&1 |
     sed "s/^RESULT /RESULT engine=$engine /" > "$LOG/bench_$engine.log"
   say "flatmin_gpu_bench engine=$engine: $(grep -c '^RESULT' "$LOG/bench_$engine.log") results"
 done
@@ -159,6 +163,9 @@ done
 if want layers; then
   FLATMIN_CUDNN_LOG=1 timeout 120 $B --layers 1 --batch 128 --width 64 --steps 10 > "$LOG/layers.log" 2>&1
   say "conv layers rc $? ($(grep -c '^RESULT' "$LOG/layers.log") results)"
+  FLATMIN_CUDNN_LOG=1 timeout 60 $B --layers 1 --batch 128 --width 64 --steps 10 --dtype bf16 \
+    > "$LOG/layers_bf16.log" 2>&1
+  say "conv layers bf16 rc $? ($(grep -c '^RESULT' "$LOG/layers_bf16.log") results)"
 fi
 pack
 if ! want torch; then
@@ -239,7 +246,9 @@ want sanitizer && [ "$sanitized" -eq 0 ] && run_sanitizer $(($(left) - 15))
   echo "GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>&1 | head -1)"
   echo "flatmin:"
   cat "$LOG"/bench_*.log 2> /dev/null | grep '^RESULT' | grep -v 'bench=gemm' || echo "  (no results)"
-  [ -f "$LOG/layers.log" ] && grep '^RESULT' "$LOG/layers.log" | sed 's/^RESULT bench=conv_layer //'
+  for f in "$LOG/layers.log" "$LOG/layers_bf16.log"; do
+    [ -f "$f" ] && grep '^RESULT' "$f" | sed 's/^RESULT bench=conv_layer //'
+  done
   echo "pytorch:"
   grep -E '^(RESULT|torch |# )' "$LOG/torch.log" 2> /dev/null | grep -v 'bench=gemm' || echo "  (not run)"
 } | tee -a "$SUMMARY"

@@ -127,12 +127,15 @@ template <class T> __global__ void avg_pool_adjoint_kernel(const T* gy, T* gx, P
   }
 }
 
-// cuDNN, where flatmin was built with it and it is the chosen engine (cudnn.cu says when not).
-bool use_cudnn(const Ctx& c, Direction dir, const ConvGeom& g, const Tensor& a, const Tensor& b, Tensor& out) {
+// cuDNN, where flatmin was built with it and it is the chosen engine (cudnn.cu says when not);
+// bfloat16 convolutions run there or nowhere.
+bool use_cudnn(const Ctx& c, Direction dir, const ConvGeom& g, const Tensor& a, const Tensor& b, Tensor& out,
+               bool bf16) {
 #ifdef FLATMIN_HAVE_CUDNN
-  return cudnn_convolution(c, dir, g, a, b, out);
+  return cudnn_convolution(c, dir, g, a, b, out, bf16);
 #else
   (void)c, (void)dir, (void)g, (void)a, (void)b, (void)out;
+  if (bf16) throw Error("conv2d: bfloat16 convolutions on CUDA need cuDNN; this build has none");
   return false;
 #endif
 }
@@ -145,7 +148,7 @@ template <class T> const T* ptr(const Tensor& t) { return data_ptr<T>(t); }
 void conv2d(const Ctx& c, const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p) {
   const ConvGeom g = geometry(x.shape(), w.shape(), out.shape(), p);
   if (out.numel() == 0) return;
-  if (use_cudnn(c, Direction::forward, g, x, w, out)) return;
+  if (use_cudnn(c, Direction::forward, g, x, w, out, p.bf16)) return;
   if (g.winograd()) return winograd_conv3x3(c, x, w, false, out, g.ph, g.pw);
   const int64_t ckk = g.K(), ohw = g.P();
   dispatch_float(x.dtype(), "conv2d", [&](auto z) {
@@ -171,7 +174,7 @@ void conv2d(const Ctx& c, const Tensor& x, const Tensor& w, Tensor& out, const C
 void conv2d_input_grad(const Ctx& c, const Tensor& gy, const Tensor& w, Tensor& gx, const Conv2dParams& p) {
   const ConvGeom g = geometry(gx.shape(), w.shape(), gy.shape(), p);
   if (gx.numel() == 0) return;
-  if (gy.numel() != 0 && use_cudnn(c, Direction::input_grad, g, gy, w, gx)) return;
+  if (gy.numel() != 0 && use_cudnn(c, Direction::input_grad, g, gy, w, gx, p.bf16)) return;
   if (g.winograd() && gy.numel() != 0) return winograd_conv3x3(c, gy, w, true, gx, 2 - g.ph, 2 - g.pw);
   const int64_t ckk = g.K(), ohw = g.P();
   dispatch_float(gy.dtype(), "conv2d_input_grad", [&](auto z) {
@@ -199,7 +202,7 @@ void conv2d_input_grad(const Ctx& c, const Tensor& gy, const Tensor& w, Tensor& 
 void conv2d_weight_grad(const Ctx& c, const Tensor& x, const Tensor& gy, Tensor& gw, const Conv2dParams& p) {
   const ConvGeom g = geometry(x.shape(), gw.shape(), gy.shape(), p);
   if (gw.numel() == 0) return;
-  if (x.numel() != 0 && gy.numel() != 0 && use_cudnn(c, Direction::weight_grad, g, x, gy, gw)) return;
+  if (x.numel() != 0 && gy.numel() != 0 && use_cudnn(c, Direction::weight_grad, g, x, gy, gw, p.bf16)) return;
   if (g.winograd()) return winograd_filter_grad3x3(c, x, gy, gw, g.ph, g.pw);
   const int64_t ckk = g.K(), ohw = g.P();
   dispatch_float(x.dtype(), "conv2d_weight_grad", [&](auto z) {

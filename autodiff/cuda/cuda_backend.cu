@@ -188,6 +188,8 @@ class CudaBackend final : public Backend {
     multi_ = n > 1;
   }
   const char* name() const override { return name_.c_str(); }
+  // bfloat16 convolutions run on cuDNN only (cudnn.cu), so not under FLATMIN_CUDA_CONV=native.
+  bool supports_bf16_convolutions() const override { return cudnn_compiled() && conv_engine() != ConvEngine::native; }
 
   void* allocate(size_t bytes) override {
     guard();
@@ -327,6 +329,30 @@ class CudaBackend final : public Backend {
     if (mean.dim() != 1) return false;  // statistics per instance ([B, C]): the op's composite
     guard();
     cuda::batch_norm_backward(c_, g, x, w, mean, var, eps, gx, gw, gb);
+    return true;
+  }
+  bool batch_norm_relu_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor& y, Tensor& mean,
+                               Tensor& var) override {
+    if (mean.dim() != 1) return false;  // statistics per instance ([B, C]): the op's composite
+    guard();
+    cuda::batch_norm_forward(c_, x, w, b, eps, y, mean, var, /*relu=*/true);
+    return true;
+  }
+  bool batch_norm_relu_backward(const Tensor& g, const Tensor& y, const Tensor& x, const Tensor& w, const Tensor& mean,
+                                const Tensor& var, double eps, Tensor& gx, Tensor& gw, Tensor& gb) override {
+    if (mean.dim() != 1) return false;  // statistics per instance ([B, C]): the op's composite
+    guard();
+    cuda::batch_norm_backward(c_, g, x, w, mean, var, eps, gx, gw, gb, &y);
+    return true;
+  }
+  bool batch_norm_eval(const Tensor& x, const Tensor& scale, const Tensor& shift, bool relu, Tensor& y) override {
+    guard();
+    cuda::batch_norm_eval(c_, x, scale, shift, relu, y);
+    return true;
+  }
+  bool add_relu(const Tensor& a, const Tensor& b, Tensor& out) override {
+    guard();
+    cuda::add_relu(c_, a, b, out);
     return true;
   }
   bool batch_norm_input_grad_vjp(const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean,

@@ -12,6 +12,13 @@
 //    (PyTorch's cudnn.benchmark; the choice may differ between processes).
 // Under auto, the gradients of the other convolutions stay on flatmin's own kernels (see
 // cuda_entry.hpp): cudnn_convolution says so by returning false.
+// bfloat16 (Conv2dParams::bf16, Bf16Convolutions): float32 operands are rounded to bfloat16
+// (nearest even) into scratch buffers, cuDNN convolves them on tensor cores with float32
+// accumulation, and its bfloat16 output is widened back into the float32 result — PyTorch's
+// CUDA autocast for convolutions. cuDNN's legacy API takes bfloat16 operands only with a
+// bfloat16 output, so on CUDA the result carries bfloat16 rounding (the CPU's stays float32).
+// Every direction runs on cuDNN (flatmin's own kernels have no bfloat16), on cuDNN's
+// heuristic choice under auto (or timed under cudnn-benchmark).
 // Plans (descriptors and algorithm) are cached per (device, dtype, direction, engine, shape);
 // a candidate cuDNN refuses at run time is skipped for the next one.
 #include <cudnn.h>
@@ -54,11 +61,14 @@ cudnnHandle_t handle(const Ctx& c) {
   return h;
 }
 
-cudnnDataType_t data_type(DType t) {
-  if (t == DType::f32) return CUDNN_DATA_FLOAT;
-  if (t == DType::f64) return CUDNN_DATA_DOUBLE;
+// The data cuDNN sees: float32, float64, or float32 rounded to bfloat16.
+enum class Data { f32, f64, bf16 };
+Data data_of(DType t) {
+  if (t == DType::f32) return Data::f32;
+  if (t == DType::f64) return Data::f64;
   throw Error("cuda conv2d (cuDNN): float32 or float64 operands expected");
 }
+const char* data_name(Data d) { return d == Data::f32 ? "f32" : d == Data::f64 ? "f64" : "bf16"; }
 
 // RAII descriptors of one convolution: x [N, C, H, W], w [O, C, KH, KW], y [N, O, OH, OW].
 struct Descriptors {
@@ -66,7 +76,7 @@ struct Descriptors {
   cudnnFilterDescriptor_t w = nullptr;
   cudnnConvolutionDescriptor_t conv = nullptr;
   bool f64;
-  Descriptors(const kernels::ConvGeometry& g, DType t) : f64(t == DType::f64) {
+  Descriptors(const kernels::ConvGeometry& g, Data t) : f64(t == Data::f64) {
     try {
       set(g, t);
     } catch (...) {
@@ -79,10 +89,16 @@ struct Descriptors {
   Descriptors& operator=(const Descriptors&) = delete;
 
  private:
-  void set(const kernels::ConvGeometry& g, DType t) {
-    const cudnnDataType_t d = data_type(t);
-    // float32: FMA kernels only (no TF32); float64 has no other kind
-    const cudnnMathType_t math = f64 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
+  void set(const kernels::ConvGeometry& g, Data t) {
+    const cudnnDataType_t d = t == Data::f64   ? CUDNN_DATA_DOUBLE
+                              : t == Data::f32 ? CUDNN_DATA_FLOAT
+                                               : CUDNN_DATA_BFLOAT16;
+    const cudnnDataType_t compute =
+        t == Data::f64 ? CUDNN_DATA_DOUBLE : CUDNN_DATA_FLOAT;  // bfloat16 accumulates in float32
+    // float32: FMA kernels only (no TF32); bfloat16: tensor cores; float64 has no other kind
+    const cudnnMathType_t math = t == Data::f64   ? CUDNN_DEFAULT_MATH
+                                 : t == Data::f32 ? CUDNN_FMA_MATH
+                                                  : CUDNN_TENSOR_OP_MATH;
     check_dnn(cudnnCreateTensorDescriptor(&x), "cudnnCreateTensorDescriptor");
     check_dnn(cudnnCreateTensorDescriptor(&y), "cudnnCreateTensorDescriptor");
     check_dnn(cudnnCreateFilterDescriptor(&w), "cudnnCreateFilterDescriptor");
@@ -94,7 +110,7 @@ struct Descriptors {
     check_dnn(cudnnSetFilter4dDescriptor(w, d, CUDNN_TENSOR_NCHW, int(g.O), int(g.C), int(g.KH), int(g.KW)),
               "cudnnSetFilter4dDescriptor");
     check_dnn(cudnnSetConvolution2dDescriptor(conv, int(g.ph), int(g.pw), int(g.sh), int(g.sw), 1, 1,
-                                              CUDNN_CROSS_CORRELATION, d),
+                                              CUDNN_CROSS_CORRELATION, compute),
               "cudnnSetConvolution2dDescriptor");
     check_dnn(cudnnSetConvolutionMathType(conv, math), "cudnnSetConvolutionMathType");
   }
@@ -200,7 +216,7 @@ struct Call {
     Workspace ws(c.backend, k.memory);
     const double one64 = 1, zero64 = 0;
     const float one32 = 1, zero32 = 0;
-    const void* one = d.f64 ? static_cast<const void*>(&one64) : &one32;  // scaling factors in the data's type
+    const void* one = d.f64 ? static_cast<const void*>(&one64) : &one32;  // scaling factors: double or float
     const void* zero = d.f64 ? static_cast<const void*>(&zero64) : &zero32;
     if (dir == Direction::forward)
       return cudnnConvolutionForward(h, one, d.x, a, d.w, b, d.conv, cudnnConvolutionFwdAlgo_t(k.algo), ws.ptr,
@@ -219,7 +235,7 @@ struct Plan {
   std::unique_ptr<Descriptors> d;
   Candidate k;
 };
-using PlanKey = std::tuple<int, int, int, int, std::array<int64_t, 13>>;  // device, dtype, dir, engine, shape
+using PlanKey = std::tuple<int, int, int, int, std::array<int64_t, 13>>;  // device, data, dir, engine, shape
 std::mutex plans_mutex;
 std::map<PlanKey, Plan> plans;
 
@@ -236,7 +252,7 @@ bool log_plans() {
   }();
   return on;
 }
-void log_plan(Direction dir, const kernels::ConvGeometry& g, DType t, ConvEngine e, const Candidate& k,
+void log_plan(Direction dir, const kernels::ConvGeometry& g, Data t, ConvEngine e, const Candidate& k,
               const std::vector<Ranked>& ranked) {
   const bool benchmark = e == ConvEngine::cudnn_benchmark;
   char head[320];
@@ -244,7 +260,7 @@ void log_plan(Direction dir, const kernels::ConvGeometry& g, DType t, ConvEngine
                 "[flatmin cudnn] %s x[%lld,%lld,%lld,%lld] w[%lld,%lld,%lld,%lld] stride %lld pad %lld %s %s: algo %d "
                 "workspace %zu KiB; candidates",
                 direction_name(dir), (long long)g.N, (long long)g.C, (long long)g.H, (long long)g.W, (long long)g.O,
-                (long long)g.C, (long long)g.KH, (long long)g.KW, (long long)g.sh, (long long)g.ph, dtype_name(t),
+                (long long)g.C, (long long)g.KH, (long long)g.KW, (long long)g.sh, (long long)g.ph, data_name(t),
                 benchmark                    ? "benchmark"
                 : e == ConvEngine::automatic ? "auto"
                                              : "heuristic",
@@ -263,7 +279,7 @@ void log_plan(Direction dir, const kernels::ConvGeometry& g, DType t, ConvEngine
 
 // Throws rather than falling back: a shape for which no deterministic algorithm runs is
 // reported by name (FLATMIN_CUDA_CONV=native is the way around it).
-void cudnn_conv(const Ctx& c, ConvEngine e, Direction dir, const kernels::ConvGeometry& g, DType t, const void* a,
+void cudnn_conv(const Ctx& c, ConvEngine e, Direction dir, const kernels::ConvGeometry& g, Data t, const void* a,
                 const void* b, void* out) {
   const cudnnHandle_t h = handle(c);
   const PlanKey key{
@@ -312,17 +328,55 @@ const void* device_ptr(const Tensor& t) {
   return t.dtype() == DType::f32 ? static_cast<const void*>(data_ptr<float>(t)) : data_ptr<double>(t);
 }
 
+// float32 -> bfloat16, round to nearest even (as the CPU's oneDNN reorder; NaN stays NaN).
+__global__ void to_bf16_kernel(const float* x, uint16_t* y, int64_t n) {
+  FM_GRID_LOOP(i, n) {
+    const uint32_t u = __float_as_uint(x[i]);
+    y[i] = (u & 0x7fffffffu) > 0x7f800000u ? uint16_t((u >> 16) | 0x40u)
+                                           : uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+}
+__global__ void from_bf16_kernel(const uint16_t* x, float* y, int64_t n) {
+  FM_GRID_LOOP(i, n) y[i] = __uint_as_float(uint32_t(x[i]) << 16);
+}
+
+// A float32 tensor rounded to bfloat16 in a scratch buffer.
+struct Bf16Copy : Workspace {
+  Bf16Copy(const Ctx& c, int64_t n) : Workspace(c.backend, size_t(n) * 2) {}
+  uint16_t* data() const { return static_cast<uint16_t*>(ptr); }
+};
+void round_into(const Ctx& c, const Tensor& t, const Bf16Copy& out) {
+  const int64_t n = t.numel();
+  to_bf16_kernel<<<grid_for(n), kThreads, 0, c.stream>>>(data_ptr<float>(t), out.data(), n);
+  after_launch(c, "conv2d (round to bfloat16)");
+}
+
 }  // namespace
 
 bool cudnn_convolution(const Ctx& c, Direction dir, const kernels::ConvGeometry& g, const Tensor& a, const Tensor& b,
-                       Tensor& out) {
+                       Tensor& out, bool bf16) {
   const ConvEngine e = conv_engine();
-  if (e == ConvEngine::native || g.channels_last) return false;
-  if (e == ConvEngine::automatic && dir != Direction::forward && !g.winograd()) return false;
   // cuDNN's 4-d descriptors take int extents; larger tensors run flatmin's own kernels.
   constexpr int64_t kIntMax = 2147483647;
-  if (a.numel() > kIntMax || b.numel() > kIntMax || out.numel() > kIntMax) return false;
-  cudnn_conv(c, e, dir, g, out.dtype(), device_ptr(a), device_ptr(b), const_cast<void*>(device_ptr(out)));
+  const bool int_extents = a.numel() <= kIntMax && b.numel() <= kIntMax && out.numel() <= kIntMax;
+  if (bf16) {  // only cuDNN has bfloat16 kernels: every direction, every shape, or a named error
+    if (e == ConvEngine::native || g.channels_last || !int_extents)
+      throw Error(std::string(direction_name(dir)) + ": bfloat16 convolutions on CUDA run on cuDNN only, " +
+                  (e == ConvEngine::native ? "and FLATMIN_CUDA_CONV=native selects flatmin's own kernels"
+                                           : "which takes extents up to 2^31 - 1 (and NCHW)"));
+    const Bf16Copy a16(c, a.numel()), b16(c, b.numel()), out16(c, out.numel());
+    round_into(c, a, a16);
+    round_into(c, b, b16);
+    cudnn_conv(c, e == ConvEngine::automatic ? ConvEngine::cudnn : e, dir, g, Data::bf16, a16.data(), b16.data(),
+               out16.data());
+    const int64_t n = out.numel();
+    from_bf16_kernel<<<grid_for(n), kThreads, 0, c.stream>>>(out16.data(), data_ptr<float>(out), n);
+    after_launch(c, direction_name(dir));
+    return true;
+  }
+  if (e == ConvEngine::native || g.channels_last || !int_extents) return false;
+  if (e == ConvEngine::automatic && dir != Direction::forward && !g.winograd()) return false;
+  cudnn_conv(c, e, dir, g, data_of(out.dtype()), device_ptr(a), device_ptr(b), const_cast<void*>(device_ptr(out)));
   after_launch(c, direction_name(dir));
   return true;
 }

@@ -65,6 +65,13 @@ template <class T> __global__ void where_kernel(const T* c, const T* a, const T*
   }
 }
 
+template <class T> __global__ void add_relu_kernel(const T* a, const T* b, T* y, int64_t n) {
+  FM_GRID_LOOP(i, n) {
+    const T v = a[i] + b[i];
+    y[i] = v > T(0) ? v : T(0);
+  }
+}
+
 template <class T> __global__ void random_kernel(RandomKind kind, T* y, int64_t n, uint64_t seed, uint64_t offset) {
   FM_GRID_LOOP(i, n) {
     const uint64_t c = offset + uint64_t(i);
@@ -146,6 +153,16 @@ void where(const Ctx& c, const Tensor& cond, const Tensor& a, const Tensor& b, T
     where_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(ptr<T>(cond), ptr<T>(a), ptr<T>(b), ptr<T>(out), n, ix);
   });
   after_launch(c, "where");
+}
+
+void add_relu(const Ctx& c, const Tensor& a, const Tensor& b, Tensor& out) {
+  const int64_t n = out.numel();
+  if (!n) return;
+  dispatch_float(out.dtype(), "add_relu", [&](auto z) {
+    using T = decltype(z);
+    add_relu_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(ptr<T>(a), ptr<T>(b), ptr<T>(out), n);
+  });
+  after_launch(c, "add_relu");
 }
 
 void random(const Ctx& c, RandomKind kind, Tensor& out, uint64_t seed, uint64_t offset) {

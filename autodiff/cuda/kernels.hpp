@@ -56,6 +56,11 @@ using kernels::dispatch_float;
 #if defined(__CUDACC__)
 // Offsets of flat (row-major) element i for each operand.
 template <int K> __device__ __forceinline__ void offsets(const Indexer<K>& ix, int64_t i, int64_t (&off)[K]) {
+  if (ix.nd == 1) {  // one merged axis (same-shape operands, the common case): no 64-bit division
+#pragma unroll
+    for (int k = 0; k < K; ++k) off[k] = i * ix.stride[k][0];
+    return;
+  }
 #pragma unroll
   for (int k = 0; k < K; ++k) off[k] = 0;
 #pragma unroll
@@ -92,6 +97,7 @@ void arange(const Ctx&, Tensor& out);
 void unary(const Ctx&, UnaryOp op, const Tensor& x, Tensor& out, double param);
 void binary(const Ctx&, BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out);
 void where(const Ctx&, const Tensor& c, const Tensor& a, const Tensor& b, Tensor& out);
+void add_relu(const Ctx&, const Tensor& a, const Tensor& b, Tensor& out);  // relu(a + b), one shape
 void random(const Ctx&, RandomKind kind, Tensor& out, uint64_t seed, uint64_t offset);
 // ---- layout.cu ----
 // out (contiguous) = in[offset + Σ i_d strides_d] over out's shape
@@ -110,10 +116,11 @@ void gemm(const Ctx&, DType t, const void* a, const void* b, void* c, const Back
 // ---- cudnn.cu (built where cuDNN is found): runs the convolution on cuDNN and returns true,
 // or returns false (the native engine, a gradient the auto engine leaves to flatmin's kernels,
 // channels-last, or extents past int) for the caller's own kernels. a, b = (x, w), (gy, w)
-// or (x, gy); out = y, gx or gw, overwritten. ----
+// or (x, gy); out = y, gx or gw, overwritten. bf16 (float32 operands rounded to bfloat16):
+// always cuDNN, or an Error saying why not. ----
 enum class Direction { forward, input_grad, weight_grad };
 bool cudnn_convolution(const Ctx&, Direction, const kernels::ConvGeometry&, const Tensor& a, const Tensor& b,
-                       Tensor& out);
+                       Tensor& out, bool bf16);
 // ---- conv.cu ----
 void conv2d(const Ctx&, const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p);
 void conv2d_input_grad(const Ctx&, const Tensor& gy, const Tensor& w, Tensor& gx, const Conv2dParams& p);
@@ -121,11 +128,14 @@ void conv2d_weight_grad(const Ctx&, const Tensor& x, const Tensor& gy, Tensor& g
 void max_pool2d(const Ctx&, const Tensor& x, Tensor& out, Tensor& indices, const Pool2dParams& p);
 void avg_pool2d(const Ctx&, const Tensor& x, Tensor& out, const Pool2dParams& p);
 void avg_pool2d_adjoint(const Ctx&, const Tensor& gy, Tensor& gx, const Pool2dParams& p);
-// ---- norm.cu: fused batch norm (see Backend::batch_norm_forward/backward/..._vjp) ----
+// ---- norm.cu: fused batch norm (see Backend::batch_norm_forward/backward/..._vjp/_eval);
+// relu: batch norm + ReLU (the backward reads the output relu_y and masks g with it) ----
 void batch_norm_forward(const Ctx&, const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor& y,
-                        Tensor& mean, Tensor& var);
+                        Tensor& mean, Tensor& var, bool relu = false);
 void batch_norm_backward(const Ctx&, const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean,
-                         const Tensor& var, double eps, Tensor& gx, Tensor& gw, Tensor& gb);
+                         const Tensor& var, double eps, Tensor& gx, Tensor& gw, Tensor& gb,
+                         const Tensor* relu_y = nullptr);
+void batch_norm_eval(const Ctx&, const Tensor& x, const Tensor& scale, const Tensor& shift, bool relu, Tensor& y);
 void batch_norm_input_grad_vjp(const Ctx&, const Tensor& a, const Tensor& g, const Tensor& x, const Tensor& w,
                                const Tensor& mean, const Tensor& var, double eps, Tensor& dg, Tensor& dx, Tensor& dw);
 void batch_norm_weight_grad_vjp(const Ctx&, const Tensor& beta, const Tensor& g, const Tensor& x, const Tensor& mean,

@@ -121,6 +121,7 @@ template <class T> struct BnForwardApply {
   double eps;
   BnLayout L;
   int64_t P;
+  bool relu;  // y = max(batch norm, 0)
   T sc{}, sh{}, m{};
   __device__ void prepare(int64_t c, bool first) {
     const double mu = bn_channel_sum(sums, P, 1, c, 0) / double(L.M()),
@@ -133,21 +134,31 @@ template <class T> struct BnForwardApply {
       var[c] = T(v);
     }
   }
-  __device__ void operator()(int64_t i) const { y[i] = (x[i] - m) * sc + sh; }
+  __device__ void operator()(int64_t i) const {
+    const T v = (x[i] - m) * sc + sh;
+    y[i] = relu && !(v > T(0)) ? T(0) : v;
+  }
 };
+
+// The cotangent batch norm's backward reads: g, or with a ReLU after it (y its output,
+// non-null) ReLU's VJP, g where y > 0 and 0 elsewhere (relu_backward's rule).
+template <class T> __device__ __forceinline__ T bn_cotangent(const T* g, const T* y, int64_t i) {
+  return y && !(y[i] > T(0)) ? T(0) : g[i];
+}
 
 // ---- backward: gb = Σ g, gw = Σ g·x̂, gx = w·r·(g − mean(g) − x̂·mean(g·x̂)), x̂ = (x − μ)·r ----
 template <class T> struct BnBackwardSums {
-  const T *g, *x, *mean;
+  const T *g, *relu_y, *x, *mean;  // relu_y: null, or the output of batch norm + ReLU
   double mu = 0;
   __device__ void prepare(int64_t c) { mu = double(mean[c]); }
   __device__ void operator()(int64_t i, double* acc) const {
-    acc[0] += double(g[i]);
-    acc[1] += double(g[i]) * (double(x[i]) - mu);
+    const double gv = double(bn_cotangent(g, relu_y, i));
+    acc[0] += gv;
+    acc[1] += gv * (double(x[i]) - mu);
   }
 };
 template <class T> struct BnBackwardApply {
-  const T *g, *x, *w, *mean, *var;
+  const T *g, *relu_y, *x, *w, *mean, *var;
   T *gx, *gw, *gb;
   const double* sums;  // [C, P, 2]
   double eps;
@@ -167,7 +178,7 @@ template <class T> struct BnBackwardApply {
     tg = T(-k * sg / M);
     m = T(mu);
   }
-  __device__ void operator()(int64_t i) const { gx[i] = ta * g[i] + tb * (x[i] - m) + tg; }
+  __device__ void operator()(int64_t i) const { gx[i] = ta * bn_cotangent(g, relu_y, i) + tb * (x[i] - m) + tg; }
 };
 
 // ---- the second-order rules (formulas in nn_ops.cpp and autodiff/cpu/norm.cpp), for
@@ -258,6 +269,22 @@ template <class T> struct BnWeightGradVjpApply {
   }
 };
 
+// ---- eval mode: y = x·scale[c] + shift[c], then max(y, 0) when relu (no sums) ----
+template <class T> struct BnEvalApply {
+  const T *x, *scale, *shift;
+  T* y;
+  bool relu;
+  T sc{}, sh{};
+  __device__ void prepare(int64_t c, bool) {
+    sc = scale[c];
+    sh = shift[c];
+  }
+  __device__ void operator()(int64_t i) const {
+    const T v = x[i] * sc + sh;
+    y[i] = relu && !(v > T(0)) ? T(0) : v;
+  }
+};
+
 BnLayout bn_layout(const Tensor& x) {
   const int64_t N = x.shape()[0], C = x.shape()[1];
   return {N, C, N * C != 0 ? x.numel() / (N * C) : 0};
@@ -286,7 +313,7 @@ void bn_sums_then_apply(const Ctx& c, const BnLayout& L, const BnSplit& sp, cons
 }  // namespace
 
 void batch_norm_forward(const Ctx& c, const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor& y,
-                        Tensor& mean, Tensor& var) {
+                        Tensor& mean, Tensor& var, bool relu) {
   const BnLayout L = bn_layout(x);
   if (L.C == 0) return;
   const BnSplit sp = bn_split(L);
@@ -298,23 +325,25 @@ void batch_norm_forward(const Ctx& c, const Tensor& x, const Tensor& w, const Te
         <<<bn_grid(L, sp), kThreads, 0, c.stream>>>(BnMeanSums<T>{xp}, L, sp, sums.data());
     bn_sums_then_apply<1>(c, L, sp, BnVarSums<T>{xp, sums.data(), L, sp.P}, [&](const double* sq) {
       return BnForwardApply<T>{
-          xp,  maybe<T>(w), maybe<T>(b), data_ptr<T>(y), data_ptr<T>(mean), data_ptr<T>(var), sums.data(), sq,
-          eps, L,           sp.P};
+          xp, maybe<T>(w), maybe<T>(b), data_ptr<T>(y), data_ptr<T>(mean), data_ptr<T>(var), sums.data(), sq, eps,
+          L,  sp.P,        relu};
     });
   });
   after_launch(c, "batch_norm (forward)");
 }
 
 void batch_norm_backward(const Ctx& c, const Tensor& g, const Tensor& x, const Tensor& w, const Tensor& mean,
-                         const Tensor& var, double eps, Tensor& gx, Tensor& gw, Tensor& gb) {
+                         const Tensor& var, double eps, Tensor& gx, Tensor& gw, Tensor& gb, const Tensor* relu_y) {
   const BnLayout L = bn_layout(x);
   if (L.C == 0) return;
   const BnSplit sp = bn_split(L);
   dispatch_float(x.dtype(), "batch_norm", [&](auto z) {
     using T = decltype(z);
-    const BnBackwardSums<T> s{data_ptr<T>(g), data_ptr<T>(x), data_ptr<T>(mean)};
+    const T* ry = relu_y ? data_ptr<T>(*relu_y) : nullptr;
+    const BnBackwardSums<T> s{data_ptr<T>(g), ry, data_ptr<T>(x), data_ptr<T>(mean)};
     bn_sums_then_apply<2>(c, L, sp, s, [&](const double* sums) {
       return BnBackwardApply<T>{data_ptr<T>(g),
+                                ry,
                                 data_ptr<T>(x),
                                 maybe<T>(w),
                                 data_ptr<T>(mean),
@@ -382,6 +411,18 @@ void batch_norm_weight_grad_vjp(const Ctx& c, const Tensor& beta, const Tensor& 
     });
   });
   after_launch(c, "batch_norm_weight_grad (second order)");
+}
+
+void batch_norm_eval(const Ctx& c, const Tensor& x, const Tensor& scale, const Tensor& shift, bool relu, Tensor& y) {
+  const BnLayout L = bn_layout(x);
+  if (L.C == 0) return;
+  const BnSplit sp = bn_split(L);
+  dispatch_float(x.dtype(), "batch_norm (eval)", [&](auto z) {
+    using T = decltype(z);
+    const BnEvalApply<T> f{data_ptr<T>(x), data_ptr<T>(scale), data_ptr<T>(shift), data_ptr<T>(y), relu};
+    bn_apply_block_kernel<BnEvalApply<T>><<<bn_grid(L, sp), kThreads, 0, c.stream>>>(f, L, sp);
+  });
+  after_launch(c, "batch_norm (eval)");
 }
 
 }  // namespace flatmin::cuda

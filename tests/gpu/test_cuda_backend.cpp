@@ -216,7 +216,84 @@ TEST_SUITE("gpu") {
     cuda::set_conv_engine(before);
   }
 
-  TEST_CASE("batch norm kernels split across blocks equal the CPU's (every direction, float64)") {
+  // Bf16Convolutions on CUDA: cuDNN's tensor-core kernels on operands rounded to bfloat16
+  // (nearest even), float32 accumulation, the output rounded to bfloat16 (cuDNN's legacy API
+  // has no float32 output for bfloat16 operands): each element within 2^-8 of its size plus
+  // float32-accumulation slack of the exact convolution of the rounded operands.
+  TEST_CASE("bfloat16 convolutions on cuDNN: the convolution of rounded operands, to bfloat16 output rounding") {
+    const Tensor x0 = Generator(3).normal({2, 8, 6, 6}), w0 = Generator(4).normal({8, 8, 3, 3});
+    if (!cuda::cudnn_compiled()) {  // the op refuses by name
+      Bf16Convolutions on;
+      CHECK_FALSE(backend(kCuda).supports_bf16_convolutions());
+      CHECK_THROWS_WITH_AS(conv2d(x0.to(kCuda), w0.to(kCuda), {}, {1, 1}), doctest::Contains("no cuDNN"), Error);
+      return;
+    }
+    auto to_bf16 = [](std::vector<double> v) {
+      for (double& e : v) {
+        float f = float(e);
+        uint32_t b;
+        std::memcpy(&b, &f, 4);
+        b = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+        std::memcpy(&f, &b, 4);
+        e = f;
+      }
+      return v;
+    };
+    auto within = [](const std::vector<double>& got, const std::vector<double>& ref) {
+      double big = 0, worst = 0;
+      for (double r : ref) big = std::max(big, std::fabs(r));
+      for (size_t i = 0; i < ref.size(); ++i)
+        worst = std::max(worst, std::fabs(got[i] - ref[i]) / (std::ldexp(std::fabs(ref[i]), -8) + 1e-5 * big));
+      return got.size() == ref.size() && worst <= 1.0;
+    };
+    struct Geometry {
+      Shape x, w;
+      Conv2dParams p;
+    };
+    const cuda::ConvEngine before = cuda::conv_engine();
+    for (cuda::ConvEngine e :
+         {cuda::ConvEngine::automatic, cuda::ConvEngine::cudnn, cuda::ConvEngine::cudnn_benchmark}) {
+      cuda::set_conv_engine(e);
+      CHECK(backend(kCuda).supports_bf16_convolutions());
+      for (const Geometry& q : {Geometry{{4, 64, 9, 10}, {64, 64, 3, 3}, {1, 1, 1, 1}},    // a Winograd shape
+                                Geometry{{3, 32, 9, 8}, {48, 32, 3, 3}, {2, 2, 1, 1}},     // stride 2
+                                Geometry{{3, 16, 8, 8}, {24, 16, 1, 1}, {2, 2, 0, 0}}}) {  // 1x1 downsample
+        Generator g(35);
+        const Tensor x = g.normal(q.x), w = g.normal(q.w);
+        const Shape ys = test::naive_conv2d(x.to_vector(), w.to_vector(), q.x, q.w, q.p).y_shape;
+        const Tensor gy = g.normal(ys);
+        const test::ConvReference r =
+            test::naive_conv2d(to_bf16(x.to_vector()), to_bf16(w.to_vector()), q.x, q.w, q.p, to_bf16(gy.to_vector()));
+        Conv2dParams p = q.p;
+        p.bf16 = true;
+        const Tensor xg = x.to(kCuda), wg = w.to(kCuda), gyg = gy.to(kCuda);
+        Tensor y = full(ys, 123.0, {DType::f32, kCuda}), gx = full(q.x, 123.0, {DType::f32, kCuda}),
+               gw = full(q.w, 123.0, {DType::f32, kCuda});  // poisoned: every element must be written
+        backend(kCuda).conv2d(xg, wg, y, p);
+        backend(kCuda).conv2d_input_grad(gyg, wg, gx, p);
+        backend(kCuda).conv2d_weight_grad(xg, gyg, gw, p);
+        INFO("engine " << int(e) << " conv " << to_string(q.x) << " * " << to_string(q.w));
+        CHECK(within(y.to_vector(), r.y));
+        CHECK(within(gx.to_vector(), r.gx));
+        CHECK(within(gw.to_vector(), r.gw));
+        CHECK(max_rel(y.to_vector(), r.y) > 1e-6);  // not float32 results: the output rounding shows
+      }
+    }
+    {  // the op under the scope; refused by name on the native engine
+      Bf16Convolutions on;
+      const Tensor y = conv2d(x0.to(kCuda), w0.to(kCuda), {}, {1, 1});
+      const test::ConvReference r =
+          test::naive_conv2d(to_bf16(x0.to_vector()), to_bf16(w0.to_vector()), x0.shape(), w0.shape(), {1, 1, 1, 1});
+      CHECK(within(y.to_vector(), r.y));
+      cuda::set_conv_engine(cuda::ConvEngine::native);
+      CHECK_FALSE(backend(kCuda).supports_bf16_convolutions());
+      CHECK_THROWS_WITH_AS(conv2d(x0.to(kCuda), w0.to(kCuda), {}, {1, 1}),
+                           doctest::Contains("FLATMIN_CUDA_CONV=native"), Error);
+    }
+    cuda::set_conv_engine(before);
+  }
+
+  TEST_CASE("batch norm kernels split across blocks equal the CPU's (every direction, with ReLU, eval; float64)") {
     // Channels of 9,216, 7,000 (parts not aligned with the planes) and 9,000 elements are
     // summed in several parts per channel; small ones (the op cases) in one.
     for (const Shape& xs : {Shape{16, 3, 24, 24}, Shape{200, 2, 7, 5}, Shape{1, 1, 9000}, Shape{3, 4, 2, 2}}) {
@@ -236,14 +313,27 @@ TEST_SUITE("gpu") {
         REQUIRE(B.batch_norm_backward(gd, xd, wd, mean, var, 1e-5, gx, gw, gb));
         REQUIRE(B.batch_norm_input_grad_vjp(ad, gd, xd, wd, mean, var, 1e-5, dg, dx, dw));
         REQUIRE(B.batch_norm_weight_grad_vjp(betad, gd, xd, mean, var, 1e-5, dg2, dx2));
+        // batch norm + ReLU (forward, and the backward masked by its output), eval mode with
+        // and without ReLU, and the residual add + ReLU
+        Tensor yr = out(xs), meanr = out({C}), varr = out({C}), gxr = out(xs), gwr = out({C}), gbr = out({C});
+        Tensor ye = out(xs), yer = out(xs), ar = out(xs);
+        REQUIRE(B.batch_norm_relu_forward(xd, wd, bd, 1e-5, yr, meanr, varr));
+        REQUIRE(B.batch_norm_relu_backward(gd, yr, xd, wd, meanr, varr, 1e-5, gxr, gwr, gbr));
+        REQUIRE(B.batch_norm_eval(xd, wd, bd, false, ye));
+        REQUIRE(B.batch_norm_eval(xd, wd, bd, true, yer));
+        REQUIRE(B.add_relu(xd, gd, ar));
         std::vector<std::vector<double>> r;
-        for (const Tensor* t : {&y, &mean, &var, &gx, &gw, &gb, &dg, &dx, &dw, &dg2, &dx2}) r.push_back(t->to_vector());
+        for (const Tensor* t : {&y,   &mean, &var,   &gx,   &gw,  &gb,  &dg,  &dx, &dw,  &dg2,
+                                &dx2, &yr,   &meanr, &varr, &gxr, &gwr, &gbr, &ye, &yer, &ar})
+          r.push_back(t->to_vector());
         return r;
       };
       const auto cpu = run(Device::cpu()), gpu = run(kCuda);
       INFO("x " << to_string(xs));
       for (size_t k = 0; k < cpu.size(); ++k) {
-        INFO("output " << k << " (y, mean, var, gx, gw, gb, dg, dx, dw, dg2, dx2)");
+        INFO("output " << k
+                       << " (y, mean, var, gx, gw, gb, dg, dx, dw, dg2, dx2, relu: y, mean, var, gx, gw, gb, eval: y, "
+                          "y relu, add_relu)");
         CHECK(max_rel(gpu[k], cpu[k]) <= 1e-12);
       }
       CHECK(run(kCuda) == gpu);  // the same partial sums in the same order: bitwise repeatable
