@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <string>
 
 #include "autodiff/backend.hpp"
 #include "autodiff/ops.hpp"
@@ -39,7 +40,24 @@ void set_world(std::unique_ptr<World> w) {
   current() = std::move(w);
 }
 
+namespace {
+// FLATMIN_NCCL=0: CUDA tensors travel through the MPI world (staged in host memory) even
+// where NCCL is built — for a machine where NCCL cannot run the job (two processes on one GPU)
+// and to compare the two paths. Unset or 1: NCCL where built. Read once.
+bool nccl_allowed() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("FLATMIN_NCCL");
+    const std::string s = v ? v : "";
+    if (s.empty() || s == "1") return true;
+    if (s == "0") return false;
+    throw Error("FLATMIN_NCCL='" + s + "': expected 0 (CUDA tensors through MPI) or 1 (NCCL where built)");
+  }();
+  return allowed;
+}
+}  // namespace
+
 const World& init_from_environment(int* argc, char*** argv) {
+  nccl_allowed();  // a bad FLATMIN_NCCL is an error at start, not at the first collective
   auto set = [](const char* v) { return v && *v; };
   const bool launched = set(std::getenv("OMPI_COMM_WORLD_SIZE")) || set(std::getenv("PMIX_RANK")) ||
                         set(std::getenv("PMI_RANK")) || set(std::getenv("PMI_SIZE"));
@@ -56,7 +74,8 @@ const World& init_from_environment(int* argc, char*** argv) {
 void finalize() { finalize_mpi(); }
 
 const World& world_for(const Device& d) {
-  if (d.kind == DeviceKind::cuda && world().size() > 1 && built_with_nccl()) return nccl_world(world(), d);
+  if (d.kind == DeviceKind::cuda && world().size() > 1 && built_with_nccl() && nccl_allowed())
+    return nccl_world(world(), d);
   return world();
 }
 

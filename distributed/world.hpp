@@ -68,7 +68,8 @@ void finalize();
 bool built_with_mpi();
 bool built_with_nccl();
 // The world for tensors on device d: NCCL for CUDA where built (created on first use, one
-// GPU per local rank), world() otherwise.
+// GPU per local rank) unless FLATMIN_NCCL=0, world() otherwise. init_from_environment
+// rejects any FLATMIN_NCCL other than 0 or 1.
 const World& world_for(const Device& d);
 
 // ---- tensors and parameter lists (any device; contiguous tensors of equal shapes) ----

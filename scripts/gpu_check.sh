@@ -6,7 +6,8 @@
 # and auto with bfloat16 convolutions)
 # and PyTorch's at its settings (bench/torch_gpu_bench.py) on the same GPU, a per-op profile,
 # `flatmin probe --device cuda` against PyTorch, a short `flatmin escape --preset gpu` run
-# (with the Fashion-MNIST files carried in .fmnist/), the whole test suite, and
+# (with the Fashion-MNIST files carried in .fmnist/), data-parallel training on CUDA tensors
+# through MPI (2 and 3 processes on the one GPU), the whole test suite, and
 # compute-sanitizer over the backend tests while time remains.
 # Logs go to $OUT (if set: the summary plus one logs.tar.gz, refreshed after each stage) or
 # ./gpu-check-logs; the summary is printed last.
@@ -24,7 +25,7 @@ pack() { [ -n "${OUT:-}" ] && cp "$SUMMARY" "$OUT/" && tar -czf "$OUT/logs.tar.g
 START=$(date +%s)
 BUDGET=${GPU_CHECK_BUDGET_S:-470}
 # the stages after the build (GPU_CHECK_STAGES, a comma list; all by default)
-STAGES=,${GPU_CHECK_STAGES:-suite,bench,layers,torch,escape,profile,probe,all,sanitizer},
+STAGES=,${GPU_CHECK_STAGES:-suite,bench,layers,torch,escape,profile,probe,mpi,all,sanitizer},
 want() { [[ $STAGES == *",$1,"* ]]; }
 export PATH=/usr/local/cuda/bin:$PATH
 JOBS=$(nproc)
@@ -221,6 +222,24 @@ rm -f "$LOG/probe_cuda.safetensors"
 say "flatmin probe --device cuda (rc $rc; PyTorch reference, float64): $(tail -3 "$LOG/probe.log" | tr '\n' ';')"
 pack
 }
+
+# ---- data parallelism on CUDA tensors: 1, 2 and 3 processes sharing this GPU must give the
+# same bits (tests/distributed/mpi_train.sh same). NCCL refuses two ranks on one GPU, so
+# FLATMIN_NCCL=0 sends CUDA tensors through MPI, staged in host memory ----
+if ! want mpi; then
+  :
+elif ! command -v mpirun > /dev/null || ! grep -q 'libmpi\.so' build-gpu/build.ninja; then
+  say "mpi stage skipped: no mpirun or a build without MPI"
+elif [ "$(left)" -gt 90 ]; then
+  FLATMIN_NCCL=0 FLATMIN_TEST_DEVICE=cuda:0 timeout $(($(left) > 200 ? 150 : $(left) - 50)) \
+    tests/distributed/mpi_train.sh ./build-gpu/tools/flatmin same > "$LOG/mpi_cuda.log" 2>&1
+  rc=$?
+  [ $rc -ne 0 ] && [ $rc -ne 124 ] && status=1
+  say "data parallel on CUDA tensors through MPI (rc $rc, 124 = timed out): $(tail -3 "$LOG/mpi_cuda.log" | tr '\n' ';')"
+else
+  say "mpi stage skipped: budget spent"
+fi
+pack
 
 # ---- whole suite (gpu suite included) ----
 if ! want all; then

@@ -75,9 +75,14 @@ expect "--start-loss must be > 0" escape --start-loss nan --out "$tmp/e3"
 expect "--memorize-lr must be a finite number > 0, got nan" escape --memorize-lr nan --out "$tmp/e4"
 expect "--clean-lr must be a finite number > 0, got -1" escape --clean-lr -1 --out "$tmp/e5"
 expect "--methods: unknown method 'bogus'" escape --methods bogus --out "$tmp/e4"
-# bfloat16 convolutions only where they can run: float32, on the CPU
+# bfloat16 convolutions only where they can run: float32, on the CPU with oneDNN or CUDA with
+# cuDNN, on a device this machine has (no machine here has a 100th GPU)
 expect "--bf16-convolutions needs --dtype f32, got f64" train "${blobs[@]}" --bf16-convolutions --dtype f64
-expect "--bf16-convolutions runs on the CPU only, got --device cuda" train "${blobs[@]}" --bf16-convolutions --device cuda
+expect "--bf16-convolutions --device cuda:99: " train "${blobs[@]}" --bf16-convolutions --device cuda:99
+out=$(FLATMIN_CONV=native timeout 20 "$flatmin" train "${blobs[@]}" --bf16-convolutions 2>&1 < /dev/null); rc=$?
+if [ $rc -eq 0 ] || ! grep -qF -- "--bf16-convolutions --device cpu: needs oneDNN" <<< "$out"; then
+  echo "FAIL (exit $rc): FLATMIN_CONV=native flatmin train --bf16-convolutions"; echo "  got: $(head -n 3 <<< "$out")"; failed=1
+fi
 # a channel layout only where there are channels
 expect "--channels-last: only --model resnet18 has a channel layout" train "${blobs[@]}" --channels-last
 rm -rf "$tmp/escape-full" "$tmp/escape-file"

@@ -155,8 +155,8 @@ void ScheduleSpec::add_to(CLI::App& app) {
                  "not on the number of processes")
       ->check(CLI::PositiveNumber);
   app.add_flag("--bf16-convolutions", bf16_convolutions,
-               "float32 convolutions with bfloat16 operands and float32 accumulation (CPU with oneDNN; everything "
-               "else stays float32)");
+               "float32 convolutions with bfloat16 operands and float32 accumulation (CPU with oneDNN, CUDA with "
+               "cuDNN; everything else stays float32)");
 }
 
 Device device_for_rank(const std::string& device) {
@@ -179,10 +179,18 @@ void ScheduleSpec::check_outputs() const {
 void ScheduleSpec::check_precision() const {
   if (!bf16_convolutions) return;
   if (dtype != "f32") throw Error("--bf16-convolutions needs --dtype f32, got " + dtype);
-  if (Device::parse(device).kind != DeviceKind::cpu)
-    throw Error("--bf16-convolutions runs on the CPU only, got --device " + device);
-  if (!backend(Device::cpu()).supports_bf16_convolutions())
-    throw Error("--bf16-convolutions: this build has no oneDNN (or FLATMIN_CONV=native is set)");
+  const Device d = Device::parse(device);
+  bool supported = false;
+  try {
+    supported = backend(d).supports_bf16_convolutions();  // a device this machine lacks throws
+  } catch (const Error& e) {
+    throw Error("--bf16-convolutions --device " + device + ": " + e.what());
+  }
+  if (!supported)
+    throw Error("--bf16-convolutions --device " + device +
+                (d.kind == DeviceKind::cpu
+                     ? ": needs oneDNN (this build has none, or FLATMIN_CONV=native is set)"
+                     : ": needs cuDNN (this build has none, or FLATMIN_CUDA_CONV=native is set)"));
 }
 
 DType parse_dtype(const std::string& s) {

@@ -7,6 +7,8 @@
 #                        last checkpoint resumes on 3 processes to the single-process result
 #   mismatch             different flags on one rank, and too few micro-shards: refused at start
 # Exits 77 (meson: SKIP) when flatmin was built without MPI or mpirun is missing.
+# FLATMIN_TEST_DEVICE=cuda:0 runs the same cases on CUDA tensors (scripts/gpu_check.sh, with
+# FLATMIN_NCCL=0 where the processes share one GPU).
 set -uo pipefail
 flatmin=$1 what=$2; shift 2
 if ! command -v mpirun >/dev/null; then echo "mpirun not found: skipped"; exit 77; fi
@@ -24,7 +26,9 @@ if ! mpi 1 "$flatmin" train --dataset blobs --steps 1 --micro-shards 1 > "$tmp/p
 fi
 
 # Blobs (512 examples, 2 features), an MLP, batch 24 in 6 micro-shards of 4.
-data=(--dataset blobs --model mlp --hidden 16,16 --batch-size 24 --loader-seed 3)
+device=()
+[ -n "${FLATMIN_TEST_DEVICE:-}" ] && device=(--device "$FLATMIN_TEST_DEVICE")
+data=(--dataset blobs --model mlp --hidden 16,16 --batch-size 24 --loader-seed 3 "${device[@]}")
 common=("${data[@]}" --micro-shards 6 --eval-every 5)
 
 same() {  # same LABEL FLAGS...: byte-identical model, checkpoint and metrics for np = 1, 2, 3
@@ -54,7 +58,7 @@ case "$what" in
     cmp -s "$tmp/sgd3" "$tmp/sgd.1/model" && fail "3 and 6 micro-shards gave the same bits: the test cannot see the order"
     echo "sgd: 3 micro-shards instead of 6 change the bits (the comparison is sensitive to the order of additions)"
     # flatmin trace: Hutchinson's samples dealt out (5 samples over 3 processes: rounds of 3 and 2).
-    tr=(trace --dataset blobs --model mlp --hidden 16,16 --subset 64 --samples 5 --tol 0 --lambda-max --power-iters 3 "$tmp/sgd.1/ckpt")
+    tr=(trace --dataset blobs --model mlp --hidden 16,16 --subset 64 --samples 5 --tol 0 --lambda-max --power-iters 3 "${device[@]}" "$tmp/sgd.1/ckpt")
     "$flatmin" "${tr[@]}" > "$tmp/trace.1" 2> /dev/null || fail "trace on one process"
     mpi 3 "$flatmin" "${tr[@]}" > "$tmp/trace.3" 2> "$tmp/trace.err" || { cat "$tmp/trace.err"; fail "trace on 3 processes"; }
     cmp -s "$tmp/trace.1" "$tmp/trace.3" || fail "trace: 1 and 3 processes differ"
@@ -67,7 +71,7 @@ case "$what" in
     # A small ResNet-18 with BatchNorm (ghost batch norm per micro-shard, running statistics
     # from shard 0 broadcast): Fashion-MNIST's first 48 images when the data set is installed.
     if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte ]; then
-      common=(--model resnet18 --width 4 --norm batch --train-subset 48 --test-subset 24 --batch-size 12 --micro-shards 6 --eval-every 2 --loader-seed 3)
+      common=(--model resnet18 --width 4 --norm batch --train-subset 48 --test-subset 24 --batch-size 12 --micro-shards 6 --eval-every 2 --loader-seed 3 "${device[@]}")
       same resnet_bn --optimizer sgd --lr 0.05 --momentum 0.9 --steps 4
     else
       echo "resnet_bn: Fashion-MNIST not installed, that case skipped"
