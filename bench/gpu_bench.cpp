@@ -39,7 +39,7 @@ Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (i + 1 >= argc) throw Error("flatmin_gpu_bench: option " + a + " needs a value");
+    if (i + 1 >= argc) throw Error("option " + a + " needs a value");
     const std::string v = argv[++i];
     if (a == "--device")
       o.device = Device::parse(v);
@@ -56,15 +56,14 @@ Options parse(int argc, char** argv) {
     else if (a == "--layers")
       o.layers = v == "1";
     else if (a == "--dtype") {
-      if (v != "f32" && v != "f64" && v != "bf16")
-        throw Error("flatmin_gpu_bench: --dtype must be f32, f64 or bf16, got " + v);
+      if (v != "f32" && v != "f64" && v != "bf16") throw Error("--dtype must be f32, f64 or bf16, got " + v);
       o.dtype = v == "f64" ? DType::f64 : DType::f32;
       o.bf16 = v == "bf16";
     } else
-      throw Error("flatmin_gpu_bench: unknown option " + a);
+      throw Error("unknown option " + a);
   }
   if (o.batch < 1 || o.width < 1 || o.steps < 1 || o.gemm < 1 || o.repeats < 1)
-    throw Error("flatmin_gpu_bench: batch, width, steps, repeats and gemm must be >= 1");
+    throw Error("batch, width, steps, repeats and gemm must be >= 1");
   return o;
 }
 
