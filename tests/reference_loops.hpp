@@ -4,11 +4,26 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "autodiff/backend.hpp"
 
 namespace flatmin::test {
+
+// Each value rounded to float32, then to bfloat16 (round to nearest even, as oneDNN's reorder
+// and the CUDA backend's conversion do): the operands a bfloat16 convolution sees.
+inline std::vector<double> round_to_bf16(std::vector<double> v) {
+  for (double& e : v) {
+    float f = float(e);
+    uint32_t b;
+    std::memcpy(&b, &f, 4);
+    b = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+    std::memcpy(&f, &b, 4);
+    e = f;
+  }
+  return v;
+}
 
 inline int64_t conv_out_size(int64_t n, int64_t k, int64_t stride, int64_t pad) {
   return (n + 2 * pad - k) / stride + 1;

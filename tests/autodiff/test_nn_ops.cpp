@@ -199,16 +199,6 @@ TEST_CASE("float32 Winograd F(4x4,3x3) on oneDNN: naive loops in both layouts, t
   CHECK_FALSE(cpu::onednn::winograd_used(Direction::weight_grad, planes4, false));
 }
 
-// bfloat16 rounding of a float (round to nearest even), as oneDNN's reorder does it.
-double to_bf16(double v) {
-  float f = float(v);
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  b = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
-  std::memcpy(&f, &b, 4);
-  return f;
-}
-
 // Bf16Convolutions: the three conv ops equal the exact convolution of operands rounded to
 // bfloat16 (float32 accumulation: tight tolerance), differ from the float32 result, and the
 // setting is scoped; where the build cannot run them, a conv op says so.
@@ -242,11 +232,8 @@ TEST_CASE("bfloat16 convolutions round their operands and accumulate in float32"
   }
   CHECK_FALSE(bf16_convolutions());
   CHECK(run() == exact);
-  auto round = [](std::vector<double> v) {
-    for (double& e : v) e = to_bf16(e);
-    return v;
-  };
-  const auto xr = round(x.to_vector()), wr = round(w.to_vector()), gyr = round(gy.to_vector());
+  using test::round_to_bf16;
+  const auto xr = round_to_bf16(x.to_vector()), wr = round_to_bf16(w.to_vector()), gyr = round_to_bf16(gy.to_vector());
   const test::ConvReference r = test::naive_conv2d(xr, wr, x.shape(), w.shape(), {1, 1, 1, 1}, gyr);
   check_close(low[0], r.y, 1e-5, "bf16 forward");
   check_close(low[1], r.gx, 1e-5, "bf16 input gradient");
@@ -288,12 +275,10 @@ TEST_CASE("bfloat16 weight gradient as one GEMM: rounded operands, any thread co
         Bf16Convolutions on;
         return conv2d_weight_grad(xl, gyl, w.shape(), cl).to_vector();
       };
-      auto round = [](std::vector<double> v) {
-        for (double& e : v) e = to_bf16(e);
-        return v;
-      };
-      const test::ConvReference r = test::naive_conv2d(round(x.to_vector()), round(w.to_vector()), x.shape(), w.shape(),
-                                                       {q.stride, q.stride, q.pad, q.pad}, round(gy.to_vector()));
+      using test::round_to_bf16;
+      const test::ConvReference r =
+          test::naive_conv2d(round_to_bf16(x.to_vector()), round_to_bf16(w.to_vector()), x.shape(), w.shape(),
+                             {q.stride, q.stride, q.pad, q.pad}, round_to_bf16(gy.to_vector()));
       const auto whole = weight_grad();
       check_close(whole, r.gw, 1e-5, "bf16 weight gradient");
       std::vector<double> one;

@@ -228,17 +228,7 @@ TEST_SUITE("gpu") {
       CHECK_THROWS_WITH_AS(conv2d(x0.to(kCuda), w0.to(kCuda), {}, {1, 1}), doctest::Contains("no cuDNN"), Error);
       return;
     }
-    auto to_bf16 = [](std::vector<double> v) {
-      for (double& e : v) {
-        float f = float(e);
-        uint32_t b;
-        std::memcpy(&b, &f, 4);
-        b = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
-        std::memcpy(&f, &b, 4);
-        e = f;
-      }
-      return v;
-    };
+    using test::round_to_bf16;
     auto within = [](const std::vector<double>& got, const std::vector<double>& ref) {
       double big = 0, worst = 0;
       for (double r : ref) big = std::max(big, std::fabs(r));
@@ -262,8 +252,8 @@ TEST_SUITE("gpu") {
         const Tensor x = g.normal(q.x), w = g.normal(q.w);
         const Shape ys = test::naive_conv2d(x.to_vector(), w.to_vector(), q.x, q.w, q.p).y_shape;
         const Tensor gy = g.normal(ys);
-        const test::ConvReference r =
-            test::naive_conv2d(to_bf16(x.to_vector()), to_bf16(w.to_vector()), q.x, q.w, q.p, to_bf16(gy.to_vector()));
+        const test::ConvReference r = test::naive_conv2d(round_to_bf16(x.to_vector()), round_to_bf16(w.to_vector()),
+                                                         q.x, q.w, q.p, round_to_bf16(gy.to_vector()));
         Conv2dParams p = q.p;
         p.bf16 = true;
         const Tensor xg = x.to(kCuda), wg = w.to(kCuda), gyg = gy.to(kCuda);
@@ -282,8 +272,8 @@ TEST_SUITE("gpu") {
     {  // the op under the scope; refused by name on the native engine
       Bf16Convolutions on;
       const Tensor y = conv2d(x0.to(kCuda), w0.to(kCuda), {}, {1, 1});
-      const test::ConvReference r =
-          test::naive_conv2d(to_bf16(x0.to_vector()), to_bf16(w0.to_vector()), x0.shape(), w0.shape(), {1, 1, 1, 1});
+      const test::ConvReference r = test::naive_conv2d(round_to_bf16(x0.to_vector()), round_to_bf16(w0.to_vector()),
+                                                       x0.shape(), w0.shape(), {1, 1, 1, 1});
       CHECK(within(y.to_vector(), r.y));
       cuda::set_conv_engine(cuda::ConvEngine::native);
       CHECK_FALSE(backend(kCuda).supports_bf16_convolutions());
