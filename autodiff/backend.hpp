@@ -55,8 +55,13 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
-  // Whether Conv2dParams::bf16 can be honoured (CPU with oneDNN, CUDA with cuDNN).
-  virtual bool supports_bf16_convolutions() const { return false; }
+  // Why Conv2dParams::bf16 cannot be honoured here, or "" when it can (CPU: oneDNN built and
+  // enabled, on a CPU it has bfloat16 kernels for; CUDA: cuDNN). The ops' and the CLI's errors
+  // quote it.
+  virtual std::string bf16_convolutions_unavailable() const {
+    return "the " + std::string(name()) + " backend has none";
+  }
+  bool supports_bf16_convolutions() const { return bf16_convolutions_unavailable().empty(); }
   // Whether the convolution kernels take Conv2dParams::channels_last for this dtype.
   virtual bool supports_channels_last_convolutions(DType) const { return false; }
 

@@ -34,12 +34,10 @@ Conv2dParams conv_params(const char* op, const Conv2dOptions& o, const Tensor& x
   if (o.stride < 1) throw Error(std::string(op) + ": stride must be >= 1, got " + std::to_string(o.stride));
   if (o.padding < 0) throw Error(std::string(op) + ": padding must be >= 0, got " + std::to_string(o.padding));
   const bool bf16 = bf16_convolutions_on && x.dtype() == DType::f32;
-  if (bf16 && !be(x).supports_bf16_convolutions())
-    throw Error(std::string(op) + ": bfloat16 convolutions (Bf16Convolutions) need the CPU backend with oneDNN " +
-                "or the CUDA backend with cuDNN; " +
-                (x.device().kind == DeviceKind::cpu ? std::string("this build has no oneDNN, or FLATMIN_CONV=native")
-                                                    : "the tensor is on " + x.device().str() +
-                                                          " and this build has no cuDNN, or FLATMIN_CUDA_CONV=native"));
+  if (bf16)
+    if (const std::string why = be(x).bf16_convolutions_unavailable(); !why.empty())
+      throw Error(std::string(op) + ": bfloat16 convolutions (Bf16Convolutions) cannot run on " + x.device().str() +
+                  ": " + why);
   return {o.stride, o.stride, o.padding, o.padding, bf16, o.channels_last};
 }
 // An activation's shape [N, H, W, C] as [N, C, H, W] and back (channels-last convolutions).

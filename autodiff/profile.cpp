@@ -35,7 +35,7 @@ class TimedBackend final : public Backend {
  public:
   explicit TimedBackend(Backend& b) : b_(b) {}
   const char* name() const override { return b_.name(); }
-  bool supports_bf16_convolutions() const override { return b_.supports_bf16_convolutions(); }
+  std::string bf16_convolutions_unavailable() const override { return b_.bf16_convolutions_unavailable(); }
   bool supports_channels_last_convolutions(DType t) const override { return b_.supports_channels_last_convolutions(t); }
   void* allocate(size_t bytes) override {
     Scope s("allocate");

@@ -219,6 +219,12 @@ int main(int argc, char** argv) {
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }
+  if (cfg.bf16)  // refused before any group runs, not by each group's first convolution
+    if (const std::string why = flatmin::backend(flatmin::Device::cpu()).bf16_convolutions_unavailable();
+        !why.empty()) {
+      std::fprintf(stderr, "flatmin_bench: --bf16: %s\n", why.c_str());
+      return 2;
+    }
   use_cpu_time(cfg.cpu_time);
   std::vector<GroupResult> results;
   if (!json)

@@ -180,17 +180,13 @@ void ScheduleSpec::check_precision() const {
   if (!bf16_convolutions) return;
   if (dtype != "f32") throw Error("--bf16-convolutions needs --dtype f32, got " + dtype);
   const Device d = Device::parse(device);
-  bool supported = false;
+  std::string why;
   try {
-    supported = backend(d).supports_bf16_convolutions();  // a device this machine lacks throws
+    why = backend(d).bf16_convolutions_unavailable();  // a device this machine lacks throws
   } catch (const Error& e) {
-    throw Error("--bf16-convolutions --device " + device + ": " + e.what());
+    why = e.what();
   }
-  if (!supported)
-    throw Error("--bf16-convolutions --device " + device +
-                (d.kind == DeviceKind::cpu
-                     ? ": needs oneDNN (this build has none, or FLATMIN_CONV=native is set)"
-                     : ": needs cuDNN (this build has none, or FLATMIN_CUDA_CONV=native is set)"));
+  if (!why.empty()) throw Error("--bf16-convolutions --device " + device + ": " + why);
 }
 
 DType parse_dtype(const std::string& s) {

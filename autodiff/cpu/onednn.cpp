@@ -35,6 +35,7 @@ namespace flatmin::cpu::onednn {
 #if !FLATMIN_HAVE_ONEDNN
 
 bool enabled() { return false; }
+std::string bf16_unavailable() { return "they run on oneDNN, and this build has no oneDNN"; }
 void forward(const float*, const float*, float*, const kernels::ConvGeometry&, bool) {
   throw Error("conv2d: this build has no oneDNN");
 }
@@ -163,16 +164,14 @@ Tag working_layout(Direction d, const kernels::ConvGeometry& g, bool bf16) {
 }
 
 // wino: oneDNN's Winograd F(4x4,3x3) kernels (the caller has checked winograd_used), else its
-// direct ones.
-Primitive build(Direction d, const kernels::ConvGeometry& g, bool bf16, bool wino) {
+// direct ones; act: the activations' layout inside oneDNN.
+Primitive build_in(Direction d, const kernels::ConvGeometry& g, bool bf16, bool wino, Tag act) {
   const memory::dims xd{g.N, g.C, g.H, g.W}, wd{g.O, g.C, g.KH, g.KW}, yd{g.N, g.O, g.OH, g.OW};
   const memory::dims strides{g.sh, g.sw}, pad{g.ph, g.pw};
   // Padding on the far side: what makes the output extent come out as OH x OW.
   const memory::dims pad_r{(g.OH - 1) * g.sh + g.KH - g.H - g.ph, (g.OW - 1) * g.sw + g.KW - g.W - g.pw};
   const auto f32 = memory::data_type::f32;
-  // Winograd's kernels take only channel-blocked activations ("any" lets oneDNN pick them; a
-  // channels-last tensor is reordered into them like the weights).
-  const Tag user_act = g.channels_last ? Tag::nhwc : Tag::nchw, act = wino ? Tag::any : working_layout(d, g, bf16);
+  const Tag user_act = g.channels_last ? Tag::nhwc : Tag::nchw;
   const memory::desc x(xd, f32, user_act), w(wd, f32, Tag::oihw), y(yd, f32, user_act);
   // Each direction reads two operands (in bf16 mode rounded to bfloat16 by the reorder into
   // oneDNN's layout) and writes one, always float32. The gradients' primitives take the
@@ -205,6 +204,22 @@ Primitive build(Direction d, const kernels::ConvGeometry& g, bool bf16, bool win
     }
   }
   throw Error("onednn: unknown direction");
+}
+
+Primitive build(Direction d, const kernels::ConvGeometry& g, bool bf16, bool wino) {
+  // Winograd's kernels take only channel-blocked activations ("any" lets oneDNN pick them; a
+  // channels-last tensor is reordered into them like the weights).
+  const Tag act = wino ? Tag::any : working_layout(d, g, bf16);
+  Primitive p = build_in(d, g, bf16, wino, act);
+  // oneDNN 2.6's jit_1x1 kernels copy a strided 1x1 convolution's input (gradient) to a unit-
+  // stride workspace, and on nhwc activations whose channel count is not a multiple of their
+  // channel block (8 on AVX2, 16 on AVX-512) write past that workspace: a corrupted heap or
+  // wrong gradients (uxlfoundation/oneDNN#6035; seen on AVX2 with a width-4 ResNet's 4 -> 8
+  // downsample). Such layers run on blocked copies instead, which it pads to whole blocks.
+  const bool strided_1x1 = g.KH == 1 && g.KW == 1 && (g.sh > 1 || g.sw > 1);
+  if (act == Tag::nhwc && strided_1x1 && g.C % 16 != 0 && p.name.rfind("jit_1x1", 0) == 0)
+    return build_in(d, g, bf16, wino, Tag::any);
+  return p;
 }
 
 // The primitive of `key`, built by `make` on first use and kept (a model has a few dozen shapes).
@@ -571,6 +586,34 @@ void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::
 
 bool winograd_used(Direction d, const kernels::ConvGeometry& g, bool bf16) {
   return winograd_on() && winograd_shape(d, g, bf16) && winograd_available();
+}
+
+std::string bf16_unavailable() {
+  static const std::string reason = []() -> std::string {
+    const kernels::ConvGeometry g{2, 16, 8, 8, 64, 3, 3, 8, 8, 1, 1, 1, 1, true};
+    try {
+      for (Direction d : {Direction::forward, Direction::input_grad, Direction::weight_grad})
+        for (bool channels_last : {true, false}) {
+          kernels::ConvGeometry gl = g;
+          gl.channels_last = channels_last;
+          build(d, gl, true, false);
+        }
+      gemm(64, 144, 64, {1, 64}, false);  // the small planes' weight gradient (gemm_weight_grad)
+      return "";
+    } catch (const std::exception& e) {
+      std::string isa;
+      switch (dnnl::get_effective_cpu_isa()) {
+        case dnnl::cpu_isa::sse41: isa = "SSE4.1"; break;
+        case dnnl::cpu_isa::avx: isa = "AVX"; break;
+        case dnnl::cpu_isa::avx2: isa = "AVX2"; break;
+        case dnnl::cpu_isa::avx2_vnni: isa = "AVX2-VNNI"; break;
+        default: isa = "AVX-512 of a kind oneDNN 2.6 has no bfloat16 kernels for";
+      }
+      return "oneDNN has no fast bfloat16 convolution kernel for this CPU (they need AVX-512; this CPU has " + isa +
+             "; oneDNN: " + e.what() + ")";
+    }
+  }();
+  return reason;
 }
 
 std::string kernel_name(Direction d, const kernels::ConvGeometry& g, bool bf16) {

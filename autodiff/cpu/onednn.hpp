@@ -22,6 +22,11 @@ enum class Direction { forward, input_grad, weight_grad };
 // faster (onednn.cpp). Its float32 rounding error is ~5x the direct kernels' (rms ~1e-6 relative
 // on ResNet-18's layers against float64; README).
 bool winograd_used(Direction d, const kernels::ConvGeometry& g, bool bf16);
+// Why this CPU cannot run bfloat16 convolutions on oneDNN, or "" when it can: probed once by
+// building the kernels a bfloat16 step uses on a small shape. oneDNN 2.6's bfloat16 kernels
+// need AVX-512; elsewhere it has none (or only reference loops, ~100x slower), and a
+// convolution would fail or crawl in the middle of a run rather than be refused before it.
+std::string bf16_unavailable();
 // For tests: Winograd on or off from now on (the FLATMIN_CONV setting is the initial value).
 void set_winograd(bool on);
 // For tests and benchmarks: oneDNN's name of the kernel that runs a direction of this geometry

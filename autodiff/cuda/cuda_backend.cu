@@ -189,7 +189,10 @@ class CudaBackend final : public Backend {
   }
   const char* name() const override { return name_.c_str(); }
   // bfloat16 convolutions run on cuDNN only (cudnn.cu), so not under FLATMIN_CUDA_CONV=native.
-  bool supports_bf16_convolutions() const override { return cudnn_compiled() && conv_engine() != ConvEngine::native; }
+  std::string bf16_convolutions_unavailable() const override {
+    if (cudnn_compiled() && conv_engine() != ConvEngine::native) return "";
+    return "they run on cuDNN, and this build has no cuDNN or FLATMIN_CUDA_CONV=native is set";
+  }
 
   void* allocate(size_t bytes) override {
     guard();
