@@ -246,10 +246,12 @@ template <class F> void for_each_plane(const PoolGeometry& g, F&& f) {
 // (p.bf16 is only ever set when oneDNN is enabled: Backend::supports_bf16_convolutions.)
 // Channels-last geometry only ever arrives for float32 with oneDNN
 // (Backend::supports_channels_last_convolutions); flatmin's own kernels are NCHW.
-bool use_onednn(DType t, const Geometry& g) {
+// Where oneDNN has no Winograd kernels (AVX2), its wide 3x3 stride-1 NCHW layers run flatmin's
+// own Winograd kernels instead (onednn::native_winograd_instead).
+bool use_onednn(DType t, const Geometry& g, onednn::Direction d, bool bf16) {
   if (g.channels_last && !(t == DType::f32 && onednn::enabled()))
     throw Error("conv2d: channels-last convolutions need float32 and oneDNN (the op should have permuted)");
-  return t == DType::f32 && g.N > 0 && onednn::enabled();
+  return t == DType::f32 && g.N > 0 && onednn::enabled() && !onednn::native_winograd_instead(d, g, bf16);
 }
 
 }  // namespace
@@ -257,7 +259,7 @@ bool use_onednn(DType t, const Geometry& g) {
 void conv2d_forward(const Tensor& x, const Tensor& w, Tensor& out, const Conv2dParams& p) {
   const Geometry g = geometry(x.shape(), w.shape(), out.shape(), p);
   if (out.numel() == 0) return;
-  if (use_onednn(x.dtype(), g))
+  if (use_onednn(x.dtype(), g, onednn::Direction::forward, p.bf16))
     return onednn::forward(data_ptr<float>(x), data_ptr<float>(w), data_ptr<float>(out), g, p.bf16);
   dispatch_float(x.dtype(), "conv2d", [&](auto t) {
     using T = decltype(t);
@@ -267,7 +269,7 @@ void conv2d_forward(const Tensor& x, const Tensor& w, Tensor& out, const Conv2dP
 void conv2d_input_grad(const Tensor& gy, const Tensor& w, Tensor& gx, const Conv2dParams& p) {
   const Geometry g = geometry(gx.shape(), w.shape(), gy.shape(), p);
   if (gx.numel() == 0) return;
-  if (use_onednn(gy.dtype(), g))
+  if (use_onednn(gy.dtype(), g, onednn::Direction::input_grad, p.bf16))
     return onednn::input_grad(data_ptr<float>(gy), data_ptr<float>(w), data_ptr<float>(gx), g, p.bf16);
   dispatch_float(gy.dtype(), "conv2d_input_grad", [&](auto t) {
     using T = decltype(t);
@@ -277,7 +279,7 @@ void conv2d_input_grad(const Tensor& gy, const Tensor& w, Tensor& gx, const Conv
 void conv2d_weight_grad(const Tensor& x, const Tensor& gy, Tensor& gw, const Conv2dParams& p) {
   const Geometry g = geometry(x.shape(), gw.shape(), gy.shape(), p);
   if (gw.numel() == 0) return;
-  if (use_onednn(x.dtype(), g))
+  if (use_onednn(x.dtype(), g, onednn::Direction::weight_grad, p.bf16))
     return onednn::weight_grad(data_ptr<float>(x), data_ptr<float>(gy), data_ptr<float>(gw), g, p.bf16);
   dispatch_float(x.dtype(), "conv2d_weight_grad", [&](auto t) {
     using T = decltype(t);

@@ -47,6 +47,7 @@ void weight_grad(const float*, const float*, float*, const kernels::ConvGeometry
 }
 void set_column_budget(int64_t) {}
 bool winograd_used(Direction, const kernels::ConvGeometry&, bool) { return false; }
+bool native_winograd_instead(Direction, const kernels::ConvGeometry&, bool) { return false; }
 void set_winograd(bool) {}
 std::string kernel_name(Direction, const kernels::ConvGeometry&, bool) {
   throw Error("conv2d: this build has no oneDNN");
@@ -586,6 +587,9 @@ void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::
 
 bool winograd_used(Direction d, const kernels::ConvGeometry& g, bool bf16) {
   return winograd_on() && winograd_shape(d, g, bf16) && winograd_available();
+}
+bool native_winograd_instead(Direction d, const kernels::ConvGeometry& g, bool bf16) {
+  return winograd_on() && !g.channels_last && g.winograd() && winograd_shape(d, g, bf16) && !winograd_available();
 }
 
 std::string bf16_unavailable() {

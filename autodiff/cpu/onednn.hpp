@@ -22,6 +22,11 @@ enum class Direction { forward, input_grad, weight_grad };
 // faster (onednn.cpp). Its float32 rounding error is ~5x the direct kernels' (rms ~1e-6 relative
 // on ResNet-18's layers against float64; README).
 bool winograd_used(Direction d, const kernels::ConvGeometry& g, bool bf16);
+// Whether such a convolution runs flatmin's own Winograd F(2x2,3x3) kernels (conv.cpp) instead
+// of oneDNN's direct ones: the same rule, on a CPU where oneDNN has no Winograd kernel (AVX2),
+// for NCHW float32 (flatmin's kernels take no other) with flatmin's own Winograd rule met too.
+// On an AVX2 AMD EPYC their ResNet-18 layers took less time than oneDNN 2.6's direct kernels.
+bool native_winograd_instead(Direction d, const kernels::ConvGeometry& g, bool bf16);
 // Why this CPU cannot run bfloat16 convolutions on oneDNN, or "" when it can: probed once by
 // building the kernels a bfloat16 step uses on a small shape. oneDNN 2.6's bfloat16 kernels
 // need AVX-512; elsewhere it has none (or only reference loops, ~100x slower), and a

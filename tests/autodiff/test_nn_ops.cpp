@@ -156,6 +156,7 @@ TEST_CASE("float32 conv kernels match naive loops on every geometry of the float
 // over the batch run oneDNN's Winograd F(4x4,3x3) on CPUs that have it (AVX-512; the weight
 // gradient only with 4 or more tiles per image; autodiff/cpu/onednn.cpp). Its rounding error is
 // a few times the direct kernels' and stays inside the float32 tolerance of the tests above.
+// Without AVX-512 the NCHW ones run flatmin's own Winograd F(2x2,3x3) kernels instead.
 TEST_CASE("float32 Winograd F(4x4,3x3) on oneDNN: naive loops in both layouts, the switch, the shape rule") {
   if (!cpu::onednn::enabled()) return;
   using cpu::onednn::Direction;
@@ -184,6 +185,9 @@ TEST_CASE("float32 Winograd F(4x4,3x3) on oneDNN: naive loops in both layouts, t
           INFO("direction " << int(d) << (channels_last ? " channels-last" : " NCHW") << ": " << kernel);
           CHECK(cpu::onednn::winograd_used(d, geometry(q, channels_last), false) == (on && avx512));
           CHECK((kernel.find("wino") != std::string::npos) == (on && avx512));
+          // where oneDNN has no Winograd (AVX2), flatmin's own kernels take the NCHW ones
+          CHECK(cpu::onednn::native_winograd_instead(d, geometry(q, channels_last), false) ==
+                (on && !avx512 && !channels_last));
         }
       check_conv_against_loops(q, DType::f32, 2e-5);
       check_conv_against_loops(q, DType::f32, 2e-5, true);
@@ -201,6 +205,11 @@ TEST_CASE("float32 Winograd F(4x4,3x3) on oneDNN: naive loops in both layouts, t
   CHECK_FALSE(cpu::onednn::winograd_used(Direction::forward, geometry(cases[0], false), true));
   CHECK(cpu::onednn::winograd_used(Direction::input_grad, planes4, false) == avx512);
   CHECK_FALSE(cpu::onednn::winograd_used(Direction::weight_grad, planes4, false));
+  for (const kernels::ConvGeometry& g : {small_batch, narrow, strided})
+    CHECK_FALSE(cpu::onednn::native_winograd_instead(Direction::forward, g, false));
+  CHECK_FALSE(cpu::onednn::native_winograd_instead(Direction::forward, geometry(cases[0], false), true));
+  CHECK(cpu::onednn::native_winograd_instead(Direction::input_grad, planes4, false) == !avx512);
+  CHECK_FALSE(cpu::onednn::native_winograd_instead(Direction::weight_grad, planes4, false));
 }
 
 // Bf16Convolutions: the three conv ops equal the exact convolution of operands rounded to
