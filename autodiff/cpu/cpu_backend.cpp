@@ -26,10 +26,7 @@ using kernels::dispatch_float;
 class CpuBackend final : public Backend {
  public:
   const char* name() const override { return "cpu"; }
-  std::string bf16_convolutions_unavailable() const override {
-    if (!onednn::enabled()) return "they run on oneDNN, and this build has no oneDNN or FLATMIN_CONV=native is set";
-    return onednn::bf16_unavailable();
-  }
+  std::string bf16_convolutions_unavailable() const override { return onednn::bf16_unavailable(); }
   bool supports_channels_last_convolutions(DType t) const override { return t == DType::f32 && onednn::enabled(); }
 
   // Tiny tensors come from the engine's per-thread block cache (kernels never assume more

@@ -593,6 +593,7 @@ bool native_winograd_instead(Direction d, const kernels::ConvGeometry& g, bool b
 }
 
 std::string bf16_unavailable() {
+  if (!enabled()) return "they run on oneDNN, and FLATMIN_CONV=native is set";
   static const std::string reason = []() -> std::string {
     serial_openmp();  // the probe's matmul stays in the cache for real calls of its shape
     const kernels::ConvGeometry g{2, 16, 8, 8, 64, 3, 3, 8, 8, 1, 1, 1, 1, true};

@@ -27,8 +27,9 @@ bool winograd_used(Direction d, const kernels::ConvGeometry& g, bool bf16);
 // for NCHW float32 (flatmin's kernels take no other) with flatmin's own Winograd rule met too.
 // On an AVX2 AMD EPYC their ResNet-18 layers took less time than oneDNN 2.6's direct kernels.
 bool native_winograd_instead(Direction d, const kernels::ConvGeometry& g, bool bf16);
-// Why this CPU cannot run bfloat16 convolutions on oneDNN, or "" when it can: probed once by
-// building the kernels a bfloat16 step uses on a small shape. oneDNN 2.6's bfloat16 kernels
+// Why bfloat16 convolutions cannot run here, or "" when they can: no oneDNN in the build,
+// FLATMIN_CONV=native, or a CPU oneDNN has no bfloat16 kernels for — probed once by building
+// the kernels a bfloat16 step uses on a small shape. oneDNN 2.6's bfloat16 kernels
 // need AVX-512; elsewhere it has none (or only reference loops, ~100x slower), and a
 // convolution would fail or crawl in the middle of a run rather than be refused before it.
 std::string bf16_unavailable();
