@@ -246,12 +246,12 @@ template <class F> void for_each_plane(const PoolGeometry& g, F&& f) {
 // (p.bf16 is only ever set when oneDNN is enabled: Backend::supports_bf16_convolutions.)
 // Channels-last geometry only ever arrives for float32 with oneDNN
 // (Backend::supports_channels_last_convolutions); flatmin's own kernels are NCHW.
-// Where oneDNN has no Winograd kernels (AVX2), its wide 3x3 stride-1 NCHW layers run flatmin's
-// own Winograd kernels instead (onednn::native_winograd_instead).
+// Where oneDNN has no Winograd kernels (AVX2), its wide 3x3 stride-1 NCHW layers and the deep
+// layers on 4x4 planes run flatmin's own kernels instead (onednn::native_kernels_instead).
 bool use_onednn(DType t, const Geometry& g, onednn::Direction d, bool bf16) {
   if (g.channels_last && !(t == DType::f32 && onednn::enabled()))
     throw Error("conv2d: channels-last convolutions need float32 and oneDNN (the op should have permuted)");
-  return t == DType::f32 && g.N > 0 && onednn::enabled() && !onednn::native_winograd_instead(d, g, bf16);
+  return t == DType::f32 && g.N > 0 && onednn::enabled() && !onednn::native_kernels_instead(d, g, bf16);
 }
 
 }  // namespace

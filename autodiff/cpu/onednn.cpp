@@ -47,7 +47,7 @@ void weight_grad(const float*, const float*, float*, const kernels::ConvGeometry
 }
 void set_column_budget(int64_t) {}
 bool winograd_used(Direction, const kernels::ConvGeometry&, bool) { return false; }
-bool native_winograd_instead(Direction, const kernels::ConvGeometry&, bool) { return false; }
+bool native_kernels_instead(Direction, const kernels::ConvGeometry&, bool) { return false; }
 void set_winograd(bool) {}
 std::string kernel_name(Direction, const kernels::ConvGeometry&, bool) {
   throw Error("conv2d: this build has no oneDNN");
@@ -588,8 +588,10 @@ void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::
 bool winograd_used(Direction d, const kernels::ConvGeometry& g, bool bf16) {
   return winograd_on() && winograd_shape(d, g, bf16) && winograd_available();
 }
-bool native_winograd_instead(Direction d, const kernels::ConvGeometry& g, bool bf16) {
-  return winograd_on() && !g.channels_last && g.winograd() && winograd_shape(d, g, bf16) && !winograd_available();
+bool native_kernels_instead(Direction d, const kernels::ConvGeometry& g, bool bf16) {
+  if (!winograd_on() || g.channels_last || bf16 || winograd_available()) return false;
+  const bool deep_planes4 = g.C >= 256 && tiles_per_image(g) == 1;
+  return deep_planes4 || (g.winograd() && winograd_shape(d, g, bf16));
 }
 
 std::string bf16_unavailable() {

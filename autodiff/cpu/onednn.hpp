@@ -22,11 +22,13 @@ enum class Direction { forward, input_grad, weight_grad };
 // faster (onednn.cpp). Its float32 rounding error is ~5x the direct kernels' (rms ~1e-6 relative
 // on ResNet-18's layers against float64; README).
 bool winograd_used(Direction d, const kernels::ConvGeometry& g, bool bf16);
-// Whether such a convolution runs flatmin's own Winograd F(2x2,3x3) kernels (conv.cpp) instead
-// of oneDNN's direct ones: the same rule, on a CPU where oneDNN has no Winograd kernel (AVX2),
-// for NCHW float32 (flatmin's kernels take no other) with flatmin's own Winograd rule met too.
-// On an AVX2 AMD EPYC their ResNet-18 layers took less time than oneDNN 2.6's direct kernels.
-bool native_winograd_instead(Direction d, const kernels::ConvGeometry& g, bool bf16);
+// Whether such a convolution runs flatmin's own kernels (conv.cpp) instead of oneDNN's direct
+// ones, on a CPU where oneDNN has no Winograd kernel (AVX2), for NCHW float32 (flatmin's kernels
+// take no other): the layers of the Winograd rule above where flatmin's own Winograd rule holds
+// too, and the deep layers on planes of at most 4x4 (>= 256 input channels: ResNet-18's layer 4
+// at 32x32 or 28x28 input), in every direction. On an AVX2 AMD EPYC both took less time on
+// flatmin's kernels than on oneDNN 2.6's direct ones (bench/PROFILE.md, "An AVX2 CPU").
+bool native_kernels_instead(Direction d, const kernels::ConvGeometry& g, bool bf16);
 // Why bfloat16 convolutions cannot run here, or "" when they can: no oneDNN in the build,
 // FLATMIN_CONV=native, or a CPU oneDNN has no bfloat16 kernels for — probed once by building
 // the kernels a bfloat16 step uses on a small shape. oneDNN 2.6's bfloat16 kernels

@@ -122,6 +122,10 @@ TEST_CASE("conv kernels match naive loops in float32 at a ResNet-like size") {
   check_conv_against_loops({2, 16, 8, 8, 32, 3, 1, 1}, DType::f32, 2e-5);
   check_conv_against_loops({2, 16, 8, 8, 32, 3, 2, 1}, DType::f32, 2e-5);
   check_conv_against_loops({2, 16, 8, 8, 32, 1, 2, 0}, DType::f32, 2e-5);
+  // deep layers on 4x4 planes: flatmin's own kernels on a CPU without oneDNN Winograd (AVX2)
+  check_conv_against_loops({2, 256, 4, 4, 256, 3, 1, 1}, DType::f32, 2e-5);
+  check_conv_against_loops({2, 256, 8, 8, 256, 3, 2, 1}, DType::f32, 2e-5);
+  check_conv_against_loops({2, 256, 8, 8, 256, 1, 2, 0}, DType::f32, 2e-5);
 }
 
 // float32 convolutions run on oneDNN in builds that have it (autodiff/cpu/onednn.cpp),
@@ -186,7 +190,7 @@ TEST_CASE("float32 Winograd F(4x4,3x3) on oneDNN: naive loops in both layouts, t
           CHECK(cpu::onednn::winograd_used(d, geometry(q, channels_last), false) == (on && avx512));
           CHECK((kernel.find("wino") != std::string::npos) == (on && avx512));
           // where oneDNN has no Winograd (AVX2), flatmin's own kernels take the NCHW ones
-          CHECK(cpu::onednn::native_winograd_instead(d, geometry(q, channels_last), false) ==
+          CHECK(cpu::onednn::native_kernels_instead(d, geometry(q, channels_last), false) ==
                 (on && !avx512 && !channels_last));
         }
       check_conv_against_loops(q, DType::f32, 2e-5);
@@ -206,10 +210,23 @@ TEST_CASE("float32 Winograd F(4x4,3x3) on oneDNN: naive loops in both layouts, t
   CHECK(cpu::onednn::winograd_used(Direction::input_grad, planes4, false) == avx512);
   CHECK_FALSE(cpu::onednn::winograd_used(Direction::weight_grad, planes4, false));
   for (const kernels::ConvGeometry& g : {small_batch, narrow, strided})
-    CHECK_FALSE(cpu::onednn::native_winograd_instead(Direction::forward, g, false));
-  CHECK_FALSE(cpu::onednn::native_winograd_instead(Direction::forward, geometry(cases[0], false), true));
-  CHECK(cpu::onednn::native_winograd_instead(Direction::input_grad, planes4, false) == !avx512);
-  CHECK_FALSE(cpu::onednn::native_winograd_instead(Direction::weight_grad, planes4, false));
+    CHECK_FALSE(cpu::onednn::native_kernels_instead(Direction::forward, g, false));
+  CHECK_FALSE(cpu::onednn::native_kernels_instead(Direction::forward, geometry(cases[0], false), true));
+  // the deep 4x4-plane layers in every direction, any kernel size (a 1x1 stride-2 downsample too)
+  const kernels::ConvGeometry planes4_down{32, 256, 8, 8, 512, 1, 1, 4, 4, 2, 2, 0, 0, false},
+      planes4_shallow{32, 128, 4, 4, 128, 3, 3, 4, 4, 1, 1, 1, 1, false};
+  for (Direction d : {Direction::forward, Direction::input_grad, Direction::weight_grad}) {
+    CHECK(cpu::onednn::native_kernels_instead(d, planes4, false) == !avx512);
+    CHECK(cpu::onednn::native_kernels_instead(d, planes4_down, false) == !avx512);
+    CHECK_FALSE(cpu::onednn::native_kernels_instead(d, planes4_shallow, false));
+    CHECK_FALSE(cpu::onednn::native_kernels_instead(d, planes4, true));
+    kernels::ConvGeometry nhwc = planes4;
+    nhwc.channels_last = true;
+    CHECK_FALSE(cpu::onednn::native_kernels_instead(d, nhwc, false));
+  }
+  cpu::onednn::set_winograd(false);
+  CHECK_FALSE(cpu::onednn::native_kernels_instead(Direction::weight_grad, planes4, false));
+  cpu::onednn::set_winograd(true);
 }
 
 // Bf16Convolutions: the three conv ops equal the exact convolution of operands rounded to
