@@ -68,6 +68,11 @@ class Backend {
   // memory
   virtual void* allocate(size_t bytes) = 0;
   virtual void deallocate(void* p, size_t bytes) = 0;
+  // Hands the freed blocks the allocator keeps for reuse back to the system (what PyTorch's
+  // torch.cuda.empty_cache() does), for a process whose working set just shrank (after
+  // training, before a long evaluation or another program's turn); returns the bytes handed
+  // back. Live tensors are untouched; later allocations refill the cache as they need.
+  virtual size_t release_cached_memory() { return 0; }
   virtual void copy_from_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // same device

@@ -58,6 +58,7 @@ class TimedBackend final : public Backend {
     b_.copy(d, s, n);
   }
   void synchronize() override { b_.synchronize(); }
+  size_t release_cached_memory() override { return b_.release_cached_memory(); }
   void fill(Tensor& out, double v) override {
     Scope s("fill");
     b_.fill(out, v);

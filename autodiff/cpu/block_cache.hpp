@@ -82,6 +82,23 @@ class BlockCache {
     release(p, size);
   }
 
+  // Every cached block back to the system; the high-water mark restarts from what is live, so
+  // the cache grows again only as far as the program's next peak (Backend::release_cached_memory).
+  size_t release_all() {
+    std::vector<std::pair<void*, size_t>> evicted;
+    size_t bytes = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto [size, p] : free_) evicted.emplace_back(p, size);
+      free_.clear();
+      bytes = cached_;
+      cached_ = 0;
+      high_water_ = live_;
+    }
+    for (auto [q, n] : evicted) release(q, n);
+    return bytes;
+  }
+
  private:
   static void* map(size_t size) {
     void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -152,6 +152,13 @@ class CachingAllocator {
     cached_ += r;
   }
 
+  size_t release(const Ctx& c) {
+    std::lock_guard<std::mutex> lock(m_);
+    const size_t bytes = cached_;
+    release_locked(c);
+    return bytes;
+  }
+
  private:
   void release_locked(const Ctx& c) {
     (void)cudaStreamSynchronize(c.stream);  // nothing queued may still use a block we free
@@ -199,6 +206,10 @@ class CudaBackend final : public Backend {
     return alloc_.allocate(bytes, c_);
   }
   void deallocate(void* p, size_t bytes) override { alloc_.deallocate(p, bytes); }
+  size_t release_cached_memory() override {
+    guard();
+    return alloc_.release(c_);
+  }
   void copy_from_host(void* dst, const void* src, size_t n) override {
     if (!n) return;
     guard();

@@ -3,7 +3,10 @@
 // that an op could read.
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
 #include <cstdint>
+#include <fstream>
 #include <thread>
 #include <vector>
 
@@ -59,4 +62,30 @@ TEST_CASE("a reused large block is fully overwritten by the op that gets it") {
   CHECK(s.item() == 0.0);
   Tensor e = add(ones({n}), zeros({n}));
   CHECK(sum(e).item() == double(n));
+}
+
+namespace {
+double resident_mib() {  // this process's resident set, from /proc/self/statm
+  std::ifstream statm("/proc/self/statm");
+  long pages_total = 0, pages_resident = 0;
+  statm >> pages_total >> pages_resident;
+  return double(pages_resident) * double(sysconf(_SC_PAGESIZE)) / double(1 << 20);
+}
+}  // namespace
+
+TEST_CASE("release_cached_memory hands the CPU block cache back to the system, live tensors untouched") {
+  Backend& cpu = backend(Device::cpu());
+  cpu.release_cached_memory();
+  Tensor kept = full({1 << 16}, 3.0);  // 256 KiB of float32, live throughout
+  const double before = resident_mib();
+  { Tensor big = full({int64_t(8) << 20}, 1.0); }  // 32 MiB written, then freed: now cached
+  const double cached = resident_mib();
+  CHECK(cached > before + 24);
+  const size_t released = cpu.release_cached_memory();
+  CHECK(released >= size_t(32) << 20);
+  CHECK(resident_mib() < cached - 24);  // the pages really left the process
+  CHECK(cpu.release_cached_memory() == 0);
+  CHECK(sum(kept).item() == 3.0 * (1 << 16));
+  Tensor again = full({int64_t(8) << 20}, 2.0);  // the cache refills as needed
+  CHECK(sum(again).item() == 2.0 * (int64_t(8) << 20));
 }

@@ -71,6 +71,12 @@ TEST_SUITE("gpu") {
     Tensor u = zeros({1234}, {DType::f32, kCuda});
     CHECK(u.raw() == first);
     CHECK(b.allocate(0) == nullptr);
+    // release_cached_memory frees what the lists hold (not live tensors) and says how much
+    b.release_cached_memory();
+    { Tensor big = zeros({int64_t(8) << 20}, {DType::f32, kCuda}); }
+    CHECK(b.release_cached_memory() >= size_t(32) << 20);
+    CHECK(b.release_cached_memory() == 0);
+    CHECK(sum(u).item() == 0.0);
   }
 
   TEST_CASE("copies between host and device round-trip exactly, any dtype") {
