@@ -23,11 +23,12 @@ enum class Direction { forward, input_grad, weight_grad };
 // on ResNet-18's layers against float64; README).
 bool winograd_used(Direction d, const kernels::ConvGeometry& g, bool bf16);
 // Whether such a convolution runs flatmin's own kernels (conv.cpp) instead of oneDNN's direct
-// ones, on a CPU where oneDNN has no Winograd kernel (AVX2), for NCHW float32 (flatmin's kernels
-// take no other): the layers of the Winograd rule above where flatmin's own Winograd rule holds
-// too, and the deep layers on planes of at most 4x4 (>= 256 input channels: ResNet-18's layer 4
-// at 32x32 or 28x28 input), in every direction. On an AVX2 AMD EPYC both took less time on
-// flatmin's kernels than on oneDNN 2.6's direct ones (bench/PROFILE.md, "An AVX2 CPU").
+// ones, for NCHW float32 (flatmin's kernels take no other). On a CPU where oneDNN has no
+// Winograd kernel (AVX2): the layers of the Winograd rule above where flatmin's own Winograd
+// rule holds too, and the deep layers on planes of at most 4x4 (>= 256 input channels:
+// ResNet-18's layer 4 at 32x32 or 28x28 input), in every direction. On every CPU: the weight
+// gradient of those deep 4x4-plane layers' 3x3 convolutions. Each took less time on flatmin's
+// kernels than on oneDNN 2.6's direct ones (bench/PROFILE.md, "An AVX2 CPU" and "Zen 4").
 bool native_kernels_instead(Direction d, const kernels::ConvGeometry& g, bool bf16);
 // Why bfloat16 convolutions cannot run here, or "" when they can: no oneDNN in the build,
 // FLATMIN_CONV=native, or a CPU oneDNN has no bfloat16 kernels for — probed once by building

@@ -212,11 +212,15 @@ TEST_CASE("float32 Winograd F(4x4,3x3) on oneDNN: naive loops in both layouts, t
   for (const kernels::ConvGeometry& g : {small_batch, narrow, strided})
     CHECK_FALSE(cpu::onednn::native_kernels_instead(Direction::forward, g, false));
   CHECK_FALSE(cpu::onednn::native_kernels_instead(Direction::forward, geometry(cases[0], false), true));
-  // the deep 4x4-plane layers in every direction, any kernel size (a 1x1 stride-2 downsample too)
+  // the deep 4x4-plane layers: on AVX2 in every direction, any kernel size (a 1x1 stride-2
+  // downsample too); on AVX-512 the weight gradient of the 3x3 ones only
   const kernels::ConvGeometry planes4_down{32, 256, 8, 8, 512, 1, 1, 4, 4, 2, 2, 0, 0, false},
+      planes4_strided{32, 256, 8, 8, 512, 3, 3, 4, 4, 2, 2, 1, 1, false},
       planes4_shallow{32, 128, 4, 4, 128, 3, 3, 4, 4, 1, 1, 1, 1, false};
   for (Direction d : {Direction::forward, Direction::input_grad, Direction::weight_grad}) {
-    CHECK(cpu::onednn::native_kernels_instead(d, planes4, false) == !avx512);
+    const bool weight_grad = d == Direction::weight_grad;
+    CHECK(cpu::onednn::native_kernels_instead(d, planes4, false) == (!avx512 || weight_grad));
+    CHECK(cpu::onednn::native_kernels_instead(d, planes4_strided, false) == (!avx512 || weight_grad));
     CHECK(cpu::onednn::native_kernels_instead(d, planes4_down, false) == !avx512);
     CHECK_FALSE(cpu::onednn::native_kernels_instead(d, planes4_shallow, false));
     CHECK_FALSE(cpu::onednn::native_kernels_instead(d, planes4, true));
