@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -29,6 +30,12 @@ namespace flatmin::cpu {
 // 128 (live high-water ~780 MiB) handed ~340 MiB back at the end of every step and took
 // 88K page faults (0.29 CPU-s) per step to map it again; bounded by the high-water mark
 // alone, 16K, with the same peak RSS (973 MiB).
+// A request takes the smallest cached block of its size up to 1.5x it (the block keeps its
+// size: granted_ remembers it until it comes back). With exact sizes only, a step's blocks
+// need the sum over sizes of each size's own peak, more than the bound allows, and every step
+// evicted and mapped again (2026-12-02, Zen 4, `/usr/bin/time -f %R`, reps 2 against 4):
+// 231K page faults per step at batch 128, 318K on the 1x28x28 model, 33K at batch 32; with
+// blocks up to 1.25x, 13K, 94K and 3K; up to 1.5x, 8K, ~0 and 2K, peak RSS +0-5%.
 class BlockCache {
  public:
   static constexpr size_t max_block = size_t(64) << 20, slack = size_t(192) << 20;
@@ -45,11 +52,15 @@ class BlockCache {
       std::lock_guard<std::mutex> lock(mutex_);
       live_ += size;
       high_water_ = std::max(high_water_, live_);
-      auto it = free_.find(size);
-      if (it != free_.end()) {
+      auto it = free_.lower_bound(size);
+      if (it != free_.end() && it->first <= size + size / 2) {
+        const size_t got = it->first;
         p = it->second;
-        cached_ -= size;
+        cached_ -= got;
         free_.erase(it);
+        live_ += got - size;
+        high_water_ = std::max(high_water_, live_);
+        if (got != size) granted_.emplace(p, got);
         return p;
       }
       while (!free_.empty() && live_ + cached_ > high_water_ + slack) {
@@ -69,9 +80,13 @@ class BlockCache {
     return p;
   }
   void deallocate(void* p, size_t bytes) {
-    const size_t size = rounded(bytes);
+    size_t size = rounded(bytes);
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      if (auto g = granted_.find(p); g != granted_.end()) {
+        size = g->second;
+        granted_.erase(g);
+      }
       live_ -= size;
       if (size <= max_block && live_ + cached_ + size <= high_water_ + slack) {
         free_.emplace(size, p);
@@ -112,7 +127,8 @@ class BlockCache {
   }
 
   std::mutex mutex_;
-  std::unordered_multimap<size_t, void*> free_;
+  std::multimap<size_t, void*> free_;
+  std::unordered_map<void*, size_t> granted_;
   size_t cached_ = 0, live_ = 0, high_water_ = 0;
 };
 

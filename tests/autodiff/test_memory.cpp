@@ -89,3 +89,21 @@ TEST_CASE("release_cached_memory hands the CPU block cache back to the system, l
   Tensor again = full({int64_t(8) << 20}, 2.0);  // the cache refills as needed
   CHECK(sum(again).item() == 2.0 * (int64_t(8) << 20));
 }
+
+TEST_CASE("the CPU block cache hands a freed block out again for a request up to 1.5x smaller") {
+  Backend& cpu = backend(Device::cpu());
+  cpu.release_cached_memory();
+  const size_t mib = size_t(1) << 20, smaller = 2 * mib + mib / 2;
+  void* a = cpu.allocate(3 * mib);
+  cpu.deallocate(a, 3 * mib);
+  void* b = cpu.allocate(smaller);  // 2.5 MiB: the cached 3 MiB block
+  CHECK(b == a);
+  void* c = cpu.allocate(3 * mib);  // a fresh block: the cached one is in use
+  CHECK(c != a);
+  cpu.deallocate(c, 3 * mib);
+  void* d = cpu.allocate(mib);  // 1 MiB: the cached 3 MiB block would be 3x it
+  CHECK(d != c);
+  cpu.deallocate(d, mib);
+  cpu.deallocate(b, smaller);  // comes back as the 3 MiB block it is
+  CHECK(cpu.release_cached_memory() == 7 * mib);
+}
