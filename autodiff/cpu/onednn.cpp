@@ -593,7 +593,7 @@ bool native_kernels_instead(Direction d, const kernels::ConvGeometry& g, bool bf
   const bool deep_planes4 = g.C >= 256 && tiles_per_image(g) == 1;
   // On AVX-512 oneDNN 2.6's direct 3x3 weight gradient on deep 4x4 planes in its blocked
   // layout (the one NCHW convolutions get) was the slowest kernel of a step on an AMD EPYC Zen
-  // 4: 136-162 ms per layer at batch 128 (60-71 GFLOP/s), 30-45 at batch 32, against 50-68
+  // 4: 136-181 ms per layer at batch 128 (53-71 GFLOP/s), 30-45 at batch 32, against 50-68
   // and 14-17 on flatmin's (its nhwc kernel, for channels-last, is level with flatmin's).
   // The forward and input gradient there stay on oneDNN (faster), as do the 1x1 layers.
   if (winograd_available()) return deep_planes4 && d == Direction::weight_grad && g.KH == 3 && g.KW == 3;
