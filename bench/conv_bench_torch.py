@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """PyTorch's peer of bench/conv_bench.cpp: the same 20 ResNet-18 (CIFAR) convolutions,
-forward / input gradient / weight gradient, float32, median wall and CPU time.
+forward / input gradient / weight gradient, float32 (--bf16: bfloat16), median wall and CPU time.
   LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-openmp /usr/bin/python3 bench/conv_bench_torch.py --batch 128 --threads 2 --reps 3
+  ~/.cache/flatmin/torch2/bin/python bench/conv_bench_torch.py --bf16 --channels-last   (PyTorch 2.x, bench/compare.sh's venv)
 Run it right after conv_bench on the same machine: on a shared machine only numbers taken
 under the same load compare."""
 import argparse
@@ -36,10 +37,12 @@ def main():
     ap.add_argument("--input", type=int, default=32, help="28: the 1x28x28 variant (1-channel stem)")
     ap.add_argument("--width", type=int, default=64, help="stage widths W..8W (flatmin escape: --input 28 --width 8)")
     ap.add_argument("--channels-last", action="store_true", help="activations and weights in channels_last memory format")
+    ap.add_argument("--bf16", action="store_true",
+                    help="bfloat16 operands and result, as bf16 autocast hands them to conv2d (conv_bench's --bf16 1 peer)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
-    print(f"PyTorch {torch.__version__} ResNet-18 (CIFAR) convolutions, batch {a.batch}, input {a.input}, width {a.width}, float32, {a.threads} threads"
+    print(f"PyTorch {torch.__version__} ResNet-18 (CIFAR) convolutions, batch {a.batch}, input {a.input}, width {a.width}, {'bfloat16' if a.bf16 else 'float32'}, {a.threads} threads"
           + (", channels_last" if a.channels_last else ""))
     print(f"{'layer':16s} count |   fwd ms    GF/s |   gin ms    GF/s |    gw ms    GF/s")
     total, cpu, flops_total = [0.0, 0.0, 0.0], 0.0, 0.0
@@ -54,7 +57,8 @@ def main():
             c = c if c in (1, 3) else c * a.width // 64
             o = o * a.width // 64
             p = k // 2
-            x, w = torch.randn(a.batch, c, h, h), torch.randn(o, c, k, k)
+            dtype = torch.bfloat16 if a.bf16 else torch.float32
+            x, w = torch.randn(a.batch, c, h, h, dtype=dtype), torch.randn(o, c, k, k, dtype=dtype)
             if a.channels_last:
                 x, w = x.to(memory_format=torch.channels_last), w.to(memory_format=torch.channels_last)
             y = F.conv2d(x, w, stride=s, padding=p)
