@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <fstream>
 #include <thread>
@@ -106,4 +107,23 @@ TEST_CASE("the CPU block cache hands a freed block out again for a request up to
   cpu.deallocate(d, mib);
   cpu.deallocate(b, smaller);  // comes back as the 3 MiB block it is
   CHECK(cpu.release_cached_memory() == 7 * mib);
+}
+
+TEST_CASE("the CPU block cache hands out a larger cached block rather than evict to stay under its bound") {
+  Backend& cpu = backend(Device::cpu());
+  cpu.release_cached_memory();  // the high-water mark restarts at what is live now
+  const size_t mib = size_t(1) << 20;
+  std::vector<void*> large, medium;
+  for (int i = 0; i < 8; ++i) large.push_back(cpu.allocate(40 * mib));  // high water: +320 MiB
+  for (void* p : large) cpu.deallocate(p, 40 * mib);                    // all cached
+  // 24 MiB: the 40 MiB blocks are over 1.5x it, so fresh blocks; cached + live now reach the
+  // bound exactly (high water + 192 MiB of slack), and freed they are cached too.
+  for (int i = 0; i < 8; ++i) medium.push_back(cpu.allocate(24 * mib));
+  for (void* p : medium) cpu.deallocate(p, 24 * mib);
+  // 10 MiB: no cached block within 1.5x, and a fresh one would exceed the bound: the smallest
+  // larger block (a 24 MiB one) instead of handing 24 MiB back and mapping 10 anew.
+  void* small = cpu.allocate(10 * mib);
+  CHECK(std::find(medium.begin(), medium.end(), small) != medium.end());
+  cpu.deallocate(small, 10 * mib);                                // comes back as the 24 MiB block it is
+  CHECK(cpu.release_cached_memory() == (8 * 40 + 8 * 24) * mib);  // nothing was evicted
 }
