@@ -37,11 +37,11 @@ namespace flatmin::cpu {
 // 231K page faults per step at batch 128, 318K on the 1x28x28 model, 33K at batch 32; with
 // blocks up to 1.25x, 13K, 94K and 3K; up to 1.5x, 8K, ~0 and 2K, peak RSS +0-5%.
 // Where a fresh block would take live + cached over the bound (so cached blocks would be
-// handed back to make room, and mapped again later), the request takes the smallest larger
-// cached block of any size instead: already resident, so no eviction and no page faults. On
-// an Intel Xeon (2026-12-02) oneDNN's Winograd scratchpads (8-53 MB per call) still churned
-// the 1.5x rule: 31-35K page faults per step at batch 128, 16K on 1x28x28, 35K per eval
-// forward at batch 128; with this fallback ~0 on each, peak RSS +0-4%.
+// handed back to make room, and mapped again later), a request of 1 MiB or more takes the
+// smallest larger cached block of any size instead: already resident, so no eviction and no
+// page faults. On an Intel Xeon (2026-12-02) oneDNN's Winograd scratchpads (8-53 MB per call)
+// still churned the 1.5x rule: 31-35K page faults per step at batch 128, 16K on 1x28x28, 35K per eval
+// forward at batch 128; with this fallback 2K at batch 128, ~0 on the others, peak RSS +0-4%.
 class BlockCache {
  public:
   static constexpr size_t max_block = size_t(64) << 20, slack = size_t(192) << 20;
@@ -59,7 +59,9 @@ class BlockCache {
       live_ += size;
       high_water_ = std::max(high_water_, live_);
       auto it = free_.lower_bound(size);
-      if (it != free_.end() && (it->first <= size + size / 2 || live_ + cached_ > high_water_ + slack)) {
+      // Mapped sizes only: a small request's fresh block costs a few faults, not worth holding
+      // a large block for as long as it lives.
+      if (it != free_.end() && (it->first <= size + size / 2 || (size >= mmap_min && over_bound()))) {
         const size_t got = it->first;
         p = it->second;
         cached_ -= got;
@@ -69,7 +71,7 @@ class BlockCache {
         if (got != size) granted_.emplace(p, got);
         return p;
       }
-      while (!free_.empty() && live_ + cached_ > high_water_ + slack) {
+      while (!free_.empty() && over_bound()) {
         auto victim = free_.begin();
         evicted.emplace_back(victim->second, victim->first);
         cached_ -= victim->first;
@@ -121,6 +123,7 @@ class BlockCache {
   }
 
  private:
+  bool over_bound() const { return live_ + cached_ > high_water_ + slack; }  // under mutex_
   static void* map(size_t size) {
     void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     return p == MAP_FAILED ? nullptr : p;
