@@ -49,6 +49,8 @@ void set_column_budget(int64_t) {}
 bool winograd_used(Direction, const kernels::ConvGeometry&, bool) { return false; }
 bool native_kernels_instead(Direction, const kernels::ConvGeometry&, bool) { return false; }
 void set_winograd(bool) {}
+int weight_reorder_slabs(Direction, const kernels::ConvGeometry&, bool) { return 0; }
+void set_weight_slabs(bool) {}
 std::string kernel_name(Direction, const kernels::ConvGeometry&, bool) {
   throw Error("conv2d: this build has no oneDNN");
 }
@@ -75,6 +77,7 @@ std::atomic<bool>& winograd_on() {
   static std::atomic<bool> on{setting() == Setting::onednn};
   return on;
 }
+std::atomic<bool> weight_slabs_on{true};
 }  // namespace
 
 bool enabled() { return setting() != Setting::native; }
@@ -89,6 +92,11 @@ dnnl::engine& engine() {
   return e;
 }
 
+// A part of a reorder: the same reorder on a slab of whole blocks of one dimension.
+struct Slab {
+  dnnl::primitive reorder;
+  memory::desc from, to;  // sub-memory descriptors: the slab's place in the whole tensors
+};
 // One argument of a primitive: its user layout (plain nchw or nhwc / oihw) and the primitive's own
 // (blocked, chosen by oneDNN for this shape and machine), with the reorder between them.
 struct Arg {
@@ -96,6 +104,7 @@ struct Arg {
   bool output;
   memory::desc user, own;
   dnnl::primitive reorder;  // user -> own for inputs, own -> user for outputs; empty if equal
+  std::vector<Slab> slabs;  // the weights' reorder in parts to run in parallel; empty: run it whole
 };
 // What one single-threaded call of a primitive needs besides its buffers: a stream, and the
 // dnnl::memory objects of its arguments (in the user's and in the primitive's layout) and
@@ -122,6 +131,45 @@ struct Primitive {
   std::unique_ptr<CallStates> states = std::make_unique<CallStates>();
 };
 
+// The weights of the forward and the input gradient are reordered once per call, before the
+// chunks, and that reorder ran single-threaded: on an AMD EPYC Zen 5 ~25 ms of a ~200 ms
+// bfloat16 channels-last step at batch 32 (DNNL_VERBOSE; 1.4-6 ms for one 512x512x3x3 layer,
+// float32 read and rounded into oneDNN's blocked bfloat16 layout), ~30 of a ~280 ms float32 one. So
+// it is split into up to 4 slabs of whole blocks along the blocked layout's outermost
+// dimension, reordered in parallel. A reorder copies or rounds each value on its own, so the
+// split changes no bit. Not split: layouts oneDNN does not describe by blocks (Winograd's),
+// weights under 1 MiB (as float32), and a slab whose reorder oneDNN would run as reference code.
+std::vector<Slab> slabs_of(const memory::desc& user, const memory::desc& own) {
+  const dnnl_memory_desc_t& d = own.data;
+  if (d.format_kind != dnnl_blocked || user.get_size() < (size_t(1) << 20)) return {};
+  const dnnl_blocking_desc_t& b = d.format_desc.blocking;
+  int outer = 0;
+  for (int i = 1; i < d.ndims; ++i)
+    if (b.strides[i] > b.strides[outer]) outer = i;
+  memory::dim block = 1;
+  for (int k = 0; k < b.inner_nblks; ++k)
+    if (b.inner_idxs[k] == outer) block *= b.inner_blks[k];
+  if (d.dims[outer] != d.padded_dims[outer] || d.dims[outer] % block != 0) return {};
+  const memory::dim blocks = d.dims[outer] / block, parts = std::min<memory::dim>(4, blocks);
+  if (parts < 2) return {};
+  std::vector<Slab> slabs;
+  try {
+    for (memory::dim s = 0; s < parts; ++s) {
+      const memory::dim b0 = blocks * s / parts, b1 = blocks * (s + 1) / parts;
+      memory::dims dims(d.dims, d.dims + d.ndims), offsets(size_t(d.ndims), 0);
+      dims[outer] = (b1 - b0) * block;
+      offsets[outer] = b0 * block;
+      const memory::desc from = user.submemory_desc(dims, offsets), to = own.submemory_desc(dims, offsets);
+      const dnnl::reorder::primitive_desc pd(memory(from, engine(), nullptr), memory(to, engine(), nullptr));
+      if (std::string(pd.impl_info_str()).rfind("jit", 0) != 0) return {};
+      slabs.push_back({dnnl::reorder(pd), from, to});
+    }
+  } catch (const dnnl::error&) {
+    return {};
+  }
+  return slabs;
+}
+
 // Each argument's layout is left to oneDNN ("any"): its fast kernels want channel-blocked
 // activations and weights, and a reorder costs a few percent of the convolution (0.4 ms for
 // 8 MB at 2 threads, against ~10 ms for the convolution that reads it).
@@ -141,6 +189,7 @@ template <class PD> Primitive with_args(dnnl::primitive run, const PD& pd, std::
     if (own != users[i]) {
       const memory from(output ? own : users[i], engine(), nullptr), to(output ? users[i] : own, engine(), nullptr);
       a.reorder = dnnl::reorder(dnnl::reorder::primitive_desc(from, to));
+      if (id == DNNL_ARG_WEIGHTS && !output) a.slabs = slabs_of(a.user, a.own);
     }
     p.args.push_back(std::move(a));
   }
@@ -519,6 +568,20 @@ void weight_grad_gemm(const float* x, const float* gy, float* gw, const kernels:
   });
 }
 
+// The weights from the user's layout into a primitive's own: its slabs in parallel, else whole.
+void reorder_weights(const Arg& a, void* from, void* to) {
+  auto run = [&](const dnnl::primitive& reorder, const memory::desc& f, const memory::desc& t) {
+    serial_openmp();  // a oneTBB worker may not have called oneDNN yet
+    dnnl::stream stream(engine());
+    reorder.execute(stream, {{DNNL_ARG_FROM, memory(f, engine(), from)}, {DNNL_ARG_TO, memory(t, engine(), to)}});
+    stream.wait();
+  };
+  if (a.slabs.empty() || !weight_slabs_on) return run(a.reorder, a.user, a.own);
+  parallel_for(int64_t(a.slabs.size()), 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) run(a.slabs[size_t(s)].reorder, a.slabs[size_t(s)].from, a.slabs[size_t(s)].to);
+  });
+}
+
 void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::array<float*, 3>& user) {
   if (d == Direction::weight_grad && gemm_weight_grad(g, bf16)) return weight_grad_gemm(user[0], user[1], user[2], g);
   serial_openmp();  // before building primitives and the weights' reorder below
@@ -531,7 +594,7 @@ void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::
   if (d == Direction::weight_grad)
     for (int64_t c = 1; c < chunks; ++c) partials.emplace_back(size_t(w_size));
   // The forward and the input gradient read the weights in the primitive's layout: converted
-  // once per chunk size (at most two), not once per chunk.
+  // once per chunk size (at most two), not once per chunk, in slabs in parallel where it can.
   auto chunk_primitive = [&](int64_t n) {
     kernels::ConvGeometry gc = g;
     gc.N = n;
@@ -540,7 +603,7 @@ void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::
   const Primitive* by_size[2] = {chunk_primitive(base + (extra ? 1 : 0)), chunk_primitive(std::max<int64_t>(base, 1))};
   std::deque<Workspace<std::byte> > weights;
   const void* shared[2] = {nullptr, nullptr};
-  if (d != Direction::weight_grad && chunks > 1)
+  if (d != Direction::weight_grad)
     for (int k = 0; k < 2; ++k) {
       const Arg& a = by_size[k]->args[1];
       if (!a.reorder) continue;
@@ -549,10 +612,7 @@ void execute(Direction d, const kernels::ConvGeometry& g, bool bf16, const std::
         continue;
       }
       weights.emplace_back(a.own.get_size());
-      dnnl::stream stream(engine());
-      a.reorder.execute(stream, {{DNNL_ARG_FROM, memory(a.user, engine(), user[1])},
-                                 {DNNL_ARG_TO, memory(a.own, engine(), weights.back().data())}});
-      stream.wait();
+      reorder_weights(a, user[1], weights.back().data());
       shared[k] = weights.back().data();
     }
   parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
@@ -631,14 +691,27 @@ std::string bf16_unavailable() {
   return reason;
 }
 
-std::string kernel_name(Direction d, const kernels::ConvGeometry& g, bool bf16) {
+namespace {
+// The primitive that runs the first (largest) chunk of the batch in this direction.
+const Primitive& first_chunk_primitive(Direction d, const kernels::ConvGeometry& g, bool bf16) {
   serial_openmp();
-  kernels::ConvGeometry gc = g;
   const bool wino = winograd_used(d, g, bf16);
-  if (d == Direction::weight_grad && gemm_weight_grad(g, bf16)) return "gemm (bfloat16 weight gradient)";
+  kernels::ConvGeometry gc = g;
   const int64_t chunks = chunk_count(d, g, wino);
-  gc.N = (g.N + chunks - 1) / chunks;  // the first (largest) chunk
-  return primitive(d, gc, bf16, wino).name;
+  gc.N = (g.N + chunks - 1) / chunks;
+  return primitive(d, gc, bf16, wino);
+}
+}  // namespace
+
+int weight_reorder_slabs(Direction d, const kernels::ConvGeometry& g, bool bf16) {
+  if (d == Direction::weight_grad) return 0;  // its weights are the output
+  return int(first_chunk_primitive(d, g, bf16).args[1].slabs.size());
+}
+void set_weight_slabs(bool on) { weight_slabs_on = on; }
+
+std::string kernel_name(Direction d, const kernels::ConvGeometry& g, bool bf16) {
+  if (d == Direction::weight_grad && gemm_weight_grad(g, bf16)) return "gemm (bfloat16 weight gradient)";
+  return first_chunk_primitive(d, g, bf16).name;
 }
 
 void forward(const float* x, const float* w, float* y, const kernels::ConvGeometry& g, bool bf16) {

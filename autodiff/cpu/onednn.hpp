@@ -38,6 +38,11 @@ bool native_kernels_instead(Direction d, const kernels::ConvGeometry& g, bool bf
 std::string bf16_unavailable();
 // For tests: Winograd on or off from now on (the FLATMIN_CONV setting is the initial value).
 void set_winograd(bool on);
+// For tests: in how many slabs the forward (or input gradient) of this geometry reorders its
+// weights in parallel (0: whole, on one thread; onednn.cpp), and whether slabs are used at all
+// from now on (default on; the results must be the same bit for bit either way).
+int weight_reorder_slabs(Direction d, const kernels::ConvGeometry& g, bool bf16);
+void set_weight_slabs(bool on);
 // For tests and benchmarks: oneDNN's name of the kernel that runs a direction of this geometry
 // (on one chunk of the batch), e.g. "jit_wino_4x3:avx512_core" or "brgconv:avx512_core".
 std::string kernel_name(Direction d, const kernels::ConvGeometry& g, bool bf16);

@@ -330,6 +330,52 @@ TEST_CASE("bfloat16 weight gradient as one GEMM: rounded operands, any thread co
 
 // 3x3 stride-1 convolutions with at least 32 channels each way take the Winograd
 // F(2x2,3x3) kernels (autodiff/cpu/winograd.cpp) for all three products.
+// The forward's and the input gradient's weights (1 MiB or more) are reordered into oneDNN's
+// layout in slabs, in parallel (autodiff/cpu/onednn.cpp): the same bits as one whole reorder,
+// float32 and bfloat16, both layouts; small weights stay whole.
+TEST_CASE("weights reordered in parallel slabs: used on large weights, the same bits as a whole reorder") {
+  if (!cpu::onednn::enabled()) return;
+  using cpu::onednn::Direction;
+  const bool bf16_ok = backend(Device::cpu()).bf16_convolutions_unavailable().empty();
+  struct Restore {
+    ~Restore() { cpu::onednn::set_weight_slabs(true); }
+  } restore;
+  Generator g(23);
+  for (const bool channels_last : {false, true})
+    for (const bool bf16 : {false, true}) {
+      if (bf16 && !bf16_ok) continue;
+      // 192 channels on 4x4 planes, 2 images: direct kernels (no Winograd, no flatmin kernel),
+      // weights 1.3 MB; 16 -> 32 channels: 18 KB.
+      const ConvCase large{2, 192, 4, 4, 192, 3, 1, 1}, small{2, 16, 8, 8, 32, 3, 1, 1};
+      for (const ConvCase& q : {large, small}) {
+        INFO("C" << q.C << std::string(channels_last ? " channels-last" : "") << std::string(bf16 ? " bfloat16" : ""));
+        const kernels::ConvGeometry geo{q.N, q.C, q.H, q.W, q.O, q.K, q.K, q.H, q.W, 1, 1, q.pad, q.pad, channels_last};
+        const int slabs = cpu::onednn::weight_reorder_slabs(Direction::forward, geo, bf16);
+        if (q.C == large.C)
+          CHECK(slabs >= 2);
+        else
+          CHECK(slabs == 0);
+        const Conv2dOptions co{q.stride, q.pad, channels_last};
+        Tensor x = g.normal(channels_last ? Shape{q.N, q.H, q.W, q.C} : Shape{q.N, q.C, q.H, q.W});
+        Tensor w = g.normal({q.O, q.C, q.K, q.K});
+        Tensor gy = g.normal(channels_last ? Shape{q.N, q.H, q.W, q.O} : Shape{q.N, q.O, q.H, q.W});
+        auto run = [&] {
+          Bf16Convolutions precision(bf16);
+          return std::vector<std::vector<double>>{conv2d(x, w, {}, co).to_vector(),
+                                                  conv2d_input_grad(gy, w, x.shape(), co).to_vector()};
+        };
+        const auto in_slabs = run();
+        cpu::onednn::set_weight_slabs(false);
+        const auto whole = run();
+        cpu::onednn::set_weight_slabs(true);
+        CHECK(in_slabs == whole);
+      }
+    }
+  // against the naive loops with slabs (float32; the bfloat16 tests above check rounding)
+  check_conv_against_loops({2, 192, 4, 4, 192, 3, 1, 1}, DType::f32, 1e-4);
+  check_conv_against_loops({2, 192, 4, 4, 192, 3, 1, 1}, DType::f32, 1e-4, true);
+}
+
 TEST_CASE("Winograd convolutions match naive loops (paddings 0-2, odd sizes, both batching modes)") {
   const std::vector<ConvCase> cases = {
       {3, 32, 7, 5, 33, 3, 1, 1},  // odd output: last tile half outside
