@@ -20,7 +20,7 @@ enum class Direction { forward, input_grad, weight_grad };
 // F(4x4,3x3) kernels rather than its direct ones: this CPU has them (AVX-512), FLATMIN_CONV is
 // not "onednn-direct" (nor set_winograd(false)), and the shape is one where they were measured
 // faster (onednn.cpp). Its float32 rounding error is ~5x the direct kernels' (rms ~1e-6 relative
-// on ResNet-18's layers against float64; README).
+// on ResNet-18's layers against float64; docs/performance.md).
 bool winograd_used(Direction d, const kernels::ConvGeometry& g, bool bf16);
 // Whether such a convolution runs flatmin's own kernels (conv.cpp) instead of oneDNN's direct
 // ones, for NCHW float32 (flatmin's kernels take no other). On a CPU where oneDNN has no

@@ -13,7 +13,7 @@ Backend* get(int index, std::string* why);  // nullptr (and a reason) when unusa
 // Which library runs CUDA convolutions (conv_engine.cpp; FLATMIN_CUDA_CONV). Where flatmin
 // was built with cuDNN: auto (the default) runs every forward and the 3x3 stride-1 layers'
 // gradients on cuDNN (its Winograd algorithm first) and the other gradients on flatmin's own
-// kernels, the split measured fastest on an H200 (README); cudnn runs everything on cuDNN's
+// kernels, the split measured fastest on an H200 (docs/cuda.md); cudnn runs everything on cuDNN's
 // heuristic choice; cudnn-benchmark times cuDNN's candidates on each shape's first call
 // (PyTorch's cudnn.benchmark: the choice may differ between processes). native: flatmin's
 // own kernels, the only choice without cuDNN; any other is then a named error.
