@@ -328,8 +328,6 @@ TEST_CASE("bfloat16 weight gradient as one GEMM: rounded operands, any thread co
     }
 }
 
-// 3x3 stride-1 convolutions with at least 32 channels each way take the Winograd
-// F(2x2,3x3) kernels (autodiff/cpu/winograd.cpp) for all three products.
 // The forward's and the input gradient's weights (1 MiB or more) are reordered into oneDNN's
 // layout in slabs, in parallel (autodiff/cpu/onednn.cpp): the same bits as one whole reorder,
 // float32 and bfloat16, both layouts; small weights stay whole.
@@ -350,11 +348,13 @@ TEST_CASE("weights reordered in parallel slabs: used on large weights, the same 
       for (const ConvCase& q : {large, small}) {
         INFO("C" << q.C << std::string(channels_last ? " channels-last" : "") << std::string(bf16 ? " bfloat16" : ""));
         const kernels::ConvGeometry geo{q.N, q.C, q.H, q.W, q.O, q.K, q.K, q.H, q.W, 1, 1, q.pad, q.pad, channels_last};
-        const int slabs = cpu::onednn::weight_reorder_slabs(Direction::forward, geo, bf16);
-        if (q.C == large.C)
-          CHECK(slabs >= 2);
-        else
-          CHECK(slabs == 0);
+        for (const Direction d : {Direction::forward, Direction::input_grad}) {
+          const int slabs = cpu::onednn::weight_reorder_slabs(d, geo, bf16);
+          if (q.C == large.C)
+            CHECK(slabs >= 2);
+          else
+            CHECK(slabs == 0);
+        }
         const Conv2dOptions co{q.stride, q.pad, channels_last};
         Tensor x = g.normal(channels_last ? Shape{q.N, q.H, q.W, q.C} : Shape{q.N, q.C, q.H, q.W});
         Tensor w = g.normal({q.O, q.C, q.K, q.K});
@@ -376,6 +376,8 @@ TEST_CASE("weights reordered in parallel slabs: used on large weights, the same 
   check_conv_against_loops({2, 192, 4, 4, 192, 3, 1, 1}, DType::f32, 1e-4, true);
 }
 
+// 3x3 stride-1 convolutions with at least 32 channels each way take the Winograd
+// F(2x2,3x3) kernels (autodiff/cpu/winograd.cpp) for all three products.
 TEST_CASE("Winograd convolutions match naive loops (paddings 0-2, odd sizes, both batching modes)") {
   const std::vector<ConvCase> cases = {
       {3, 32, 7, 5, 33, 3, 1, 1},  // odd output: last tile half outside
