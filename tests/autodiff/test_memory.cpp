@@ -116,14 +116,14 @@ TEST_CASE("the CPU block cache hands out a larger cached block rather than evict
   std::vector<void*> large, medium;
   for (int i = 0; i < 8; ++i) large.push_back(cpu.allocate(40 * mib));  // high water: +320 MiB
   for (void* p : large) cpu.deallocate(p, 40 * mib);                    // all cached
-  // 24 MiB: the 40 MiB blocks are over 1.5x it, so fresh blocks; cached + live now reach the
-  // bound exactly (high water + 192 MiB of slack), and freed they are cached too.
-  for (int i = 0; i < 8; ++i) medium.push_back(cpu.allocate(24 * mib));
-  for (void* p : medium) cpu.deallocate(p, 24 * mib);
-  // 10 MiB: no cached block within 1.5x, and a fresh one would exceed the bound: the smallest
-  // larger block (a 24 MiB one) instead of handing 24 MiB back and mapping 10 anew.
-  void* small = cpu.allocate(10 * mib);
+  // 8 MiB: the 40 MiB blocks are over 1.5x it, so fresh blocks; cached + live now reach the
+  // bound exactly (high water + 64 MiB of slack), and freed they are cached too.
+  for (int i = 0; i < 8; ++i) medium.push_back(cpu.allocate(8 * mib));
+  for (void* p : medium) cpu.deallocate(p, 8 * mib);
+  // 5 MiB: no cached block within 1.5x, and a fresh one would exceed the bound: the smallest
+  // larger block (an 8 MiB one) instead of handing 8 MiB back and mapping 5 anew.
+  void* small = cpu.allocate(5 * mib);
   CHECK(std::find(medium.begin(), medium.end(), small) != medium.end());
-  cpu.deallocate(small, 10 * mib);                                // comes back as the 24 MiB block it is
-  CHECK(cpu.release_cached_memory() == (8 * 40 + 8 * 24) * mib);  // nothing was evicted
+  cpu.deallocate(small, 5 * mib);                                // comes back as the 8 MiB block it is
+  CHECK(cpu.release_cached_memory() == (8 * 40 + 8 * 8) * mib);  // nothing was evicted
 }
