@@ -28,7 +28,8 @@ bool winograd_used(Direction d, const kernels::ConvGeometry& g, bool bf16);
 // rule holds too, and the deep layers on planes of at most 4x4 (>= 256 input channels:
 // ResNet-18's layer 4 at 32x32 or 28x28 input), in every direction. On every CPU: the weight
 // gradient of those deep 4x4-plane layers' 3x3 convolutions. Each took less time on flatmin's
-// kernels than on oneDNN 2.6's direct ones (bench/PROFILE.md, "An AVX2 CPU" and "Zen 4").
+// kernels than on oneDNN 2.6's direct ones (bench/profile/2026-12-01-avx2-zen3.md and
+// bench/profile/2026-12-02-zen4.md).
 bool native_kernels_instead(Direction d, const kernels::ConvGeometry& g, bool bf16);
 // Why bfloat16 convolutions cannot run here, or "" when they can: no oneDNN in the build,
 // FLATMIN_CONV=native, or a CPU oneDNN has no bfloat16 kernels for — probed once by building
